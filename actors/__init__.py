@@ -1,0 +1,38 @@
+"""threadline's actor layer: mailboxes, supervision, the directory, thread actors, the engine.
+
+No I/O of its own: storage comes in through the ``Journal`` protocol, agents through ``Agent``.
+"""
+
+from .agents import calculate, echo_agent, echo_tools
+from .directory import Directory
+from .engine import Agent, Run, RunContext, ToolRegistry
+from .errors import (
+    ActorCrashed,
+    ActorError,
+    ActorStopped,
+    AskTimeout,
+    Busy,
+    JournalUnavailable,
+    MailboxFull,
+    NotJoined,
+    RestartIntensityExceeded,
+    SubscriberDropped,
+    ToolError,
+    UnknownRun,
+)
+from .journal import Journal, MemoryJournal
+from .mailbox import ActorRef, Mailbox, Reply
+from .messages import Accepted, Event, Joined, ThreadInfo, ThreadKey
+from .subscription import Subscription
+from .supervisor import RestartPolicy, Supervisor, open_supervisor, supervise
+from .thread import Subscriber, ThreadActor, ThreadEnv
+
+__all__ = [
+    "Accepted", "ActorCrashed", "ActorError", "ActorRef", "ActorStopped", "Agent", "AskTimeout",
+    "Busy", "Directory", "Event", "Joined", "Journal", "JournalUnavailable", "Mailbox",
+    "MailboxFull", "MemoryJournal", "NotJoined", "Reply", "RestartIntensityExceeded",
+    "RestartPolicy", "Run", "RunContext", "Subscriber", "SubscriberDropped", "Subscription",
+    "Supervisor", "ThreadActor", "ThreadEnv", "ThreadInfo", "ThreadKey", "ToolError",
+    "ToolRegistry", "UnknownRun", "calculate", "echo_agent", "echo_tools", "open_supervisor",
+    "supervise",
+]

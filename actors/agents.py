@@ -1,0 +1,108 @@
+"""The built-in ``echo`` agent and its ``calculator`` tool (PROTOCOL.md, "The built-in echo agent").
+
+``/calc EXPR`` evaluates arithmetic by walking Python's AST over a whitelist of nodes: numbers,
+``+ - * / // % **`` and unary ``+ -``. Nothing is ``eval``-ed, and the operands of ``**`` and
+the size of results are bounded so that ``9**9**9`` is an error rather than a hung CPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from typing import Any, Callable
+
+from .engine import Run, RunContext, ToolRegistry
+from .errors import ToolError
+
+CALC_PREFIX = "/calc "
+MAX_EXPRESSION = 1000        # characters
+MAX_EXPONENT = 10_000        # |b| in a ** b
+MAX_INT_BITS = 4096          # |results| below 2**4096
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+class CalcError(ToolError, ValueError):
+    """An expression the calculator refuses; its message is shown to the user as is."""
+
+
+def calculate(expression: str) -> int | float:
+    """Evaluate an arithmetic expression. Raises ``CalcError`` with a readable message."""
+    if len(expression) > MAX_EXPRESSION:
+        raise CalcError(f"expression longer than {MAX_EXPRESSION} characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        raise CalcError("not an arithmetic expression") from None
+    try:
+        result = _eval(tree.body)
+    except ZeroDivisionError:
+        raise CalcError("division by zero") from None
+    except OverflowError:
+        raise CalcError("result too large") from None
+    if isinstance(result, float):
+        if not math.isfinite(result):
+            raise CalcError("result too large")
+        if result.is_integer() and abs(result) < 2**53:
+            return int(result)  # "4/2" answers 2, as a person expects
+    return result
+
+
+def _eval(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+            raise CalcError(f"exponent larger than {MAX_EXPONENT}")
+        if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) \
+                and right > 0 and left.bit_length() * right > MAX_INT_BITS:
+            raise CalcError("result too large")
+        result = _BINARY[type(node.op)](left, right)
+        if isinstance(result, complex):
+            raise CalcError("result is not a real number")
+        if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+            raise CalcError("result too large")
+        return result
+    raise CalcError("only numbers and + - * / // % ** ( ) are allowed")
+
+
+async def calculator(ctx: RunContext, expression: str) -> int | float:
+    """The ``calculator`` tool."""
+    return calculate(expression)
+
+
+def echo_tools() -> ToolRegistry:
+    tools = ToolRegistry()
+    tools.register("calculator", calculator, timeout=5.0)
+    return tools
+
+
+async def echo_agent(run: Run) -> str:
+    """Echo the message; ``/calc EXPR`` computes it with the calculator tool.
+
+    A calculator error is part of the answer, not a failed run: the run completes with the
+    error's text (PROTOCOL.md has ``/calc`` always end in ``agent_completed``).
+    """
+    text = run.text
+    if text.startswith(CALC_PREFIX):
+        await run.think("calculating")
+        try:
+            result = await run.call_tool("calculator", expression=text[len(CALC_PREFIX):])
+        except ToolError as exc:
+            return f"error: {exc}"
+        return str(result)
+    await run.think("echoing")
+    return text

@@ -1,0 +1,75 @@
+"""Exceptions of the actor layer. Each one names the state the caller ran into."""
+
+from __future__ import annotations
+
+
+class ActorError(Exception):
+    """Base class of every error raised by ``actors``."""
+
+
+class MailboxFull(ActorError):
+    """``tell`` found the mailbox at capacity; the message was not queued."""
+
+
+class ActorStopped(ActorError):
+    """The actor behind a mailbox has stopped (passivated, shut down or failed)."""
+
+
+class ActorCrashed(ActorStopped):
+    """The actor crashed while handling this request; it may have been partly done.
+
+    Unlike a plain ``ActorStopped`` (the request was never handled), this one is not safe to
+    retry blindly: retry a ``send`` with its ``client_msg_id``.
+    """
+
+
+class AskTimeout(ActorError, TimeoutError):
+    """``ask`` got no reply within its timeout."""
+
+
+class RestartIntensityExceeded(ActorError):
+    """A supervised actor crashed more often than its restart intensity allows.
+
+    ``__cause__`` is the last crash.
+    """
+
+
+class NotJoined(ActorError):
+    """A request named a thread that the caller has not joined."""
+
+
+class Busy(ActorError):
+    """``send`` with strategy ``reject`` while a run of the thread is active."""
+
+
+class UnknownRun(ActorError):
+    """``cancel`` named a run that is not active."""
+
+
+class SubscriberDropped(ActorError):
+    """The thread dropped this subscriber because its mailbox was full.
+
+    Everything delivered before the drop is still readable; resume with ``since`` set to the
+    last ``seq`` seen.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ToolError(ActorError):
+    """A tool call failed (raised, timed out, or is not registered).
+
+    Raised inside an agent by ``Run.call_tool``; an agent may catch it and go on, otherwise the
+    run ends with ``agent_failed``. A tool may raise it itself to report an error whose message
+    is shown as is (any other exception is reported with its type name).
+    """
+
+
+class JournalUnavailable(ActorError):
+    """The journal could not store or read; nothing of the failed call was stored.
+
+    Durable journals raise this (chained to the driver's error) for every failure of the store
+    itself, so that actors can tell a store outage, which they answer and survive, from a bug.
+    """

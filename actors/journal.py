@@ -1,0 +1,123 @@
+"""What the actors need from storage (the ``Journal`` protocol), and an in-memory journal.
+
+``runtime/`` plugs in the durable journals (SQLite, PostgreSQL); all of them pass the same
+contract suite, ``tests/journal_contract.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import trio
+
+from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
+
+
+class Journal(Protocol):
+    """Durable, ordered storage of thread events.
+
+    Every method may block (it awaits I/O) and may raise when the store fails; a failed
+    ``append`` stores none of its events.
+    """
+
+    async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
+        """The thread's info, creating the thread (``last_seq`` 0, both times ``now``) if new."""
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Store ``events`` (all of one thread, consecutive seqs following its ``last_seq``)
+        atomically, and return once they are durable. Raises ``ValueError`` on a seq that does
+        not follow, storing nothing."""
+
+    async def read(self, key: ThreadKey, after: int, upto: int | None = None,
+                   limit: int = 1000) -> list[Event]:
+        """Events with ``after < seq <= upto`` in seq order, at most ``limit``."""
+
+    async def last_seq(self, key: ThreadKey) -> int:
+        """The thread's last seq, 0 for a thread with no event or that does not exist."""
+
+    async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
+        """The stored ``user_message`` of this thread with this ``client_msg_id``, if any."""
+
+    async def threads(self, user_id: str) -> list[ThreadInfo]:
+        """The user's threads, most recently updated first."""
+
+
+def accepted_of(event: Event) -> Accepted:
+    """The ``Accepted`` answer that a stored ``user_message`` event stands for."""
+    assert event.event == USER_MESSAGE and event.run_id is not None
+    return Accepted(event.key, event.data["message_id"], event.run_id, event.seq)
+
+
+class _MemoryThread:
+    __slots__ = ("info", "events", "by_client_id")
+
+    def __init__(self, info: ThreadInfo) -> None:
+        self.info = info
+        self.events: list[Event] = []
+        self.by_client_id: dict[str, Event] = {}
+
+
+class MemoryJournal:
+    """The ``Journal`` contract in memory: for tests, benchmarks and embedding without storage.
+
+    Nothing survives the process. Every method is a checkpoint, as a real store's would be.
+    """
+
+    def __init__(self) -> None:
+        self._threads: dict[ThreadKey, _MemoryThread] = {}
+        self.appends = 0  # number of append calls, for tests of batching
+
+    async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        if t is None:
+            t = self._threads[key] = _MemoryThread(ThreadInfo(key, 0, now, now))
+        return t.info
+
+    async def append(self, events: Sequence[Event]) -> None:
+        await trio.lowlevel.checkpoint()
+        if not events:
+            return
+        key = events[0].key
+        t = self._threads.get(key)
+        if t is None:
+            raise ValueError(f"unknown thread {key}")
+        expected = t.info.last_seq
+        for ev in events:
+            expected += 1
+            if ev.key != key or ev.seq != expected:
+                raise ValueError(f"event {ev.key}/{ev.seq} does not follow seq {expected - 1}")
+        self.appends += 1
+        t.events.extend(events)
+        for ev in events:
+            cid = ev.data.get("client_msg_id") if ev.event == USER_MESSAGE else None
+            if cid is not None:
+                t.by_client_id.setdefault(cid, ev)
+        last = events[-1]
+        t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
+
+    async def read(self, key: ThreadKey, after: int, upto: int | None = None,
+                   limit: int = 1000) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        if t is None:
+            return []
+        end = len(t.events) if upto is None else min(upto, len(t.events))
+        start = max(after, 0)
+        return t.events[start:min(end, start + limit)] if start < end else []
+
+    async def last_seq(self, key: ThreadKey) -> int:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return t.info.last_seq if t is not None else 0
+
+    async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        ev = t.by_client_id.get(client_msg_id) if t is not None else None
+        return accepted_of(ev) if ev is not None else None
+
+    async def threads(self, user_id: str) -> list[ThreadInfo]:
+        await trio.lowlevel.checkpoint()
+        infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
+        return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)

@@ -1,0 +1,203 @@
+"""Bounded mailboxes, one-shot reply slots, and actor refs.
+
+A mailbox is a trio memory channel with a fixed capacity. The names say how each call blocks:
+
+- ``tell(msg)`` never blocks: it queues the message or raises ``MailboxFull``;
+- ``send(msg)`` awaits space (backpressure) and is a checkpoint;
+- ``ask(make)`` queues ``make(reply)`` and awaits the reply, bounded by a timeout.
+
+Every sending call raises ``ActorStopped`` once the actor has closed its mailbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+import attrs
+import trio
+import trio.lowlevel as ll
+
+from .errors import ActorStopped, AskTimeout, MailboxFull
+
+T = TypeVar("T")
+
+#: Default for ``ask``: long enough for a durable write under load, short enough that a caller
+#: facing a wedged actor gets an error rather than hanging.
+DEFAULT_ASK_TIMEOUT = 10.0
+
+
+class Reply(Generic[T]):
+    """A one-shot slot for the answer to one request.
+
+    The actor calls ``set`` or ``fail`` exactly once; the asker awaits ``wait``. Both ``set`` and
+    ``fail`` are synchronous and never block. A reply to an asker that already gave up (timeout or
+    cancellation) is dropped. This is cheaper than a memory channel or a ``trio.Event`` per
+    request, which matters: ``ask`` is the hot path of every request.
+    """
+
+    __slots__ = ("_task", "_outcome", "_done")
+
+    def __init__(self) -> None:
+        self._task: ll.Task | None = None
+        self._outcome: Any = None
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def set(self, value: T) -> None:
+        self._resolve(value, None)
+
+    def fail(self, error: BaseException) -> None:
+        self._resolve(None, error)
+
+    def _resolve(self, value: Any, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._outcome = (value, error)
+        task, self._task = self._task, None
+        if task is not None:
+            ll.reschedule(task)
+
+    async def wait(self) -> T:
+        """Await the answer. Cancellable; re-raises what the actor passed to ``fail``."""
+        if not self._done:
+            self._task = ll.current_task()
+
+            def abort(_: Any) -> ll.Abort:
+                self._task = None
+                return ll.Abort.SUCCEEDED
+
+            await ll.wait_task_rescheduled(abort)
+        else:
+            await ll.checkpoint()
+        value, error = self._outcome
+        if error is not None:
+            raise error
+        return value
+
+
+@attrs.frozen(slots=True)
+class MailboxStatistics:
+    depth: int
+    capacity: int | float
+    senders_waiting: int
+    closed: bool
+
+
+class Mailbox:
+    """A bounded mailbox. The sending side is public; ``receive`` belongs to the owning actor."""
+
+    __slots__ = ("_send", "_receive", "_closed")
+
+    def __init__(self, capacity: int) -> None:
+        self._send, self._receive = trio.open_memory_channel[Any](capacity)
+        self._closed = False
+
+    def tell(self, msg: Any) -> None:
+        """Queue ``msg`` without blocking. Raises ``MailboxFull`` or ``ActorStopped``."""
+        try:
+            self._send.send_nowait(msg)
+        except trio.WouldBlock:
+            raise MailboxFull(f"mailbox full ({self._send.statistics().max_buffer_size})") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorStopped("actor stopped") from None
+
+    async def send(self, msg: Any) -> None:
+        """Queue ``msg``, awaiting space. A checkpoint. Raises ``ActorStopped``."""
+        try:
+            await self._send.send(msg)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorStopped("actor stopped") from None
+
+    async def ask(
+        self, make: Callable[[Reply[T]], Any], timeout: float | None = DEFAULT_ASK_TIMEOUT
+    ) -> T:
+        """Queue ``make(reply)`` (awaiting space if the mailbox is full) and await the reply.
+
+        The whole call, queueing included, is bounded by ``timeout`` seconds (``None``: no
+        bound); past it, raises ``AskTimeout``. Raises ``ActorStopped`` if the actor stops first.
+        """
+        reply: Reply[T] = Reply()
+        msg = make(reply)
+        if timeout is None:
+            await self._queue(msg)
+            return await reply.wait()
+        # A bare CancelScope with a deadline costs about half of ``trio.fail_after`` (measured
+        # on the ask benchmark), and this is the hot path.
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            await self._queue(msg)
+            return await reply.wait()
+        assert scope.cancelled_caught
+        raise AskTimeout(f"no reply within {timeout} s")
+
+    async def _queue(self, msg: Any) -> None:
+        try:
+            self._send.send_nowait(msg)
+        except trio.WouldBlock:
+            await self.send(msg)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorStopped("actor stopped") from None
+
+    def statistics(self) -> MailboxStatistics:
+        s = self._send.statistics()
+        return MailboxStatistics(
+            depth=s.current_buffer_used,
+            capacity=s.max_buffer_size,
+            senders_waiting=s.tasks_waiting_send,
+            closed=self._closed,
+        )
+
+    # -- the owning actor's side -----------------------------------------------------------
+
+    async def receive(self) -> Any:
+        """Await the next message. Raises ``ActorStopped`` once closed and drained."""
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ActorStopped("mailbox closed") from None
+
+    def receive_nowait(self) -> Any:
+        """Raises ``trio.WouldBlock`` when empty."""
+        return self._receive.receive_nowait()
+
+    def close_send(self) -> None:
+        """Refuse further messages but let the owner drain what is queued; then ``receive``
+        raises ``ActorStopped``."""
+        self._closed = True
+        self._send.close()
+
+    def close(self, reason: str = "actor stopped") -> None:
+        """Close for good: later sends raise ``ActorStopped``; queued requests are failed."""
+        self._closed = True
+        self._send.close()
+        while True:
+            try:
+                msg = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            reply = getattr(msg, "reply", None)
+            if isinstance(reply, Reply):
+                reply.fail(ActorStopped(reason))
+        self._receive.close()
+
+
+@attrs.frozen(slots=True)
+class ActorRef:
+    """How the rest of the program reaches an actor: its key and the sending side of its mailbox."""
+
+    key: Any
+    mailbox: Mailbox
+
+    def tell(self, msg: Any) -> None:
+        self.mailbox.tell(msg)
+
+    async def send(self, msg: Any) -> None:
+        await self.mailbox.send(msg)
+
+    async def ask(
+        self, make: Callable[[Reply[T]], Any], timeout: float | None = DEFAULT_ASK_TIMEOUT
+    ) -> T:
+        return await self.mailbox.ask(make, timeout)

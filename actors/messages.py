@@ -1,0 +1,153 @@
+"""The closed set of messages that cross actor mailboxes, and the records they carry.
+
+Everything here is a frozen attrs class. Events and requests are addressed by ``ThreadKey``;
+nothing here is ever addressed by a bare ``thread_id``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Literal
+
+import attrs
+
+from .mailbox import Reply
+
+
+@attrs.frozen(slots=True)
+class ThreadKey:
+    """The address of a thread actor: the user from the token, and the user's thread id."""
+
+    user_id: str
+    thread_id: str
+
+
+# PROTOCOL.md: a user id is 1-128 of A-Z a-z 0-9 _ . : @ -, a thread id the same without @.
+USER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+THREAD_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def is_user_id(value: object) -> bool:
+    return isinstance(value, str) and USER_ID_PATTERN.fullmatch(value) is not None
+
+
+def is_thread_id(value: object) -> bool:
+    return isinstance(value, str) and THREAD_ID_PATTERN.fullmatch(value) is not None
+
+
+# -- event names (PROTOCOL.md, "Events") --------------------------------------------------------
+
+USER_MESSAGE: Final = "user_message"
+AGENT_STARTED: Final = "agent_started"
+AGENT_THINKING: Final = "agent_thinking"
+TOOL_EXECUTING: Final = "tool_executing"
+TOOL_COMPLETED: Final = "tool_completed"
+AGENT_COMPLETED: Final = "agent_completed"
+AGENT_FAILED: Final = "agent_failed"
+AGENT_CANCELLED: Final = "agent_cancelled"
+
+TERMINAL_EVENTS: Final = frozenset({AGENT_COMPLETED, AGENT_FAILED, AGENT_CANCELLED})
+EVENT_NAMES: Final = frozenset(
+    {USER_MESSAGE, AGENT_STARTED, AGENT_THINKING, TOOL_EXECUTING, TOOL_COMPLETED}
+    | TERMINAL_EVENTS
+)
+
+Strategy = Literal["enqueue", "interrupt", "reject"]
+STRATEGIES: Final = ("enqueue", "interrupt", "reject")
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One stored event of a thread. ``seq`` starts at 1 and grows by exactly 1 per event.
+
+    ``data`` is a plain dict (JSON and msgpack friendly); treat it as immutable.
+    """
+
+    key: ThreadKey
+    seq: int
+    event: str
+    run_id: str | None
+    ts: float
+    data: dict[str, Any]
+
+
+@attrs.frozen(slots=True)
+class ThreadInfo:
+    """What the journal knows of a thread as a whole."""
+
+    key: ThreadKey
+    last_seq: int
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen(slots=True)
+class Accepted:
+    """The answer to a stored user message: where it went and which run it starts."""
+
+    key: ThreadKey
+    message_id: str
+    run_id: str
+    seq: int
+
+
+@attrs.frozen(slots=True)
+class Joined:
+    """First item a new subscriber receives, before any replayed or live event.
+
+    ``tag`` is whatever the subscriber passed in ``Subscribe`` (the transport puts the
+    request's ``ref`` there), so the subscriber can answer the right request.
+    """
+
+    key: ThreadKey
+    last_seq: int
+    tag: object = None
+
+
+# -- requests to a ThreadActor -------------------------------------------------------------------
+# Each carries a ``reply`` slot; the actor answers with a value or an exception.
+
+
+@attrs.frozen(slots=True)
+class PostMessage:
+    text: str
+    client_msg_id: str | None
+    strategy: Strategy
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
+class Subscribe:
+    subscriber: Any  # actors.thread.Subscriber
+    since: int | None
+    tag: object
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
+class Unsubscribe:
+    subscriber: Any
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
+class CancelRun:
+    run_id: str | None
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
+class GetInfo:
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
+class Passivate:
+    """From the directory: passivate if still idle. No reply."""
+
+
+@attrs.frozen(slots=True)
+class Shutdown:
+    """From the runtime: cancel active runs with reason ``shutdown`` and stop. No reply."""
+
+    grace: float

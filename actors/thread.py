@@ -1,0 +1,287 @@
+"""The ThreadActor: one per ``(user_id, thread_id)``.
+
+It owns the thread's sequence counter, its subscribers and its run queue, and runs agent runs
+in its own nursery through the execution engine. It handles its mailbox in order.
+
+Ordering and durability: every event is appended under the thread's append lock, the seq
+assigned inside the lock, and the counter advanced only once the journal has the event; then
+the event is delivered to the subscribers, still under the lock. So events reach subscribers
+in seq order, only once durable, and a failed write leaves no gap. ``last_seq`` as told to a
+new subscriber is always the last *durable* seq, so a write in flight at that moment is
+delivered to it live: no gap and no duplicate between a replay and the live stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+import attrs
+import trio
+
+from .engine import Agent, RunContext, RunControl, ToolRegistry, execute, new_id
+from .errors import ActorCrashed, ActorStopped, Busy, JournalUnavailable, MailboxFull, UnknownRun
+from .journal import Journal
+from .mailbox import Mailbox, Reply
+from .messages import (
+    USER_MESSAGE,
+    Accepted,
+    CancelRun,
+    Event,
+    GetInfo,
+    Joined,
+    Passivate,
+    PostMessage,
+    Shutdown,
+    Subscribe,
+    ThreadInfo,
+    ThreadKey,
+    Unsubscribe,
+)
+
+log = logging.getLogger("threadline.thread")
+
+
+class Subscriber(Protocol):
+    """Whatever receives a thread's events: a session, an embedding program's subscription.
+
+    Must be hashable by identity. Both methods are called from the thread's task and must not
+    block.
+    """
+
+    def deliver(self, item: Event | Joined) -> None:
+        """Queue ``item``; raise ``MailboxFull`` when full, ``ActorStopped`` when gone."""
+
+    def dropped(self, key: ThreadKey, reason: str) -> None:
+        """The thread dropped this subscriber (it was full, or the thread stopped)."""
+
+
+@attrs.define
+class ThreadEnv:
+    """What every thread actor of a runtime shares."""
+
+    journal: Journal
+    agent: Agent
+    tools: ToolRegistry
+    clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
+
+
+class ThreadActor:
+    __slots__ = ("key", "env", "_seq", "_created_at", "_updated_at", "_subscribers", "_queue",
+                 "_active", "_runner_on", "_nursery", "_lock", "_idle_since", "_stopping",
+                 "_drained")
+
+    def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
+        self.key = key
+        self.env = env
+        self._seq = 0  # the last durable seq
+        self._created_at = self._updated_at = 0.0
+        self._subscribers: dict[Subscriber, None] = {}  # an ordered set
+        self._queue: collections.deque[RunControl] = collections.deque()
+        self._active: RunControl | None = None
+        self._runner_on = False
+        self._nursery: trio.Nursery | None = None
+        self._lock: trio.Lock | None = None  # made on the first append: idle actors stay small
+        self._idle_since = trio.current_time()
+        self._stopping = False
+        self._drained: trio.Event | None = None
+
+    # -- what the directory asks ------------------------------------------------------------
+
+    def idle_since(self) -> float | None:
+        if self._subscribers or self._runner_on or self._queue:
+            return None
+        return self._idle_since
+
+    def stopped(self, reason: str) -> None:
+        subscribers, self._subscribers = self._subscribers, {}
+        for sub in subscribers:
+            sub.dropped(self.key, f"thread stopped: {reason}")
+
+    # -- the actor loop -----------------------------------------------------------------------
+
+    async def run(self, mailbox: Mailbox) -> None:
+        info = await self.env.journal.ensure_thread(self.key, self.env.clock())
+        self._seq, self._created_at, self._updated_at = info.last_seq, info.created_at, info.updated_at
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._queue:  # runs queued before a crash and restart
+                self._ensure_runner()
+            msg: Any = None
+            try:
+                while True:
+                    msg = await mailbox.receive()
+                    if await self._handle(msg):
+                        break
+            except Exception:
+                # A bug in this actor: the active run (cancelled as the nursery unwinds)
+                # records agent_failed, the caller gets an answer, and the supervisor restarts us.
+                if self._active is not None:
+                    self._active.failure = "internal error"
+                reply = getattr(msg, "reply", None)
+                if isinstance(reply, Reply):
+                    reply.fail(ActorCrashed("thread actor crashed; restarting"))
+                raise
+
+    async def _handle(self, msg: Any) -> bool:
+        """Handle one message; True means stop."""
+        kind = type(msg)
+        if kind is GetInfo:
+            msg.reply.set(self.info())
+        elif kind is PostMessage:
+            await self._post(msg)
+        elif kind is Subscribe:
+            self._subscribe(msg)
+        elif kind is Unsubscribe:
+            found = msg.subscriber in self._subscribers
+            self._subscribers.pop(msg.subscriber, None)
+            if not self._subscribers:
+                self._idle_since = trio.current_time()
+            msg.reply.set(found)
+        elif kind is CancelRun:
+            self._cancel(msg)
+        elif kind is Passivate:
+            return self.idle_since() is not None
+        elif kind is Shutdown:
+            await self._shutdown(msg.grace)
+            return True
+        else:
+            raise TypeError(f"ThreadActor got an unknown message {msg!r}")
+        return False
+
+    def info(self) -> ThreadInfo:
+        return ThreadInfo(self.key, self._seq, self._created_at, self._updated_at)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def _post(self, msg: PostMessage) -> None:
+        reply = msg.reply
+        if self._stopping:
+            reply.fail(ActorStopped("the thread is shutting down"))
+            return
+        try:
+            if msg.client_msg_id is not None:
+                prior = await self.env.journal.find_message(self.key, msg.client_msg_id)
+                if prior is not None:
+                    reply.set(prior)  # idempotent retry: same answer, no second run
+                    return
+            if msg.strategy == "reject" and (self._active is not None or self._queue):
+                reply.fail(Busy("a run is active on this thread"))
+                return
+            run_id, message_id = new_id("run"), new_id("msg")
+            data: dict[str, Any] = {"message_id": message_id, "text": msg.text}
+            if msg.client_msg_id is not None:
+                data["client_msg_id"] = msg.client_msg_id
+            event = await self._append(USER_MESSAGE, run_id, data)
+        except JournalUnavailable as exc:
+            reply.fail(exc)
+            return
+        control = RunControl(RunContext(self.key.user_id, self.key.thread_id, run_id, message_id),
+                             msg.text)
+        if msg.strategy == "interrupt":
+            self._queue.appendleft(control)  # next to run; runs queued before keep their order
+            if self._active is not None:
+                self._active.cancel("interrupt")
+        else:
+            self._queue.append(control)
+        self._ensure_runner()
+        reply.set(Accepted(self.key, message_id, run_id, event.seq))
+
+    def _subscribe(self, msg: Subscribe) -> None:
+        sub = msg.subscriber
+        try:
+            sub.deliver(Joined(self.key, self._seq, msg.tag))
+        except (MailboxFull, ActorStopped) as exc:
+            msg.reply.fail(exc)
+            return
+        self._subscribers[sub] = None
+        msg.reply.set(self._seq)
+
+    def _cancel(self, msg: CancelRun) -> None:
+        active = self._active
+        if active is None or (msg.run_id is not None and msg.run_id != active.context.run_id):
+            # PROTOCOL.md: only the active run can be cancelled; a queued one is "not active".
+            msg.reply.fail(UnknownRun(f"no active run {msg.run_id or ''}".rstrip()))
+            return
+        active.cancel("cancel")
+        msg.reply.set(active.context.run_id)
+
+    async def _shutdown(self, grace: float) -> None:
+        """Let the runs finish for ``grace`` seconds, then cancel them with reason shutdown."""
+        self._stopping = True
+        if not self._runner_on:
+            return
+        self._drained = trio.Event()
+        with trio.move_on_after(grace):
+            await self._drained.wait()
+        for control in (self._active, *self._queue):
+            if control is not None:
+                control.cancel("shutdown")
+        await self._drained.wait()
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def _ensure_runner(self) -> None:
+        if not self._runner_on and self._nursery is not None:
+            self._runner_on = True
+            self._nursery.start_soon(self._runner)
+
+    async def _runner(self) -> None:
+        """Runs queued runs one at a time; exits when the queue is empty (no idle task)."""
+        try:
+            while self._queue:
+                control = self._queue.popleft()
+                self._active = control
+                try:
+                    await execute(control, self.env.agent, self.env.tools, self._emit)
+                except JournalUnavailable as exc:
+                    log.error("run %s of %s lost its journal: %s", control.context.run_id,
+                              self.key, exc)
+                finally:
+                    self._active = None
+        finally:
+            self._runner_on = False
+            self._idle_since = trio.current_time()
+            if self._drained is not None:
+                self._drained.set()
+
+    async def _emit(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
+        if ctx.user_id != self.key.user_id or ctx.thread_id != self.key.thread_id:
+            raise RuntimeError(f"run {ctx.run_id} is not a run of {self.key}")
+        await self._append(event, ctx.run_id, data)
+
+    async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
+        if self._lock is None:
+            self._lock = trio.Lock()
+        async with self._lock:
+            event = Event(self.key, self._seq + 1, name, run_id, self.env.clock(), data)
+            # Shielded: once written, the write must finish (or fail as a whole) before a
+            # cancelled caller moves on, or the counter would not match the journal.
+            with trio.CancelScope(shield=True):
+                await self.env.journal.append((event,))
+            self._seq = event.seq
+            self._updated_at = event.ts
+            self._deliver(event)
+        return event
+
+    def _deliver(self, event: Event) -> None:
+        failed: list[tuple[Subscriber, str | None]] | None = None
+        for sub in self._subscribers:
+            try:
+                sub.deliver(event)
+            except MailboxFull:
+                failed = failed or []
+                failed.append((sub, f"mailbox full at seq {event.seq}"))
+            except ActorStopped:
+                failed = failed or []
+                failed.append((sub, None))
+        if failed:
+            for sub, reason in failed:
+                del self._subscribers[sub]
+                if reason is not None:
+                    log.info("dropping a subscriber of %s: %s", self.key, reason)
+                    sub.dropped(self.key, reason)
+            if not self._subscribers:
+                self._idle_since = trio.current_time()
