@@ -79,7 +79,8 @@ class ThreadActor:
         self._seq = 0  # the last durable seq
         self._created_at = self._updated_at = 0.0
         self._subscribers: dict[Subscriber, None] = {}  # an ordered set
-        self._queue: collections.deque[RunControl] = collections.deque()
+        # An empty deque is about 600 bytes; an idle actor has none (DESIGN.md: <= 6 KB each).
+        self._queue: collections.deque[RunControl] | None = None
         self._active: RunControl | None = None
         self._runner_on = False
         self._nursery: trio.Nursery | None = None
@@ -180,6 +181,8 @@ class ThreadActor:
             return
         control = RunControl(RunContext(self.key.user_id, self.key.thread_id, run_id, message_id),
                              msg.text)
+        if self._queue is None:
+            self._queue = collections.deque()
         if msg.strategy == "interrupt":
             self._queue.appendleft(control)  # next to run; runs queued before keep their order
             if self._active is not None:
@@ -216,7 +219,7 @@ class ThreadActor:
         self._drained = trio.Event()
         with trio.move_on_after(grace):
             await self._drained.wait()
-        for control in (self._active, *self._queue):
+        for control in (self._active, *(self._queue or ())):
             if control is not None:
                 control.cancel("shutdown")
         await self._drained.wait()
