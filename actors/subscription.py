@@ -70,8 +70,11 @@ class Subscription:
                 raise SubscriberDropped(self._dropped or "subscription closed") from None
             if isinstance(item, Joined):
                 self.joined_at = item.last_seq
-                if self.last_seq is None:
-                    self.last_seq = item.last_seq  # no since: live events only
+                if self.last_seq is None or self.last_seq > item.last_seq:
+                    # No since: live events only. A since beyond the thread's end (the client
+                    # claims events that do not exist) counts as "up to date", so no live
+                    # event is mistaken for one already seen.
+                    self.last_seq = item.last_seq
                 self._replay_upto = item.last_seq
                 continue
             if self.last_seq is not None and item.seq <= self.last_seq:

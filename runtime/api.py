@@ -197,7 +197,7 @@ class ThreadHandle:
         """
         sub = Subscription(self.key, self.runtime.journal, since,
                            capacity or self.runtime.config.subscriber_capacity)
-        await self.runtime._ask(self.key, lambda r: Subscribe(sub, since, None, r))
+        sub.joined_at = await self.runtime._ask(self.key, lambda r: Subscribe(sub, since, None, r))
         try:
             yield sub
         finally:

@@ -1,0 +1,10 @@
+import pytest
+
+from actors.journal import MemoryJournal
+from tests.journal_contract import JournalContract
+
+
+class TestMemoryJournal(JournalContract):
+    @pytest.fixture
+    def journal(self):
+        return MemoryJournal()

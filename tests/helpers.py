@@ -1,0 +1,103 @@
+"""Test helpers: a scripted agent, event collection, and the run well-formedness check."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Iterable
+
+import trio
+
+from actors.engine import Run, ToolRegistry
+from actors.messages import (
+    AGENT_STARTED,
+    TERMINAL_EVENTS,
+    USER_MESSAGE,
+    Event,
+)
+from actors.subscription import Subscription
+
+
+async def scripted_agent(run: Run) -> str:
+    """Follows the message text: ``;``-separated steps ``think:T``, ``sleep:S``,
+    ``tool:NAME:JSON-ARGS``, ``raise:MSG``; answers the last step's text. Plain text echoes."""
+    answer = run.text
+    for step in run.text.split(";"):
+        op, _, arg = step.partition(":")
+        if op == "think":
+            await run.think(arg)
+        elif op == "sleep":
+            await trio.sleep(float(arg))
+        elif op == "tool":
+            name, _, args = arg.partition(":")
+            answer = str(await run.call_tool(name, **json.loads(args or "{}")))
+        elif op == "raise":
+            raise ValueError(arg)
+    return answer
+
+
+def test_tools() -> ToolRegistry:
+    tools = ToolRegistry(default_timeout=2.0)
+
+    async def add(ctx, a, b):
+        return a + b
+
+    async def boom(ctx):
+        raise RuntimeError("tool broke")
+
+    async def slow(ctx, seconds):
+        await trio.sleep(seconds)
+        return "done"
+
+    async def whoami(ctx):
+        return f"{ctx.user_id}/{ctx.thread_id}/{ctx.run_id}"
+
+    tools.register("add", add)
+    tools.register("boom", boom)
+    tools.register("slow", slow, timeout=1.0)
+    tools.register("whoami", whoami)
+    return tools
+
+
+test_tools.__test__ = False  # a factory, not a test
+
+
+async def until_terminal(sub: Subscription, run_id: str | None = None,
+                         timeout: float = 30.0) -> list[Event]:
+    """Events from ``sub`` up to and including the terminal event of ``run_id`` (or any run)."""
+    out: list[Event] = []
+    with trio.fail_after(timeout):
+        async for event in sub:
+            out.append(event)
+            if event.event in TERMINAL_EVENTS and run_id in (None, event.run_id):
+                return out
+    raise AssertionError("subscription ended")
+
+
+def names(events: Iterable[Event]) -> list[str]:
+    return [e.event for e in events]
+
+
+def assert_gapless(events: list[Event], first: int = 1) -> None:
+    assert [e.seq for e in events] == list(range(first, first + len(events))), \
+        [e.seq for e in events]
+
+
+def assert_runs_well_formed(events: list[Event], *, finished: bool = True) -> None:
+    """Every run: its user_message first, then agent_started, then exactly one terminal event,
+    last. With ``finished``, every run that started has ended."""
+    by_run: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        assert e.run_id is not None, e
+        by_run[e.run_id].append(e.event)
+    for run_id, evs in by_run.items():
+        assert evs[0] == USER_MESSAGE, (run_id, evs)
+        assert evs.count(USER_MESSAGE) == 1, (run_id, evs)
+        rest = evs[1:]
+        if not rest and not finished:
+            continue
+        assert rest and rest[0] == AGENT_STARTED, (run_id, evs)
+        assert rest.count(AGENT_STARTED) == 1, (run_id, evs)
+        terminals = [x for x in rest if x in TERMINAL_EVENTS]
+        if finished or terminals:
+            assert len(terminals) == 1 and rest[-1] in TERMINAL_EVENTS, (run_id, evs)

@@ -1,0 +1,125 @@
+"""The Journal contract: every journal (memory, SQLite, PostgreSQL) runs this same suite.
+
+A test module subclasses ``JournalContract`` and provides a ``journal`` fixture that yields a
+fresh, empty journal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors.errors import JournalUnavailable
+from actors.messages import USER_MESSAGE, Event, ThreadKey
+
+A = ThreadKey("alice", "main")
+B = ThreadKey("bob", "main")  # same thread id, other user: an unrelated thread
+
+
+def ev(key: ThreadKey, seq: int, name: str = "agent_thinking", run_id: str | None = "run_1",
+       ts: float = 1000.0, **data: object) -> Event:
+    return Event(key, seq, name, run_id, ts + seq, dict(data) or {"text": f"e{seq}"})
+
+
+def msg(key: ThreadKey, seq: int, cid: str | None = None, run_id: str = "run_1") -> Event:
+    data: dict[str, object] = {"message_id": f"msg_{seq}", "text": "hi"}
+    if cid is not None:
+        data["client_msg_id"] = cid
+    return Event(key, seq, USER_MESSAGE, run_id, 1000.0 + seq, data)
+
+
+class JournalContract:
+    async def test_new_thread_starts_empty(self, journal):
+        info = await journal.ensure_thread(A, 5.0)
+        assert (info.key, info.last_seq, info.created_at, info.updated_at) == (A, 0, 5.0, 5.0)
+        assert await journal.last_seq(A) == 0
+        assert await journal.read(A, 0) == []
+
+    async def test_ensure_thread_is_idempotent(self, journal):
+        await journal.ensure_thread(A, 5.0)
+        await journal.append([ev(A, 1)])
+        info = await journal.ensure_thread(A, 99.0)
+        assert info.last_seq == 1 and info.created_at == 5.0
+
+    async def test_unknown_thread_reads_as_empty(self, journal):
+        assert await journal.last_seq(A) == 0
+        assert await journal.read(A, 0) == []
+        assert await journal.find_message(A, "x") is None
+        assert await journal.threads("alice") == []
+
+    async def test_append_then_read_in_order(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        events = [ev(A, i) for i in range(1, 6)]
+        await journal.append(events[:2])
+        await journal.append(events[2:])
+        assert await journal.read(A, 0) == events
+        assert await journal.read(A, 2) == events[2:]
+        assert await journal.read(A, 1, upto=3) == events[1:3]
+        assert await journal.read(A, 0, limit=2) == events[:2]
+        assert await journal.read(A, 5) == []
+        assert await journal.last_seq(A) == 5
+
+    async def test_events_round_trip_exactly(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        e = Event(A, 1, "tool_completed", "run_x", 1234.5678,
+                  {"call_id": "c", "tool": "calculator", "result": 3.5,
+                   "nested": {"list": [1, "two", None, True]}, "text": "ünïcode ✓"})
+        await journal.append([e])
+        assert await journal.read(A, 0) == [e]
+
+    async def test_append_must_follow_last_seq(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.append([ev(A, 1)])
+        for bad in ([ev(A, 1)], [ev(A, 3)], [ev(A, 2), ev(A, 4)]):
+            with pytest.raises((ValueError, JournalUnavailable)):
+                await journal.append(bad)
+        assert await journal.last_seq(A) == 1  # a refused batch stored nothing
+        await journal.append([ev(A, 2)])
+        assert await journal.last_seq(A) == 2
+
+    async def test_threads_are_isolated_by_user(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.ensure_thread(B, 1.0)
+        await journal.append([ev(A, 1), ev(A, 2)])
+        await journal.append([ev(B, 1)])
+        assert [e.key for e in await journal.read(A, 0)] == [A, A]
+        assert [e.key for e in await journal.read(B, 0)] == [B]
+        assert [i.key for i in await journal.threads("alice")] == [A]
+        assert [i.key for i in await journal.threads("bob")] == [B]
+
+    async def test_find_message_by_client_msg_id(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.ensure_thread(B, 1.0)
+        await journal.append([msg(A, 1, "c1", "run_a"), ev(A, 2), msg(A, 3)])
+        found = await journal.find_message(A, "c1")
+        assert (found.key, found.message_id, found.run_id, found.seq) == (A, "msg_1", "run_a", 1)
+        assert await journal.find_message(A, "c2") is None
+        assert await journal.find_message(B, "c1") is None  # per thread, per user
+
+    async def test_threads_newest_first_with_last_seq(self, journal):
+        keys = [ThreadKey("alice", t) for t in ("t1", "t2", "t3")]
+        for k in keys:
+            await journal.ensure_thread(k, 1.0)
+        await journal.append([ev(keys[0], 1, ts=10.0)])
+        await journal.append([ev(keys[2], 1, ts=20.0), ev(keys[2], 2, ts=20.0)])
+        await journal.append([ev(keys[1], 1, ts=30.0)])
+        infos = await journal.threads("alice")
+        assert [i.key.thread_id for i in infos] == ["t2", "t3", "t1"]
+        assert [i.last_seq for i in infos] == [1, 2, 1]
+        assert all(i.created_at == 1.0 for i in infos)
+        assert infos[0].updated_at == 31.0
+
+    async def test_concurrent_appends_to_many_threads(self, journal):
+        keys = [ThreadKey(f"u{i % 3}", f"t{i}") for i in range(20)]
+        for k in keys:
+            await journal.ensure_thread(k, 1.0)
+
+        async def writer(k: ThreadKey) -> None:
+            for seq in range(1, 11):
+                await journal.append([ev(k, seq)])
+
+        async with trio.open_nursery() as n:
+            for k in keys:
+                n.start_soon(writer, k)
+        for k in keys:
+            assert [e.seq for e in await journal.read(k, 0)] == list(range(1, 11))
