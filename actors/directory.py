@@ -18,7 +18,7 @@ import trio
 from .errors import ActorStopped, MailboxFull, RestartIntensityExceeded
 from .mailbox import ActorRef, Mailbox
 from .messages import Passivate
-from .supervisor import DEFAULT_POLICY, RestartPolicy, supervise
+from .supervisor import DEFAULT_POLICY, RestartBudget, RestartPolicy
 
 log = logging.getLogger("threadline.directory")
 
@@ -108,8 +108,17 @@ class Directory(Generic[K]):
     async def _run(self, key: K, entry: _Entry) -> None:
         mailbox = entry.ref.mailbox
         reason = "stopped"
+        budget: RestartBudget | None = None
         try:
-            await supervise(lambda: entry.actor.run(mailbox), policy=self._policy, name=key)
+            # supervise(), inlined: one coroutine frame less in each of 100,000 idle actors.
+            while True:
+                try:
+                    await entry.actor.run(mailbox)
+                    break
+                except Exception as exc:
+                    if budget is None:
+                        budget = RestartBudget(self._policy, key)
+                    budget.crashed(exc)
             reason = "passivated"
         except RestartIntensityExceeded as exc:
             # The parent's policy for an escalation: stop this actor and forget its key, so the

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import attrs
 import trio
@@ -35,37 +35,57 @@ class RestartPolicy:
 DEFAULT_POLICY = RestartPolicy()
 
 
+class RestartBudget:
+    """Counts one child's crashes against a ``RestartPolicy``."""
+
+    __slots__ = ("policy", "name", "_times")
+
+    def __init__(self, policy: RestartPolicy, name: object) -> None:
+        self.policy = policy
+        self.name = name
+        self._times: collections.deque[float] | None = None  # allocated on the first crash
+
+    def crashed(self, exc: Exception) -> None:
+        """Record a crash; raises ``RestartIntensityExceeded`` (from ``exc``) if it is one
+        too many, otherwise logs it and returns: the caller restarts the child."""
+        now = trio.current_time()
+        policy = self.policy
+        if self._times is None:
+            self._times = collections.deque()
+        times = self._times
+        while times and times[0] <= now - policy.period:
+            times.popleft()
+        if len(times) >= policy.intensity:
+            log.error("%s crashed %d times within %ss; escalating", self.name, len(times) + 1,
+                      policy.period, exc_info=exc)
+            raise RestartIntensityExceeded(
+                f"{self.name} crashed more than {policy.intensity} times in {policy.period} s"
+            ) from exc
+        times.append(now)
+        log.warning("%s crashed; restarting (%d of %d in %ss)", self.name, len(times),
+                    policy.intensity, policy.period, exc_info=exc)
+
+
 async def supervise(
-    body: Callable[[], Awaitable[None]],
-    *,
+    body: Callable[..., Awaitable[None]],
+    *args: Any,
     policy: RestartPolicy = DEFAULT_POLICY,
     name: object = "actor",
 ) -> None:
-    """Run ``body()`` until it returns, restarting it when it raises an ``Exception``.
+    """Run ``body(*args)`` until it returns, restarting it when it raises an ``Exception``.
 
     Cancellation is not a crash and is never restarted. Raises ``RestartIntensityExceeded``
     past the policy. Restarts are timed with trio's clock, so tests can use virtual time.
     """
-    restarts: collections.deque[float] | None = None  # allocated on the first crash only
+    budget: RestartBudget | None = None
     while True:
         try:
-            await body()
+            await body(*args)
             return
         except Exception as exc:
-            now = trio.current_time()
-            if restarts is None:
-                restarts = collections.deque()
-            while restarts and restarts[0] <= now - policy.period:
-                restarts.popleft()
-            if len(restarts) >= policy.intensity:
-                log.error("%s crashed %d times within %ss; escalating", name,
-                          len(restarts) + 1, policy.period, exc_info=exc)
-                raise RestartIntensityExceeded(
-                    f"{name} crashed more than {policy.intensity} times in {policy.period} s"
-                ) from exc
-            restarts.append(now)
-            log.warning("%s crashed; restarting (%d of %d in %ss)", name, len(restarts),
-                        policy.intensity, policy.period, exc_info=exc)
+            if budget is None:
+                budget = RestartBudget(policy, name)
+            budget.crashed(exc)
 
 
 class Supervisor:

@@ -70,20 +70,21 @@ class ThreadEnv:
 
 class ThreadActor:
     __slots__ = ("key", "env", "_seq", "_created_at", "_updated_at", "_subscribers", "_queue",
-                 "_active", "_runner_on", "_nursery", "_lock", "_idle_since", "_stopping",
-                 "_drained")
+                 "_active", "_runner_on", "_nursery", "_wake", "_lock", "_idle_since",
+                 "_stopping", "_drained")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
         self.env = env
         self._seq = 0  # the last durable seq
         self._created_at = self._updated_at = 0.0
-        self._subscribers: dict[Subscriber, None] = {}  # an ordered set
+        self._subscribers: dict[Subscriber, None] | None = None  # an ordered set, made lazily
         # An empty deque is about 600 bytes; an idle actor has none (DESIGN.md: <= 6 KB each).
         self._queue: collections.deque[RunControl] | None = None
         self._active: RunControl | None = None
         self._runner_on = False
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # only while runs are active
+        self._wake: trio.CancelScope | None = None
         self._lock: trio.Lock | None = None  # made on the first append: idle actors stay small
         self._idle_since = trio.current_time()
         self._stopping = False
@@ -97,8 +98,8 @@ class ThreadActor:
         return self._idle_since
 
     def stopped(self, reason: str) -> None:
-        subscribers, self._subscribers = self._subscribers, {}
-        for sub in subscribers:
+        subscribers, self._subscribers = self._subscribers, None
+        for sub in subscribers or ():
             sub.dropped(self.key, f"thread stopped: {reason}")
 
     # -- the actor loop -----------------------------------------------------------------------
@@ -106,25 +107,56 @@ class ThreadActor:
     async def run(self, mailbox: Mailbox) -> None:
         info = await self.env.journal.ensure_thread(self.key, self.env.clock())
         self._seq, self._created_at, self._updated_at = info.last_seq, info.created_at, info.updated_at
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self._queue:  # runs queued before a crash and restart
+        msg: Any = None
+        receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
+        try:
+            while True:
+                if self._queue:  # runs to do (also runs queued before a crash and restart)
+                    if await self._busy(mailbox):
+                        return
+                    continue
+                msg = await receive()
+                if await self._handle(msg):
+                    return
+        except Exception:
+            self._crashed(msg)
+            raise
+
+    async def _busy(self, mailbox: Mailbox) -> bool:
+        """Handle the mailbox while runs are active, in a nursery that lives only that long:
+        an idle actor has no nursery and no runner task (DESIGN.md: <= 6 KB per idle actor).
+        Returns True to stop."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 self._ensure_runner()
-            msg: Any = None
-            try:
-                while True:
-                    msg = await mailbox.receive()
-                    if await self._handle(msg):
-                        break
-            except Exception:
-                # A bug in this actor: the active run (cancelled as the nursery unwinds)
-                # records agent_failed, the caller gets an answer, and the supervisor restarts us.
-                if self._active is not None:
-                    self._active.failure = "internal error"
-                reply = getattr(msg, "reply", None)
-                if isinstance(reply, Reply):
-                    reply.fail(ActorCrashed("thread actor crashed; restarting"))
-                raise
+                msg: Any = None
+                try:
+                    while self._runner_on:
+                        # The runner cancels this scope when it finishes: the busy phase ends.
+                        with trio.CancelScope() as self._wake:
+                            msg = await mailbox.receive()
+                        self._wake = None
+                        if msg is None:
+                            break
+                        if await self._handle(msg):
+                            return True
+                        msg = None
+                except Exception:
+                    self._crashed(msg)  # inside the nursery: before the runner is cancelled
+                    raise
+        finally:
+            self._nursery = self._wake = None
+        return False
+
+    def _crashed(self, msg: Any) -> None:
+        """A bug in this actor: the active run will record agent_failed as the nursery
+        unwinds, the caller gets an answer, and the supervisor restarts us."""
+        if self._active is not None:
+            self._active.failure = "internal error"
+        reply = getattr(msg, "reply", None)
+        if isinstance(reply, Reply):
+            reply.fail(ActorCrashed("thread actor crashed; restarting"))
 
     async def _handle(self, msg: Any) -> bool:
         """Handle one message; True means stop."""
@@ -136,9 +168,9 @@ class ThreadActor:
         elif kind is Subscribe:
             self._subscribe(msg)
         elif kind is Unsubscribe:
-            found = msg.subscriber in self._subscribers
-            self._subscribers.pop(msg.subscriber, None)
-            if not self._subscribers:
+            subs = self._subscribers
+            found = subs is not None and subs.pop(msg.subscriber, False) is None
+            if not subs:
                 self._idle_since = trio.current_time()
             msg.reply.set(found)
         elif kind is CancelRun:
@@ -199,6 +231,8 @@ class ThreadActor:
         except (MailboxFull, ActorStopped) as exc:
             msg.reply.fail(exc)
             return
+        if self._subscribers is None:
+            self._subscribers = {}
         self._subscribers[sub] = None
         msg.reply.set(self._seq)
 
@@ -247,6 +281,8 @@ class ThreadActor:
         finally:
             self._runner_on = False
             self._idle_since = trio.current_time()
+            if self._wake is not None:
+                self._wake.cancel()
             if self._drained is not None:
                 self._drained.set()
 
@@ -270,6 +306,8 @@ class ThreadActor:
         return event
 
     def _deliver(self, event: Event) -> None:
+        if not self._subscribers:
+            return
         failed: list[tuple[Subscriber, str | None]] | None = None
         for sub in self._subscribers:
             try:
