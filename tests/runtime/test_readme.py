@@ -1,0 +1,31 @@
+"""The README's embedding example runs, as written, and prints what the README says."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def block_after(marker: str) -> str:
+    text = README.read_text()
+    start = text.index(marker)
+    match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
+    assert match, f"no python block after {marker!r}"
+    return match.group(1)
+
+
+def test_embedding_example_runs_as_documented():
+    code = block_after("<!-- example: embedding")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=README.parent)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[1] for line in lines[:6]] == [
+        "user_message", "agent_started", "agent_thinking", "tool_executing", "tool_completed",
+        "agent_completed"]
+    assert [line.split()[0] for line in lines[:6]] == ["1", "2", "3", "4", "5", "6"]
+    assert "'result': 3" in lines[4]
+    assert lines[5].endswith("{'text': '3 words'}")
+    assert lines[6] == "['main']"
