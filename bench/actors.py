@@ -34,7 +34,7 @@ import trio
 from actors.journal import MemoryJournal
 from actors.mailbox import Reply
 from actors.messages import GetInfo, ThreadKey
-from runtime import RuntimeConfig, open_runtime
+from runtime import Runtime, RuntimeConfig, open_runtime
 from runtime.tuning import GC_THRESHOLD, tune_gc
 
 from .common import median, progress, rss_bytes, table, write_results
@@ -87,6 +87,18 @@ def bench_ask(n: int, rounds: int) -> dict[str, Any]:
             "rounds": rounds, "n": n}
 
 
+async def activate(rt: Runtime, n: int) -> None:
+    """Activate ``n`` new thread actors and await one answer from each: all asks are queued
+    first, then awaited, so activations overlap as they would under load."""
+    replies = []
+    for i in range(n):
+        reply: Reply[Any] = Reply()
+        rt.directory.get_or_spawn(ThreadKey(f"user{i % 1000}", f"t{i}")).tell(GetInfo(reply))
+        replies.append(reply)
+    for reply in replies:
+        await reply.wait()
+
+
 # -- memory (each side in a fresh process: freed memory of one would flatter the other) ----
 
 
@@ -118,15 +130,7 @@ async def _memory_actors(n: int) -> float:
         gc.collect()
         before = rss_bytes()
         # Fresh key objects: the address each actor holds counts against the actor.
-        refs = [rt.directory.get_or_spawn(ThreadKey(f"user{i % 1000}", f"t{i}")) for i in range(n)]
-        replies = []
-        for ref in refs:
-            reply: Reply[Any] = Reply()
-            ref.tell(GetInfo(reply))
-            replies.append(reply)
-        for reply in replies:
-            await reply.wait()  # every actor is live, loaded and idle in its mailbox
-        del replies
+        await activate(rt, n)  # every actor is live, loaded and idle in its mailbox
         gc.collect()
         per = (rss_bytes() - before) / n
         assert len(rt.directory) == n
@@ -177,13 +181,7 @@ async def bare_activations(n: int) -> float:
 async def actor_activations(n: int) -> float:
     async with open_runtime(config=RuntimeConfig(passivate_after=None)) as rt:
         t0 = time.perf_counter()
-        replies = []
-        for i in range(n):
-            reply: Reply[Any] = Reply()
-            rt.directory.get_or_spawn(ThreadKey(f"user{i % 1000}", f"t{i}")).tell(GetInfo(reply))
-            replies.append(reply)
-        for reply in replies:
-            await reply.wait()
+        await activate(rt, n)
         return n / (time.perf_counter() - t0)
 
 
