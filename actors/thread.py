@@ -59,6 +59,16 @@ class Subscriber(Protocol):
 
 
 @attrs.define
+class ThreadStats:
+    """Counters over all thread actors of a runtime (for /metrics). Plain ints: one task."""
+
+    events: int = 0
+    runs_started: int = 0
+    runs_active: int = 0
+    runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
+
+
+@attrs.define
 class ThreadEnv:
     """What every thread actor of a runtime shares."""
 
@@ -66,6 +76,7 @@ class ThreadEnv:
     agent: Agent
     tools: ToolRegistry
     clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
+    stats: ThreadStats = attrs.Factory(ThreadStats)
 
 
 class ThreadActor:
@@ -271,13 +282,19 @@ class ThreadActor:
             while self._queue:
                 control = self._queue.popleft()
                 self._active = control
+                stats = self.env.stats
+                stats.runs_started += 1
+                stats.runs_active += 1
+                terminal = "lost"
                 try:
-                    await execute(control, self.env.agent, self.env.tools, self._emit)
+                    terminal = await execute(control, self.env.agent, self.env.tools, self._emit)
                 except JournalUnavailable as exc:
                     log.error("run %s of %s lost its journal: %s", control.context.run_id,
                               self.key, exc)
                 finally:
                     self._active = None
+                    stats.runs_active -= 1
+                    stats.runs_ended[terminal] = stats.runs_ended.get(terminal, 0) + 1
         finally:
             self._runner_on = False
             self._idle_since = trio.current_time()
@@ -302,6 +319,7 @@ class ThreadActor:
                 await self.env.journal.append((event,))
             self._seq = event.seq
             self._updated_at = event.ts
+            self.env.stats.events += 1
             self._deliver(event)
         return event
 

@@ -1,4 +1,5 @@
-"""The embedding API: ``open_runtime()``, and handles on users and threads.
+"""The embedding API: ``open_runtime()``; the handles on users and threads live in
+``actors.gateway``.
 
 ::
 
@@ -8,16 +9,13 @@
             await thread.send("hello")
             async for event in events: ...
 
-A ``UserHandle`` can only reach its own user's threads: code that got it from an authenticated
-identity cannot name another user's thread. ``ThreadHandle`` methods look the actor up (or
-activate it) on every call, so a handle stays valid across passivation and restarts.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import AsyncIterator
 
 import attrs
 import trio
@@ -25,32 +23,17 @@ import trio
 from actors.agents import echo_agent, echo_tools
 from actors.directory import Directory
 from actors.engine import Agent, ToolRegistry
-from actors.errors import ActorCrashed, ActorStopped, MailboxFull
+from actors.errors import ActorStopped, MailboxFull
+from actors.gateway import Gateway, ThreadHandle, UserHandle
 from actors.journal import Journal, MemoryJournal
-from actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef, Reply
-from actors.messages import (
-    Accepted,
-    CancelRun,
-    Event,
-    GetInfo,
-    PostMessage,
-    Shutdown,
-    Strategy,
-    STRATEGIES,
-    Subscribe,
-    ThreadInfo,
-    ThreadKey,
-    Unsubscribe,
-    is_thread_id,
-    is_user_id,
-)
+from actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
+from actors.messages import Shutdown, ThreadKey
 from actors.supervisor import RestartPolicy
 from actors.thread import ThreadActor, ThreadEnv
 
-from actors.subscription import Subscription
-
 log = logging.getLogger("threadline.runtime")
-T = TypeVar("T")
+
+__all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runtime"]
 
 
 @attrs.frozen
@@ -81,12 +64,16 @@ class Runtime:
             policy=config.restart,
             passivate_after=config.passivate_after,
         )
-        self.closing = False
+        self.gateway = Gateway(self.directory, journal, ask_timeout=config.ask_timeout,
+                               subscriber_capacity=config.subscriber_capacity)
+
+    @property
+    def closing(self) -> bool:
+        return self.gateway.closing
 
     def user(self, user_id: str) -> UserHandle:
-        if not is_user_id(user_id):
-            raise ValueError(f"invalid user id {user_id!r}")
-        return UserHandle(self, user_id)
+        """The handle on one user's threads. Raises ``ValueError`` for an invalid user id."""
+        return self.gateway.user(user_id)
 
     def thread(self, user_id: str, thread_id: str) -> ThreadHandle:
         return self.user(user_id).thread(thread_id)
@@ -99,9 +86,9 @@ class Runtime:
     async def aclose(self, grace: float | None = None) -> None:
         """Stop: refuse new work, give active runs ``grace`` seconds (default from the config),
         cancel them with ``agent_cancelled`` (reason ``shutdown``), stop every actor."""
-        if self.closing:
+        if self.gateway.closing:
             return
-        self.closing = True
+        self.gateway.closing = True
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down %d live thread actors (grace %ss)", len(self.directory), grace)
 
@@ -118,97 +105,6 @@ class Runtime:
             log.warning("%d thread actors did not stop in time; cancelling them", left)
         self._nursery.cancel_scope.cancel()
 
-    async def _ask(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
-        # A mailbox closed under us (passivation won the race) never handled the request, so
-        # asking the fresh activation is safe; a crash mid-request (ActorCrashed) is not retried.
-        for attempt in range(3):
-            ref = self.directory.get_or_spawn(key)
-            try:
-                return await ref.ask(make, self.config.ask_timeout)
-            except ActorCrashed:
-                raise
-            except ActorStopped:
-                if attempt == 2 or self.closing:
-                    raise
-        raise AssertionError("unreachable")
-
-
-@attrs.frozen
-class UserHandle:
-    """One user's view of the runtime."""
-
-    runtime: Runtime
-    user_id: str
-
-    def thread(self, thread_id: str) -> ThreadHandle:
-        if not is_thread_id(thread_id):
-            raise ValueError(f"invalid thread id {thread_id!r}")
-        return ThreadHandle(self.runtime, ThreadKey(self.user_id, thread_id))
-
-    async def threads(self) -> list[ThreadInfo]:
-        """The user's threads, most recently updated first (from the journal)."""
-        return await self.runtime.journal.threads(self.user_id)
-
-
-@attrs.frozen
-class ThreadHandle:
-    """One thread. Every call may activate the thread actor (creating the thread if new)."""
-
-    runtime: Runtime
-    key: ThreadKey
-
-    @property
-    def thread_id(self) -> str:
-        return self.key.thread_id
-
-    async def send(self, text: str, *, client_msg_id: str | None = None,
-                   strategy: Strategy = "enqueue") -> Accepted:
-        """Store a user message and queue its run; returns once the message is durable.
-
-        Raises ``Busy`` (strategy ``reject`` while a run is active), ``JournalUnavailable``,
-        ``ActorStopped``, ``AskTimeout``.
-        """
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}")
-        return await self.runtime._ask(
-            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r))
-
-    async def cancel(self, run_id: str | None = None) -> str:
-        """Cancel the active run (or ``run_id``, if it is the active one); returns its id.
-        Raises ``UnknownRun``. The run then ends with ``agent_cancelled`` (reason cancel)."""
-        return await self.runtime._ask(self.key, lambda r: CancelRun(run_id, r))
-
-    async def info(self) -> ThreadInfo:
-        return await self.runtime._ask(self.key, GetInfo)
-
-    async def history(self, after: int = 0, limit: int = 1000) -> list[Event]:
-        """Stored events with ``seq > after``, at most ``limit``."""
-        return await self.runtime.journal.read(self.key, after, limit=limit)
-
-    @asynccontextmanager
-    async def open_subscription(self, since: int | None = None,
-                                capacity: int | None = None) -> AsyncIterator[Subscription]:
-        """Subscribe to the thread's events; iterate the result.
-
-        With ``since``, stored events with ``seq > since`` come first, then live ones, with no
-        gap and no duplicate. ``capacity`` bounds the buffered events (default from the config);
-        a subscriber that falls that far behind is dropped: iterating then raises
-        ``SubscriberDropped`` after the buffered events, and you resume with ``since``.
-        """
-        sub = Subscription(self.key, self.runtime.journal, since,
-                           capacity or self.runtime.config.subscriber_capacity)
-        sub.joined_at = await self.runtime._ask(self.key, lambda r: Subscribe(sub, since, None, r))
-        try:
-            yield sub
-        finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self.runtime.config.ask_timeout
-                ref = self.runtime.directory.lookup(self.key)
-                if ref is not None:
-                    try:
-                        await ref.ask(lambda r: Unsubscribe(sub, r), None)
-                    except ActorStopped:
-                        pass
 
 
 @asynccontextmanager

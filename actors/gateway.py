@@ -1,0 +1,162 @@
+"""The way into thread actors: handles on users and threads.
+
+A ``UserHandle`` can only reach its own user's threads: code that got it from an authenticated
+identity (the WebSocket session does) cannot name another user's thread. ``ThreadHandle``
+methods look the actor up (or activate it) on every call, so a handle stays valid across
+passivation and restarts.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+import attrs
+import trio
+
+from .directory import Directory
+from .errors import ActorCrashed, ActorStopped
+from .journal import Journal
+from .mailbox import DEFAULT_ASK_TIMEOUT, Reply
+from .messages import (
+    STRATEGIES,
+    Accepted,
+    CancelRun,
+    Event,
+    GetInfo,
+    PostMessage,
+    Strategy,
+    Subscribe,
+    ThreadInfo,
+    ThreadKey,
+    Unsubscribe,
+    is_thread_id,
+    is_user_id,
+)
+from .subscription import Subscription
+from .thread import Subscriber
+
+T = TypeVar("T")
+
+
+class Gateway:
+    """Requests to thread actors, through the directory."""
+
+    def __init__(self, directory: Directory[ThreadKey], journal: Journal, *,
+                 ask_timeout: float = DEFAULT_ASK_TIMEOUT, subscriber_capacity: int = 1000) -> None:
+        self.directory = directory
+        self.journal = journal
+        self.ask_timeout = ask_timeout
+        self.subscriber_capacity = subscriber_capacity
+        self.closing = False
+
+    def user(self, user_id: str) -> UserHandle:
+        if not is_user_id(user_id):
+            raise ValueError(f"invalid user id {user_id!r}")
+        return UserHandle(self, user_id)
+
+    async def ask(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
+        # A mailbox closed under us (passivation won the race) never handled the request, so
+        # asking the fresh activation is safe; a crash mid-request (ActorCrashed) is not retried.
+        for attempt in range(3):
+            ref = self.directory.get_or_spawn(key)
+            try:
+                return await ref.ask(make, self.ask_timeout)
+            except ActorCrashed:
+                raise
+            except ActorStopped:
+                if attempt == 2 or self.closing:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def unsubscribe(self, key: ThreadKey, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from the thread, if the thread is live. Shielded and bounded
+        by the ask timeout, so it can run in cleanup code."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.ask_timeout
+            ref = self.directory.lookup(key)
+            if ref is not None:
+                try:
+                    await ref.ask(lambda r: Unsubscribe(subscriber, r), None)
+                except ActorStopped:
+                    pass
+
+
+@attrs.frozen
+class UserHandle:
+    """One user's view of the runtime."""
+
+    gateway: Gateway
+    user_id: str
+
+    def thread(self, thread_id: str) -> ThreadHandle:
+        if not is_thread_id(thread_id):
+            raise ValueError(f"invalid thread id {thread_id!r}")
+        return ThreadHandle(self.gateway, ThreadKey(self.user_id, thread_id))
+
+    async def threads(self) -> list[ThreadInfo]:
+        """The user's threads, most recently updated first (from the journal)."""
+        return await self.gateway.journal.threads(self.user_id)
+
+
+@attrs.frozen
+class ThreadHandle:
+    """One thread. Every call may activate the thread actor (creating the thread if new)."""
+
+    gateway: Gateway
+    key: ThreadKey
+
+    @property
+    def thread_id(self) -> str:
+        return self.key.thread_id
+
+    async def subscribe(self, subscriber: Subscriber, since: int | None = None,
+                        tag: object = None) -> int:
+        """Add any ``Subscriber``; returns the thread's last seq at that moment. The subscriber
+        gets ``Joined`` first; replaying ``since`` is its own business (see ``Subscription``)."""
+        return await self.gateway.ask(self.key, lambda r: Subscribe(subscriber, since, tag, r))
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        await self.gateway.unsubscribe(self.key, subscriber)
+
+    async def send(self, text: str, *, client_msg_id: str | None = None,
+                   strategy: Strategy = "enqueue") -> Accepted:
+        """Store a user message and queue its run; returns once the message is durable.
+
+        Raises ``Busy`` (strategy ``reject`` while a run is active), ``JournalUnavailable``,
+        ``ActorStopped``, ``AskTimeout``.
+        """
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        return await self.gateway.ask(
+            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r))
+
+    async def cancel(self, run_id: str | None = None) -> str:
+        """Cancel the active run (or ``run_id``, if it is the active one); returns its id.
+        Raises ``UnknownRun``. The run then ends with ``agent_cancelled`` (reason cancel)."""
+        return await self.gateway.ask(self.key, lambda r: CancelRun(run_id, r))
+
+    async def info(self) -> ThreadInfo:
+        return await self.gateway.ask(self.key, GetInfo)
+
+    async def history(self, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Stored events with ``seq > after``, at most ``limit``."""
+        return await self.gateway.journal.read(self.key, after, limit=limit)
+
+    @asynccontextmanager
+    async def open_subscription(self, since: int | None = None,
+                                capacity: int | None = None) -> AsyncIterator[Subscription]:
+        """Subscribe to the thread's events; iterate the result.
+
+        With ``since``, stored events with ``seq > since`` come first, then live ones, with no
+        gap and no duplicate. ``capacity`` bounds the buffered events (default from the config);
+        a subscriber that falls that far behind is dropped: iterating then raises
+        ``SubscriberDropped`` after the buffered events, and you resume with ``since``.
+        """
+        sub = Subscription(self.key, self.gateway.journal, since,
+                           capacity or self.gateway.subscriber_capacity)
+        sub.joined_at = await self.gateway.ask(self.key, lambda r: Subscribe(sub, since, None, r))
+        try:
+            yield sub
+        finally:
+            await self.gateway.unsubscribe(self.key, sub)
