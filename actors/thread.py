@@ -26,6 +26,7 @@ from .errors import ActorCrashed, ActorStopped, Busy, JournalUnavailable, Mailbo
 from .journal import Journal
 from .mailbox import Mailbox, Reply
 from .messages import (
+    TERMINAL_EVENTS,
     USER_MESSAGE,
     Accepted,
     CancelRun,
@@ -285,16 +286,14 @@ class ThreadActor:
                 stats = self.env.stats
                 stats.runs_started += 1
                 stats.runs_active += 1
-                terminal = "lost"
                 try:
-                    terminal = await execute(control, self.env.agent, self.env.tools, self._emit)
+                    await execute(control, self.env.agent, self.env.tools, self._emit)
                 except JournalUnavailable as exc:
                     log.error("run %s of %s lost its journal: %s", control.context.run_id,
                               self.key, exc)
                 finally:
                     self._active = None
                     stats.runs_active -= 1
-                    stats.runs_ended[terminal] = stats.runs_ended.get(terminal, 0) + 1
         finally:
             self._runner_on = False
             self._idle_since = trio.current_time()
@@ -319,7 +318,10 @@ class ThreadActor:
                 await self.env.journal.append((event,))
             self._seq = event.seq
             self._updated_at = event.ts
-            self.env.stats.events += 1
+            stats = self.env.stats
+            stats.events += 1
+            if name in TERMINAL_EVENTS:
+                stats.runs_ended[name] = stats.runs_ended.get(name, 0) + 1
             self._deliver(event)
         return event
 
