@@ -34,7 +34,7 @@ from .messages import (
     is_user_id,
 )
 from .subscription import Subscription
-from .thread import Subscriber
+from .thread import Subscriber, ThreadStats
 
 T = TypeVar("T")
 
@@ -43,9 +43,11 @@ class Gateway:
     """Requests to thread actors, through the directory."""
 
     def __init__(self, directory: Directory[ThreadKey], journal: Journal, *,
-                 ask_timeout: float = DEFAULT_ASK_TIMEOUT, subscriber_capacity: int = 1000) -> None:
+                 ask_timeout: float = DEFAULT_ASK_TIMEOUT, subscriber_capacity: int = 1000,
+                 stats: ThreadStats | None = None) -> None:
         self.directory = directory
         self.journal = journal
+        self.stats = stats if stats is not None else ThreadStats()
         self.ask_timeout = ask_timeout
         self.subscriber_capacity = subscriber_capacity
         self.closing = False
@@ -139,9 +141,10 @@ class ThreadHandle:
     async def info(self) -> ThreadInfo:
         return await self.gateway.ask(self.key, GetInfo)
 
-    async def history(self, after: int = 0, limit: int = 1000) -> list[Event]:
-        """Stored events with ``seq > after``, at most ``limit``."""
-        return await self.gateway.journal.read(self.key, after, limit=limit)
+    async def history(self, after: int = 0, *, upto: int | None = None,
+                      limit: int = 1000) -> list[Event]:
+        """Stored events with ``after < seq <= upto``, at most ``limit``."""
+        return await self.gateway.journal.read(self.key, after, upto=upto, limit=limit)
 
     @asynccontextmanager
     async def open_subscription(self, since: int | None = None,

@@ -65,7 +65,8 @@ class Runtime:
             passivate_after=config.passivate_after,
         )
         self.gateway = Gateway(self.directory, journal, ask_timeout=config.ask_timeout,
-                               subscriber_capacity=config.subscriber_capacity)
+                               subscriber_capacity=config.subscriber_capacity,
+                               stats=self._env.stats)
 
     @property
     def closing(self) -> bool:

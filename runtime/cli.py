@@ -1,0 +1,135 @@
+"""The ``threadline`` command: ``serve`` and ``token``.
+
+Every option also comes from the environment (``THREADLINE_HOST``, ``THREADLINE_PORT``,
+``THREADLINE_STORE``, ``THREADLINE_SECRET``, ``THREADLINE_AGENT``, ``THREADLINE_GRACE``,
+``THREADLINE_LOG``); a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from typing import Any, Sequence
+
+import trio
+
+from actors.agents import echo_agent, echo_tools
+from actors.engine import Agent, ToolRegistry
+from actors.journal import Journal, MemoryJournal
+from transport.auth import mint
+
+from .api import RuntimeConfig, open_runtime
+from .server import open_server
+from .tuning import tune_gc
+
+log = logging.getLogger("threadline")
+
+DEMO_USER = "demo"
+
+
+def env(name: str, default: Any) -> Any:
+    return os.environ.get(f"THREADLINE_{name}", default)
+
+
+def load_agent(spec: str) -> tuple[Agent, ToolRegistry]:
+    """``echo``, or ``module:callable``. The callable is the agent; a module attribute
+    ``TOOLS`` (a ``ToolRegistry``) gives its tools."""
+    if spec == "echo":
+        return echo_agent, echo_tools()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not attr:
+        raise SystemExit(f"--agent must be echo or module:callable, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+        agent = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"cannot load agent {spec!r}: {exc}") from None
+    tools = getattr(module, "TOOLS", None)
+    return agent, tools if isinstance(tools, ToolRegistry) else ToolRegistry()
+
+
+def open_store(url: str) -> Journal:
+    if url in ("memory", "memory:"):
+        return MemoryJournal()
+    raise SystemExit(f"unsupported --store {url!r}: this version has memory only")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    secret = args.secret
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        log.warning("no --secret or THREADLINE_SECRET: made one for this run only; tokens "
+                    "will not survive a restart")
+    agent, tools = load_agent(args.agent)
+    journal = open_store(args.store)
+    config = RuntimeConfig(shutdown_grace=args.grace)
+    tune_gc()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_runtime(journal=journal, agent=agent, tools=tools, config=config) as rt:
+            async with open_server(rt, host=args.host, port=args.port, secret=secret) as server:
+                log.info("store %s, agent %s", args.store, args.agent)
+                if not args.secret:
+                    token = mint(DEMO_USER, secret, ttl=24 * 3600)
+                    print(f"ready: {server.url}\n"
+                          f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
+                          f"connect:  {server.url}?token={token}", flush=True)
+                else:
+                    print(f"ready: {server.url}", flush=True)
+                async for signum in signals:
+                    log.info("%s: shutting down (runs get %ss)", signal.Signals(signum).name,
+                             args.grace)
+                    break
+                await server.shutdown(args.grace)
+    log.info("stopped")
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    if not args.secret:
+        print("threadline token: give --secret or THREADLINE_SECRET (the server's)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(mint(args.user, args.secret, ttl=args.ttl))
+    except ValueError as exc:
+        print(f"threadline token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="threadline", description="An actor runtime on trio for "
+                                "multi-user AI chat backends.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the WebSocket server")
+    s.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(env("PORT", 8765)), help="0: any free port")
+    s.add_argument("--store", default=env("STORE", "memory"), help="memory")
+    s.add_argument("--secret", default=env("SECRET", ""), help="HS256 secret for tokens")
+    s.add_argument("--agent", default=env("AGENT", "echo"), help="echo or module:callable")
+    s.add_argument("--grace", type=float, default=float(env("GRACE", 5.0)),
+                   help="seconds active runs get on shutdown")
+    s.add_argument("--log", default=env("LOG", "info"), help="log level")
+    s.set_defaults(func=lambda a: trio.run(serve, a))
+    t = sub.add_parser("token", help="print a token for a user")
+    t.add_argument("user")
+    t.add_argument("--secret", default=env("SECRET", ""))
+    t.add_argument("--ttl", type=float, default=None, help="seconds; default: no expiry")
+    t.set_defaults(func=token, log="warning")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

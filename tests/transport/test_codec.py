@@ -1,0 +1,111 @@
+"""The codec alone: no sockets."""
+
+import json
+
+import msgpack
+import pytest
+
+from actors.messages import Event, ThreadKey
+from transport.codec import Codec, error_frame, event_frame, reply_frame
+from transport.messages import JSON, MSGPACK, BadFrame, Cancel, Join, Leave, Ping, Send, Threads
+
+json_codec = Codec(JSON)
+msgpack_codec = Codec(MSGPACK)
+
+
+def decode(obj, codec=json_codec):
+    if codec.binary:
+        return codec.decode(msgpack.packb(obj), binary=True)
+    return codec.decode(json.dumps(obj), binary=False)
+
+
+@pytest.mark.parametrize("codec", [json_codec, msgpack_codec], ids=["json", "msgpack"])
+@pytest.mark.parametrize("obj, request_", [
+    ({"type": "join", "thread_id": "main"}, Join(None, "main", None)),
+    ({"type": "join", "thread_id": "a.b:c-d_E9", "since": 0, "ref": 7}, Join(7, "a.b:c-d_E9", 0)),
+    ({"type": "leave", "thread_id": "main", "ref": "x"}, Leave("x", "main")),
+    ({"type": "send", "thread_id": "t", "text": "hi"}, Send(None, "t", "hi", None, "enqueue")),
+    ({"type": "send", "thread_id": "t", "text": "", "client_msg_id": "c1", "strategy": "reject",
+      "ref": "r"}, Send("r", "t", "", "c1", "reject")),
+    ({"type": "cancel", "thread_id": "t"}, Cancel(None, "t", None)),
+    ({"type": "cancel", "thread_id": "t", "run_id": "run_1"}, Cancel(None, "t", "run_1")),
+    ({"type": "threads", "ref": 1}, Threads(1)),
+    ({"type": "ping", "extra": "ignored"}, Ping(None)),
+])
+def test_valid_frames(codec, obj, request_):
+    assert decode(obj, codec) == request_
+
+
+@pytest.mark.parametrize("obj, message, ref", [
+    ([1, 2], "a frame must be an object", None),
+    ("join", "a frame must be an object", None),
+    ({"thread_id": "t"}, "missing type", None),
+    ({"type": "dance", "ref": 3}, "unknown type 'dance'", 3),
+    ({"type": 5}, "unknown type 5", None),
+    ({"type": "join", "ref": "r"}, "missing thread_id", "r"),
+    ({"type": "join", "thread_id": ""}, "thread_id must be", None),
+    ({"type": "join", "thread_id": "a b"}, "thread_id must be", None),
+    ({"type": "join", "thread_id": "a@b"}, "thread_id must be", None),
+    ({"type": "join", "thread_id": "x" * 129}, "thread_id must be", None),
+    ({"type": "join", "thread_id": 12}, "thread_id must be", None),
+    ({"type": "join", "thread_id": "t", "since": -1}, "since must be", None),
+    ({"type": "join", "thread_id": "t", "since": "3"}, "since must be", None),
+    ({"type": "join", "thread_id": "t", "since": True}, "since must be", None),
+    ({"type": "join", "thread_id": "t", "since": 1.5}, "since must be", None),
+    ({"type": "send", "thread_id": "t"}, "missing text", None),
+    ({"type": "send", "thread_id": "t", "text": 3}, "text must be a string", None),
+    ({"type": "send", "thread_id": "t", "text": "x" * (64 * 1024 + 1)}, "text longer than 64 KiB", None),
+    ({"type": "send", "thread_id": "t", "text": "é" * (32 * 1024 + 1)}, "text longer than 64 KiB", None),
+    ({"type": "send", "thread_id": "t", "text": "x", "strategy": "now"}, "strategy must be", None),
+    ({"type": "send", "thread_id": "t", "text": "x", "client_msg_id": 5}, "client_msg_id must be", None),
+    ({"type": "cancel", "thread_id": "t", "run_id": ["r"]}, "run_id must be", None),
+    ({"type": "ping", "ref": True}, "ref must be a string or an integer", None),
+    ({"type": "ping", "ref": 1.5}, "ref must be a string or an integer", None),
+    ({"type": "ping", "ref": "r" * 65}, "ref longer than 64", None),
+])
+def test_bad_frames_say_what_is_wrong(obj, message, ref):
+    for codec in (json_codec, msgpack_codec):
+        with pytest.raises(BadFrame) as info:
+            decode(obj, codec)
+        assert info.value.message.startswith(message), info.value.message
+        assert info.value.ref == ref
+
+
+def test_text_of_exactly_64_kib_is_accepted():
+    assert decode({"type": "send", "thread_id": "t", "text": "é" * (32 * 1024)}).text
+
+
+@pytest.mark.parametrize("payload, binary, codec, message", [
+    ("{not json", False, json_codec, "not valid JSON"),
+    (b"\xc1", True, msgpack_codec, "not valid msgpack"),
+    (b'{"type":"ping"}', True, json_codec, "threadline.v1.json expects text frames"),
+    ('{"type":"ping"}', False, msgpack_codec, "threadline.v1.msgpack expects binary frames"),
+])
+def test_undecodable_payloads(payload, binary, codec, message):
+    with pytest.raises(BadFrame, match=message):
+        codec.decode(payload, binary=binary)
+
+
+def test_server_frames_encode_the_same_in_both_encodings():
+    event = Event(ThreadKey("u", "t"), 3, "tool_completed", "run_1", 1.5,
+                  {"call_id": "c", "tool": "calculator", "result": 2.5, "text": "ünï"})
+    frames = [event_frame(event), reply_frame("joined", "r1", thread_id="t", last_seq=3),
+              reply_frame("pong", None), error_frame("busy", "a run is active", 9)]
+    for frame in frames:
+        text = json_codec.encode(frame)
+        assert isinstance(text, bytes) and json.loads(text) == frame
+        assert json_codec.decode_frame(text) == frame == msgpack_codec.decode_frame(
+            msgpack_codec.encode(frame))
+        binary = msgpack_codec.encode(frame)
+        assert isinstance(binary, bytes) and msgpack.unpackb(binary) == frame
+    assert event_frame(event) == {"type": "event", "thread_id": "t", "seq": 3,
+                                  "event": "tool_completed", "run_id": "run_1", "ts": 1.5,
+                                  "data": event.data}
+    assert "ref" not in reply_frame("pong", None)
+    assert error_frame("busy", "x", 9) == {"type": "error", "code": "busy", "message": "x", "ref": 9}
+
+
+def test_unserialisable_tool_results_are_sent_as_text():
+    frame = {"type": "event", "data": {"result": {1, 2}.__class__}}
+    assert b"class" in json_codec.encode(frame)
+    assert b"class" in msgpack_codec.encode(frame)

@@ -1,0 +1,188 @@
+"""Sans-IO codec of protocol v1: client frames to ``Request`` objects, server frames to bytes.
+
+No I/O: ``decode`` takes a whole WebSocket message's payload, ``encode_*`` return the payload to
+send. Every rule of PROTOCOL.md's "Frames from the client" is checked here, so the session only
+ever sees well-typed requests; anything else raises ``BadFrame`` with a message a client author
+can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import msgpack
+
+from actors.messages import STRATEGIES, Event, is_thread_id
+
+from .messages import (
+    JSON,
+    MSGPACK,
+    BadFrame,
+    Cancel,
+    Join,
+    Leave,
+    Ping,
+    Ref,
+    Request,
+    Send,
+    Threads,
+)
+
+MAX_TEXT_BYTES = 64 * 1024      # PROTOCOL.md: send.text is at most 64 KiB
+MAX_REF_CHARS = 64              # PROTOCOL.md: ref is a string of at most 64 characters
+MAX_CLIENT_MSG_ID = 256         # not in PROTOCOL.md: bounds what a client can make us store
+MAX_RUN_ID = 256
+
+
+class Codec:
+    """One connection's encoding: ``threadline.v1.json`` (text frames) or
+    ``threadline.v1.msgpack`` (binary frames). Clients use it too, with ``decode_frame``."""
+
+    def __init__(self, subprotocol: str = JSON) -> None:
+        if subprotocol not in (JSON, MSGPACK):
+            raise ValueError(f"unknown subprotocol {subprotocol!r}")
+        self.subprotocol = subprotocol
+        self.binary = subprotocol == MSGPACK
+        self._dumps: Callable[[Any], bytes] = _pack if self.binary else _dumps
+
+    # -- client frames ---------------------------------------------------------------------
+
+    def decode(self, payload: bytes | str, *, binary: bool) -> Request:
+        """Decode and validate one client message. Raises ``BadFrame``."""
+        if binary != self.binary:
+            kind = "binary" if self.binary else "text"
+            raise BadFrame(f"{self.subprotocol} expects {kind} frames")
+        try:
+            obj = msgpack.unpackb(payload, raw=False) if self.binary else json.loads(payload)
+        except Exception:
+            raise BadFrame("not valid " + ("msgpack" if self.binary else "JSON")) from None
+        return parse_request(obj)
+
+    def decode_frame(self, payload: bytes) -> dict[str, Any]:
+        """A server frame as a dict (the client's side). Raises ``ValueError``."""
+        obj = msgpack.unpackb(payload, raw=False) if self.binary else json.loads(payload)
+        if not isinstance(obj, dict):
+            raise ValueError("a frame must be an object")
+        return obj
+
+    # -- server frames ---------------------------------------------------------------------
+
+    def encode(self, frame: dict[str, Any]) -> bytes:
+        """The payload of one frame (UTF-8 JSON for a text frame, msgpack for a binary one)."""
+        return self._dumps(frame)
+
+
+def _dumps(frame: dict[str, Any]) -> bytes:
+    # default=str: a tool result that is not JSON-able is shown as text, never a dead writer.
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode("utf-8")
+
+
+def _pack(frame: dict[str, Any]) -> bytes:
+    return msgpack.packb(frame, default=str)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def parse_request(obj: Any) -> Request:
+    if not isinstance(obj, dict):
+        raise BadFrame("a frame must be an object")
+    ref = _ref(obj)
+    kind = obj.get("type")
+    parse = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parse is None:
+        raise BadFrame("missing type" if kind is None else f"unknown type {kind!r}"[:100], ref)
+    return parse(obj, ref)
+
+
+def _ref(obj: dict[str, Any]) -> Ref:
+    ref = obj.get("ref")
+    if ref is None:
+        return None
+    if isinstance(ref, bool) or not isinstance(ref, (str, int)):
+        raise BadFrame("ref must be a string or an integer")
+    if isinstance(ref, str) and len(ref) > MAX_REF_CHARS:
+        raise BadFrame(f"ref longer than {MAX_REF_CHARS} characters")
+    return ref
+
+
+def _thread_id(obj: dict[str, Any], ref: Ref) -> str:
+    value = obj.get("thread_id")
+    if value is None:
+        raise BadFrame("missing thread_id", ref)
+    if not is_thread_id(value):
+        raise BadFrame("thread_id must be 1-128 characters of A-Z a-z 0-9 _ . : -", ref)
+    return value
+
+
+def _optional_str(obj: dict[str, Any], field: str, ref: Ref, limit: int) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise BadFrame(f"{field} must be a string of 1-{limit} characters", ref)
+    return value
+
+
+def _join(obj: dict[str, Any], ref: Ref) -> Join:
+    thread_id = _thread_id(obj, ref)
+    since = obj.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise BadFrame("since must be an integer >= 0", ref)
+    return Join(ref, thread_id, since)
+
+
+def _leave(obj: dict[str, Any], ref: Ref) -> Leave:
+    return Leave(ref, _thread_id(obj, ref))
+
+
+def _send(obj: dict[str, Any], ref: Ref) -> Send:
+    thread_id = _thread_id(obj, ref)
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise BadFrame("missing text" if text is None else "text must be a string", ref)
+    # Characters are at most 4 UTF-8 bytes: encode only when the length alone cannot tell.
+    if len(text) > MAX_TEXT_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise BadFrame("text longer than 64 KiB", ref)
+    strategy = obj.get("strategy", "enqueue")
+    if strategy is None:
+        strategy = "enqueue"
+    if strategy not in STRATEGIES:
+        raise BadFrame("strategy must be enqueue, interrupt or reject", ref)
+    client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
+    return Send(ref, thread_id, text, client_msg_id, strategy)
+
+
+def _cancel(obj: dict[str, Any], ref: Ref) -> Cancel:
+    return Cancel(ref, _thread_id(obj, ref), _optional_str(obj, "run_id", ref, MAX_RUN_ID))
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], Ref], Request]] = {
+    "join": _join,
+    "leave": _leave,
+    "send": _send,
+    "cancel": _cancel,
+    "threads": lambda obj, ref: Threads(ref),
+    "ping": lambda obj, ref: Ping(ref),
+}
+
+
+# -- server frames as dicts --------------------------------------------------------------------
+
+
+def event_frame(event: Event) -> dict[str, Any]:
+    return {"type": "event", "thread_id": event.key.thread_id, "seq": event.seq,
+            "event": event.event, "run_id": event.run_id, "ts": event.ts, "data": event.data}
+
+
+def reply_frame(kind: str, ref: Ref, **fields: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": kind, **fields}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def error_frame(code: str, message: str, ref: Ref = None) -> dict[str, Any]:
+    return reply_frame("error", ref, code=code, message=message)

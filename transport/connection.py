@@ -1,0 +1,109 @@
+"""A websockets Sans-I/O protocol driven over a trio stream: the only I/O of the WebSocket edge.
+
+``websockets`` parses and produces bytes; this class moves them. The server and the client both
+use it. Writes from several tasks (the writer, the reader answering pings) go through one lock,
+taking the protocol's pending bytes inside it, so frames leave in the order they were made.
+"""
+
+from __future__ import annotations
+
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, State
+
+RECEIVE_SIZE = 64 * 1024
+
+
+class WebSocketConnection:
+    def __init__(self, stream: trio.abc.Stream, protocol: Protocol) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self._send_lock = trio.StrictFIFOLock()
+        self._parts: list[bytes] | None = None
+        self._parts_binary = False
+        self.eof = False
+        self.broken = False  # a write was cancelled part way: no further frame may follow
+
+    async def flush(self) -> None:
+        """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
+        peer is gone. Blocks while the peer does not read (that is the backpressure)."""
+        async with self._send_lock:
+            for data in self.protocol.data_to_send():
+                if self.broken:
+                    return
+                if data:
+                    try:
+                        await self.stream.send_all(data)
+                    except trio.Cancelled:
+                        self.broken = True
+                        raise
+                elif isinstance(self.stream, trio.SocketStream):  # b"": half-close our side
+                    try:
+                        await self.stream.send_eof()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+
+    async def receive(self) -> list[object]:
+        """Read once from the stream and return the protocol's new events (a ``Request`` or
+        ``Response`` during the handshake, then ``Frame``s). Answers pings and closes."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.eof = True
+            self.protocol.receive_eof()
+        events = self.protocol.events_received()
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.eof = True
+        return events
+
+    def assemble(self, frame: Frame) -> tuple[bool, bytes] | None:
+        """Feed one data frame; returns ``(binary, payload)`` when a message is complete.
+        (The protocol checks the sequencing, UTF-8 of text, and the size limit across parts.)"""
+        op = frame.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if frame.fin:
+                return op is Opcode.BINARY, frame.data
+            self._parts, self._parts_binary = [frame.data], op is Opcode.BINARY
+        elif op is Opcode.CONT and self._parts is not None:
+            self._parts.append(frame.data)
+            if frame.fin:
+                data, self._parts = b"".join(self._parts), None
+                return self._parts_binary, data
+        return None
+
+    def write(self, payload: bytes, *, binary: bool) -> None:
+        """Queue one message (no I/O; ``flush`` sends it). Ignored once the connection is
+        no longer open."""
+        if self.protocol.state is State.OPEN:
+            if binary:
+                self.protocol.send_binary(payload)
+            else:
+                self.protocol.send_text(payload)
+
+    @property
+    def open(self) -> bool:
+        return self.protocol.state is State.OPEN and not self.eof
+
+    async def close(self, code: int, reason: str, timeout: float) -> None:
+        """The closing handshake, bounded by ``timeout``: send a close frame (if still open),
+        wait for the peer's, then close the TCP connection. Never raises for a dead peer."""
+        with trio.move_on_after(0 if self.broken else timeout):
+            try:
+                if self.protocol.state is State.OPEN:
+                    self.protocol.send_close(code, reason)
+                await self.flush()
+                while not self.eof and self.protocol.state is not State.CLOSED:
+                    await self.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()

@@ -1,0 +1,87 @@
+"""The frames of wire protocol v1 (PROTOCOL.md), as a closed set of frozen attrs classes.
+
+Client requests are decoded into these by ``transport.codec``; ``Ref`` is the client's
+correlation value (a string of at most 64 characters or an integer) or None.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Union
+
+import attrs
+
+from actors.messages import Strategy
+
+Ref = Union[str, int, None]
+
+JSON: Final = "threadline.v1.json"
+MSGPACK: Final = "threadline.v1.msgpack"
+SUBPROTOCOLS: Final = (JSON, MSGPACK)
+
+# error codes (PROTOCOL.md, "Error codes")
+BAD_FRAME: Final = "bad_frame"
+NOT_JOINED: Final = "not_joined"
+BUSY: Final = "busy"
+UNKNOWN_RUN: Final = "unknown_run"
+RATE_LIMITED: Final = "rate_limited"
+LIMIT_REACHED: Final = "limit_reached"
+INTERNAL: Final = "internal"
+
+# close codes (PROTOCOL.md, "Close codes"; RFC 6455 section 7.4.1)
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL: Final = 1011
+CLOSE_TRY_AGAIN: Final = 1013
+
+
+@attrs.frozen(slots=True)
+class Join:
+    ref: Ref
+    thread_id: str
+    since: int | None
+
+
+@attrs.frozen(slots=True)
+class Leave:
+    ref: Ref
+    thread_id: str
+
+
+@attrs.frozen(slots=True)
+class Send:
+    ref: Ref
+    thread_id: str
+    text: str
+    client_msg_id: str | None
+    strategy: Strategy
+
+
+@attrs.frozen(slots=True)
+class Cancel:
+    ref: Ref
+    thread_id: str
+    run_id: str | None
+
+
+@attrs.frozen(slots=True)
+class Threads:
+    ref: Ref
+
+
+@attrs.frozen(slots=True)
+class Ping:
+    ref: Ref
+
+
+Request = Union[Join, Leave, Send, Cancel, Threads, Ping]
+
+
+class BadFrame(Exception):
+    """A client frame that cannot be decoded or validated. ``ref`` is the frame's own ref when
+    it could be read, so the error can still answer the request."""
+
+    def __init__(self, message: str, ref: Ref = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ref = ref
