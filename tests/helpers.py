@@ -20,7 +20,9 @@ from actors.subscription import Subscription
 
 async def scripted_agent(run: Run) -> str:
     """Follows the message text: ``;``-separated steps ``think:T``, ``sleep:S``,
-    ``tool:NAME:JSON-ARGS``, ``raise:MSG``; answers the last step's text. Plain text echoes."""
+    ``tool:NAME:JSON-ARGS``, ``raise:MSG``, ``flood:N:SIZE:PAUSE`` (N thinks of SIZE characters,
+    PAUSE seconds apart);
+    answers the last step's text. Plain text echoes."""
     answer = run.text
     for step in run.text.split(";"):
         op, _, arg = step.partition(":")
@@ -33,6 +35,11 @@ async def scripted_agent(run: Run) -> str:
             answer = str(await run.call_tool(name, **json.loads(args or "{}")))
         elif op == "raise":
             raise ValueError(arg)
+        elif op == "flood":
+            n, size, pause = arg.split(":")
+            for i in range(int(n)):
+                await run.think(f"{i}:" + "x" * int(size))
+                await trio.sleep(float(pause))
     return answer
 
 

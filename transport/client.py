@@ -108,6 +108,8 @@ class Client:
         self._refs = itertools.count(1)
         self._pending: dict[int, Reply[dict[str, Any]]] = {}
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](event_buffer)
+        # Frames that answer no pending request (an error for a frame without a readable ref).
+        self._other_in, self._other_out = trio.open_memory_channel[dict[str, Any]](1000)
         self.joined: dict[str, int] = {}     # thread_id -> last seq received
         self.conn: WebSocketConnection | None = None
         self.close_code: int | None = None
@@ -193,6 +195,11 @@ class Client:
             except trio.EndOfChannel:
                 raise ConnectionClosed(self.close_code, self.close_reason) from None
 
+    async def next_unsolicited(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The next frame that answered no pending request."""
+        with trio.fail_after(timeout):
+            return await self._other_out.receive()
+
     # -- the connection ------------------------------------------------------------------------
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
@@ -268,6 +275,11 @@ class Client:
         reply = self._pending.get(frame.get("ref"))  # type: ignore[arg-type]
         if reply is not None:
             reply.set(frame)
+        else:
+            try:
+                self._other_in.send_nowait(frame)
+            except trio.WouldBlock:
+                log.warning("dropping an unsolicited frame: %r", frame)
 
     def _fail_pending(self) -> None:
         for reply in list(self._pending.values()):

@@ -1,0 +1,65 @@
+"""Real servers on loopback (port 0) for the transport tests."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import pytest
+import trio
+
+from runtime import RuntimeConfig, open_runtime
+from runtime.server import RunningServer, open_server
+from tests.helpers import scripted_agent, test_tools
+from transport.auth import mint
+from transport.limits import Limits
+
+SECRET = "tests-only-secret-0123456789abcdef0123456789"
+
+
+def token(user: str, **kw: Any) -> str:
+    return mint(user, SECRET, **kw)
+
+
+@asynccontextmanager
+async def serving(*, scripted: bool = False, limits: Limits | None = None, journal: Any = None,
+                  config: RuntimeConfig | None = None) -> AsyncIterator[RunningServer]:
+    kw: dict[str, Any] = {"agent": scripted_agent, "tools": test_tools()} if scripted else {}
+    async with open_runtime(journal=journal, config=config, **kw) as rt:
+        async with open_server(rt, port=0, secret=SECRET,
+                               limits=limits or Limits(ping_interval=None)) as server:
+            yield server
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    async with serving() as s:
+        yield s
+
+
+@pytest.fixture
+async def scripted_server() -> AsyncIterator[RunningServer]:
+    async with serving(scripted=True) as s:
+        yield s
+
+
+async def http_get(server: RunningServer, path: str,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET over a raw socket: status, headers, body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode().split("\r\n")
+        fields = {k.lower(): v for k, v in (line.split(": ", 1) for line in header_lines)}
+        while len(body) < int(fields.get("content-length", 0)):
+            body += await stream.receive_some(65536)
+    await stream.aclose()
+    return int(status_line.split()[1]), fields, body
