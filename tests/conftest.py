@@ -1,6 +1,12 @@
 import os
+from typing import AsyncIterator
+
+import pytest
 
 from hypothesis import HealthCheck, settings
+
+from runtime.server import RunningServer
+from tests.servers import serving
 
 # Property tests run a whole runtime per example: bound them in count, never in wall time
 # (this machine is shared and noisy; speed is measured by bench/, not by tests).
@@ -9,3 +15,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("threadline")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    async with serving() as s:
+        yield s
+
+
+@pytest.fixture
+async def scripted_server() -> AsyncIterator[RunningServer]:
+    async with serving(scripted=True) as s:
+        yield s

@@ -100,7 +100,7 @@ async def connect(url: str, token: str, subprotocol: str = JSON, *,
 
 class Client:
     def __init__(self, url: str, token: str, subprotocol: str, reconnect: bool,
-                 event_buffer: int) -> None:
+                 event_buffer: int, record: bool = False) -> None:
         self.url = url
         self._token = token
         self.codec = Codec(subprotocol)
@@ -115,6 +115,7 @@ class Client:
         self.close_code: int | None = None
         self.close_reason = ""
         self.reconnects = 0
+        self.log: list[dict[str, Any]] | None = [] if record else None  # every frame, in order
         self._connected = trio.Event()
         self._closed = False
         self._stopped = trio.Event()
@@ -263,6 +264,8 @@ class Client:
                 return
 
     async def _dispatch(self, frame: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.append(frame)
         if frame.get("type") == "event":
             thread_id = frame.get("thread_id")
             last = self.joined.get(thread_id, -1) if isinstance(thread_id, str) else -1
@@ -305,14 +308,15 @@ class Client:
 
 @asynccontextmanager
 async def open_client(url: str, token: str, *, encoding: str = "json", reconnect: bool = False,
-                      event_buffer: int = 100_000) -> AsyncIterator[Client]:
+                      event_buffer: int = 100_000, record: bool = False) -> AsyncIterator[Client]:
     """Connect (raising ``HandshakeRejected`` if refused) and run the client until exit.
 
     ``encoding``: ``json`` or ``msgpack``. Events beyond ``event_buffer`` unread ones make the
     client stop reading, and the server eventually closes it with 1013, as for any slow reader.
+    ``record``: keep every frame received, in order, in ``client.log`` (for tests).
     """
     subprotocol = {"json": JSON, "msgpack": MSGPACK}[encoding]
-    client = Client(url, token, subprotocol, reconnect, event_buffer)
+    client = Client(url, token, subprotocol, reconnect, event_buffer, record)
     async with trio.open_nursery() as nursery:
         await nursery.start(client._run)
         try:

@@ -11,7 +11,7 @@ from websockets.frames import Frame
 
 from actors.errors import JournalUnavailable
 from actors.journal import MemoryJournal
-from tests.transport.conftest import serving, token
+from tests.servers import serving, token
 from transport.client import ServerError, connect, open_client
 from transport.limits import Limits
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import trio
 
-from tests.transport.conftest import SECRET, http_get, token
+from tests.servers import SECRET, http_get, token
 from transport.auth import mint
 from transport.client import HandshakeRejected, connect, open_client
 
@@ -105,7 +105,7 @@ async def test_metrics_in_prometheus_text_format(server):
 
 
 async def test_a_silent_connection_is_dropped_after_the_handshake_timeout():
-    from tests.transport.conftest import serving
+    from tests.servers import serving
     from transport.limits import Limits
 
     async with serving(limits=Limits(handshake_timeout=0.5, ping_interval=None)) as server:

@@ -1,11 +1,10 @@
-"""Real servers on loopback (port 0) for the transport tests."""
+"""Real servers on loopback (port 0), for the transport and end-to-end tests."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-import pytest
 import trio
 
 from runtime import RuntimeConfig, open_runtime
@@ -29,18 +28,6 @@ async def serving(*, scripted: bool = False, limits: Limits | None = None, journ
         async with open_server(rt, port=0, secret=SECRET,
                                limits=limits or Limits(ping_interval=None)) as server:
             yield server
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    async with serving() as s:
-        yield s
-
-
-@pytest.fixture
-async def scripted_server() -> AsyncIterator[RunningServer]:
-    async with serving(scripted=True) as s:
-        yield s
 
 
 async def http_get(server: RunningServer, path: str,
