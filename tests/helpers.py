@@ -108,3 +108,6 @@ def assert_runs_well_formed(events: list[Event], *, finished: bool = True) -> No
         terminals = [x for x in rest if x in TERMINAL_EVENTS]
         if finished or terminals:
             assert len(terminals) == 1 and rest[-1] in TERMINAL_EVENTS, (run_id, evs)
+
+
+TOOLS = test_tools()  # for `threadline serve --agent tests.helpers:scripted_agent`

@@ -29,3 +29,31 @@ def test_embedding_example_runs_as_documented():
     assert "'result': 3" in lines[4]
     assert lines[5].endswith("{'text': '3 words'}")
     assert lines[6] == "['main']"
+
+
+def test_serving_example_runs_as_documented():
+    code = block_after("<!-- example: serving")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=README.parent)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"listening on ws://127\.0\.0\.1:\d+/v1/ws", lines[0])
+    assert lines[1] == "42"
+
+
+def test_readme_starts_with_the_two_commands():
+    first_block = README.read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines() == [
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/threadline serve",
+        "bash tests/run.sh",
+    ]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "bash tests/run.sh" in ci
+
+
+def test_the_protocol_copy_is_the_contract():
+    shared = README.parent.parent / "shared" / "PROTOCOL.md"
+    ours = (README.parent / "transport" / "PROTOCOL.md").read_text()
+    if shared.exists():  # beside every clone this project is developed and tested in
+        assert ours == shared.read_text()
+    assert ours.startswith("# threadline wire protocol, version 1")

@@ -1,0 +1,110 @@
+"""The ``threadline`` command, run for real as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+from trio_websocket import open_websocket_url
+
+from tests.servers import SECRET
+from transport.auth import mint, verify
+from transport.client import open_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def threadline(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+async def ready_lines(proc: subprocess.Popen, count: int) -> list[str]:
+    lines = []
+    with trio.fail_after(30):
+        while len(lines) < count:
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+            assert line, f"serve exited early: {proc.stderr.read() if proc.poll() is not None else ''}"
+            lines.append(line.strip())
+    return lines
+
+
+async def exit_code(proc: subprocess.Popen, timeout: float = 30) -> int:
+    with trio.fail_after(timeout):
+        return await trio.to_thread.run_sync(proc.wait)
+
+
+def test_token_prints_a_token_for_the_user():
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada", "--secret", SECRET,
+                          "--ttl", "60"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and verify(out.stdout.strip(), SECRET) == "ada"
+    env = {**os.environ, "THREADLINE_SECRET": SECRET}
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "bob"], cwd=ROOT,
+                         capture_output=True, text=True, env=env)
+    assert verify(out.stdout.strip(), SECRET) == "bob"
+    env.pop("THREADLINE_SECRET")
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada"], cwd=ROOT,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "secret" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "not ok!", "--secret", SECRET],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid user id" in out.stderr
+
+
+async def test_sigterm_during_a_run_cancels_it_and_exits_0():
+    proc = threadline("serve", "--port", "0", "--agent", "tests.helpers:scripted_agent",
+                      "--grace", "0.5", env={"THREADLINE_SECRET": SECRET})
+    try:
+        (ready,) = await ready_lines(proc, 1)
+        url = ready.removeprefix("ready: ")
+        async with open_client(url, mint("ada", SECRET)) as client:
+            await client.join("main")
+            acc = await client.send("main", "think:working;sleep:60")
+            while (await client.next_event())["event"] != "agent_thinking":
+                pass
+            proc.send_signal(signal.SIGTERM)
+            events = [e async for e in client.events()]
+            assert events[-1]["event"] == "agent_cancelled"
+            assert events[-1]["data"] == {"reason": "shutdown"}
+            assert events[-1]["run_id"] == acc["run_id"]
+            assert client.close_code == 1001
+        assert await exit_code(proc) == 0
+        log = proc.stderr.read()
+        assert "SIGTERM: shutting down" in log and "stopped" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_serve_without_a_secret_prints_a_demo_token_that_works():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        ready, demo, connect = await ready_lines(proc, 3)
+        assert ready.startswith("ready: ws://127.0.0.1:") and "demo token" in demo
+        url = connect.removeprefix("connect:").strip()
+        async with open_websocket_url(url) as ws:
+            await ws.send_message(json.dumps({"type": "join", "thread_id": "main"}))
+            assert json.loads(await ws.get_message())["type"] == "joined"
+            await ws.send_message(json.dumps({"type": "send", "thread_id": "main", "text": "hi"}))
+            frames = [json.loads(await ws.get_message()) for _ in range(5)]
+            assert frames[-1]["data"] == {"text": "hi"}
+        proc.send_signal(signal.SIGINT)
+        assert await exit_code(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_bad_agent_spec_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--agent", "nope:thing",
+                          "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "cannot load agent 'nope:thing'" in out.stderr
