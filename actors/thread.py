@@ -305,12 +305,22 @@ class ThreadActor:
     async def _emit(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
         if ctx.user_id != self.key.user_id or ctx.thread_id != self.key.thread_id:
             raise RuntimeError(f"run {ctx.run_id} is not a run of {self.key}")
+        # A cancelled run emits nothing more: every emit is a cancellation point (the append
+        # below is shielded once it starts, and may not yield at all).
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self._append(event, ctx.run_id, data)
 
     async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
-        if self._lock is None:
-            self._lock = trio.Lock()
-        async with self._lock:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = trio.Lock()
+        # trio.Lock.acquire() yields even when the lock is free: one scheduling round more per
+        # event. Uncontended (the usual case), take it without; the journal write checkpoints.
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             event = Event(self.key, self._seq + 1, name, run_id, self.env.clock(), data)
             # Shielded: once written, the write must finish (or fail as a whole) before a
             # cancelled caller moves on, or the counter would not match the journal.
@@ -323,6 +333,8 @@ class ThreadActor:
             if name in TERMINAL_EVENTS:
                 stats.runs_ended[name] = stats.runs_ended.get(name, 0) + 1
             self._deliver(event)
+        finally:
+            lock.release()
         return event
 
     def _deliver(self, event: Event) -> None:

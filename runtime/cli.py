@@ -16,16 +16,18 @@ import signal
 import sys
 from typing import Any, Sequence
 
+import attrs
 import trio
 
 from actors.agents import echo_agent, echo_tools
 from actors.engine import Agent, ToolRegistry
 from actors.journal import Journal, MemoryJournal
 from transport.auth import mint
+from transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
 from .server import open_server
-from .tuning import tune_gc
+from .tuning import raise_fd_limit, tune_gc
 
 log = logging.getLogger("threadline")
 
@@ -53,6 +55,24 @@ def load_agent(spec: str) -> tuple[Agent, ToolRegistry]:
     return agent, tools if isinstance(tools, ToolRegistry) else ToolRegistry()
 
 
+def parse_limits(items: Sequence[str]) -> Limits:
+    """``NAME=VALUE`` pairs over the defaults of ``Limits``; ``none`` for an optional one."""
+    fields = {f.name: f for f in attrs.fields(Limits)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--limit {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(fields)}")
+        kind = type(fields[name].default)
+        try:
+            changes[name] = None if value.lower() == "none" else kind(float(value)) \
+                if kind is int else float(value)
+        except ValueError:
+            raise SystemExit(f"--limit {item!r}: {value!r} is not a number") from None
+    return attrs.evolve(Limits(), **changes)
+
+
 def open_store(url: str) -> Journal:
     if url in ("memory", "memory:"):
         return MemoryJournal()
@@ -66,12 +86,15 @@ async def serve(args: argparse.Namespace) -> int:
         log.warning("no --secret or THREADLINE_SECRET: made one for this run only; tokens "
                     "will not survive a restart")
     agent, tools = load_agent(args.agent)
+    limits = parse_limits(args.limit)
     journal = open_store(args.store)
     config = RuntimeConfig(shutdown_grace=args.grace)
     tune_gc()
+    log.info("open files limit %d", raise_fd_limit())
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_runtime(journal=journal, agent=agent, tools=tools, config=config) as rt:
-            async with open_server(rt, host=args.host, port=args.port, secret=secret) as server:
+            async with open_server(rt, host=args.host, port=args.port, secret=secret,
+                                   limits=limits) as server:
                 log.info("store %s, agent %s", args.store, args.agent)
                 if not args.secret:
                     token = mint(DEMO_USER, secret, ttl=24 * 3600)
@@ -114,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--agent", default=env("AGENT", "echo"), help="echo or module:callable")
     s.add_argument("--grace", type=float, default=float(env("GRACE", 5.0)),
                    help="seconds active runs get on shutdown")
+    s.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="a connection limit, e.g. rate=500 or outgoing_queue=2000 (repeatable; "
+                        f"names: {', '.join(f.name for f in attrs.fields(Limits))})")
     s.add_argument("--log", default=env("LOG", "info"), help="log level")
     s.set_defaults(func=lambda a: trio.run(serve, a))
     t = sub.add_parser("token", help="print a token for a user")

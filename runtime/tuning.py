@@ -24,3 +24,20 @@ def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*threshold)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (one socket per
+    connection: the usual soft limit of 1,024 caps a server far below what it can hold).
+    Returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

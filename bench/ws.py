@@ -1,0 +1,138 @@
+"""Server throughput: events delivered per second by one ``threadline serve`` process with the
+echo agent, beside a bare echo server on the same WebSocket engine, in the same run.
+
+Each server runs in its own process; this process is the load generator. Every connection is
+its own user with its own thread and keeps ``--window`` turns in flight (a turn: ``send`` until
+``agent_completed``, 4 events and an ``accepted``; or one echo). Figures are counted after a
+warm-up, over ``--seconds``.
+
+Usage: ``python -m bench.ws [--connections 1,10,100] [--seconds 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import trio
+
+from runtime.tuning import raise_fd_limit, tune_gc
+from transport.auth import mint
+
+from .common import progress, table, write_results
+from .loadgen import Tally, cpu_seconds, drive, open_ws, process_cpu_seconds, summary
+
+SECRET = "bench-only-secret-0123456789abcdef0123456789"
+WARMUP = 1.0
+
+
+@contextmanager
+def server_process(kind: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    if kind == "threadline":
+        # The per-connection rate limit protects a server from a client; here the client is
+        # the benchmark, so it is lifted.
+        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--secret", SECRET,
+               "--log", "warning", "--limit", "rate=1e9", "--limit", "burst=1000000000"]
+    else:
+        cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("ready: "), line
+        rest = line.removeprefix("ready: ")
+        url = rest if rest.startswith("ws://") else f"ws://127.0.0.1:{rest}/v1/ws"
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def load(url: str, kind: str, connections: int, seconds: float, window: int,
+               server_pid: int, interval: float | None = None) -> dict[str, Any]:
+    tally = Tally()
+    conns = []
+    limiter = trio.CapacityLimiter(100)
+
+    async def connect(i: int) -> None:
+        async with limiter:
+            token = mint(f"load{i}", SECRET) if kind == "threadline" else None
+            conns.append(await open_ws(url, token))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(connections):
+            nursery.start_soon(connect, i)
+    start = trio.current_time()
+    deadline, stop_at = start + WARMUP, start + WARMUP + seconds
+    cpu0, server_cpu0, wall0 = cpu_seconds(), process_cpu_seconds(server_pid), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i, conn in enumerate(conns):
+            nursery.start_soon(lambda c=conn, i=i: drive(
+                c, threadline=kind == "threadline", thread_id=f"t{i}", window=window,
+                deadline=deadline, stop_at=stop_at, tally=tally, max_turns=10**7,
+                interval=interval))
+    wall = time.perf_counter() - wall0
+    result = summary(tally, seconds)
+    result["loadgen_cpu"] = (cpu_seconds() - cpu0) / wall
+    result["server_cpu"] = (process_cpu_seconds(server_pid) - server_cpu0) / wall
+    for conn in conns:
+        await conn.aclose()
+    return result
+
+
+def measure(kind: str, connections: int, seconds: float, window: int) -> dict[str, Any]:
+    with server_process(kind) as (url, proc):
+        result = trio.run(load, url, kind, connections, seconds, window, proc.pid)
+    progress(f"{kind:10s} {connections:5d} conns: {result['events_per_s']:9,.0f} events/s, "
+             f"{result['frames_per_s']:9,.0f} frames/s; cpu server {result['server_cpu']:.2f}, "
+             f"load generator {result['loadgen_cpu']:.2f}")
+    return result
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median events/s (its other figures with it), and every run's rate."""
+    ordered = sorted(runs, key=lambda r: r["events_per_s"])
+    return {**ordered[len(ordered) // 2], "all_events_per_s": [r["events_per_s"] for r in runs]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ws", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", default="1,10,100")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="bare and threadline alternate this many times; medians reported")
+    args = parser.parse_args(argv)
+    tune_gc()
+    raise_fd_limit()
+    rows, results = [], []
+    for n in (int(x) for x in args.connections.split(",")):
+        bares, ourss = [], []
+        for _ in range(args.rounds):  # alternating, so drift on a shared machine hits both
+            bares.append(measure("bare", n, args.seconds, args.window))
+            ourss.append(measure("threadline", n, args.seconds, args.window))
+        bare = median_run(bares)
+        ours = median_run(ourss)
+        ratio = ours["events_per_s"] / bare["events_per_s"]
+        results.append({"connections": n, "bare": bare, "threadline": ours, "ratio": ratio})
+        rows.append((f"events/s, {n} connections", f"{ours['events_per_s']:,.0f}",
+                     f"{bare['events_per_s']:,.0f} (bare echo)", f"{ratio:.2f}", ">= 0.5 x bare",
+                     "yes" if ratio >= 0.5 else "NO"))
+    path = write_results("ws", {"window": args.window, "seconds": args.seconds, "runs": results})
+    print(table(rows))
+    progress(f"figures in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
