@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log.lower() != "debug":
+        logging.getLogger("threadline.wire").setLevel(logging.WARNING)
     return args.func(args)
 
 

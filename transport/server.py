@@ -30,6 +30,9 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .session import Session, SessionStats
 
 log = logging.getLogger("threadline.server")
+# websockets logs every connection opened and closed at INFO: its own logger, so that a server
+# holding 10,000 connections can log at INFO without that (``threadline serve --log debug``).
+wire_log = logging.getLogger("threadline.wire")
 
 
 def select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str | None:
@@ -80,7 +83,7 @@ class Server:
     async def handle(self, stream: trio.SocketStream) -> None:
         protocol = ServerProtocol(subprotocols=list(SUBPROTOCOLS),
                                   select_subprotocol=select_subprotocol,
-                                  max_size=self.limits.max_frame_bytes, logger=log)
+                                  max_size=self.limits.max_frame_bytes, logger=wire_log)
         conn = WebSocketConnection(stream, protocol)
         try:
             request = await self._request(conn)

@@ -16,12 +16,16 @@ def block_after(marker: str) -> str:
     return match.group(1)
 
 
-def test_embedding_example_runs_as_documented():
-    code = block_after("<!-- example: embedding")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=README.parent)
+def run_block(marker: str) -> list[str]:
+    """Run the README's python block after ``marker``; its output lines."""
+    proc = subprocess.run([sys.executable, "-c", block_after(marker)], capture_output=True,
+                          text=True, timeout=60, cwd=README.parent)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    return proc.stdout.splitlines()
+
+
+def test_embedding_example_runs_as_documented():
+    lines = run_block("<!-- example: embedding")
     assert [line.split()[1] for line in lines[:6]] == [
         "user_message", "agent_started", "agent_thinking", "tool_executing", "tool_completed",
         "agent_completed"]
@@ -32,11 +36,7 @@ def test_embedding_example_runs_as_documented():
 
 
 def test_serving_example_runs_as_documented():
-    code = block_after("<!-- example: serving")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=README.parent)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = run_block("<!-- example: serving")
     assert re.fullmatch(r"listening on ws://127\.0\.0\.1:\d+/v1/ws", lines[0])
     assert lines[1] == "42"
 
