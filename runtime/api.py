@@ -125,7 +125,11 @@ async def open_runtime(
     if agent is None:
         agent = echo_agent
         tools = tools if tools is not None else echo_tools()
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as outer:
+        # The actors live in a nursery of their own, hosted by a task: closing the runtime
+        # cancels them, never the body of this context (the caller's code, e.g. a server
+        # that is still writing the last events of the runs being cancelled).
+        nursery = await outer.start(_host_nursery)
         runtime = Runtime(nursery, journal if journal is not None else MemoryJournal(), agent,
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig())
@@ -134,3 +138,9 @@ async def open_runtime(
         finally:
             with trio.CancelScope(shield=True):
                 await runtime.aclose()
+
+
+async def _host_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()

@@ -303,3 +303,14 @@ async def test_full_thread_mailbox_is_backpressure_not_loss(autojump_clock):
                 n.start_soon(send, i)
         assert sorted(a.seq for a in accepted) == sorted({a.seq for a in accepted})
         assert len(accepted) == 20
+
+
+async def test_closing_the_runtime_does_not_cancel_the_code_that_closes_it(autojump_clock):
+    async with scripted() as rt:
+        thread = rt.thread("ada", "main")
+        async with thread.open_subscription() as sub:
+            acc = await thread.send("sleep:100")
+            await rt.aclose(grace=1)
+            await trio.sleep(5)  # the caller goes on after aclose, uncancelled
+            events = await until_terminal(sub, acc.run_id)
+        assert events[-1].data == {"reason": "shutdown"}
