@@ -162,7 +162,7 @@ Agent = Callable[[Run], Awaitable[Any]]
 class RunControl:
     """The handle a thread keeps on its active run: its context and its cancel scope."""
 
-    __slots__ = ("context", "text", "scope", "cancel_reason", "failure")
+    __slots__ = ("context", "text", "scope", "cancel_reason", "failure", "started")
 
     def __init__(self, context: RunContext, text: str) -> None:
         self.context = context
@@ -170,6 +170,7 @@ class RunControl:
         self.scope = trio.CancelScope()
         self.cancel_reason: str | None = None
         self.failure: str | None = None
+        self.started = False  # its agent_started is stored
 
     def cancel(self, reason: str) -> None:
         """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
@@ -191,6 +192,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
         # still begins with agent_started, and its agent is then never called.
         await emit(ctx, AGENT_STARTED, {})
+        control.started = True
         with control.scope:
             try:
                 answer = await agent(Run(ctx, control.text, emit, tools))

@@ -10,7 +10,26 @@ from typing import Protocol, Sequence
 
 import trio
 
-from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
+import attrs
+
+from .messages import (
+    AGENT_STARTED,
+    TERMINAL_EVENTS,
+    USER_MESSAGE,
+    Accepted,
+    Event,
+    ThreadInfo,
+    ThreadKey,
+)
+
+
+@attrs.frozen(slots=True)
+class OpenRun:
+    """A run whose ``user_message`` is stored but whose terminal event is not."""
+
+    key: ThreadKey
+    run_id: str
+    started: bool  # its agent_started is stored
 
 
 class Journal(Protocol):
@@ -41,6 +60,10 @@ class Journal(Protocol):
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         """The user's threads, most recently updated first."""
 
+    async def open_runs(self) -> list[OpenRun]:
+        """Every run with a stored ``user_message`` and no stored terminal event; a thread's
+        in the order their messages were stored."""
+
 
 def accepted_of(event: Event) -> Accepted:
     """The ``Accepted`` answer that a stored ``user_message`` event stands for."""
@@ -57,6 +80,20 @@ class _MemoryThread:
         self.by_client_id: dict[str, Event] = {}
 
 
+def track_open_runs(open_runs: dict[tuple[ThreadKey, str], bool], events: Sequence[Event]) -> None:
+    """Keep ``{(key, run_id): started}`` of open runs up to date with appended events."""
+    for ev in events:
+        if ev.run_id is None:
+            continue
+        if ev.event == USER_MESSAGE:
+            open_runs[(ev.key, ev.run_id)] = False
+        elif ev.event == AGENT_STARTED:
+            if (ev.key, ev.run_id) in open_runs:
+                open_runs[(ev.key, ev.run_id)] = True
+        elif ev.event in TERMINAL_EVENTS:
+            open_runs.pop((ev.key, ev.run_id), None)
+
+
 class MemoryJournal:
     """The ``Journal`` contract in memory: for tests, benchmarks and embedding without storage.
 
@@ -65,6 +102,7 @@ class MemoryJournal:
 
     def __init__(self) -> None:
         self._threads: dict[ThreadKey, _MemoryThread] = {}
+        self._open_runs: dict[tuple[ThreadKey, str], bool] = {}
         self.appends = 0  # number of append calls, for tests of batching
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
@@ -93,6 +131,7 @@ class MemoryJournal:
             cid = ev.data.get("client_msg_id") if ev.event == USER_MESSAGE else None
             if cid is not None:
                 t.by_client_id.setdefault(cid, ev)
+        track_open_runs(self._open_runs, events)
         last = events[-1]
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
 
@@ -121,3 +160,7 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
         return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)
+
+    async def open_runs(self) -> list[OpenRun]:
+        await trio.lowlevel.checkpoint()
+        return [OpenRun(key, run_id, started) for (key, run_id), started in self._open_runs.items()]

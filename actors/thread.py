@@ -26,6 +26,8 @@ from .errors import ActorCrashed, ActorStopped, Busy, JournalUnavailable, Mailbo
 from .journal import Journal
 from .mailbox import Mailbox, Reply
 from .messages import (
+    AGENT_FAILED,
+    AGENT_STARTED,
     TERMINAL_EVENTS,
     USER_MESSAGE,
     Accepted,
@@ -291,6 +293,7 @@ class ThreadActor:
                 except JournalUnavailable as exc:
                     log.error("run %s of %s lost its journal: %s", control.context.run_id,
                               self.key, exc)
+                    await self._close_lost_run(control)
                 finally:
                     self._active = None
                     stats.runs_active -= 1
@@ -301,6 +304,22 @@ class ThreadActor:
                 self._wake.cancel()
             if self._drained is not None:
                 self._drained.set()
+
+    async def _close_lost_run(self, control: RunControl) -> None:
+        """The store failed under a run: once it is back, end the run with ``agent_failed``
+        (after its ``agent_started``, if that is what failed), retrying with a backoff from
+        0.1 s to 5 s. A shutdown meanwhile leaves it to the next start's recovery."""
+        run_id, delay = control.context.run_id, 0.1
+        while True:
+            try:
+                if not control.started:
+                    await self._append(AGENT_STARTED, run_id, {})
+                    control.started = True
+                await self._append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
+                return
+            except JournalUnavailable:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _emit(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
         if ctx.user_id != self.key.user_id or ctx.thread_id != self.key.thread_id:

@@ -38,7 +38,8 @@ def server_process(kind: str) -> Iterator[tuple[str, subprocess.Popen]]:
         # The per-connection rate limit protects a server from a client; here the client is
         # the benchmark, so it is lifted.
         cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--secret", SECRET,
-               "--log", "warning", "--limit", "rate=1e9", "--limit", "burst=1000000000"]
+               "--log", "warning", "--limit", "rate=1e9", "--limit", "burst=1000000000",
+               "--store", "memory"]
     else:
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,

@@ -31,6 +31,8 @@ from actors.messages import Shutdown, ThreadKey
 from actors.supervisor import RestartPolicy
 from actors.thread import ThreadActor, ThreadEnv
 
+from .recovery import close_open_runs
+
 log = logging.getLogger("threadline.runtime")
 
 __all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runtime"]
@@ -119,18 +121,21 @@ async def open_runtime(
     """Open a runtime that owns its root nursery, its directory and its journal.
 
     Defaults: an in-memory journal, the built-in ``echo`` agent with its ``calculator`` tool.
-    On exit the runtime shuts down gracefully (see ``Runtime.aclose``), also when the body
-    raised or was cancelled.
+    Before it returns, runs that a crash left open in the journal are closed (see
+    ``runtime.recovery``). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
+    also when the body raised or was cancelled.
     """
     if agent is None:
         agent = echo_agent
         tools = tools if tools is not None else echo_tools()
+    journal = journal if journal is not None else MemoryJournal()
+    await close_open_runs(journal)
     async with trio.open_nursery() as outer:
         # The actors live in a nursery of their own, hosted by a task: closing the runtime
         # cancels them, never the body of this context (the caller's code, e.g. a server
         # that is still writing the last events of the runs being cancelled).
         nursery = await outer.start(_host_nursery)
-        runtime = Runtime(nursery, journal if journal is not None else MemoryJournal(), agent,
+        runtime = Runtime(nursery, journal, agent,
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig())
         try:

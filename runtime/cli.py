@@ -21,12 +21,12 @@ import trio
 
 from actors.agents import echo_agent, echo_tools
 from actors.engine import Agent, ToolRegistry
-from actors.journal import Journal, MemoryJournal
 from transport.auth import mint
 from transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
 from .server import open_server
+from .stores import DEFAULT_STORE, SchemaTooNew, StoreURLError, describe_store, open_journal
 from .tuning import raise_fd_limit, tune_gc
 
 log = logging.getLogger("threadline")
@@ -73,12 +73,6 @@ def parse_limits(items: Sequence[str]) -> Limits:
     return attrs.evolve(Limits(), **changes)
 
 
-def open_store(url: str) -> Journal:
-    if url in ("memory", "memory:"):
-        return MemoryJournal()
-    raise SystemExit(f"unsupported --store {url!r}: this version has memory only")
-
-
 async def serve(args: argparse.Namespace) -> int:
     secret = args.secret
     if not secret:
@@ -87,15 +81,16 @@ async def serve(args: argparse.Namespace) -> int:
                     "will not survive a restart")
     agent, tools = load_agent(args.agent)
     limits = parse_limits(args.limit)
-    journal = open_store(args.store)
     config = RuntimeConfig(shutdown_grace=args.grace)
     tune_gc()
     log.info("open files limit %d", raise_fd_limit())
+    log.info("store %s", describe_store(args.store))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runtime(journal=journal, agent=agent, tools=tools, config=config) as rt:
+        async with open_journal(args.store) as journal, \
+                open_runtime(journal=journal, agent=agent, tools=tools, config=config) as rt:
             async with open_server(rt, host=args.host, port=args.port, secret=secret,
                                    limits=limits) as server:
-                log.info("store %s, agent %s", args.store, args.agent)
+                log.info("agent %s", args.agent)
                 if not args.secret:
                     token = mint(DEMO_USER, secret, ttl=24 * 3600)
                     print(f"ready: {server.url}\n"
@@ -132,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the WebSocket server")
     s.add_argument("--host", default=env("HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(env("PORT", 8765)), help="0: any free port")
-    s.add_argument("--store", default=env("STORE", "memory"), help="memory")
+    s.add_argument("--store", default=env("STORE", DEFAULT_STORE),
+                   help="sqlite:///PATH (default: ./threadline.db), postgresql://..., or memory")
     s.add_argument("--secret", default=env("SECRET", ""), help="HS256 secret for tokens")
     s.add_argument("--agent", default=env("AGENT", "echo"), help="echo or module:callable")
     s.add_argument("--grace", type=float, default=float(env("GRACE", 5.0)),
@@ -156,7 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log.lower() != "debug":
         logging.getLogger("threadline.wire").setLevel(logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BaseException as exc:
+        problem = _store_problem(exc)
+        if problem is None:
+            raise
+        log.error("%s", problem)
+        return 2
+
+
+def _store_problem(exc: BaseException) -> BaseException | None:
+    """A store that cannot be used (a URL naming no store, a newer schema), however deep in
+    trio's exception groups: said in one line, not a traceback."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, (SchemaTooNew, StoreURLError)) else None
 
 
 if __name__ == "__main__":

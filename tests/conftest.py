@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from runtime.server import RunningServer
+from tests.pg import Cluster
 from tests.servers import serving
 
 # Property tests run a whole runtime per example: bound them in count, never in wall time
@@ -27,3 +28,17 @@ async def server() -> AsyncIterator[RunningServer]:
 async def scripted_server() -> AsyncIterator[RunningServer]:
     async with serving(scripted=True) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL cluster for the whole run (never skipped: it fails if it cannot start)."""
+    cluster = Cluster().init()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster) -> str:
+    """A DSN to an empty database."""
+    return pg_cluster.reset()

@@ -123,3 +123,17 @@ class JournalContract:
                 n.start_soon(writer, k)
         for k in keys:
             assert [e.seq for e in await journal.read(k, 0)] == list(range(1, 11))
+
+    async def test_open_runs_are_those_without_a_terminal_event(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.ensure_thread(B, 1.0)
+        await journal.append([msg(A, 1, run_id="r1"), ev(A, 2, "agent_started", "r1"),
+                              ev(A, 3, "agent_completed", "r1", text="done"),
+                              msg(A, 4, run_id="r2"), ev(A, 5, "agent_started", "r2"),
+                              msg(A, 6, run_id="r3")])
+        await journal.append([msg(B, 1, run_id="r4"), ev(B, 2, "agent_started", "r4"),
+                              ev(B, 3, "agent_failed", "r4", error="x")])
+        runs = sorted((r.key, r.run_id, r.started) for r in await journal.open_runs())
+        assert runs == [(A, "r2", True), (A, "r3", False)]
+        await journal.append([ev(A, 7, "agent_cancelled", "r2", reason="shutdown")])
+        assert [(r.run_id, r.started) for r in await journal.open_runs()] == [("r3", False)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: makes .venv, installs threadline with its test
-# extra into it, and runs pytest. Extra arguments go to pytest (e.g. `bash tests/run.sh -x`).
+# extra into it, installs PostgreSQL if it is missing, and runs pytest. Extra arguments go to
+# pytest (e.g. `bash tests/run.sh -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +12,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "tests/run.sh: installing threadline[test] into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# PostgreSQL: the tests start a throwaway cluster of their own (tests/pg.py) on a free
+# loopback port, as an unprivileged user; they need the server binaries, never a running server.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "tests/run.sh: installing PostgreSQL from Debian packages"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q postgresql
+    else
+        echo "tests/run.sh: PostgreSQL server binaries (initdb) are missing and I am not root:" \
+             "install the postgresql package, then run me again" >&2
+        exit 1
+    fi
+fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -57,9 +57,10 @@ def test_token_prints_a_token_for_the_user():
     assert out.returncode == 2 and "invalid user id" in out.stderr
 
 
-async def test_sigterm_during_a_run_cancels_it_and_exits_0():
+async def test_sigterm_during_a_run_cancels_it_and_exits_0(tmp_path):
     proc = threadline("serve", "--port", "0", "--agent", "tests.helpers:scripted_agent",
-                      "--grace", "0.5", env={"THREADLINE_SECRET": SECRET})
+                      "--grace", "0.5", "--store", f"sqlite:///{tmp_path}/t.db",
+                      env={"THREADLINE_SECRET": SECRET})
     try:
         (ready,) = await ready_lines(proc, 1)
         url = ready.removeprefix("ready: ")
@@ -82,11 +83,12 @@ async def test_sigterm_during_a_run_cancels_it_and_exits_0():
             proc.kill()
 
 
-async def test_serve_without_a_secret_prints_a_demo_token_that_works():
+async def test_serve_without_a_secret_prints_a_demo_token_that_works(tmp_path):
+    # As the README's first command runs it: no secret, no store (./threadline.db).
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**env, "PYTHONPATH": str(ROOT)})
     try:
         ready, demo, connect = await ready_lines(proc, 3)
         assert ready.startswith("ready: ws://127.0.0.1:") and "demo token" in demo
@@ -99,9 +101,17 @@ async def test_serve_without_a_secret_prints_a_demo_token_that_works():
             assert frames[-1]["data"] == {"text": "hi"}
         proc.send_signal(signal.SIGINT)
         assert await exit_code(proc) == 0
+        assert (tmp_path / "threadline.db").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_bad_store_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--store", "mongo://x",
+                          "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "unknown store 'mongo://x'" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_a_bad_agent_spec_is_a_clear_error():

@@ -1,0 +1,43 @@
+"""Start-up recovery: after a crash, no run stays open.
+
+A graceful stop ends active runs with ``agent_cancelled`` (reason ``shutdown``). After a crash
+(``kill -9``, power loss) the journal can hold runs with no terminal event; before serving, each
+gets ``agent_failed`` ``{"error": "server restarted"}`` (after an ``agent_started``, if it never
+started), so that every run in the journal has exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Callable
+
+from actors.journal import Journal, OpenRun
+from actors.messages import AGENT_FAILED, AGENT_STARTED, Event, ThreadKey
+
+log = logging.getLogger("threadline.recovery")
+
+RESTARTED = {"error": "server restarted"}
+
+
+async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.time) -> int:
+    """Close every open run; returns how many. Runs before any thread actor is active."""
+    runs = await journal.open_runs()
+    by_thread: dict[ThreadKey, list[OpenRun]] = defaultdict(list)
+    for run in runs:
+        by_thread[run.key].append(run)
+    for key, open_runs in by_thread.items():
+        seq = await journal.last_seq(key)
+        events = []
+        for run in open_runs:
+            now = clock()
+            if not run.started:
+                seq += 1
+                events.append(Event(key, seq, AGENT_STARTED, run.run_id, now, {}))
+            seq += 1
+            events.append(Event(key, seq, AGENT_FAILED, run.run_id, now, dict(RESTARTED)))
+        await journal.append(events)
+    if runs:
+        log.warning("closed %d runs left open by a crash, in %d threads", len(runs), len(by_thread))
+    return len(runs)

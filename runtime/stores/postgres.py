@@ -1,0 +1,88 @@
+"""PostgreSQL through psycopg 3, for production.
+
+psycopg's async API is asyncio-only, so its blocking API runs in worker threads, batched by
+the group committer so that one thread hop carries a whole transaction (``executemany`` runs
+in pipeline mode: one round trip for many rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from . import sql
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        "CREATE TABLE threads (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
+        "last_seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+        "updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_id, thread_id))",
+        "CREATE INDEX threads_by_update ON threads (user_id, updated_at)",
+        "CREATE TABLE events (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
+        "seq BIGINT NOT NULL, event TEXT NOT NULL, run_id TEXT, "
+        "ts DOUBLE PRECISION NOT NULL, data JSONB NOT NULL, "
+        "PRIMARY KEY (user_id, thread_id, seq))",
+        "CREATE TABLE client_ids (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
+        "client_msg_id TEXT NOT NULL, message_id TEXT NOT NULL, run_id TEXT NOT NULL, "
+        "seq BIGINT NOT NULL, PRIMARY KEY (user_id, thread_id, client_msg_id))",
+        "CREATE TABLE open_runs (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
+        "run_id TEXT NOT NULL, started INTEGER NOT NULL, opened_seq BIGINT NOT NULL, "
+        "PRIMARY KEY (user_id, thread_id, run_id))",
+    ]),
+]
+
+
+class PostgresBackend:
+    errors = (psycopg.Error,)
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        self.name = f"PostgreSQL {info.get('host', '')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+    def connect(self, *, writer: bool) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=not writer,
+                               connect_timeout=max(1, int(self.connect_timeout)))
+
+    def close(self, conn: psycopg.Connection) -> None:
+        conn.close()
+
+    def migrate(self, conn: psycopg.Connection) -> int:
+        with conn.transaction():
+            cur = conn.cursor()
+            # One server at a time migrates: an advisory lock for this transaction.
+            cur.execute("SELECT pg_advisory_xact_lock(7405211)")
+            cur.execute("CREATE TABLE IF NOT EXISTS threadline_schema (version INTEGER NOT NULL)")
+            cur.execute("SELECT max(version) FROM threadline_schema")
+            current = cur.fetchone()[0] or 0
+
+            def set_version(v: int) -> None:
+                cur.execute("DELETE FROM threadline_schema")
+                cur.execute("INSERT INTO threadline_schema (version) VALUES (%s)", (v,))
+
+            return sql.migrate(cur, current, MIGRATIONS, set_version, self.name)
+
+    def cursor(self, conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+        return conn.cursor()
+
+    def begin(self, conn: psycopg.Connection) -> None:
+        pass  # psycopg opens a transaction at the first statement (autocommit is off)
+
+    def commit(self, conn: psycopg.Connection) -> None:
+        conn.commit()
+
+    def rollback(self, conn: psycopg.Connection) -> None:
+        if not conn.closed:
+            conn.rollback()
+
+    def ping(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT 1")
+        conn.rollback()
+
+    def load_data(self, raw: Any) -> dict[str, Any]:
+        return raw  # JSONB arrives parsed
+
+    def is_broken(self, conn: psycopg.Connection, exc: BaseException) -> bool:
+        return conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError)

@@ -1,0 +1,204 @@
+"""What the SQL stores share: the batch algorithm and the queries, in SQL both SQLite and
+PostgreSQL accept (``%s`` placeholders; the SQLite backend turns them into ``?``).
+
+Every function here is blocking and runs in a worker thread with a DB-API connection.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Sequence
+
+import attrs
+
+from actors.journal import OpenRun
+from actors.messages import (
+    AGENT_STARTED,
+    TERMINAL_EVENTS,
+    USER_MESSAGE,
+    Accepted,
+    Event,
+    ThreadInfo,
+    ThreadKey,
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer threadline; this one refuses to touch it."""
+
+
+@attrs.frozen(slots=True)
+class AppendOp:
+    events: Sequence[Event]
+
+
+@attrs.frozen(slots=True)
+class EnsureOp:
+    key: ThreadKey
+    now: float
+
+
+Op = AppendOp | EnsureOp
+KEYS_PER_QUERY = 400  # (user_id, thread_id) pairs per look-up: well under SQLite's 32,766 params
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _op_key(op: Op) -> ThreadKey:
+    return op.key if isinstance(op, EnsureOp) else op.events[0].key
+
+
+def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
+    """``{key: [last_seq, created_at, updated_at]}`` of those keys that exist."""
+    found: dict[ThreadKey, list[Any]] = {}
+    for i in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[i:i + KEYS_PER_QUERY]
+        values = ",".join(["(%s, %s)"] * len(chunk))
+        cur.execute(
+            f"WITH k(u, t) AS (VALUES {values}) SELECT th.user_id, th.thread_id, th.last_seq, "
+            "th.created_at, th.updated_at FROM threads th JOIN k ON th.user_id = k.u AND "
+            "th.thread_id = k.t",
+            [x for key in chunk for x in (key.user_id, key.thread_id)])
+        for user_id, thread_id, last_seq, created, updated in cur.fetchall():
+            found[ThreadKey(user_id, thread_id)] = [last_seq, created, updated]
+    return found
+
+
+def apply_batch(cur: Any, ops: Sequence[Op]) -> list[Any]:
+    """Apply ``ops`` in the caller's transaction; one result per op: a ``ThreadInfo`` for an
+    ensure, None for an append, or a ``ValueError`` for an append that does not follow its
+    thread's last seq (it is skipped; the others are applied)."""
+    keys = list({_op_key(op): None for op in ops})
+    state = load_threads(cur, keys)
+    new_threads: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    client_ids: list[tuple[Any, ...]] = []
+    runs_opened: list[tuple[Any, ...]] = []
+    runs_started: list[tuple[Any, ...]] = []
+    runs_closed: list[tuple[Any, ...]] = []
+    touched: set[ThreadKey] = set()
+    results: list[Any] = []
+    for op in ops:
+        key = _op_key(op)
+        row = state.get(key)
+        if isinstance(op, EnsureOp):
+            if row is None:
+                row = state[key] = [0, op.now, op.now]
+                new_threads.append((key.user_id, key.thread_id, op.now, op.now))
+            results.append(ThreadInfo(key, row[0], row[1], row[2]))
+            continue
+        if row is None:
+            results.append(ValueError(f"unknown thread {key}"))
+            continue
+        expected = row[0]
+        if any(ev.key != key or ev.seq != expected + i + 1 for i, ev in enumerate(op.events)):
+            results.append(ValueError(f"events of {key} do not follow seq {expected}"))
+            continue
+        for ev in op.events:
+            u, t = key.user_id, key.thread_id
+            events.append((u, t, ev.seq, ev.event, ev.run_id, ev.ts, dumps(ev.data)))
+            if ev.event == USER_MESSAGE and ev.run_id is not None:
+                runs_opened.append((u, t, ev.run_id, ev.seq))
+                cid = ev.data.get("client_msg_id")
+                if cid is not None:
+                    client_ids.append((u, t, cid, ev.data["message_id"], ev.run_id, ev.seq))
+            elif ev.event == AGENT_STARTED:
+                runs_started.append((u, t, ev.run_id))
+            elif ev.event in TERMINAL_EVENTS:
+                runs_closed.append((u, t, ev.run_id))
+        row[0] = op.events[-1].seq
+        row[2] = max(row[2], op.events[-1].ts)
+        touched.add(key)
+        results.append(None)
+    if new_threads:
+        cur.executemany("INSERT INTO threads (user_id, thread_id, last_seq, created_at, "
+                        "updated_at) VALUES (%s, %s, 0, %s, %s) ON CONFLICT DO NOTHING",
+                        new_threads)
+    if events:
+        cur.executemany("INSERT INTO events (user_id, thread_id, seq, event, run_id, ts, data) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s)", events)
+    if client_ids:
+        cur.executemany("INSERT INTO client_ids (user_id, thread_id, client_msg_id, message_id, "
+                        "run_id, seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        client_ids)
+    if runs_opened:
+        cur.executemany("INSERT INTO open_runs (user_id, thread_id, run_id, started, "
+                        "opened_seq) VALUES (%s, %s, %s, 0, %s) ON CONFLICT DO NOTHING",
+                        runs_opened)
+    if runs_started:
+        cur.executemany("UPDATE open_runs SET started = 1 WHERE user_id = %s AND "
+                        "thread_id = %s AND run_id = %s", runs_started)
+    if runs_closed:
+        cur.executemany("DELETE FROM open_runs WHERE user_id = %s AND thread_id = %s AND "
+                        "run_id = %s", runs_closed)
+    if touched:
+        cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s WHERE user_id = %s "
+                        "AND thread_id = %s",
+                        [(state[k][0], state[k][2], k.user_id, k.thread_id) for k in touched])
+    return results
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def get_thread(cur: Any, key: ThreadKey) -> ThreadInfo | None:
+    cur.execute("SELECT last_seq, created_at, updated_at FROM threads WHERE user_id = %s AND "
+                "thread_id = %s", (key.user_id, key.thread_id))
+    row = cur.fetchone()
+    return ThreadInfo(key, row[0], row[1], row[2]) if row else None
+
+
+def read(cur: Any, key: ThreadKey, after: int, upto: int | None, limit: int,
+         load: Callable[[Any], dict[str, Any]]) -> list[Event]:
+    bound = upto if upto is not None else 2**62
+    cur.execute("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND "
+                "thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+                (key.user_id, key.thread_id, after, bound, limit))
+    return [Event(key, seq, name, run_id, ts, load(data))
+            for seq, name, run_id, ts, data in cur.fetchall()]
+
+
+def last_seq(cur: Any, key: ThreadKey) -> int:
+    info = get_thread(cur, key)
+    return info.last_seq if info is not None else 0
+
+
+def find_message(cur: Any, key: ThreadKey, client_msg_id: str) -> Accepted | None:
+    cur.execute("SELECT message_id, run_id, seq FROM client_ids WHERE user_id = %s AND "
+                "thread_id = %s AND client_msg_id = %s", (key.user_id, key.thread_id,
+                                                           client_msg_id))
+    row = cur.fetchone()
+    return Accepted(key, row[0], row[1], row[2]) if row else None
+
+
+def threads(cur: Any, user_id: str) -> list[ThreadInfo]:
+    cur.execute("SELECT thread_id, last_seq, created_at, updated_at FROM threads WHERE "
+                "user_id = %s ORDER BY updated_at DESC, thread_id DESC", (user_id,))
+    return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
+
+
+def open_runs(cur: Any) -> list[OpenRun]:
+    cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs "
+                "ORDER BY user_id, thread_id, opened_seq")
+    return [OpenRun(ThreadKey(u, t), r, bool(s)) for u, t, r, s in cur.fetchall()]
+
+
+def migrate(cur: Any, current: int, migrations: Iterable[tuple[int, list[str]]],
+            set_version: Callable[[int], None], name: str) -> int:
+    """Apply the migrations above ``current``; refuse a schema newer than we know."""
+    migrations = list(migrations)
+    latest = migrations[-1][0]
+    if current > latest:
+        raise SchemaTooNew(
+            f"{name} has schema version {current}, newer than the {latest} this threadline "
+            "knows: it was written by a newer threadline. Upgrade threadline, or point it at "
+            "another store.")
+    for version, statements in migrations:
+        if version > current:
+            for statement in statements:
+                cur.execute(statement)
+            set_version(version)
+            current = version
+    return current

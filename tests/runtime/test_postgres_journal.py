@@ -1,0 +1,11 @@
+import pytest
+
+from runtime.stores import open_journal
+from tests.journal_contract import JournalContract
+
+
+class TestPostgresJournal(JournalContract):
+    @pytest.fixture
+    async def journal(self, pg_dsn):
+        async with open_journal(pg_dsn) as journal:
+            yield journal

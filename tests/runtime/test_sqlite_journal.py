@@ -1,0 +1,11 @@
+import pytest
+
+from runtime.stores import open_journal
+from tests.journal_contract import JournalContract
+
+
+class TestSQLiteJournal(JournalContract):
+    @pytest.fixture
+    async def journal(self, tmp_path):
+        async with open_journal(f"sqlite:///{tmp_path}/journal.db") as journal:
+            yield journal
