@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import trio
@@ -50,3 +54,39 @@ async def http_get(server: RunningServer, path: str,
             body += await stream.receive_some(65536)
     await stream.aclose()
     return int(status_line.split()[1]), fields, body
+
+
+# -- `threadline serve` as a subprocess ---------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServeProcess:
+    """``python -m runtime.cli serve`` on a free port, with the test secret."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", *args], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "THREADLINE_SECRET": SECRET, **(env or {})})
+        self.url = ""
+
+    async def ready(self) -> str:
+        with trio.fail_after(30):
+            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+        assert line.startswith("ready: "), line + (self.proc.stderr.read()
+                                                   if self.proc.poll() is not None else "")
+        self.url = line.strip().removeprefix("ready: ")
+        return self.url
+
+    async def wait(self, timeout: float = 30) -> int:
+        with trio.fail_after(timeout):
+            return await trio.to_thread.run_sync(self.proc.wait)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

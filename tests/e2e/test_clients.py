@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import msgpack
-import trio
 from trio_websocket import open_websocket_url
 
-from tests.servers import serving, token
+from tests.servers import token
 from transport.client import open_client
 
 STABLE = ("type", "thread_id", "seq", "event")

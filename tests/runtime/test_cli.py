@@ -7,23 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.servers import SECRET
+from tests.servers import ROOT, SECRET, ServeProcess
 from transport.auth import mint, verify
 from transport.client import open_client
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def threadline(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-
 
 async def ready_lines(proc: subprocess.Popen, count: int) -> list[str]:
     lines = []
@@ -58,29 +48,26 @@ def test_token_prints_a_token_for_the_user():
 
 
 async def test_sigterm_during_a_run_cancels_it_and_exits_0(tmp_path):
-    proc = threadline("serve", "--port", "0", "--agent", "tests.helpers:scripted_agent",
-                      "--grace", "0.5", "--store", f"sqlite:///{tmp_path}/t.db",
-                      env={"THREADLINE_SECRET": SECRET})
+    server = ServeProcess("--agent", "tests.helpers:scripted_agent", "--grace", "0.5",
+                          "--store", f"sqlite:///{tmp_path}/t.db")
     try:
-        (ready,) = await ready_lines(proc, 1)
-        url = ready.removeprefix("ready: ")
+        url = await server.ready()
         async with open_client(url, mint("ada", SECRET)) as client:
             await client.join("main")
             acc = await client.send("main", "think:working;sleep:60")
             while (await client.next_event())["event"] != "agent_thinking":
                 pass
-            proc.send_signal(signal.SIGTERM)
+            server.signal(signal.SIGTERM)
             events = [e async for e in client.events()]
             assert events[-1]["event"] == "agent_cancelled"
             assert events[-1]["data"] == {"reason": "shutdown"}
             assert events[-1]["run_id"] == acc["run_id"]
             assert client.close_code == 1001
-        assert await exit_code(proc) == 0
-        log = proc.stderr.read()
+        assert await server.wait() == 0
+        log = server.proc.stderr.read()
         assert "SIGTERM: shutting down" in log and "stopped" in log
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        server.kill()
 
 
 async def test_serve_without_a_secret_prints_a_demo_token_that_works(tmp_path):
