@@ -50,18 +50,21 @@ class Backend(Protocol):
     def commit(self, conn: Any) -> None: ...
     def rollback(self, conn: Any) -> None: ...
     def ping(self, conn: Any) -> None: ...
+    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
     def load_data(self, raw: Any) -> dict[str, Any]: ...
     def is_broken(self, conn: Any, exc: BaseException) -> bool: ...
 
 
 class DurableJournal:
-    def __init__(self, backend: Backend, *, readers: int = 4) -> None:
+    def __init__(self, backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH) -> None:
         self.backend = backend
+        self.max_batch = max_batch  # 1: one transaction per operation (the benchmark's baseline)
         self._pending: list[tuple[Op, Reply[Any]]] = []
         self._work = trio.Event()
         self._idle = trio.Event()
         self._writer: Any = None
         self._writer_used = 0.0
+        self._cache = sql.ThreadCache()
         self._readers: list[Any] = []
         self._reader_slots = trio.CapacityLimiter(readers)
         self._retry_at = 0.0
@@ -111,9 +114,13 @@ class DurableJournal:
             if not self._pending:
                 self._idle.set()
                 await self._work.wait()
+                # Woken by the first write; the writers woken by the last commit submit in the
+                # same scheduling round: let them, and take them all in one transaction.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             self._work = trio.Event()
             self._idle = trio.Event()
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            batch = self._pending[:self.max_batch]
+            del self._pending[:self.max_batch]
             results = await self._write([op for op, _ in batch])
             for (_, reply), result in zip(batch, results):
                 if isinstance(result, BaseException):
@@ -139,8 +146,10 @@ class DurableJournal:
         conn = self._writer_connection()
         try:
             backend.begin(conn)
-            results = sql.apply_batch(backend.cursor(conn), ops)
+            results, rows = sql.apply_batch(backend.cursor(conn), ops, self._cache,
+                                            backend.insert_events)
             backend.commit(conn)
+            self._cache.committed(rows)
             self._writer_used = time.monotonic()
             return results
         except BaseException as exc:
@@ -244,10 +253,11 @@ class DurableJournal:
 
 
 @asynccontextmanager
-async def open_durable_journal(backend: Backend, *, readers: int = 4) -> AsyncIterator[DurableJournal]:
+async def open_durable_journal(backend: Backend, *, readers: int = 4,
+                               max_batch: int = MAX_BATCH) -> AsyncIterator[DurableJournal]:
     """Connect, apply migrations (``SchemaTooNew`` if the store is newer than this code), run
     the writer; on exit, flush what is queued and close the connections."""
-    journal = DurableJournal(backend, readers=readers)
+    journal = DurableJournal(backend, readers=readers, max_batch=max_batch)
 
     def prepare() -> int:
         conn = backend.connect(writer=True)

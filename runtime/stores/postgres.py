@@ -77,6 +77,13 @@ class PostgresBackend:
         if not conn.closed:
             conn.rollback()
 
+    def insert_events(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
+        """COPY: one stream for the whole batch, several times faster than INSERTs for it."""
+        with cur.copy("COPY events (user_id, thread_id, seq, event, run_id, ts, data) "
+                      "FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def ping(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT 1")
         conn.rollback()

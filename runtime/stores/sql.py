@@ -66,12 +66,45 @@ def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
     return found
 
 
-def apply_batch(cur: Any, ops: Sequence[Op]) -> list[Any]:
-    """Apply ``ops`` in the caller's transaction; one result per op: a ``ThreadInfo`` for an
-    ensure, None for an append, or a ``ValueError`` for an append that does not follow its
-    thread's last seq (it is skipped; the others are applied)."""
+class ThreadCache:
+    """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at]``), so that a
+    batch need not read them back: the journal is the only writer of its store. Bounded; an
+    entry missing is read from the store."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self.rows: dict[ThreadKey, list[Any]] = {}
+
+    def load(self, cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
+        """Copies of the rows of ``keys`` that exist (the caller may change them)."""
+        rows = self.rows
+        missing = [k for k in keys if k not in rows]
+        found = load_threads(cur, missing) if missing else {}
+        out = {k: list(rows[k]) for k in keys if k in rows}
+        out.update(found)
+        return out
+
+    def committed(self, state: dict[ThreadKey, list[Any]]) -> None:
+        """Take the rows of a committed batch."""
+        if len(self.rows) + len(state) > self.size:
+            self.rows.clear()  # simple and rare: the next batches read back what they need
+        self.rows.update(state)
+
+
+def insert_events(cur: Any, rows: list[tuple[Any, ...]]) -> None:
+    cur.executemany("INSERT INTO events (user_id, thread_id, seq, event, run_id, ts, data) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+
+
+def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
+                insert: Callable[[Any, list[tuple[Any, ...]]], None] = insert_events,
+                ) -> tuple[list[Any], dict[ThreadKey, list[Any]]]:
+    """Apply ``ops`` in the caller's transaction. Returns one result per op (a ``ThreadInfo``
+    for an ensure, None for an append, or a ``ValueError`` for an append that does not follow
+    its thread's last seq: it is skipped, the others are applied), and the thread rows to give
+    ``cache.committed`` once the transaction commits."""
     keys = list({_op_key(op): None for op in ops})
-    state = load_threads(cur, keys)
+    state = cache.load(cur, keys)
     new_threads: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
     client_ids: list[tuple[Any, ...]] = []
@@ -117,8 +150,7 @@ def apply_batch(cur: Any, ops: Sequence[Op]) -> list[Any]:
                         "updated_at) VALUES (%s, %s, 0, %s, %s) ON CONFLICT DO NOTHING",
                         new_threads)
     if events:
-        cur.executemany("INSERT INTO events (user_id, thread_id, seq, event, run_id, ts, data) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)", events)
+        insert(cur, events)
     if client_ids:
         cur.executemany("INSERT INTO client_ids (user_id, thread_id, client_msg_id, message_id, "
                         "run_id, seq) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -137,7 +169,7 @@ def apply_batch(cur: Any, ops: Sequence[Op]) -> list[Any]:
         cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s WHERE user_id = %s "
                         "AND thread_id = %s",
                         [(state[k][0], state[k][2], k.user_id, k.thread_id) for k in touched])
-    return results
+    return results, state
 
 
 # -- reads -------------------------------------------------------------------------------------

@@ -112,6 +112,8 @@ class SQLiteBackend:
     def ping(self, conn: sqlite3.Connection) -> None:
         pass
 
+    insert_events = staticmethod(sql.insert_events)
+
     def load_data(self, raw: Any) -> dict[str, Any]:
         return json.loads(raw)
 

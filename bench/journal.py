@@ -1,0 +1,114 @@
+"""Journal throughput: events per second sustained into SQLite and PostgreSQL with group
+commit, beside one transaction per event through the same code, in the same run.
+
+The workload is the runtime's: ``--threads`` writers, each appending one event at a time to its
+own thread and awaiting durability before the next (as a thread actor does). Throughput is then
+the threads writing at once divided by the commit latency, so it is measured at 200 and at
+1,000 threads writing at once (a server holding 10,000 connections has that many). SQLite runs with
+``synchronous=FULL``, PostgreSQL (a throwaway cluster on loopback, as the tests use) with
+``fsync=on``: every acknowledged event is on disk. Target: >= 20,000 events/s for each store.
+
+Usage: ``python -m bench.journal [--seconds 5] [--threads 200]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+from actors.messages import Event, ThreadKey
+from runtime.stores.durable import MAX_BATCH, open_durable_journal
+from runtime.stores.postgres import PostgresBackend
+from runtime.stores.sqlite import SQLiteBackend
+from runtime.tuning import tune_gc
+
+from .common import progress, table, write_results
+
+TARGET = 20_000
+
+
+async def sustained(backend: Any, max_batch: int, threads: int, seconds: float) -> dict[str, Any]:
+    async with open_durable_journal(backend, max_batch=max_batch) as journal:
+        keys = [ThreadKey(f"bench{i % 50}", f"t{i}-{time.monotonic_ns()}") for i in range(threads)]
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(journal.ensure_thread, key, time.time())
+        count = 0
+        batches0, ops0 = journal.batches, journal.operations
+        stop_at = trio.current_time() + seconds
+
+        async def writer(key: ThreadKey) -> None:
+            nonlocal count
+            seq = 0
+            while trio.current_time() < stop_at:  # bounded in time; each step awaits a commit
+                seq += 1
+                await journal.append([Event(key, seq, "agent_thinking", "run_bench", time.time(),
+                                            {"text": "x" * 64})])
+                count += 1
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(writer, key)
+        elapsed = time.perf_counter() - t0
+        batches = journal.batches - batches0
+        return {"events_per_s": count / elapsed, "events": count, "transactions": batches,
+                "events_per_transaction": (journal.operations - ops0) / max(batches, 1)}
+
+
+def measure(name: str, make: Any, threads: int, seconds: float) -> dict[str, Any]:
+    grouped = trio.run(sustained, make(), MAX_BATCH, threads, seconds)
+    progress(f"{name}: group commit {grouped['events_per_s']:,.0f} events/s "
+             f"({grouped['events_per_transaction']:.0f} per transaction)")
+    single = trio.run(sustained, make(), 1, threads, seconds)
+    progress(f"{name}: one transaction per event {single['events_per_s']:,.0f} events/s")
+    return {"group_commit": grouped, "per_event": single,
+            "ratio": grouped["events_per_s"] / single["events_per_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.journal", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threads", default="200,1000",
+                        help="threads writing at once (comma-separated: one run each)")
+    args = parser.parse_args(argv)
+    tune_gc()
+    from tests.pg import Cluster  # the same throwaway cluster the tests use, with fsync on
+
+    counts = [int(x) for x in args.threads.split(",")]
+    results: dict[str, Any] = {"seconds": args.seconds, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            progress(f"SQLite (synchronous=FULL), {n} threads writing")
+            results["runs"][f"sqlite/{n}"] = measure(
+                "SQLite", lambda n=n: SQLiteBackend(f"{tmp}/bench{n}.db"), n, args.seconds)
+    progress("starting a PostgreSQL cluster (fsync=on) on loopback")
+    cluster = Cluster(fsync=True).init()
+    try:
+        for n in counts:
+            progress(f"PostgreSQL (fsync=on), {n} threads writing")
+            results["runs"][f"postgresql/{n}"] = measure(
+                "PostgreSQL", lambda: PostgresBackend(cluster.reset()), n, args.seconds)
+    finally:
+        cluster.destroy()
+    rows = []
+    for name, r in results["runs"].items():
+        store, n = name.split("/")
+        g = r["group_commit"]["events_per_s"]
+        rows.append((f"{store} events/s, {n} threads writing", f"{g:,.0f}",
+                     f"{r['per_event']['events_per_s']:,.0f} (a transaction per event)",
+                     f"{r['ratio']:.1f}", f">= {TARGET:,}", "yes" if g >= TARGET else "NO"))
+    path = write_results("journal", results)
+    print(table(rows))
+    progress(f"figures in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
