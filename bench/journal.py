@@ -71,6 +71,28 @@ def measure(name: str, make: Any, threads: int, seconds: float) -> dict[str, Any
             "ratio": grouped["events_per_s"] / single["events_per_s"]}
 
 
+def run(seconds: float, counts: list[int]) -> dict[str, Any]:
+    """Every store at every count of threads writing: group commit and a transaction per event."""
+    from tests.pg import Cluster  # the same throwaway cluster the tests use, with fsync on
+
+    results: dict[str, Any] = {"seconds": seconds, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            progress(f"SQLite (synchronous=FULL), {n} threads writing")
+            results["runs"][f"sqlite/{n}"] = measure(
+                "SQLite", lambda n=n: SQLiteBackend(f"{tmp}/bench{n}.db"), n, seconds)
+    progress("starting a PostgreSQL cluster (fsync=on) on loopback")
+    cluster = Cluster(fsync=True).init()
+    try:
+        for n in counts:
+            progress(f"PostgreSQL (fsync=on), {n} threads writing")
+            results["runs"][f"postgresql/{n}"] = measure(
+                "PostgreSQL", lambda: PostgresBackend(cluster.reset()), n, seconds)
+    finally:
+        cluster.destroy()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.journal", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,24 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads writing at once (comma-separated: one run each)")
     args = parser.parse_args(argv)
     tune_gc()
-    from tests.pg import Cluster  # the same throwaway cluster the tests use, with fsync on
-
-    counts = [int(x) for x in args.threads.split(",")]
-    results: dict[str, Any] = {"seconds": args.seconds, "runs": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in counts:
-            progress(f"SQLite (synchronous=FULL), {n} threads writing")
-            results["runs"][f"sqlite/{n}"] = measure(
-                "SQLite", lambda n=n: SQLiteBackend(f"{tmp}/bench{n}.db"), n, args.seconds)
-    progress("starting a PostgreSQL cluster (fsync=on) on loopback")
-    cluster = Cluster(fsync=True).init()
-    try:
-        for n in counts:
-            progress(f"PostgreSQL (fsync=on), {n} threads writing")
-            results["runs"][f"postgresql/{n}"] = measure(
-                "PostgreSQL", lambda: PostgresBackend(cluster.reset()), n, args.seconds)
-    finally:
-        cluster.destroy()
+    results = run(args.seconds, [int(x) for x in args.threads.split(",")])
     rows = []
     for name, r in results["runs"].items():
         store, n = name.split("/")

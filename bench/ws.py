@@ -12,13 +12,9 @@ Usage: ``python -m bench.ws [--connections 1,10,100] [--seconds 5]``
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import trio
 
@@ -27,35 +23,9 @@ from transport.auth import mint
 
 from .common import progress, table, write_results
 from .loadgen import Tally, cpu_seconds, drive, open_ws, process_cpu_seconds, summary
+from .servers import SECRET, server_process
 
-SECRET = "bench-only-secret-0123456789abcdef0123456789"
 WARMUP = 1.0
-
-
-@contextmanager
-def server_process(kind: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    if kind == "threadline":
-        # The per-connection rate limit protects a server from a client; here the client is
-        # the benchmark, so it is lifted.
-        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--secret", SECRET,
-               "--log", "warning", "--limit", "rate=1e9", "--limit", "burst=1000000000",
-               "--store", "memory"]
-    else:
-        cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("ready: "), line
-        rest = line.removeprefix("ready: ")
-        url = rest if rest.startswith("ws://") else f"ws://127.0.0.1:{rest}/v1/ws"
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def load(url: str, kind: str, connections: int, seconds: float, window: int,
@@ -66,7 +36,7 @@ async def load(url: str, kind: str, connections: int, seconds: float, window: in
 
     async def connect(i: int) -> None:
         async with limiter:
-            token = mint(f"load{i}", SECRET) if kind == "threadline" else None
+            token = mint(f"load{i}", SECRET) if kind != "bare" else None
             conns.append(await open_ws(url, token))
 
     async with trio.open_nursery() as nursery:
@@ -78,9 +48,9 @@ async def load(url: str, kind: str, connections: int, seconds: float, window: in
     async with trio.open_nursery() as nursery:
         for i, conn in enumerate(conns):
             nursery.start_soon(lambda c=conn, i=i: drive(
-                c, threadline=kind == "threadline", thread_id=f"t{i}", window=window,
+                c, threadline=kind != "bare", thread_id=f"t{i}", window=window,
                 deadline=deadline, stop_at=stop_at, tally=tally, max_turns=10**7,
-                interval=interval))
+                interval=interval, phase=(interval or 0.0) * i / len(conns)))
     wall = time.perf_counter() - wall0
     result = summary(tally, seconds)
     result["loadgen_cpu"] = (cpu_seconds() - cpu0) / wall
@@ -90,10 +60,12 @@ async def load(url: str, kind: str, connections: int, seconds: float, window: in
     return result
 
 
-def measure(kind: str, connections: int, seconds: float, window: int) -> dict[str, Any]:
+def measure(kind: str, connections: int, seconds: float, window: int,
+            interval: float | None = None) -> dict[str, Any]:
     with server_process(kind) as (url, proc):
-        result = trio.run(load, url, kind, connections, seconds, window, proc.pid)
-    progress(f"{kind:10s} {connections:5d} conns: {result['events_per_s']:9,.0f} events/s, "
+        result = trio.run(load, url, kind, connections, seconds, window, proc.pid, interval)
+    label = "" if interval is None else f" offered {connections / interval * 4:,.0f} events/s,"
+    progress(f"{kind:10s} {connections:5d} conns:{label} {result['events_per_s']:9,.0f} events/s, "
              f"{result['frames_per_s']:9,.0f} frames/s; cpu server {result['server_cpu']:.2f}, "
              f"load generator {result['loadgen_cpu']:.2f}")
     return result

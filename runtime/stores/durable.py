@@ -75,9 +75,12 @@ class DurableJournal:
     # -- the Journal protocol ------------------------------------------------------------------
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
-        info = await self._read(sql.get_thread, key)
-        if info is not None:
-            return info
+        # The writer is the store's only writer, so its cache of thread rows is the truth: a
+        # reactivation costs no I/O. Otherwise one batched look-up-or-insert for many threads.
+        row = self._cache.rows.get(key)
+        if row is not None:
+            await trio.lowlevel.checkpoint()
+            return ThreadInfo(key, row[0], row[1], row[2])
         return await self._submit(EnsureOp(key, now))
 
     async def append(self, events: Sequence[Event]) -> None:

@@ -69,9 +69,10 @@ def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
 class ThreadCache:
     """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at]``), so that a
     batch need not read them back: the journal is the only writer of its store. Bounded; an
-    entry missing is read from the store."""
+    entry missing is read from the store. Rows change only when a batch commits, and a thread
+    actor is the only writer of its thread, so readers on the trio side see settled rows."""
 
-    def __init__(self, size: int = 100_000) -> None:
+    def __init__(self, size: int = 250_000) -> None:
         self.size = size
         self.rows: dict[ThreadKey, list[Any]] = {}
 

@@ -1,0 +1,192 @@
+"""The whole benchmark suite in one command: ``python -m bench`` (``--quick`` for a smoke run).
+
+Runs every scenario of ``bench/README.md`` with progress on stderr, then prints one table (each
+figure, its baseline measured in the same run, the ratio, the DESIGN.md target and whether it is
+met), writes ``bench/results/suite.json`` and the curves as PNG in ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from typing import Any
+
+from runtime.tuning import raise_fd_limit, tune_gc
+
+from . import actors as actors_bench
+from . import journal as journal_bench
+from . import scale as scale_bench
+from .common import RESULTS, progress, table, write_results
+from .ws import measure, median_run
+
+TURN_EVENTS = 4  # an echo turn: user_message, agent_started, agent_thinking, agent_completed
+
+
+def throughput(levels: list[int], seconds: float, rounds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in levels:
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "threadline": [], "peer": []}
+        for _ in range(rounds):  # alternating, so drift on a shared machine hits all alike
+            for kind in runs:
+                runs[kind].append(measure(kind, n, seconds, window=4))
+        out[str(n)] = {kind: median_run(r) for kind, r in runs.items()}
+    return out
+
+
+def latency(max_events: float, fractions: list[float], connections: int,
+            seconds: float) -> dict[str, Any]:
+    """Open loop: every connection sends at a fixed interval, whatever the answers do."""
+    out: dict[str, Any] = {}
+    for fraction in fractions:
+        offered_turns = max_events * fraction / TURN_EVENTS
+        interval = connections / offered_turns
+        row = {}
+        for kind in ("threadline", "peer"):
+            row[kind] = measure(kind, connections, seconds, window=10**6, interval=interval)
+            row[kind]["offered_events_per_s"] = offered_turns * TURN_EVENTS
+        out[f"{fraction:.2f}"] = row
+    return out
+
+
+def plots(results: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    tp = results["throughput"]
+    levels = [int(n) for n in tp]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, label in (("threadline", "threadline (echo agent)"),
+                        ("bare", "bare echo server, same engine"),
+                        ("peer", "FastAPI + uvicorn peer")):
+        ax.plot(levels, [tp[str(n)][kind]["events_per_s"] for n in levels], marker="o",
+                label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("connections")
+    ax.set_ylabel("events delivered per second")
+    ax.set_title("Server throughput (one process each, loopback)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "throughput.png"
+    fig.savefig(path, dpi=110)
+    written.append(str(path))
+
+    lat = results["latency"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, style in (("threadline", "-"), ("peer", "--")):
+        xs = [lat[f][kind]["offered_events_per_s"] for f in lat]
+        for pct, marker in (("p50_ms", "o"), ("p99_ms", "s"), ("p999_ms", "^")):
+            ax.plot(xs, [lat[f][kind][pct] for f in lat], style, marker=marker,
+                    label=f"{kind} {pct.removesuffix('_ms').replace('p999', 'p99.9')}")
+    ax.axhline(20, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (events/s)")
+    ax.set_ylabel("send to agent_completed (ms)")
+    ax.set_title("Latency under open-loop load")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / "latency.png"
+    fig.savefig(path, dpi=110)
+    written.append(str(path))
+    return written
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    a = results["actors"]
+    out = [
+        ("ask round trips/s through a ThreadActor", f"{a['ask']['actor_round_trips_per_s']:,.0f}",
+         f"{a['ask']['bare_round_trips_per_s']:,.0f} bare channels", f"{a['ask']['ratio']:.2f}",
+         ">= 0.7 x bare", yes(a["ask"]["ratio"] >= 0.7)),
+        (f"bytes per idle actor, {a['memory']['n']:,} live", f"{a['memory']['actor_bytes']:,.0f}",
+         f"{a['memory']['bare_bytes_per_task']:,.0f} bare task", f"{a['memory']['ratio']:.2f}",
+         "<= 6,144", yes(a["memory"]["actor_bytes"] <= 6144)),
+        ("thread actor activations/s", f"{a['activations']['actor_activations_per_s']:,.0f}",
+         f"{a['activations']['bare_tasks_per_s']:,.0f} bare tasks",
+         f"{a['activations']['ratio']:.2f}", ">= 10,000",
+         yes(a["activations"]["actor_activations_per_s"] >= 10_000)),
+    ]
+    for n, r in results["throughput"].items():
+        t, b, p = (r[k]["events_per_s"] for k in ("threadline", "bare", "peer"))
+        out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{b:,.0f} bare echo",
+                    f"{t / b:.2f}", ">= 0.5 x bare", yes(t / b >= 0.5)))
+        out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{p:,.0f} FastAPI peer",
+                    f"{t / p:.2f}", ">= 3 x peer", yes(t / p >= 3)))
+    half = results["latency"]["0.50"]
+    t, p = half["threadline"], half["peer"]
+    out.append((f"p99 ms at half max ({t['offered_events_per_s']:,.0f} events/s offered)",
+                f"{t['p99_ms']:.1f}", f"{p['p99_ms']:.1f} FastAPI peer",
+                f"{t['p99_ms'] / p['p99_ms']:.2f}", "< 20 ms", yes(t["p99_ms"] < 20)))
+    s = results["scale"]["connections"]
+    out.append(("concurrent connections, one process", f"{s['connections']:,}", "-", "-",
+                ">= 10,000", yes(s["connections"] >= 10_000)))
+    out.append(("resident bytes per connection", f"{s['bytes_per_connection']:,.0f}", "-", "-",
+                "-", "-"))
+    pv = results["scale"]["passivation"]
+    out.append((f"threads reactivated/s after passivating {pv['threads']:,}",
+                f"{pv['reactivated_per_s']:,.0f}", f"{pv['created_per_s']:,.0f} created/s",
+                f"{pv['reactivated_per_s'] / pv['created_per_s']:.2f}", "-", "-"))
+    for name, r in results["journal"]["runs"].items():
+        store, n = name.split("/")
+        g = r["group_commit"]["events_per_s"]
+        out.append((f"{store} events/s, {n} threads writing", f"{g:,.0f}",
+                    f"{r['per_event']['events_per_s']:,.0f} txn per event", f"{r['ratio']:.1f}",
+                    ">= 20,000", yes(g >= 20_000)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller and shorter: a smoke run")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    tune_gc()
+    raise_fd_limit()
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"quick": quick}
+
+    progress("1/5 in-process actors")
+    results["actors"] = {
+        "ask": actors_bench.bench_ask(20_000 if quick else 100_000, 3),
+        "memory": actors_bench.bench_memory(10_000 if quick else 100_000),
+        "activations": actors_bench.bench_activations(10_000 if quick else 50_000, 3),
+    }
+    gc.collect()
+
+    progress("2/5 server throughput: threadline, bare echo, FastAPI peer")
+    levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
+    results["throughput"] = throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2)
+
+    progress("3/5 latency under open-loop load, 100 connections")
+    max_events = results["throughput"]["100"]["threadline"]["events_per_s"]
+    results["latency"] = latency(max_events, [0.25, 0.5, 0.75, 1.0], 100, 2.0 if quick else 4.0)
+
+    progress("4/5 scale: many connections, many threads")
+    results["scale"] = {
+        "connections": scale_bench.connections(1000 if quick else 10_000),
+        "passivation": scale_bench.passivation(10_000 if quick else 100_000),
+    }
+
+    progress("5/5 journal: SQLite and PostgreSQL, group commit and a transaction per event")
+    results["journal"] = journal_bench.run(2.0 if quick else 4.0, [200] if quick else [200, 1000])
+
+    results["seconds"] = time.perf_counter() - t0
+    path = write_results("suite", results)
+    pngs = plots(results)
+    print(table(rows(results)))
+    progress(f"done in {results['seconds'] / 60:.1f} min; figures in {path}; plots "
+             + ", ".join(pngs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
