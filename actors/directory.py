@@ -79,7 +79,7 @@ class Directory(Generic[K]):
         Raises ``ActorStopped`` once the directory is closing.
         """
         entry = self._entries.get(key)
-        if entry is not None and not entry.ref.mailbox.statistics().closed:
+        if entry is not None and not entry.ref.mailbox.closed:
             return entry.ref
         if self._closing:
             raise ActorStopped("the runtime is shutting down")

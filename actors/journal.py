@@ -80,18 +80,32 @@ class _MemoryThread:
         self.by_client_id: dict[str, Event] = {}
 
 
+def run_transition(event: Event) -> str | None:
+    """What an event does to its run's open/closed state: ``"open"`` (its ``user_message``),
+    ``"start"`` (``agent_started``), ``"close"`` (a terminal event) or None. Every journal
+    tracks open runs by this one rule."""
+    if event.run_id is None:
+        return None
+    if event.event == USER_MESSAGE:
+        return "open"
+    if event.event == AGENT_STARTED:
+        return "start"
+    if event.event in TERMINAL_EVENTS:
+        return "close"
+    return None
+
+
 def track_open_runs(open_runs: dict[tuple[ThreadKey, str], bool], events: Sequence[Event]) -> None:
     """Keep ``{(key, run_id): started}`` of open runs up to date with appended events."""
     for ev in events:
-        if ev.run_id is None:
-            continue
-        if ev.event == USER_MESSAGE:
-            open_runs[(ev.key, ev.run_id)] = False
-        elif ev.event == AGENT_STARTED:
-            if (ev.key, ev.run_id) in open_runs:
-                open_runs[(ev.key, ev.run_id)] = True
-        elif ev.event in TERMINAL_EVENTS:
-            open_runs.pop((ev.key, ev.run_id), None)
+        transition = run_transition(ev)
+        run = (ev.key, ev.run_id)
+        if transition == "open":
+            open_runs[run] = False  # type: ignore[index]
+        elif transition == "start" and run in open_runs:
+            open_runs[run] = True  # type: ignore[index]
+        elif transition == "close":
+            open_runs.pop(run, None)  # type: ignore[arg-type]
 
 
 class MemoryJournal:

@@ -141,6 +141,10 @@ class Mailbox:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorStopped("actor stopped") from None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def statistics(self) -> MailboxStatistics:
         s = self._send.statistics()
         return MailboxStatistics(

@@ -27,7 +27,7 @@ from actors.errors import (
     MailboxFull,
     UnknownRun,
 )
-from actors.gateway import UserHandle
+from actors.gateway import ThreadHandle, UserHandle
 from actors.mailbox import Mailbox
 from actors.messages import Event, Joined, ThreadKey
 
@@ -76,11 +76,13 @@ class SessionStats:
 class Tap:
     """A session's subscription to one thread: what the thread actor delivers to."""
 
-    __slots__ = ("session", "thread_id", "since", "ref", "active", "last_sent")
+    __slots__ = ("session", "thread", "thread_id", "since", "ref", "active", "last_sent")
 
-    def __init__(self, session: Session, thread_id: str, since: int | None, ref: Any) -> None:
+    def __init__(self, session: Session, thread: ThreadHandle, since: int | None,
+                 ref: Any) -> None:
         self.session = session
-        self.thread_id = thread_id
+        self.thread = thread  # the handle every request on this thread goes through
+        self.thread_id = thread.thread_id
         self.since = since
         self.ref = ref
         self.active = True
@@ -154,7 +156,7 @@ class Session:
         async with trio.open_nursery() as nursery:
             for tap in taps:
                 tap.active = False
-                nursery.start_soon(self.user.thread(tap.thread_id).unsubscribe, tap)
+                nursery.start_soon(tap.thread.unsubscribe, tap)
 
     def thread_dropped(self, tap: Tap, reason: str) -> None:
         if reason.startswith("mailbox full"):
@@ -217,9 +219,10 @@ class Session:
         kind = type(request)
         if kind is Send:
             assert isinstance(request, Send)
-            if request.thread_id not in self.taps:
+            tap = self.taps.get(request.thread_id)
+            if tap is None:
                 return self._not_joined(request)
-            acc = await self.user.thread(request.thread_id).send(
+            acc = await tap.thread.send(
                 request.text, client_msg_id=request.client_msg_id, strategy=request.strategy)
             self._reply(reply_frame("accepted", request.ref, thread_id=request.thread_id,
                                     message_id=acc.message_id, run_id=acc.run_id, seq=acc.seq))
@@ -231,13 +234,14 @@ class Session:
             tap = self.taps.pop(request.thread_id, None)
             if tap is not None:
                 tap.active = False  # the writer drops what is still queued for it
-                await self.user.thread(request.thread_id).unsubscribe(tap)
+                await tap.thread.unsubscribe(tap)
             self._reply(reply_frame("left", request.ref, thread_id=request.thread_id))
         elif kind is Cancel:
             assert isinstance(request, Cancel)
-            if request.thread_id not in self.taps:
+            tap = self.taps.get(request.thread_id)
+            if tap is None:
                 return self._not_joined(request)
-            run_id = await self.user.thread(request.thread_id).cancel(request.run_id)
+            run_id = await tap.thread.cancel(request.run_id)
             self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id, run_id=run_id))
         elif kind is Threads:
             infos = await self.user.threads()
@@ -253,11 +257,11 @@ class Session:
             self._reply(error_frame(LIMIT_REACHED, f"at most {self.limits.max_threads} threads "
                                     "joined per connection", request.ref))
             return
-        thread = self.user.thread(request.thread_id)
+        thread = old.thread if old is not None else self.user.thread(request.thread_id)
         if old is not None:  # joined again: a fresh subscription, replayed from since
             old.active = False
             await thread.unsubscribe(old)
-        tap = Tap(self, request.thread_id, request.since, request.ref)
+        tap = Tap(self, thread, request.since, request.ref)
         self.taps[request.thread_id] = tap
         try:
             await thread.subscribe(tap, request.since)  # the thread queues Joined, then events
@@ -340,9 +344,8 @@ class Session:
         """Stored events ``since < seq <= upto``, a page at a time, at this client's pace.
         Live events queue up behind meanwhile; those the replay covered are skipped."""
         after = upto if tap.since is None else min(tap.since, upto)
-        thread = self.user.thread(tap.thread_id)
         while after < upto and tap.active:
-            page = await thread.history(after, upto=upto, limit=REPLAY_PAGE)
+            page = await tap.thread.history(after, upto=upto, limit=REPLAY_PAGE)
             if not page:
                 raise JournalUnavailable(f"events {after}..{upto} of {tap.thread_id} are missing")
             for event in page:

@@ -11,16 +11,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 
-from actors.journal import OpenRun
-from actors.messages import (
-    AGENT_STARTED,
-    TERMINAL_EVENTS,
-    USER_MESSAGE,
-    Accepted,
-    Event,
-    ThreadInfo,
-    ThreadKey,
-)
+from actors.journal import OpenRun, run_transition
+from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 
 
 class SchemaTooNew(RuntimeError):
@@ -133,14 +125,15 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
         for ev in op.events:
             u, t = key.user_id, key.thread_id
             events.append((u, t, ev.seq, ev.event, ev.run_id, ev.ts, dumps(ev.data)))
-            if ev.event == USER_MESSAGE and ev.run_id is not None:
+            transition = run_transition(ev)
+            if transition == "open":
                 runs_opened.append((u, t, ev.run_id, ev.seq))
                 cid = ev.data.get("client_msg_id")
                 if cid is not None:
                     client_ids.append((u, t, cid, ev.data["message_id"], ev.run_id, ev.seq))
-            elif ev.event == AGENT_STARTED:
+            elif transition == "start":
                 runs_started.append((u, t, ev.run_id))
-            elif ev.event in TERMINAL_EVENTS:
+            elif transition == "close":
                 runs_closed.append((u, t, ev.run_id))
         row[0] = op.events[-1].seq
         row[2] = max(row[2], op.events[-1].ts)
