@@ -140,6 +140,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append((f"{store} events/s, {n} threads writing", f"{g:,.0f}",
                     f"{r['per_event']['events_per_s']:,.0f} txn per event", f"{r['ratio']:.1f}",
                     ">= 20,000", yes(g >= 20_000)))
+    if "postgresql_not_run" in results["journal"]:
+        out.append(("postgresql events/s", "not run", "-", "-", ">= 20,000",
+                    "NO (no PostgreSQL: bash tests/run.sh installs it)"))
     return out
 
 
