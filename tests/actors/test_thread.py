@@ -316,3 +316,20 @@ async def test_closing_the_runtime_does_not_cancel_the_code_that_closes_it(autoj
             events = await until_terminal(sub, acc.run_id)
             reached.append(events[-1].data)
     assert reached == [{"reason": "shutdown"}]
+
+
+async def test_a_run_ending_while_a_request_is_handled_leaves_the_actor_sound(autojump_clock):
+    # Runs end while requests are being handled, over and over: the actor moves between its
+    # idle and busy phases without losing or duplicating anything.
+    async with scripted() as rt:
+        thread = rt.thread("ada", "main")
+        for i in range(30):
+            await thread.send(f"sleep:{(i % 3) * 0.001}")
+            await thread.info()
+            await trio.sleep((i % 4) * 0.0005)
+        await trio.sleep(5)
+        info = await thread.info()
+        history = await thread.history()
+        assert info.last_seq == len(history) == 30 * 3  # user_message, started, completed
+        assert_runs_well_formed(history)
+        assert rt.directory.failures == 0 and rt.directory.activations == 1
