@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
 from typing import Any
@@ -146,11 +147,23 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     return out
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The table as markdown, for bench/README.md."""
+    head = "| figure | threadline | baseline | ratio | target | met |\n|---|---|---|---|---|---|"
+    return "\n".join([head, *("| " + " | ".join(r) + " |" for r in rows(results))])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller and shorter: a smoke run")
+    parser.add_argument("--markdown", metavar="SUITE_JSON",
+                        help="print the table of an earlier run as markdown, and stop")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     quick = args.quick
     tune_gc()
     raise_fd_limit()
