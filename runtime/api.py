@@ -40,7 +40,8 @@ __all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runti
 
 @attrs.frozen
 class RuntimeConfig:
-    """Tunables of a runtime; every default is the one PROTOCOL.md or DESIGN.md names."""
+    """Tunables of a runtime. The capacities are PROTOCOL.md's, the restart policy DESIGN.md's;
+    the TTL and the timeouts are ours (a user away for five minutes costs one reactivation)."""
 
     mailbox_capacity: int = 1000         # per thread actor
     subscriber_capacity: int = 1000      # per subscription (PROTOCOL.md: outgoing queue 1,000)
@@ -95,13 +96,19 @@ class Runtime:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down %d live thread actors (grace %ss)", len(self.directory), grace)
 
+        async def stop_when_room(ref: ActorRef) -> None:
+            try:
+                await ref.send(Shutdown(grace))
+            except ActorStopped:
+                pass  # it stopped by itself meanwhile
+
         def stop(ref: ActorRef) -> None:
             try:
                 ref.tell(Shutdown(grace))
             except ActorStopped:
                 pass
             except MailboxFull:  # wait for room in the background
-                self._nursery.start_soon(ref.send, Shutdown(grace))
+                self._nursery.start_soon(stop_when_room, ref)
 
         left = await self.directory.aclose(stop, timeout=grace + 10.0)
         if left:

@@ -333,3 +333,17 @@ async def test_a_run_ending_while_a_request_is_handled_leaves_the_actor_sound(au
         assert info.last_seq == len(history) == 30 * 3  # user_message, started, completed
         assert_runs_well_formed(history)
         assert rt.directory.failures == 0 and rt.directory.activations == 1
+
+
+async def test_shutdown_reaches_an_actor_whose_mailbox_is_full(autojump_clock):
+    config = RuntimeConfig(mailbox_capacity=2, shutdown_grace=1.0)
+    async with scripted(config=config) as rt:
+        thread = rt.thread("ada", "main")
+        acc = await thread.send("sleep:100")
+        ref = rt.directory.lookup(thread.key)
+        from actors.messages import GetInfo
+        from actors.mailbox import Reply
+        ref.tell(GetInfo(Reply()))
+        ref.tell(GetInfo(Reply()))  # full now
+    history = await rt.journal.read(thread.key, 0)
+    assert history[-1].run_id == acc.run_id and history[-1].data == {"reason": "shutdown"}
