@@ -110,7 +110,8 @@ async def test_busy_and_unknown_run(scripted_server):
 
 
 async def test_rate_limited():
-    async with serving(limits=Limits(rate=5, burst=5, ping_interval=None)) as server:
+    # 1 token/s refill: only a stall of over 2 s could let more than 7 of 12 through.
+    async with serving(limits=Limits(rate=1, burst=5, ping_interval=None)) as server:
         async with open_client(server.url, token("ada")) as client:
             outcomes = []
 
@@ -126,7 +127,7 @@ async def test_rate_limited():
                     nursery.start_soon(ping)
             assert outcomes.count("rate_limited") >= 5
             assert 5 <= outcomes.count("pong") <= 7  # the burst, and what refilled meanwhile
-            await trio.sleep(1)
+            await trio.sleep(1.5)
             await client.ping()  # refilled: the connection stayed open
         await still_serves(server)
 
@@ -184,16 +185,17 @@ async def test_a_frame_over_the_size_limit_closes_with_1009():
 
 
 async def test_a_slow_reader_is_closed_with_1013_and_slows_no_one():
-    limits = Limits(outgoing_queue=200, close_timeout=30, ping_interval=None)
+    limits = Limits(outgoing_queue=500, close_timeout=30, ping_interval=None)
     async with serving(scripted=True, limits=limits) as server:
         slow = await connect(server.url, token("ada"))
         slow.write(json.dumps({"type": "join", "thread_id": "main"}).encode(), binary=False)
         await slow.flush()
         async with open_client(server.url, token("ada")) as other_tab:
             await other_tab.join("main")
-            # 40 MB of events, a little apart so that a reading tab keeps up: far more than
-            # the socket buffers and a queue of 200 hold for one that does not read.
-            acc = await other_tab.send("main", "flood:2000:20000:0.001")
+            # 40 MB of events, 2 ms apart so that a reading tab keeps up even on a busy
+            # machine: far more than the socket buffers and a queue of 500 (10 MB) hold for
+            # one that does not read.
+            acc = await other_tab.send("main", "flood:2000:20000:0.002")
             seen = []
             while True:
                 event = await other_tab.next_event(60)
