@@ -64,7 +64,6 @@ class Directory(Generic[K]):
         self._capacity = mailbox_capacity
         self._policy = policy
         self._entries: dict[K, _Entry] = {}
-        self._ttl = passivate_after
         self._closing = False
         self._empty: trio.Event | None = None
         self.activations = 0

@@ -12,6 +12,7 @@ import trio
 
 import attrs
 
+from .errors import JournalUnavailable
 from .messages import (
     AGENT_STARTED,
     TERMINAL_EVENTS,
@@ -63,6 +64,27 @@ class Journal(Protocol):
     async def open_runs(self) -> list[OpenRun]:
         """Every run with a stored ``user_message`` and no stored terminal event; a thread's
         in the order their messages were stored."""
+
+
+REPLAY_PAGE = 500  # events read per page when a subscriber catches up
+
+
+def replay_start(since: int | None, last_seq: int) -> int:
+    """The seq after which a subscriber that joined with ``since`` when the thread was at
+    ``last_seq`` needs the stored events: none without ``since``; and a ``since`` beyond the
+    thread's end (the client claims events that do not exist) counts as up to date, so that no
+    live event is mistaken for one already seen."""
+    return last_seq if since is None else min(since, last_seq)
+
+
+async def replay_page(journal: Journal, key: ThreadKey, after: int, upto: int) -> list[Event]:
+    """The next page of a replay: stored events ``after < seq <= upto``, never empty. Raises
+    ``JournalUnavailable`` if the journal has none: it lost events it acknowledged, and
+    going on would leave a gap."""
+    page = await journal.read(key, after, upto=upto, limit=REPLAY_PAGE)
+    if not page:
+        raise JournalUnavailable(f"events {after}..{upto} of {key} are missing")
+    return page
 
 
 def accepted_of(event: Event) -> Accepted:
@@ -117,7 +139,6 @@ class MemoryJournal:
     def __init__(self) -> None:
         self._threads: dict[ThreadKey, _MemoryThread] = {}
         self._open_runs: dict[tuple[ThreadKey, str], bool] = {}
-        self.appends = 0  # number of append calls, for tests of batching
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
         await trio.lowlevel.checkpoint()
@@ -139,7 +160,6 @@ class MemoryJournal:
             expected += 1
             if ev.key != key or ev.seq != expected:
                 raise ValueError(f"event {ev.key}/{ev.seq} does not follow seq {expected - 1}")
-        self.appends += 1
         t.events.extend(events)
         for ev in events:
             cid = ev.data.get("client_msg_id") if ev.event == USER_MESSAGE else None

@@ -47,10 +47,6 @@ AGENT_FAILED: Final = "agent_failed"
 AGENT_CANCELLED: Final = "agent_cancelled"
 
 TERMINAL_EVENTS: Final = frozenset({AGENT_COMPLETED, AGENT_FAILED, AGENT_CANCELLED})
-EVENT_NAMES: Final = frozenset(
-    {USER_MESSAGE, AGENT_STARTED, AGENT_THINKING, TOOL_EXECUTING, TOOL_COMPLETED}
-    | TERMINAL_EVENTS
-)
 
 Strategy = Literal["enqueue", "interrupt", "reject"]
 STRATEGIES: Final = ("enqueue", "interrupt", "reject")

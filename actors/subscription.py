@@ -13,11 +13,9 @@ import collections
 import trio
 
 from .errors import ActorStopped, SubscriberDropped
-from .journal import Journal
+from .journal import Journal, replay_page, replay_start
 from .mailbox import Mailbox
 from .messages import Event, Joined, ThreadKey
-
-REPLAY_PAGE = 500
 
 
 class Subscription:
@@ -32,7 +30,6 @@ class Subscription:
         self.key = key
         self._journal = journal
         self._inbox = Mailbox(capacity)
-        self._since = since
         self.last_seq: int | None = since
         self.joined_at: int | None = None  # the thread's last seq when the subscription began
         self._replay_upto = 0
@@ -44,7 +41,7 @@ class Subscription:
     def deliver(self, item: Event | Joined) -> None:
         self._inbox.tell(item)
 
-    def dropped(self, key: ThreadKey, reason: str) -> None:
+    def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
         self._dropped = reason
         self._inbox.close_send()  # the consumer drains what is buffered, then hears why
 
@@ -58,11 +55,8 @@ class Subscription:
             if self._page:
                 return self._take(self._page.popleft())
             if self.last_seq is not None and self.last_seq < self._replay_upto:
-                page = await self._journal.read(self.key, self.last_seq, upto=self._replay_upto,
-                                                limit=REPLAY_PAGE)
-                if not page:  # the journal lost events it acknowledged: do not spin
-                    raise RuntimeError(f"journal has no events after {self.last_seq} of {self.key}")
-                self._page.extend(page)
+                self._page.extend(await replay_page(self._journal, self.key, self.last_seq,
+                                                    self._replay_upto))
                 continue
             try:
                 item = await self._inbox.receive()
@@ -70,11 +64,7 @@ class Subscription:
                 raise SubscriberDropped(self._dropped or "subscription closed") from None
             if isinstance(item, Joined):
                 self.joined_at = item.last_seq
-                if self.last_seq is None or self.last_seq > item.last_seq:
-                    # No since: live events only. A since beyond the thread's end (the client
-                    # claims events that do not exist) counts as "up to date", so no live
-                    # event is mistaken for one already seen.
-                    self.last_seq = item.last_seq
+                self.last_seq = replay_start(self.last_seq, item.last_seq)
                 self._replay_upto = item.last_seq
                 continue
             if self.last_seq is not None and item.seq <= self.last_seq:

@@ -57,8 +57,9 @@ class Subscriber(Protocol):
     def deliver(self, item: Event | Joined) -> None:
         """Queue ``item``; raise ``MailboxFull`` when full, ``ActorStopped`` when gone."""
 
-    def dropped(self, key: ThreadKey, reason: str) -> None:
-        """The thread dropped this subscriber (it was full, or the thread stopped)."""
+    def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
+        """The thread dropped this subscriber: ``overflow`` if its mailbox was full (it fell
+        behind), else because the thread stopped. ``reason`` is for people."""
 
 
 @attrs.define
@@ -114,7 +115,7 @@ class ThreadActor:
     def stopped(self, reason: str) -> None:
         subscribers, self._subscribers = self._subscribers, None
         for sub in subscribers or ():
-            sub.dropped(self.key, f"thread stopped: {reason}")
+            sub.dropped(self.key, f"thread stopped: {reason}", overflow=False)
 
     # -- the actor loop -----------------------------------------------------------------------
 
@@ -374,6 +375,6 @@ class ThreadActor:
                 del self._subscribers[sub]
                 if reason is not None:
                     log.info("dropping a subscriber of %s: %s", self.key, reason)
-                    sub.dropped(self.key, reason)
+                    sub.dropped(self.key, reason, overflow=True)
             if not self._subscribers:
                 self._idle_since = trio.current_time()

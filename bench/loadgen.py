@@ -14,10 +14,9 @@ from typing import Any
 
 import attrs
 import trio
-from websockets.client import ClientProtocol
 from websockets.frames import Frame
-from websockets.uri import parse_uri
 
+from transport.client import connect
 from transport.connection import WebSocketConnection
 
 COMPLETED = b'"event":"agent_completed"'
@@ -33,25 +32,10 @@ class Tally:
 
 
 async def open_ws(url: str, token: str | None) -> WebSocketConnection:
-    assert url.startswith("ws://127.") or url.startswith("ws://localhost"), "loopback only"
-    host_port = url.split("/")[2]
-    host, port = host_port.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    protocol = ClientProtocol(parse_uri(url), subprotocols=["threadline.v1.json"])
-    request = protocol.connect()
-    if token:
-        request.headers["Authorization"] = f"Bearer {token}"
-    protocol.send_request(request)
-    conn = WebSocketConnection(stream, protocol)
-    await conn.flush()
-    while True:
-        for event in await conn.receive():
-            if event.__class__.__name__ == "Response":
-                if event.status_code != 101:
-                    raise RuntimeError(f"handshake refused: {event.status_code}")
-                return conn
-        if conn.eof:
-            raise RuntimeError("closed during handshake")
+    """A raw connection (JSON subprotocol) to a server on loopback; this module talks to no
+    other address."""
+    assert url.startswith(("ws://127.", "ws://localhost")), "loopback only"
+    return await connect(url, token)
 
 
 async def drive(conn: WebSocketConnection, *, threadline: bool, thread_id: str, window: int,

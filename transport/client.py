@@ -34,11 +34,12 @@ from actors.mailbox import Reply
 
 from .codec import Codec
 from .connection import WebSocketConnection
-from .messages import JSON, MSGPACK
+from .messages import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, JSON, MSGPACK
 
 log = logging.getLogger("threadline.client")
 
-NO_RECONNECT = {1000, 1008, 1009}
+# A normal close, or the client's own fault: reconnecting would only repeat it.
+NO_RECONNECT = {CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG}
 
 
 class ClientError(Exception):
@@ -70,10 +71,10 @@ class ConnectionClosed(ClientError):
         self.reason = reason
 
 
-async def connect(url: str, token: str, subprotocol: str = JSON, *,
+async def connect(url: str, token: str | None, subprotocol: str = JSON, *,
                   max_size: int | None = None) -> WebSocketConnection:
-    """Open a WebSocket to ``url`` with ``token`` in the Authorization header. Raises
-    ``HandshakeRejected``."""
+    """Open a WebSocket to ``url`` with ``token`` (if any) in the Authorization header.
+    Raises ``HandshakeRejected``."""
     parts = urlsplit(url)
     if parts.scheme != "ws":
         raise ValueError("only ws:// URLs are supported")
@@ -82,7 +83,8 @@ async def connect(url: str, token: str, subprotocol: str = JSON, *,
     conn = WebSocketConnection(stream, protocol)
     try:
         request = protocol.connect()
-        request.headers["Authorization"] = f"Bearer {token}"
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
         protocol.send_request(request)
         await conn.flush()
         while not conn.eof:

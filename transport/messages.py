@@ -28,6 +28,7 @@ LIMIT_REACHED: Final = "limit_reached"
 INTERNAL: Final = "internal"
 
 # close codes (PROTOCOL.md, "Close codes"; RFC 6455 section 7.4.1)
+CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009

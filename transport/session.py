@@ -28,6 +28,7 @@ from actors.errors import (
     UnknownRun,
 )
 from actors.gateway import ThreadHandle, UserHandle
+from actors.journal import replay_page, replay_start
 from actors.mailbox import Mailbox
 from actors.messages import Event, Joined, ThreadKey
 
@@ -59,7 +60,6 @@ from .messages import (
 log = logging.getLogger("threadline.session")
 
 WRITE_BATCH = 64     # frames encoded per flush when the queue has more waiting
-REPLAY_PAGE = 500
 
 
 @attrs.define
@@ -91,9 +91,9 @@ class Tap:
     def deliver(self, item: Event | Joined) -> None:
         self.session.outbox.tell((self, item))  # MailboxFull: the thread drops this tap
 
-    def dropped(self, key: ThreadKey, reason: str) -> None:
+    def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
         if self.active:
-            self.session.thread_dropped(self, reason)
+            self.session.thread_dropped(self, overflow)
 
 
 class Session:
@@ -158,8 +158,8 @@ class Session:
                 tap.active = False
                 nursery.start_soon(tap.thread.unsubscribe, tap)
 
-    def thread_dropped(self, tap: Tap, reason: str) -> None:
-        if reason.startswith("mailbox full"):
+    def thread_dropped(self, tap: Tap, overflow: bool) -> None:
+        if overflow:
             self.close(CLOSE_TRY_AGAIN, "outgoing queue overflow: reconnect and join with since")
         elif self._draining():
             self.close(CLOSE_GOING_AWAY, "server shutting down")
@@ -343,11 +343,9 @@ class Session:
     async def _replay(self, tap: Tap, upto: int) -> None:
         """Stored events ``since < seq <= upto``, a page at a time, at this client's pace.
         Live events queue up behind meanwhile; those the replay covered are skipped."""
-        after = upto if tap.since is None else min(tap.since, upto)
+        after = replay_start(tap.since, upto)
         while after < upto and tap.active:
-            page = await tap.thread.history(after, upto=upto, limit=REPLAY_PAGE)
-            if not page:
-                raise JournalUnavailable(f"events {after}..{upto} of {tap.thread_id} are missing")
+            page = await replay_page(tap.thread.gateway.journal, tap.thread.key, after, upto)
             for event in page:
                 self._send(event_frame(event))
             after = page[-1].seq
