@@ -19,21 +19,11 @@ from runtime.tuning import raise_fd_limit, tune_gc
 from . import actors as actors_bench
 from . import journal as journal_bench
 from . import scale as scale_bench
-from .common import RESULTS, progress, table, write_results
-from .ws import measure, median_run
+from . import ws as ws_bench
+from .common import RESULTS, Row, met, progress, table, write_results
+from .ws import measure
 
 TURN_EVENTS = 4  # an echo turn: user_message, agent_started, agent_thinking, agent_completed
-
-
-def throughput(levels: list[int], seconds: float, rounds: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for n in levels:
-        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "threadline": [], "peer": []}
-        for _ in range(rounds):  # alternating, so drift on a shared machine hits all alike
-            for kind in runs:
-                runs[kind].append(measure(kind, n, seconds, window=4))
-        out[str(n)] = {kind: median_run(r) for kind, r in runs.items()}
-    return out
 
 
 def latency(max_events: float, fractions: list[float], connections: int,
@@ -98,53 +88,23 @@ def plots(results: dict[str, Any]) -> list[str]:
     return written
 
 
-def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
-    def yes(ok: bool) -> str:
-        return "yes" if ok else "NO"
-
-    a = results["actors"]
-    out = [
-        ("ask round trips/s through a ThreadActor", f"{a['ask']['actor_round_trips_per_s']:,.0f}",
-         f"{a['ask']['bare_round_trips_per_s']:,.0f} bare channels", f"{a['ask']['ratio']:.2f}",
-         ">= 0.7 x bare", yes(a["ask"]["ratio"] >= 0.7)),
-        (f"bytes per idle actor, {a['memory']['n']:,} live", f"{a['memory']['actor_bytes']:,.0f}",
-         f"{a['memory']['bare_bytes_per_task']:,.0f} bare task", f"{a['memory']['ratio']:.2f}",
-         "<= 6,144", yes(a["memory"]["actor_bytes"] <= 6144)),
-        ("thread actor activations/s", f"{a['activations']['actor_activations_per_s']:,.0f}",
-         f"{a['activations']['bare_tasks_per_s']:,.0f} bare tasks",
-         f"{a['activations']['ratio']:.2f}", ">= 10,000",
-         yes(a["activations"]["actor_activations_per_s"] >= 10_000)),
-    ]
-    for n, r in results["throughput"].items():
-        t, b, p = (r[k]["events_per_s"] for k in ("threadline", "bare", "peer"))
-        out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{b:,.0f} bare echo",
-                    f"{t / b:.2f}", ">= 0.5 x bare", yes(t / b >= 0.5)))
-        out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{p:,.0f} FastAPI peer",
-                    f"{t / p:.2f}", ">= 3 x peer", yes(t / p >= 3)))
+def rows(results: dict[str, Any]) -> list[Row]:
+    out = actors_bench.rows(results["actors"]) + ws_bench.rows(results["throughput"])
     half = results["latency"]["0.50"]
     t, p = half["threadline"], half["peer"]
     out.append((f"p99 ms at half max ({t['offered_events_per_s']:,.0f} events/s offered)",
                 f"{t['p99_ms']:.1f}", f"{p['p99_ms']:.1f} FastAPI peer",
-                f"{t['p99_ms'] / p['p99_ms']:.2f}", "< 20 ms", yes(t["p99_ms"] < 20)))
+                f"{t['p99_ms'] / p['p99_ms']:.2f}", "< 20 ms", met(t["p99_ms"] < 20)))
     s = results["scale"]["connections"]
     out.append(("concurrent connections, one process", f"{s['connections']:,}", "-", "-",
-                ">= 10,000", yes(s["connections"] >= 10_000)))
+                ">= 10,000", met(s["connections"] >= 10_000)))
     out.append(("resident bytes per connection", f"{s['bytes_per_connection']:,.0f}", "-", "-",
                 "-", "-"))
     pv = results["scale"]["passivation"]
     out.append((f"threads reactivated/s after passivating {pv['threads']:,}",
                 f"{pv['reactivated_per_s']:,.0f}", f"{pv['created_per_s']:,.0f} created/s",
                 f"{pv['reactivated_per_s'] / pv['created_per_s']:.2f}", "-", "-"))
-    for name, r in results["journal"]["runs"].items():
-        store, n = name.split("/")
-        g = r["group_commit"]["events_per_s"]
-        out.append((f"{store} events/s, {n} threads writing", f"{g:,.0f}",
-                    f"{r['per_event']['events_per_s']:,.0f} txn per event", f"{r['ratio']:.1f}",
-                    ">= 20,000", yes(g >= 20_000)))
-    if "postgresql_not_run" in results["journal"]:
-        out.append(("postgresql events/s", "not run", "-", "-", ">= 20,000",
-                    "NO (no PostgreSQL: bash tests/run.sh installs it)"))
-    return out
+    return out + journal_bench.rows(results["journal"])
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -180,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     progress("2/5 server throughput: threadline, bare echo, FastAPI peer")
     levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
-    results["throughput"] = throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2)
+    results["throughput"] = ws_bench.throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2,
+                                                ("bare", "threadline", "peer"))
 
     progress("3/5 latency under open-loop load, 100 connections")
     max_events = results["throughput"]["100"]["threadline"]["events_per_s"]

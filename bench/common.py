@@ -40,7 +40,14 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     return path
 
 
-def table(rows: list[tuple[str, str, str, str, str, str]]) -> str:
+Row = tuple[str, str, str, str, str, str]  # figure, value, baseline, ratio, target, met
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def table(rows: list[Row]) -> str:
     """Rows of (figure, value, baseline, ratio, target, met) as an aligned text table."""
     head = ("figure", "threadline", "baseline", "ratio", "target", "met")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]

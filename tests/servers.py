@@ -62,21 +62,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServeProcess:
-    """``python -m runtime.cli serve`` on a free port, with the test secret."""
+    """``python -m runtime.cli serve`` on a free port, with the test secret (``secret=None``:
+    none at all, as the README's first command runs it), in ``cwd``."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, secret: str | None = SECRET, cwd: Path = ROOT) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+        if secret is not None:
+            env["THREADLINE_SECRET"] = secret
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", *args], cwd=ROOT,
+            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", *args], cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "THREADLINE_SECRET": SECRET, **(env or {})})
+            env={**env, "PYTHONPATH": str(ROOT)})
         self.url = ""
 
-    async def ready(self) -> str:
+    async def lines(self, count: int) -> list[str]:
+        """The next ``count`` lines the server prints on stdout."""
+        out = []
         with trio.fail_after(30):
-            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
-        assert line.startswith("ready: "), line + (self.proc.stderr.read()
-                                                   if self.proc.poll() is not None else "")
-        self.url = line.strip().removeprefix("ready: ")
+            while len(out) < count:
+                line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+                assert line, "serve exited early: " + (self.proc.stderr.read()
+                                                       if self.proc.poll() is not None else "")
+                out.append(line.strip())
+        return out
+
+    async def ready(self) -> str:
+        (line,) = await self.lines(1)
+        assert line.startswith("ready: "), line
+        self.url = line.removeprefix("ready: ")
         return self.url
 
     async def wait(self, timeout: float = 30) -> int:

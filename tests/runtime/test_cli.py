@@ -8,27 +8,11 @@ import signal
 import subprocess
 import sys
 
-import trio
 from trio_websocket import open_websocket_url
 
 from tests.servers import ROOT, SECRET, ServeProcess
 from transport.auth import mint, verify
 from transport.client import open_client
-
-async def ready_lines(proc: subprocess.Popen, count: int) -> list[str]:
-    lines = []
-    with trio.fail_after(30):
-        while len(lines) < count:
-            line = await trio.to_thread.run_sync(proc.stdout.readline)
-            assert line, f"serve exited early: {proc.stderr.read() if proc.poll() is not None else ''}"
-            lines.append(line.strip())
-    return lines
-
-
-async def exit_code(proc: subprocess.Popen, timeout: float = 30) -> int:
-    with trio.fail_after(timeout):
-        return await trio.to_thread.run_sync(proc.wait)
-
 
 def test_token_prints_a_token_for_the_user():
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada", "--secret", SECRET,
@@ -72,12 +56,9 @@ async def test_sigterm_during_a_run_cancels_it_and_exits_0(tmp_path):
 
 async def test_serve_without_a_secret_prints_a_demo_token_that_works(tmp_path):
     # As the README's first command runs it: no secret, no store (./threadline.db).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", "0"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**env, "PYTHONPATH": str(ROOT)})
+    server = ServeProcess(secret=None, cwd=tmp_path)
     try:
-        ready, demo, connect = await ready_lines(proc, 3)
+        ready, demo, connect = await server.lines(3)
         assert ready.startswith("ready: ws://127.0.0.1:") and "demo token" in demo
         url = connect.removeprefix("connect:").strip()
         async with open_websocket_url(url) as ws:
@@ -86,12 +67,11 @@ async def test_serve_without_a_secret_prints_a_demo_token_that_works(tmp_path):
             await ws.send_message(json.dumps({"type": "send", "thread_id": "main", "text": "hi"}))
             frames = [json.loads(await ws.get_message()) for _ in range(5)]
             assert frames[-1]["data"] == {"text": "hi"}
-        proc.send_signal(signal.SIGINT)
-        assert await exit_code(proc) == 0
+        server.signal(signal.SIGINT)
+        assert await server.wait() == 0
         assert (tmp_path / "threadline.db").exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        server.kill()
 
 
 def test_a_bad_store_is_a_clear_error():
