@@ -9,15 +9,16 @@ from urllib.parse import parse_qs, urlsplit
 from actors.journal import Journal, MemoryJournal
 
 from .durable import DurableJournal, open_durable_journal
+from .errors import StoreError
 from .sql import SchemaTooNew
 
 DEFAULT_STORE = "sqlite:///threadline.db"
 
-__all__ = ["DEFAULT_STORE", "DurableJournal", "SchemaTooNew", "StoreURLError", "describe_store",
+__all__ = ["DEFAULT_STORE", "DurableJournal", "SchemaTooNew", "StoreError", "StoreURLError", "describe_store",
            "open_journal"]
 
 
-class StoreURLError(ValueError):
+class StoreURLError(StoreError, ValueError):
     """A store URL that names no store this threadline has."""
 
 

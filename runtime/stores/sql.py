@@ -14,8 +14,10 @@ import attrs
 from actors.journal import OpenRun, run_transition
 from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 
+from .errors import StoreError
 
-class SchemaTooNew(RuntimeError):
+
+class SchemaTooNew(StoreError, RuntimeError):
     """The database was written by a newer threadline; this one refuses to touch it."""
 
 
