@@ -73,3 +73,16 @@ class JournalUnavailable(ActorError):
     Durable journals raise this (chained to the driver's error) for every failure of the store
     itself, so that actors can tell a store outage, which they answer and survive, from a bug.
     """
+
+
+class Unstorable(ActorError, ValueError):
+    """An event the stores cannot hold (a lone surrogate, a NUL character): refused before it
+    is queued, by every store alike, and nothing of it is stored. Bad data, not an outage."""
+
+
+class LimitReached(ActorError):
+    """A per-user quota (connections, stored threads) would be exceeded; nothing was done."""
+
+
+class RateLimited(ActorError):
+    """A per-user rate (sends per second across connections) is exceeded; nothing was done."""

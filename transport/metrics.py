@@ -14,21 +14,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors.gateway import Gateway
 
-from .session import Session, SessionStats
+from .stats import ServerStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class _Collector:
-    def __init__(self, gateway: Gateway, stats: SessionStats, sessions: set[Session]) -> None:
+    def __init__(self, gateway: Gateway, stats: ServerStats) -> None:
         self.gateway = gateway
         self.stats = stats
-        self.sessions = sessions
 
     def collect(self) -> Iterable[Metric]:
         d, t, s = self.gateway.directory, self.gateway.stats, self.stats
         yield GaugeMetricFamily("threadline_connections", "Open WebSocket connections.",
-                                value=len(self.sessions))
+                                value=s.connections_open)
         yield CounterMetricFamily("threadline_connections", "WebSocket connections accepted.",
                                   value=s.connections_total)
         closes = CounterMetricFamily("threadline_closes", "Connections closed by the server, "
@@ -37,9 +36,9 @@ class _Collector:
             closes.add_metric([str(code)], n)
         yield closes
         yield CounterMetricFamily("threadline_frames_received", "Client messages received.",
-                                  value=s.frames_in)
+                                  value=s.frames_received)
         yield CounterMetricFamily("threadline_frames_sent", "Frames sent to clients.",
-                                  value=s.frames_out)
+                                  value=s.frames_sent)
         yield GaugeMetricFamily("threadline_live_actors", "Live thread actors.", value=len(d))
         yield CounterMetricFamily("threadline_activations", "Thread actor activations.",
                                   value=d.activations)
@@ -62,15 +61,13 @@ class _Collector:
                                 "mailbox.", value=max(depths, default=0))
         yield GaugeMetricFamily("threadline_thread_mailbox_depth_sum", "Messages queued in "
                                 "all thread actor mailboxes.", value=sum(depths))
-        out = [session.outbox.statistics().depth for session in self.sessions]
-        yield GaugeMetricFamily("threadline_outgoing_queue_depth_max", "Deepest outgoing "
-                                "queue of a connection.", value=max(out, default=0))
 
 
 class Metrics:
-    def __init__(self, gateway: Gateway, stats: SessionStats, sessions: set[Session]) -> None:
+    def __init__(self, gateway: Gateway, stats: ServerStats) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(gateway, stats, sessions))  # type: ignore[arg-type]
+        self.registry.register(_Collector(gateway, stats))  # type: ignore[arg-type]
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition and its content type, as the scraper's ``Accept`` header asks."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -26,8 +26,9 @@ from .connection import WebSocketConnection
 from .http import WS_PATH, json_response, path_of, response, text_response
 from .limits import Limits
 from .messages import CLOSE_GOING_AWAY, JSON, SUBPROTOCOLS
-from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .session import Session, SessionStats
+from .metrics import Metrics
+from .session import Session
+from .stats import ServerStats
 
 log = logging.getLogger("threadline.server")
 # websockets logs every connection opened and closed at INFO: its own logger, so that a server
@@ -53,8 +54,8 @@ class Server:
         self.limits = limits
         self._secret = secret
         self.sessions: set[Session] = set()
-        self.stats = SessionStats()
-        self.metrics = Metrics(gateway, self.stats, self.sessions)
+        self.stats = ServerStats()
+        self.metrics = Metrics(gateway, self.stats)
         self.draining = False
         self._idle = trio.Event()
 
@@ -99,10 +100,12 @@ class Server:
                               lambda: self.draining)
             self.sessions.add(session)
             self.stats.connections_total += 1
+            self.stats.connections_open += 1
             try:
                 await session.run()
             finally:
                 self.sessions.discard(session)
+                self.stats.connections_open -= 1
                 if not self.sessions:
                     self._idle.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -127,7 +130,8 @@ class Server:
                 return json_response(503, {"status": "draining"}), None
             return json_response(200, {"status": "ok"}), None
         if path == "/metrics":
-            return response(200, self.metrics.exposition(), CONTENT_TYPE_LATEST), None
+            body, content_type = self.metrics.render(request.headers.get("Accept"))
+            return response(200, body, content_type), None
         if path != WS_PATH:
             return text_response(404, "not found"), None
         if self.draining:

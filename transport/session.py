@@ -35,6 +35,7 @@ from actors.messages import Event, Joined, ThreadKey
 from .codec import Codec, error_frame, event_frame, reply_frame
 from .connection import WebSocketConnection
 from .limits import Limits, TokenBucket
+from .stats import ServerStats
 from .messages import (
     BAD_FRAME,
     BUSY,
@@ -62,17 +63,6 @@ log = logging.getLogger("threadline.session")
 WRITE_BATCH = 64     # frames encoded per flush when the queue has more waiting
 
 
-@attrs.define
-class SessionStats:
-    """Counters over all sessions of a server (for /metrics)."""
-
-    connections: int = 0
-    connections_total: int = 0
-    frames_in: int = 0
-    frames_out: int = 0
-    closes: dict[int, int] = attrs.Factory(dict)
-
-
 class Tap:
     """A session's subscription to one thread: what the thread actor delivers to."""
 
@@ -98,7 +88,7 @@ class Tap:
 
 class Session:
     def __init__(self, conn: WebSocketConnection, user: UserHandle, codec: Codec, limits: Limits,
-                 stats: SessionStats, draining: Callable[[], bool]) -> None:
+                 stats: ServerStats, draining: Callable[[], bool]) -> None:
         self.conn = conn
         self.user = user
         self.codec = codec
@@ -124,7 +114,7 @@ class Session:
         if not self._done.is_set():
             if code is not None:
                 self._close = (code, reason)
-                self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+                self.stats.closed(code)
                 log.info("closing a connection of %s: %d %s", self.user.user_id, code, reason)
             self._discard = code == CLOSE_TRY_AGAIN
             self._done.set()
@@ -186,12 +176,12 @@ class Session:
             if not conn.open:  # the peer closed, or the protocol failed it (1002, 1007, 1009)
                 code = conn.protocol.close_code if conn.protocol.close_sent is not None else None
                 if code is not None:
-                    self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+                    self.stats.closed(code)
                 self.close(None)
                 return
 
     async def _on_message(self, binary: bool, payload: bytes) -> None:
-        self.stats.frames_in += 1
+        self.stats.frames_received += 1
         try:
             request = self.codec.decode(payload, binary=binary)
         except BadFrame as exc:
@@ -325,7 +315,7 @@ class Session:
 
     def _send(self, frame: dict[str, Any]) -> None:
         self.conn.write(self.codec.encode(frame), binary=self.codec.binary)
-        self.stats.frames_out += 1
+        self.stats.frames_sent += 1
 
     async def _write(self, tap: Tap | None, item: Any) -> None:
         if tap is None:
