@@ -18,7 +18,10 @@ from .errors import ToolError
 CALC_PREFIX = "/calc "
 MAX_EXPRESSION = 1000        # characters
 MAX_EXPONENT = 10_000        # |b| in a ** b
-MAX_INT_BITS = 4096          # |results| below 2**4096
+# Integer results fit in 64 bits signed: msgpack carries no larger integer (it would go out as a
+# string there and as a number over JSON), and JavaScript clients lose precision past 2**53 anyway.
+MAX_INT_BITS = 63
+MAX_WORK_BITS = 4096         # a power is not even computed past this size
 
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -68,7 +71,7 @@ def _eval(node: ast.AST) -> int | float:
         if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise CalcError(f"exponent larger than {MAX_EXPONENT}")
         if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) \
-                and right > 0 and left.bit_length() * right > MAX_INT_BITS:
+                and right > 0 and left.bit_length() * right > MAX_WORK_BITS:
             raise CalcError("result too large")
         result = _BINARY[type(node.op)](left, right)
         if isinstance(result, complex):

@@ -16,7 +16,7 @@ import trio
 
 from .directory import Directory
 from .errors import ActorCrashed, ActorStopped
-from .journal import Journal
+from .journal import Journal, replay_page
 from .mailbox import DEFAULT_ASK_TIMEOUT, Reply
 from .messages import (
     STRATEGIES,
@@ -140,6 +140,10 @@ class ThreadHandle:
 
     async def info(self) -> ThreadInfo:
         return await self.gateway.ask(self.key, GetInfo)
+
+    async def replay_page(self, after: int, upto: int) -> list[Event]:
+        """The next page of a replay (see ``actors.journal.replay_page``): never empty."""
+        return await replay_page(self.gateway.journal, self.key, after, upto)
 
     async def history(self, after: int = 0, *, upto: int | None = None,
                       limit: int = 1000) -> list[Event]:

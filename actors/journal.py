@@ -2,17 +2,26 @@
 
 ``runtime/`` plugs in the durable journals (SQLite, PostgreSQL); all of them pass the same
 contract suite, ``tests/journal_contract.py``.
+
+What a store can hold is one rule for every store, ``check_storable``, applied before a write
+is queued: a string with a NUL character (PostgreSQL's text and jsonb refuse it) or that is not
+valid Unicode (a lone surrogate: no driver can encode it), a float that is not finite (jsonb
+refuses NaN and Infinity), or data nested deeper than ``MAX_DEPTH``. Such a write raises
+``Unstorable`` and stores nothing, in memory as in SQLite or PostgreSQL, so one user's bad
+data never reaches a transaction it shares with other users' writes. Reads of a key or a
+``client_msg_id`` that could never have been stored answer "nothing" (empty, 0, None).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import math
+from typing import Any, Iterable, Protocol, Sequence
 
 import trio
 
 import attrs
 
-from .errors import JournalUnavailable
+from .errors import JournalUnavailable, Unstorable
 from .messages import (
     AGENT_STARTED,
     TERMINAL_EVENTS,
@@ -46,7 +55,8 @@ class Journal(Protocol):
     async def append(self, events: Sequence[Event]) -> None:
         """Store ``events`` (all of one thread, consecutive seqs following its ``last_seq``)
         atomically, and return once they are durable. Raises ``ValueError`` on a seq that does
-        not follow, storing nothing."""
+        not follow, and ``Unstorable`` (a ``ValueError`` too) on data no store can hold
+        (``check_storable``), storing nothing."""
 
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
                    limit: int = 1000) -> list[Event]:
@@ -85,6 +95,94 @@ async def replay_page(journal: Journal, key: ThreadKey, after: int, upto: int) -
     if not page:
         raise JournalUnavailable(f"events {after}..{upto} of {key} are missing")
     return page
+
+
+MAX_DEPTH = 100  # nesting of an event's data; deeper (or a cycle) is refused, not recursed into
+
+
+def unstorable_reason(s: str) -> str | None:
+    """What makes a string unstorable, or None. O(1) for ASCII (the usual case: a flag and a
+    memchr); a UTF-8 encode only for other strings."""
+    if s.isascii():
+        return "a NUL character" if "\x00" in s else None
+    if "\x00" in s:
+        return "a NUL character"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (not valid Unicode)"
+    return None
+
+
+def storable_key(key: ThreadKey) -> bool:
+    """Whether a thread could have been stored under ``key`` (reads of any other are empty)."""
+    return unstorable_reason(key.user_id) is None and unstorable_reason(key.thread_id) is None
+
+
+def _data_problem(value: Any, depth: int) -> str | None:
+    # This runs for every event: plain JSON-like data (dicts of short ASCII strings, mostly)
+    # takes the inline fast path ("isascii" is a flag, "in" a memchr); the rest, and
+    # subclasses, the general one.
+    kind = type(value)
+    if kind is str:
+        return None if value.isascii() and "\x00" not in value else unstorable_reason(value)
+    if kind is int or kind is bool or value is None:
+        return None
+    if kind is dict or isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return f"data nested more than {MAX_DEPTH} deep"
+        for k, v in value.items():
+            if type(k) is str and not (k.isascii() and "\x00" not in k):
+                problem = unstorable_reason(k)
+                if problem is not None:
+                    return problem
+            if type(v) is str and v.isascii() and "\x00" not in v:
+                continue
+            problem = _data_problem(v, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if kind is list or kind is tuple or isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            return f"data nested more than {MAX_DEPTH} deep"
+        for v in value:
+            problem = _data_problem(v, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, str):
+        return unstorable_reason(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"a number that is not finite ({value})"
+    return None  # anything else is JSON-encoded with str(); a batch that fails on it is split
+
+
+def check_storable(events: Iterable[Event]) -> None:
+    """Raise ``Unstorable`` (a short message, safe to show the client) if any event holds what
+    no store can hold: see the module header. Walks the thread key, event name, run id and
+    the data's keys and values; no I/O, never blocks, bounded by ``MAX_DEPTH``. About 1 µs
+    for a typical event."""
+    for ev in events:
+        key = ev.key
+        # One string for the four names: a lone surrogate stays one when concatenated (Python
+        # never pairs them), so the concatenation is storable exactly when each part is.
+        names = f"{ev.event}{key.user_id}{key.thread_id}{ev.run_id or ''}"
+        if not (names.isascii() and "\x00" not in names):
+            problem = unstorable_reason(names)
+            if problem is not None:
+                raise Unstorable(f"cannot store the event's name, run or thread: it holds "
+                                 f"{problem}")
+        problem = _data_problem(ev.data, 0)
+        if problem is not None:
+            raise Unstorable(f"cannot store the {ev.event} event: it holds {problem}")
+
+
+def check_storable_key(key: ThreadKey) -> None:
+    """``Unstorable`` if no thread can be stored under ``key``."""
+    for what, text in (("user id", key.user_id), ("thread id", key.thread_id)):
+        problem = unstorable_reason(text)
+        if problem is not None:
+            raise Unstorable(f"cannot store the {what}: it holds {problem}")
 
 
 def accepted_of(event: Event) -> Accepted:
@@ -142,6 +240,7 @@ class MemoryJournal:
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
         await trio.lowlevel.checkpoint()
+        check_storable_key(key)
         t = self._threads.get(key)
         if t is None:
             t = self._threads[key] = _MemoryThread(ThreadInfo(key, 0, now, now))
@@ -151,6 +250,7 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         if not events:
             return
+        check_storable(events)
         key = events[0].key
         t = self._threads.get(key)
         if t is None:

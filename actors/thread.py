@@ -22,9 +22,18 @@ import attrs
 import trio
 
 from .engine import Agent, RunContext, RunControl, ToolRegistry, execute, new_id
-from .errors import ActorCrashed, ActorStopped, Busy, JournalUnavailable, MailboxFull, UnknownRun
+from .errors import (
+    ActorCrashed,
+    ActorStopped,
+    Busy,
+    JournalUnavailable,
+    MailboxFull,
+    UnknownRun,
+    Unstorable,
+)
 from .journal import Journal
 from .mailbox import Mailbox, Reply
+from .stats import RUN_SECONDS_BUCKETS, Histogram
 from .messages import (
     AGENT_FAILED,
     AGENT_STARTED,
@@ -45,6 +54,15 @@ from .messages import (
 )
 
 log = logging.getLogger("threadline.thread")
+
+#: Bound on the shielded wait for one journal write. The stores answer every write (with an
+#: error when they fail); past this the store is wedged, and the thread restarts (its
+#: supervisor reloads the last durable seq) rather than wait forever.
+APPEND_TIMEOUT = 60.0
+
+
+class JournalWedged(RuntimeError):
+    """A journal write got no answer within ``APPEND_TIMEOUT``: restart the thread actor."""
 
 
 class Subscriber(Protocol):
@@ -70,6 +88,7 @@ class ThreadStats:
     runs_started: int = 0
     runs_active: int = 0
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
+    run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))
 
 
 @attrs.define
@@ -223,7 +242,7 @@ class ThreadActor:
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
             event = await self._append(USER_MESSAGE, run_id, data)
-        except JournalUnavailable as exc:
+        except (JournalUnavailable, Unstorable) as exc:
             reply.fail(exc)
             return
         control = RunControl(RunContext(self.key.user_id, self.key.thread_id, run_id, message_id),
@@ -289,6 +308,7 @@ class ThreadActor:
                 stats = self.env.stats
                 stats.runs_started += 1
                 stats.runs_active += 1
+                started = trio.current_time()
                 try:
                     await execute(control, self.env.agent, self.env.tools, self._emit)
                 except JournalUnavailable as exc:
@@ -298,6 +318,7 @@ class ThreadActor:
                 finally:
                     self._active = None
                     stats.runs_active -= 1
+                    stats.run_seconds.observe(trio.current_time() - started)
         finally:
             self._runner_on = False
             self._idle_since = trio.current_time()
@@ -343,9 +364,13 @@ class ThreadActor:
         try:
             event = Event(self.key, self._seq + 1, name, run_id, self.env.clock(), data)
             # Shielded: once written, the write must finish (or fail as a whole) before a
-            # cancelled caller moves on, or the counter would not match the journal.
-            with trio.CancelScope(shield=True):
+            # cancelled caller moves on, or the counter would not match the journal. Bounded:
+            # a write with no answer leaves the counter unknown, so the actor restarts.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + APPEND_TIMEOUT
                 await self.env.journal.append((event,))
+            if scope.cancelled_caught:
+                raise JournalWedged(f"no answer from the journal within {APPEND_TIMEOUT:g} s")
             self._seq = event.seq
             self._updated_at = event.ts
             stats = self.env.stats

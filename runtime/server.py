@@ -22,6 +22,7 @@ from typing import AsyncIterator
 import attrs
 import trio
 
+from transport.auth import Authenticator
 from transport.limits import Limits
 from transport.server import Server
 
@@ -36,6 +37,7 @@ class RunningServer:
     runtime: Runtime
     host: str
     port: int
+    metrics_port: int | None = None  # when /metrics has an address of its own
 
     @property
     def url(self) -> str:
@@ -52,14 +54,34 @@ class RunningServer:
 
 @asynccontextmanager
 async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 8765,
-                      secret: str, limits: Limits = Limits()) -> AsyncIterator[RunningServer]:
-    """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``."""
-    server = Server(runtime.gateway, secret=secret, limits=limits)
+                      secret: str | None = None, auth: Authenticator | None = None,
+                      limits: Limits = Limits(), metrics_token: str | None = None,
+                      metrics_address: tuple[str, int] | None = None,
+                      ) -> AsyncIterator[RunningServer]:
+    """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``.
+
+    Tokens are checked by ``auth``, or, given only ``secret``, as HS256 with it.
+    ``metrics_token``: scrapes of ``/metrics`` need ``Authorization: Bearer`` it.
+    ``metrics_address``: serve ``/metrics`` (and ``/healthz``) there instead of on the main port.
+    Raises ``OSError`` when an address cannot be bound (e.g. in use).
+    """
+    if auth is None:
+        if not secret:
+            raise ValueError("open_server needs a secret or an Authenticator")
+        auth = Authenticator(secret=secret)
+    server = Server(runtime.gateway, auth=auth, limits=limits, metrics_token=metrics_token,
+                    metrics_here=metrics_address is None)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
         running = RunningServer(server, runtime, host, bound)
+        if metrics_address is not None:
+            mhost, mport = metrics_address
+            metrics_listeners = await trio.open_tcp_listeners(mport, host=mhost)
+            running.metrics_port = metrics_listeners[0].socket.getsockname()[1]
+            await nursery.start(server.serve_metrics, metrics_listeners)
+            log.info("metrics on http://%s:%d/metrics", mhost, running.metrics_port)
         log.info("listening on %s", running.url)
         try:
             yield running

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.errors import JournalUnavailable
+from actors.errors import JournalUnavailable, Unstorable
 from actors.messages import USER_MESSAGE, Event, ThreadKey
 
 A = ThreadKey("alice", "main")
@@ -21,8 +21,9 @@ def ev(key: ThreadKey, seq: int, name: str = "agent_thinking", run_id: str | Non
     return Event(key, seq, name, run_id, ts + seq, dict(data) or {"text": f"e{seq}"})
 
 
-def msg(key: ThreadKey, seq: int, cid: str | None = None, run_id: str = "run_1") -> Event:
-    data: dict[str, object] = {"message_id": f"msg_{seq}", "text": "hi"}
+def msg(key: ThreadKey, seq: int, cid: str | None = None, run_id: str = "run_1",
+        text: str = "hi") -> Event:
+    data: dict[str, object] = {"message_id": f"msg_{seq}", "text": text}
     if cid is not None:
         data["client_msg_id"] = cid
     return Event(key, seq, USER_MESSAGE, run_id, 1000.0 + seq, data)
@@ -137,3 +138,80 @@ class JournalContract:
         assert runs == [(A, "r2", True), (A, "r3", False)]
         await journal.append([ev(A, 7, "agent_cancelled", "r2", reason="shutdown")])
         assert [(r.run_id, r.started) for r in await journal.open_runs()] == [("r3", False)]
+
+    # -- what no store can hold: refused alike by every store, before it is queued ----------
+
+    BAD = ["a\x00b", "\x00", "lone \ud800 surrogate", "\udfff", "ünï\x00code"]
+
+    async def assert_refused(self, journal, events: list[Event]) -> None:
+        key = events[0].key
+        before = await journal.read(key, 0)
+        with pytest.raises(Unstorable):
+            await journal.append(events)
+        assert await journal.read(key, 0) == before  # nothing stored
+        assert await journal.last_seq(key) == len(before)
+        # Not an outage: a write and a read right after succeed.
+        await journal.append([ev(key, len(before) + 1)])
+        assert [e.seq for e in await journal.read(key, 0)] == list(range(1, len(before) + 2))
+
+    @pytest.mark.parametrize("bad", BAD)
+    async def test_unstorable_text_is_refused(self, journal, bad):
+        await journal.ensure_thread(A, 1.0)
+        await self.assert_refused(journal, [msg(A, 1, text=bad)])
+
+    @pytest.mark.parametrize("bad", BAD)
+    async def test_unstorable_client_msg_id_is_refused(self, journal, bad):
+        await journal.ensure_thread(A, 1.0)
+        await self.assert_refused(journal, [msg(A, 1, cid=bad)])
+        assert await journal.find_message(A, bad) is None  # never stored, and no outage
+        await journal.append([msg(A, 2, cid="ok")])
+        assert (await journal.find_message(A, "ok")).seq == 2
+
+    @pytest.mark.parametrize("bad", BAD)
+    async def test_unstorable_tool_result_is_refused(self, journal, bad):
+        await journal.ensure_thread(A, 1.0)
+        result = {"rows": [1, "fine", {"deep": ["x", bad]}]}
+        await self.assert_refused(journal, [ev(A, 1, "tool_completed", call_id="c", tool="t",
+                                               result=result)])
+        await self.assert_refused(journal, [ev(A, 2, "tool_executing", call_id="c", tool="t",
+                                               args={bad: 1})])  # a key, too
+
+    @pytest.mark.parametrize("field", ["event", "run_id"])
+    async def test_unstorable_names_are_refused(self, journal, field):
+        await journal.ensure_thread(A, 1.0)
+        good = ev(A, 1)
+        bad = Event(A, 1, "bad\x00" if field == "event" else good.event,
+                    "run\ud800" if field == "run_id" else good.run_id, good.ts, good.data)
+        await self.assert_refused(journal, [bad])
+
+    async def test_a_refused_event_refuses_its_whole_append(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await self.assert_refused(journal, [ev(A, 1), ev(A, 2, text="\x00"), ev(A, 3)])
+
+    @pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+    async def test_numbers_that_are_not_finite_are_refused(self, journal, number):
+        await journal.ensure_thread(A, 1.0)
+        await self.assert_refused(journal, [ev(A, 1, "tool_completed", result=number)])
+
+    async def test_data_nested_too_deep_or_in_a_cycle_is_refused(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        deep: list[object] = []
+        for _ in range(500):
+            deep = [deep]
+        cycle: dict[str, object] = {}
+        cycle["self"] = cycle
+        await self.assert_refused(journal, [ev(A, 1, "tool_completed", result=deep)])
+        await self.assert_refused(journal, [ev(A, 2, "tool_completed", result=cycle)])
+
+    @pytest.mark.parametrize("bad", ["t\x00", "\ud800"])
+    async def test_an_unstorable_thread_key_is_refused_and_reads_as_empty(self, journal, bad):
+        for key in (ThreadKey("alice", bad), ThreadKey(bad, "main")):
+            with pytest.raises(Unstorable):
+                await journal.ensure_thread(key, 1.0)
+            assert await journal.last_seq(key) == 0
+            assert await journal.read(key, 0) == []
+            assert await journal.find_message(key, "c") is None
+        assert await journal.threads(bad) == []
+        assert await journal.threads("alice") == []
+        await journal.ensure_thread(A, 1.0)  # no outage
+        assert [i.key for i in await journal.threads("alice")] == [A]

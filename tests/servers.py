@@ -26,19 +26,22 @@ def token(user: str, **kw: Any) -> str:
 
 @asynccontextmanager
 async def serving(*, scripted: bool = False, limits: Limits | None = None, journal: Any = None,
-                  config: RuntimeConfig | None = None) -> AsyncIterator[RunningServer]:
+                  config: RuntimeConfig | None = None, **server_kw: Any,
+                  ) -> AsyncIterator[RunningServer]:
     kw: dict[str, Any] = {"agent": scripted_agent, "tools": test_tools()} if scripted else {}
     async with open_runtime(journal=journal, config=config, **kw) as rt:
         async with open_server(rt, port=0, secret=SECRET,
-                               limits=limits or Limits(ping_interval=None)) as server:
+                               limits=limits or Limits(ping_interval=None),
+                               **server_kw) as server:
             yield server
 
 
-async def http_get(server: RunningServer, path: str,
-                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def http_get(server: RunningServer, path: str, headers: dict[str, str] | None = None,
+                   port: int | None = None) -> tuple[int, dict[str, str], bytes]:
     """A plain HTTP/1.1 GET over a raw socket: status, headers, body."""
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+    port = port or server.port
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
     data = b""

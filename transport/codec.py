@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from actors.journal import unstorable_reason
 from actors.messages import STRATEGIES, Event, is_thread_id
 
 from .messages import (
@@ -33,6 +34,9 @@ MAX_TEXT_BYTES = 64 * 1024      # PROTOCOL.md: send.text is at most 64 KiB
 MAX_REF_CHARS = 64              # PROTOCOL.md: ref is a string of at most 64 characters
 MAX_CLIENT_MSG_ID = 256         # not in PROTOCOL.md: bounds what a client can make us store
 MAX_RUN_ID = 256
+THREADS_PAGE = 100              # PROTOCOL.md (ours): a threads page, by default ...
+MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below the frame limit
+MAX_CURSOR = 512
 
 
 class Codec:
@@ -53,6 +57,13 @@ class Codec:
         if binary != self.binary:
             kind = "binary" if self.binary else "text"
             raise BadFrame(f"{self.subprotocol} expects {kind} frames")
+        if isinstance(payload, bytes) and not self.binary:
+            # json.loads(bytes) decodes with surrogatepass, letting encoded surrogates in; the
+            # connection has already refused a text frame that is not UTF-8 (close 1007).
+            try:
+                payload = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadFrame("a text frame must be valid UTF-8") from None
         try:
             obj = msgpack.unpackb(payload, raw=False) if self.binary else json.loads(payload)
         except Exception:
@@ -75,12 +86,20 @@ class Codec:
 
 def _dumps(frame: dict[str, Any]) -> bytes:
     # default=str: a tool result that is not JSON-able is shown as text, never a dead writer.
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode("utf-8")
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate the stores should have refused: escaped as \udXXX, still valid
+        # UTF-8 and valid JSON, so one odd string never kills a connection's writer.
+        return json.dumps(frame, separators=(",", ":"), default=str).encode("ascii")
 
 
 def _pack(frame: dict[str, Any]) -> bytes:
-    return msgpack.packb(frame, default=str)
+    try:
+        return msgpack.packb(frame, default=str)
+    except UnicodeEncodeError:  # as above
+        return msgpack.packb(frame, default=str, unicode_errors="backslashreplace")
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -97,14 +116,25 @@ def parse_request(obj: Any) -> Request:
     return parse(obj, ref)
 
 
+def storable(value: str) -> bool:
+    """A string every store can hold and every encoding can carry: the journals' own rule
+    (``actors.journal.unstorable_reason``: no lone surrogate, which JSON's \\ud800 escape
+    can smuggle in, and no NUL, which PostgreSQL refuses)."""
+    return unstorable_reason(value) is None
+
+
 def _ref(obj: dict[str, Any]) -> Ref:
     ref = obj.get("ref")
     if ref is None:
         return None
     if isinstance(ref, bool) or not isinstance(ref, (str, int)):
         raise BadFrame("ref must be a string or an integer")
+    if isinstance(ref, int) and not -2**63 <= ref < 2**64:
+        raise BadFrame("ref must fit in 64 bits")  # msgpack carries no more: echoed as sent
     if isinstance(ref, str) and len(ref) > MAX_REF_CHARS:
         raise BadFrame(f"ref longer than {MAX_REF_CHARS} characters")
+    if isinstance(ref, str) and not storable(ref):
+        raise BadFrame("ref must be valid Unicode without NUL characters")
     return ref
 
 
@@ -123,6 +153,8 @@ def _optional_str(obj: dict[str, Any], field: str, ref: Ref, limit: int) -> str 
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise BadFrame(f"{field} must be a string of 1-{limit} characters", ref)
+    if not storable(value):
+        raise BadFrame(f"{field} must be valid Unicode without NUL characters", ref)
     return value
 
 
@@ -143,8 +175,10 @@ def _send(obj: dict[str, Any], ref: Ref) -> Send:
     text = obj.get("text")
     if not isinstance(text, str):
         raise BadFrame("missing text" if text is None else "text must be a string", ref)
+    if not storable(text):
+        raise BadFrame("text must be valid Unicode without NUL characters", ref)
     # Characters are at most 4 UTF-8 bytes: encode only when the length alone cannot tell.
-    if len(text) > MAX_TEXT_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+    if len(text) > MAX_TEXT_BYTES // 4 and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise BadFrame("text longer than 64 KiB", ref)
     strategy = obj.get("strategy", "enqueue")
     if strategy is None:
@@ -159,12 +193,21 @@ def _cancel(obj: dict[str, Any], ref: Ref) -> Cancel:
     return Cancel(ref, _thread_id(obj, ref), _optional_str(obj, "run_id", ref, MAX_RUN_ID))
 
 
+def _threads(obj: dict[str, Any], ref: Ref) -> Threads:
+    limit = obj.get("limit")
+    if limit is None:
+        limit = THREADS_PAGE
+    elif isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_THREADS_PAGE:
+        raise BadFrame(f"limit must be an integer from 1 to {MAX_THREADS_PAGE}", ref)
+    return Threads(ref, limit, _optional_str(obj, "cursor", ref, MAX_CURSOR))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], Ref], Request]] = {
     "join": _join,
     "leave": _leave,
     "send": _send,
     "cancel": _cancel,
-    "threads": lambda obj, ref: Threads(ref),
+    "threads": lambda obj, ref: _threads(obj, ref),
     "ping": lambda obj, ref: Ping(ref),
 }
 

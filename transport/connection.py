@@ -7,8 +7,10 @@ taking the protocol's pending bytes inside it, so frames leave in the order they
 
 from __future__ import annotations
 
+import itertools
+
 import trio
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import Protocol, State
 
 RECEIVE_SIZE = 64 * 1024
@@ -23,6 +25,8 @@ class WebSocketConnection:
         self._parts_binary = False
         self.eof = False
         self.broken = False  # a write was cancelled part way: no further frame may follow
+        self._pong: trio.Event | None = None
+        self._ping_data = b""
 
     async def flush(self) -> None:
         """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
@@ -48,34 +52,70 @@ class WebSocketConnection:
         ``Response`` during the handshake, then ``Frame``s). Answers pings and closes."""
         try:
             data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""  # reset, or closed under us: the peer is gone, as at EOF
         if data:
             self.protocol.receive_data(data)
         else:
             self.eof = True
             self.protocol.receive_eof()
         events = self.protocol.events_received()
+        for event in events:
+            if isinstance(event, Frame) and event.opcode is Opcode.PONG:
+                if self._pong is not None and event.data == self._ping_data:
+                    self._pong.set()
         try:
             await self.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.eof = True
         return events
 
-    def assemble(self, frame: Frame) -> tuple[bool, bytes] | None:
-        """Feed one data frame; returns ``(binary, payload)`` when a message is complete.
-        (The protocol checks the sequencing, UTF-8 of text, and the size limit across parts.)"""
+    def assemble(self, frame: Frame) -> tuple[bool, bytes | str] | None:
+        """Feed one data frame; returns ``(binary, payload)`` when a message is complete: bytes
+        for a binary message, the decoded ``str`` for a text one. The protocol checks the
+        sequencing and the size limit across parts, but not UTF-8 (websockets leaves that to
+        its asyncio layer): a text message that is not valid UTF-8 fails the connection with
+        1007 here, as RFC 6455 section 8.1 says, and returns None."""
         op = frame.opcode
         if op is Opcode.TEXT or op is Opcode.BINARY:
             if frame.fin:
-                return op is Opcode.BINARY, frame.data
+                return self._message(op is Opcode.BINARY, frame.data)
             self._parts, self._parts_binary = [frame.data], op is Opcode.BINARY
         elif op is Opcode.CONT and self._parts is not None:
             self._parts.append(frame.data)
             if frame.fin:
                 data, self._parts = b"".join(self._parts), None
-                return self._parts_binary, data
+                return self._message(self._parts_binary, data)
         return None
+
+    def _message(self, binary: bool, data: bytes) -> tuple[bool, bytes | str] | None:
+        if binary:
+            return True, data
+        try:
+            return False, data.decode("utf-8")  # strict: encoded surrogates are refused too
+        except UnicodeDecodeError:
+            self.protocol.fail(CloseCode.INVALID_DATA, "a text frame must be valid UTF-8")
+            return None
+
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """Ping every ``interval`` seconds; return when a pong has not come within ``timeout``
+        (the caller closes with 1011) or the connection is no longer open. Never raises for a
+        dead peer. Pongs are seen by ``receive``, which the reader calls."""
+        for n in itertools.count(1):
+            await trio.sleep(interval)
+            if not self.open:
+                return
+            self._ping_data = n.to_bytes(4, "big")
+            pong = self._pong = trio.Event()
+            with trio.move_on_after(timeout):
+                self.protocol.send_ping(self._ping_data)
+                try:
+                    await self.flush()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+                await pong.wait()
+            if not pong.is_set():
+                return
 
     def write(self, payload: bytes, *, binary: bool) -> None:
         """Queue one message (no I/O; ``flush`` sends it). Ignored once the connection is

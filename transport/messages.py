@@ -32,8 +32,10 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_INVALID_DATA: Final = 1007   # a text frame that is not valid UTF-8
 CLOSE_INTERNAL: Final = 1011
 CLOSE_TRY_AGAIN: Final = 1013
+CLOSE_TOKEN_EXPIRED: Final = 4001  # ours (RFC 6455 leaves 4000-4999 to applications)
 
 
 @attrs.frozen(slots=True)
@@ -68,6 +70,8 @@ class Cancel:
 @attrs.frozen(slots=True)
 class Threads:
     ref: Ref
+    limit: int             # threads per page (PROTOCOL.md: 1-1000, default 100)
+    cursor: str | None     # where the previous page ended (its next_cursor), None: the newest
 
 
 @attrs.frozen(slots=True)

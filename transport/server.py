@@ -1,8 +1,13 @@
 """The WebSocket server: trio streams driving ``websockets.server.ServerProtocol``.
 
 One task per connection: read the opening request (bounded by ``handshake_timeout``), route it
-(``/v1/ws``, ``/healthz``, ``/metrics``, else 404), authenticate in the handshake (401 before
-any WebSocket opens), negotiate the subprotocol, then run a ``Session``.
+(``/v1/ws``, ``/healthz``, ``/metrics``, else 404), check the Origin (403) and the token in the
+handshake (401, or 400 for a malformed request, before any WebSocket opens), negotiate the
+subprotocol, count the connection against the user's quota, then run a ``Session``.
+
+Containment: each connection's task ends in ``handle``'s handler, which logs what escaped and
+closes that connection. No exception raised while serving one connection, in the handshake or in
+a session, reaches ``trio.serve_listeners``' nursery: one client can never stop the server.
 
 Shutdown is in two steps so that clients see their runs end: ``drain()`` (``/healthz`` answers
 503, new WebSockets are refused with 503, open ones go on), and, once the runtime has ended the
@@ -11,22 +16,26 @@ runs, ``close_sessions()`` (close 1001 after each connection's queued frames).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Sequence
 
 import trio
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from actors.errors import LimitReached
 from actors.gateway import Gateway
 
-from .auth import AuthError, token_of, verify
-from .codec import Codec
+from .auth import AuthError, Authenticator, Identity, token_of
+from .codec import Codec, error_frame
 from .connection import WebSocketConnection
 from .http import WS_PATH, json_response, path_of, response, text_response
 from .limits import Limits
-from .messages import CLOSE_GOING_AWAY, JSON, SUBPROTOCOLS
+from .messages import CLOSE_GOING_AWAY, CLOSE_POLICY, JSON, LIMIT_REACHED, SUBPROTOCOLS
 from .metrics import Metrics
+from .quotas import UserQuotas
 from .session import Session
 from .stats import ServerStats
 
@@ -46,16 +55,39 @@ def select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str 
     return None
 
 
+class BadRequest(Exception):
+    """A request the server answers 400 (e.g. a header that must appear once, twice)."""
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """One header's value; ``BadRequest`` if it is there more than once (``Headers.get``
+    would raise websockets' ``MultipleValuesError``, a ``LookupError``, instead)."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise BadRequest(f"more than one {name} header")
+    return values[0] if values else None
+
+
+def peer_of(stream: trio.abc.Stream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+        return f"{host}:{port}"
+    except (AttributeError, OSError, ValueError, TypeError):
+        return "?"
+
+
 class Server:
-    def __init__(self, gateway: Gateway, *, secret: str, limits: Limits = Limits()) -> None:
-        if not secret:
-            raise ValueError("a server needs a secret to verify tokens")
+    def __init__(self, gateway: Gateway, *, auth: Authenticator, limits: Limits = Limits(),
+                 metrics_token: str | None = None, metrics_here: bool = True) -> None:
         self.gateway = gateway
         self.limits = limits
-        self._secret = secret
+        self.auth = auth
+        self.metrics_token = metrics_token
+        self.metrics_here = metrics_here  # False: /metrics is served on another address
         self.sessions: set[Session] = set()
         self.stats = ServerStats()
         self.metrics = Metrics(gateway, self.stats)
+        self.quotas = UserQuotas(limits)
         self.draining = False
         self._idle = trio.Event()
 
@@ -63,6 +95,11 @@ class Server:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until cancelled."""
         await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+
+    async def serve_metrics(self, listeners: list[trio.SocketListener],
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer ``/metrics`` and ``/healthz`` only, e.g. on an operator-only address."""
+        await trio.serve_listeners(self.handle_metrics, listeners, task_status=task_status)
 
     def drain(self) -> None:
         if not self.draining:
@@ -81,37 +118,85 @@ class Server:
                 self._idle = trio.Event()
                 await self._idle.wait()
 
+    # -- one connection ------------------------------------------------------------------------
+
     async def handle(self, stream: trio.SocketStream) -> None:
+        await self._contained(stream, self._serve)
+
+    async def handle_metrics(self, stream: trio.SocketStream) -> None:
+        await self._contained(stream, self._serve_metrics)
+
+    async def _contained(self, stream: trio.SocketStream, serve) -> None:  # type: ignore[no-untyped-def]
         protocol = ServerProtocol(subprotocols=list(SUBPROTOCOLS),
                                   select_subprotocol=select_subprotocol,
                                   max_size=self.limits.max_frame_bytes, logger=wire_log)
         conn = WebSocketConnection(stream, protocol)
+        peer = peer_of(stream)
         try:
-            request = await self._request(conn)
-            if request is None:
-                return
-            answer, user_id = self._route(protocol, request)
-            protocol.send_response(answer)
-            await conn.flush()
-            if answer.status_code != 101 or user_id is None:
-                return
-            session = Session(conn, self.gateway.user(user_id),
-                              Codec(protocol.subprotocol or JSON), self.limits, self.stats,
-                              lambda: self.draining)
-            self.sessions.add(session)
-            self.stats.connections_total += 1
-            self.stats.connections_open += 1
-            try:
-                await session.run()
-            finally:
-                self.sessions.discard(session)
-                self.stats.connections_open -= 1
-                if not self.sessions:
-                    self._idle.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await serve(conn, peer)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
+        except* Exception as group:
+            log.error("connection from %s failed", peer, exc_info=group)
         finally:
             await conn.aclose()
+
+    async def _serve(self, conn: WebSocketConnection, peer: str) -> None:
+        request = await self._request(conn)
+        if request is None:
+            return
+        protocol = conn.protocol
+        try:
+            answer, identity = self._route(protocol, request, peer)
+        except BadRequest as exc:
+            answer, identity = text_response(400, str(exc)), None
+        protocol.send_response(answer)
+        await conn.flush()
+        if answer.status_code != 101 or identity is None:
+            if answer.status_code >= 400:
+                self.stats.refused(answer.status_code)
+            return
+        user = self.gateway.user(identity.user_id)
+        codec = Codec(protocol.subprotocol or JSON)
+        try:
+            quota = self.quotas.open(user)
+        except LimitReached as exc:
+            self.stats.limits_reached += 1
+            log.info("refusing a connection of %s from %s: %s", user.user_id, peer, exc)
+            conn.write(codec.encode(error_frame(LIMIT_REACHED, str(exc))), binary=codec.binary)
+            await conn.close(CLOSE_POLICY, str(exc), self.limits.close_timeout)
+            return
+        session = Session(conn, user, codec, self.limits, self.stats, lambda: self.draining,
+                          quota=quota, expires_at=identity.expires_at)
+        self.sessions.add(session)
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        log.info("connection of %s from %s opened (%s)", user.user_id, peer, codec.subprotocol)
+        try:
+            await session.run()
+        finally:
+            self.quotas.release(quota)
+            self.sessions.discard(session)
+            self.stats.connections_open -= 1
+            if not self.sessions:
+                self._idle.set()
+            decision = session.state.decision
+            log.info("connection of %s from %s closed: %s %s", user.user_id, peer,
+                     decision.code if decision and decision.code else "by the client",
+                     decision.reason if decision else "")
+
+    async def _serve_metrics(self, conn: WebSocketConnection, peer: str) -> None:
+        request = await self._request(conn)
+        if request is None:
+            return
+        path = path_of(request.path)
+        try:
+            answer = self._operator(request) if path in ("/metrics", "/healthz") else \
+                text_response(404, "not found")
+        except BadRequest as exc:
+            answer = text_response(400, str(exc))
+        conn.protocol.send_response(answer)
+        await conn.flush()
 
     async def _request(self, conn: WebSocketConnection) -> Request | None:
         with trio.move_on_after(self.limits.handshake_timeout):
@@ -123,24 +208,42 @@ class Server:
                     return None
         return None
 
-    def _route(self, protocol: ServerProtocol, request: Request) -> tuple[Response, str | None]:
-        path = path_of(request.path)
-        if path == "/healthz":
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _operator(self, request: Request) -> Response:
+        """``/healthz`` and ``/metrics`` (behind the metrics token, if one is set)."""
+        if path_of(request.path) == "/healthz":
             if self.draining:
-                return json_response(503, {"status": "draining"}), None
-            return json_response(200, {"status": "ok"}), None
-        if path == "/metrics":
-            body, content_type = self.metrics.render(request.headers.get("Accept"))
-            return response(200, body, content_type), None
+                return json_response(503, {"status": "draining"})
+            return json_response(200, {"status": "ok"})
+        if self.metrics_token is not None:
+            given = header(request.headers, "Authorization") or ""
+            expected = f"Bearer {self.metrics_token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return text_response(401, "metrics need Authorization: Bearer <metrics token>")
+        body, content_type = self.metrics.render(header(request.headers, "Accept"))
+        return response(200, body, content_type)
+
+    def _route(self, protocol: ServerProtocol, request: Request,
+               peer: str) -> tuple[Response, Identity | None]:
+        path = path_of(request.path)
+        if path == "/healthz" or (path == "/metrics" and self.metrics_here):
+            return self._operator(request), None
         if path != WS_PATH:
             return text_response(404, "not found"), None
         if self.draining:
             return text_response(503, "server shutting down"), None
+        origin = header(request.headers, "Origin")
+        if not self.auth.origin_allowed(origin, header(request.headers, "Host")):
+            log.info("refusing origin %r from %s", origin, peer)
+            return text_response(403, "origin not allowed"), None
         try:
-            user_id = verify(token_of(request.path, request.headers), self._secret)
+            identity = self.auth.verify(token_of(request.path, request.headers))
         except AuthError as exc:
-            return text_response(401, str(exc)), None
+            self.stats.auth_failed(str(exc))
+            log.info("authentication failed from %s: %s", peer, exc)
+            return text_response(getattr(exc, "status", 401), str(exc)), None
         # accept() checks the upgrade headers (400/426 for a plain HTTP GET) and negotiates
         # the subprotocol.
         answer = protocol.accept(request)
-        return answer, user_id if answer.status_code == 101 else None
+        return answer, identity if answer.status_code == 101 else None

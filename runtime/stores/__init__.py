@@ -24,7 +24,11 @@ class StoreURLError(StoreError, ValueError):
 
 def describe_store(url: str) -> str:
     """The URL without a password, for logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a port that is not a number
+    except ValueError:
+        return f"{url.partition(':')[0]}://(a URL that does not parse)"
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
@@ -39,6 +43,9 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, with an optional
       ``?synchronous=normal`` (default ``full``);
     - ``postgresql://user:password@host:port/dbname`` (any libpq connection URI).
+
+    A store that cannot be used raises ``StoreError`` (``StoreURLError``, ``SchemaTooNew``),
+    one line naming the store and the problem, never a password.
     """
     if url in ("memory", "memory:"):
         yield MemoryJournal()
@@ -58,9 +65,16 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
         async with open_durable_journal(backend) as journal:
             yield journal
     elif parts.scheme in ("postgresql", "postgres"):
+        import psycopg
+
         from .postgres import PostgresBackend
 
-        async with open_durable_journal(PostgresBackend(url)) as journal:
+        try:
+            backend = PostgresBackend(url)
+        except psycopg.Error:
+            # Not the driver's words: they may quote the URL, password and all.
+            raise StoreURLError(f"{describe_store(url)}: not a valid PostgreSQL URL") from None
+        async with open_durable_journal(backend) as journal:
             yield journal
     else:
         raise StoreURLError(f"unknown store {url!r}: use memory, sqlite:///PATH or "

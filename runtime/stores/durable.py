@@ -1,14 +1,25 @@
 """A durable ``Journal`` over a SQL backend, with group commit.
 
-Writes (appends, thread creation) are queued and awaited; one writer task takes everything
-queued and applies it in one transaction, in one worker-thread hop (``trio.to_thread``: the
-drivers block, and psycopg's async API is asyncio-only). While that transaction runs, the next
-batch gathers, so the batch grows with the load: durability costs a little latency and almost
-no throughput. Reads run in worker threads on a small pool of their own connections.
+Writes are checked (``actors.journal.check_storable``), queued and awaited; one writer task
+applies everything queued in one transaction, in one worker-thread hop (``trio.to_thread``: the
+drivers block; psycopg's async API is asyncio-only). While it runs the next batch gathers, so
+the batch grows with the load. Reads run in worker threads on a small pool of connections.
 
-When the store fails, every caller of the failed batch gets ``JournalUnavailable`` (nothing of
-the batch is stored: it was one transaction), the broken connection is dropped, and the next
-attempts reconnect with a backoff (0.1 s doubling to 5 s), failing fast in between.
+A failure is one of two kinds, and the backend says which (``Backend.is_outage``):
+
+- an outage (the connection or server gone, the disk full or failing, the database locked):
+  every caller of the batch gets ``JournalUnavailable`` (it was one transaction: nothing is
+  stored), a broken connection is dropped, and reads and writes fail fast while they retry
+  with a backoff (0.1 s doubling to 5 s);
+- anything else is one operation's data (a value the driver cannot encode or the database
+  refuses, a JSON encoder error): no backoff; the batch is split in halves, each its own
+  transaction, until the guilty operation is alone and gets ``Unstorable``: everyone else's
+  write is committed. ``check_storable`` refuses the known cases before they are queued; this
+  is the net for the rest.
+
+The writer never dies of one batch (any exception but trio's cancellation fails that batch's
+callers, and it goes on). Once it ends (cancelled at shutdown), every queued and later write
+gets ``JournalUnavailable`` at once: an append is shielded, and must not wait forever.
 """
 
 from __future__ import annotations
@@ -16,17 +27,22 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import trio
 
-from actors.errors import JournalUnavailable
-from actors.journal import OpenRun
+from actors.errors import JournalUnavailable, Unstorable
+from actors.journal import (OpenRun, check_storable, check_storable_key, storable_key,
+                            unstorable_reason)
 from actors.mailbox import Reply
 from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 
 from . import sql
-from .sql import AppendOp, EnsureOp, Op
+from .errors import first_line
+from .sql import AppendOp, Backend, EnsureOp, Op
+
+__all__ = ["Backend", "DurableJournal", "MAX_BATCH", "open_durable_journal"]
 
 log = logging.getLogger("threadline.store")
 T = TypeVar("T")
@@ -36,30 +52,19 @@ IDLE_PING = 1.0           # seconds idle after which the writer checks its conne
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
 
-class Backend(Protocol):
-    """A SQL database, seen through blocking calls (each made in a worker thread)."""
-
-    name: str
-    errors: tuple[type[BaseException], ...]  # what the driver raises when the store fails
-
-    def connect(self, *, writer: bool) -> Any: ...
-    def close(self, conn: Any) -> None: ...
-    def migrate(self, conn: Any) -> int: ...
-    def cursor(self, conn: Any) -> Any: ...
-    def begin(self, conn: Any) -> None: ...
-    def commit(self, conn: Any) -> None: ...
-    def rollback(self, conn: Any) -> None: ...
-    def ping(self, conn: Any) -> None: ...
-    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
-    def load_data(self, raw: Any) -> dict[str, Any]: ...
-    def is_broken(self, conn: Any, exc: BaseException) -> bool: ...
+Pending = tuple[Op, Reply[Any]]
 
 
 class DurableJournal:
+    """The ``Journal`` contract over ``backend``; ``run_writer`` must run (see
+    ``open_durable_journal``). The figures below are for ``/metrics``."""
+
     def __init__(self, backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH) -> None:
         self.backend = backend
         self.max_batch = max_batch  # 1: one transaction per operation (the benchmark's baseline)
-        self._pending: list[tuple[Op, Reply[Any]]] = []
+        self._pending: list[Pending] = []
+        self._inflight: list[Pending] = []
+        self._closed = False
         self._work = trio.Event()
         self._idle = trio.Event()
         self._writer: Any = None
@@ -69,8 +74,13 @@ class DurableJournal:
         self._reader_slots = trio.CapacityLimiter(readers)
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        self.batches = 0       # transactions committed (for tests and the benchmark)
+        # Figures for /metrics, kept as things happen (a scrape only reads them).
+        self.batches = 0       # transactions committed
         self.operations = 0    # operations in them
+        self.commit_seconds = Histogram(SECONDS_BUCKETS)  # worker-thread time per commit
+        self.batch_size = Histogram(SIZE_BUCKETS)         # operations per commit
+        self.outages = 0       # times the store failed as an outage (once per outage)
+        self.rejected = 0      # operations refused as unstorable
 
     # -- the Journal protocol ------------------------------------------------------------------
 
@@ -81,23 +91,43 @@ class DurableJournal:
         if row is not None:
             await trio.lowlevel.checkpoint()
             return ThreadInfo(key, row[0], row[1], row[2])
+        try:
+            check_storable_key(key)
+        except Unstorable:
+            await self._refused()
+            raise
         return await self._submit(EnsureOp(key, now))
 
     async def append(self, events: Sequence[Event]) -> None:
-        if events:
-            await self._submit(AppendOp(tuple(events)))
+        if not events:
+            return
+        try:
+            check_storable(events)
+        except Unstorable:
+            await self._refused()
+            raise
+        await self._submit(AppendOp(tuple(events)))
+
+    # A key or client_msg_id that no store can hold was never stored: reading it answers
+    # "nothing" without asking the store (PostgreSQL would refuse the parameter).
 
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
                    limit: int = 1000) -> list[Event]:
+        if not storable_key(key):
+            return await _nothing([])
         return await self._read(sql.read, key, after, upto, limit, self.backend.load_data)
 
     async def last_seq(self, key: ThreadKey) -> int:
-        return await self._read(sql.last_seq, key)
+        return await self._read(sql.last_seq, key) if storable_key(key) else await _nothing(0)
 
     async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
+        if not storable_key(key) or unstorable_reason(client_msg_id) is not None:
+            return await _nothing(None)
         return await self._read(sql.find_message, key, client_msg_id)
 
     async def threads(self, user_id: str) -> list[ThreadInfo]:
+        if unstorable_reason(user_id) is not None:
+            return await _nothing([])
         return await self._read(sql.threads, user_id)
 
     async def open_runs(self) -> list[OpenRun]:
@@ -105,46 +135,97 @@ class DurableJournal:
 
     # -- writes: group commit ----------------------------------------------------------------
 
+    async def _refused(self) -> None:
+        self.rejected += 1
+        await trio.lowlevel.checkpoint()
+
     async def _submit(self, op: Op) -> Any:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise JournalUnavailable(f"{self.backend.name} is closed")
         reply: Reply[Any] = Reply()
         self._pending.append((op, reply))
         self._work.set()
         return await reply.wait()
 
     async def run_writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The one writer: runs until cancelled; then fails what is queued (see the header)."""
         task_status.started()
-        while True:
-            if not self._pending:
-                self._idle.set()
-                await self._work.wait()
-                # Woken by the first write; the writers woken by the last commit submit in the
-                # same scheduling round: let them, and take them all in one transaction.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            self._work = trio.Event()
-            self._idle = trio.Event()
-            batch = self._pending[:self.max_batch]
-            del self._pending[:self.max_batch]
-            results = await self._write([op for op, _ in batch])
-            for (_, reply), result in zip(batch, results):
-                if isinstance(result, BaseException):
-                    reply.fail(result)
-                else:
-                    reply.set(result)
-
-    async def _write(self, ops: list[Op]) -> list[Any]:
-        if trio.current_time() < self._retry_at:
-            return [self._unavailable()] * len(ops)
         try:
-            results = await trio.to_thread.run_sync(self._write_sync, ops)
-        except self.backend.errors as exc:
-            self._failed(exc)
-            return [self._unavailable(exc)] * len(ops)
+            while True:
+                if not self._pending:
+                    self._idle.set()
+                    await self._work.wait()
+                    # Woken by the first write; the writers woken by the last commit submit in
+                    # the same scheduling round: let them, and take them all in one transaction.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                self._work = trio.Event()
+                self._idle = trio.Event()
+                batch = self._inflight = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+                try:
+                    await self._apply(batch)
+                except Exception as exc:  # a bug of ours: it fails this batch, not the store
+                    log.exception("%s: a batch failed", self.backend.name)
+                    for _, reply in batch:
+                        reply.fail(self._unavailable(exc))
+                self._inflight = []
+        finally:
+            self._closed = True
+            closed = JournalUnavailable(f"{self.backend.name} is closed")
+            for _, reply in [*self._inflight, *self._pending]:
+                reply.fail(closed)  # a no-op for those already answered
+            self._inflight, self._pending = [], []
+            self._idle.set()
+
+    async def _apply(self, batch: list[Pending]) -> None:
+        """Apply ``batch`` in one transaction and answer each caller; on an error that is not
+        an outage, in two halves, recursively (at most ``2 * len(batch) - 1`` transactions,
+        about ``2 * log2(len(batch))`` for one bad operation among good ones)."""
+        if trio.current_time() < self._retry_at:
+            for _, reply in batch:
+                reply.fail(self._unavailable())
+            return
+        try:
+            results, seconds = await trio.to_thread.run_sync(
+                self._write_sync, [op for op, _ in batch])
+        except Exception as exc:
+            if self.backend.is_outage(exc):
+                self._failed(exc)
+                for _, reply in batch:
+                    reply.fail(self._unavailable(exc))
+            elif len(batch) == 1:
+                self._reject(batch[0], exc)
+            else:
+                half = len(batch) // 2
+                await self._apply(batch[:half])
+                await self._apply(batch[half:])
+            return
         self._recovered()
         self.batches += 1
-        self.operations += len(ops)
-        return results
+        self.operations += len(batch)
+        self.commit_seconds.observe(seconds)
+        self.batch_size.observe(len(batch))
+        for (_, reply), result in zip(batch, results):
+            if isinstance(result, BaseException):
+                reply.fail(result)
+            else:
+                reply.set(result)
 
-    def _write_sync(self, ops: list[Op]) -> list[Any]:
+    def _reject(self, item: Pending, exc: Exception) -> None:
+        op, reply = item
+        self.rejected += 1
+        key = op.key if isinstance(op, EnsureOp) else op.events[0].key
+        # The key and the error's first line: never the data, which may be anything a user sent.
+        log.warning("%s refused a write of %s: %s: %s", self.backend.name, key,
+                    type(exc).__name__, first_line(exc)[:200])
+        error = Unstorable(f"the store refused this data ({type(exc).__name__})")
+        error.__cause__ = exc
+        reply.fail(error)
+
+    def _write_sync(self, ops: list[Op]) -> tuple[list[Any], float]:
+        """One transaction, in a worker thread: the results, and the seconds it took."""
+        started = time.perf_counter()
         backend = self.backend
         conn = self._writer_connection()
         try:
@@ -154,7 +235,7 @@ class DurableJournal:
             backend.commit(conn)
             self._cache.committed(rows)
             self._writer_used = time.monotonic()
-            return results
+            return results, time.perf_counter() - started
         except BaseException as exc:
             try:
                 backend.rollback(conn)
@@ -174,7 +255,7 @@ class DurableJournal:
         if conn is not None and time.monotonic() - self._writer_used > IDLE_PING:
             try:
                 backend.ping(conn)
-            except backend.errors:
+            except Exception:
                 self._writer = None
                 backend.close(conn)
                 conn = None
@@ -185,6 +266,8 @@ class DurableJournal:
     # -- reads -------------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
+        (and starts the backoff); any other error is raised as it is, without backoff."""
         if trio.current_time() < self._retry_at:
             raise self._unavailable()
         async with self._reader_slots:
@@ -192,7 +275,9 @@ class DurableJournal:
             holder = [self._readers.pop() if self._readers else None]
             try:
                 result = await trio.to_thread.run_sync(self._read_sync, holder, fn, args)
-            except self.backend.errors as exc:
+            except Exception as exc:
+                if not self.backend.is_outage(exc):
+                    raise
                 self._failed(exc)
                 raise self._unavailable(exc) from exc
             finally:
@@ -224,8 +309,9 @@ class DurableJournal:
     # -- failure and recovery ----------------------------------------------------------------
 
     def _failed(self, exc: BaseException) -> None:
-        if self._retry_at == 0.0:
-            log.error("%s failed: %s; retrying with backoff", self.backend.name, exc)
+        if self._retry_at == 0.0:  # a new outage (retries that fail within it are not one)
+            self.outages += 1
+            log.error("%s failed: %s; retrying with backoff", self.backend.name, first_line(exc))
         self._retry_at = trio.current_time() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -236,13 +322,14 @@ class DurableJournal:
         self._backoff = BACKOFF_MIN
 
     def _unavailable(self, exc: BaseException | None = None) -> JournalUnavailable:
-        detail = f": {str(exc).strip().splitlines()[0]}" if exc is not None and str(exc) else ""
-        return JournalUnavailable(f"{self.backend.name} unavailable{detail}")
+        detail = first_line(exc) if exc is not None else ""
+        return JournalUnavailable(f"{self.backend.name} unavailable{': ' if detail else ''}"
+                                  f"{detail}")
 
     async def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every queued write has been applied (or failed)."""
+        """Wait (at most ``timeout`` seconds) until every queued write has been answered."""
         with trio.move_on_after(timeout):
-            while self._pending:
+            while self._pending or not self._idle.is_set():
                 await self._idle.wait()
 
     def close_connections(self) -> None:
@@ -255,21 +342,19 @@ class DurableJournal:
         self._writer, self._readers = None, []
 
 
+async def _nothing(value: T) -> T:
+    await trio.lowlevel.checkpoint()
+    return value
+
+
 @asynccontextmanager
 async def open_durable_journal(backend: Backend, *, readers: int = 4,
                                max_batch: int = MAX_BATCH) -> AsyncIterator[DurableJournal]:
-    """Connect, apply migrations (``SchemaTooNew`` if the store is newer than this code), run
-    the writer; on exit, flush what is queued and close the connections."""
+    """Connect, apply migrations, run the writer; on exit, flush what is queued and close the
+    connections. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
+    newer than this code), whose message is one line naming the store and the problem."""
     journal = DurableJournal(backend, readers=readers, max_batch=max_batch)
-
-    def prepare() -> int:
-        conn = backend.connect(writer=True)
-        try:
-            return backend.migrate(conn)
-        finally:
-            backend.close(conn)
-
-    version = await trio.to_thread.run_sync(prepare)
+    version = await trio.to_thread.run_sync(sql.prepare, backend)
     log.info("%s ready (schema version %d)", backend.name, version)
     try:
         async with trio.open_nursery() as nursery:

@@ -3,10 +3,22 @@
 psycopg's async API is asyncio-only, so its blocking API runs in worker threads, batched by
 the group committer so that one thread hop carries a whole transaction (``executemany`` runs
 in pipeline mode: one round trip for many rows).
+
+Outages (``is_outage``) are ``OperationalError`` (connection lost or refused, server shutting
+down, disk full, too many connections, query cancelled), ``InterfaceError`` (the driver's
+connection is unusable), ``InternalError`` (the server's own failure, such as a read-only
+standby after a failover or corrupted data) and a closed or broken connection. ``DataError``
+(a NUL in text, ``\\u0000`` or ``NaN`` in jsonb), ``IntegrityError``, ``ProgrammingError`` and
+Python's ``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one
+operation: no backoff.
+
+At start, a server that cannot be used is said in one line (``explain``): unreachable, login
+refused, no such database or user; never with the password.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -33,9 +45,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 
 
-class PostgresBackend:
-    errors = (psycopg.Error,)
+# libpq prefixes what the server said with where it tried: cut that, keep the reason.
+_WHERE = re.compile(r'^(connection failed: )?connection to server (at|on socket) "[^"]*"'
+                    r'(, port \d+)? failed: ')
+_FATAL = re.compile(r"^(FATAL|ERROR):\s+")
 
+
+class PostgresBackend:
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
@@ -91,5 +107,34 @@ class PostgresBackend:
     def load_data(self, raw: Any) -> dict[str, Any]:
         return raw  # JSONB arrives parsed
 
+    def is_outage(self, exc: BaseException) -> bool:
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError,
+                                psycopg.InternalError))
+
     def is_broken(self, conn: psycopg.Connection, exc: BaseException) -> bool:
         return conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError)
+
+    def explain(self, exc: BaseException) -> str:
+        """Why the server cannot be used, in plain words, for ``StoreError``."""
+        text = str(exc).strip()
+        reason = _FATAL.sub("", _WHERE.sub("", text.splitlines()[0] if text else "")).strip()
+        low = reason.lower()
+        if "connection refused" in low:
+            return "unreachable (connection refused)"
+        if "timeout expired" in low or "timed out" in low:
+            return "unreachable (timed out)"
+        if "failed to resolve host" in low or "could not translate host name" in low:
+            return "unreachable (unknown host)"
+        if "no such file or directory" in low:
+            return "unreachable (no server on that socket)"
+        if "no route to host" in low or "network is unreachable" in low:
+            return f"unreachable ({reason})"
+        if "password authentication failed" in low:
+            return f"login refused: wrong password ({reason})"
+        if "no password supplied" in low:
+            return "login refused: a password is needed and none was given"
+        match = re.match(r'(database|role) "(.*)" does not exist', reason)
+        if match:
+            kind = "database" if match[1] == "database" else "user"
+            return f"{kind} {match[2]} does not exist"
+        return reason or type(exc).__name__

@@ -1,5 +1,6 @@
-"""What the SQL stores share: the batch algorithm and the queries, in SQL both SQLite and
-PostgreSQL accept (``%s`` placeholders; the SQLite backend turns them into ``?``).
+"""What the SQL stores share: the ``Backend`` protocol, opening (``prepare``), the batch
+algorithm and the queries, in SQL both SQLite and PostgreSQL accept (``%s`` placeholders; the
+SQLite backend turns them into ``?``).
 
 Every function here is blocking and runs in a worker thread with a DB-API connection.
 """
@@ -7,14 +8,14 @@ Every function here is blocking and runs in a worker thread with a DB-API connec
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import attrs
 
 from actors.journal import OpenRun, run_transition
 from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 
-from .errors import StoreError
+from .errors import StoreError, first_line
 
 
 class SchemaTooNew(StoreError, RuntimeError):
@@ -33,6 +34,44 @@ class EnsureOp:
 
 
 Op = AppendOp | EnsureOp
+
+
+class Backend(Protocol):
+    """A SQL database, seen through blocking calls (each made in a worker thread)."""
+
+    name: str  # "SQLite PATH", "PostgreSQL HOST:PORT/DB": never a password
+
+    def connect(self, *, writer: bool) -> Any: ...
+    def close(self, conn: Any) -> None: ...
+    def migrate(self, conn: Any) -> int: ...
+    def cursor(self, conn: Any) -> Any: ...
+    def begin(self, conn: Any) -> None: ...
+    def commit(self, conn: Any) -> None: ...
+    def rollback(self, conn: Any) -> None: ...
+    def ping(self, conn: Any) -> None: ...
+    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
+    def load_data(self, raw: Any) -> dict[str, Any]: ...
+    def is_broken(self, conn: Any, exc: BaseException) -> bool: ...  # drop the connection
+    def is_outage(self, exc: BaseException) -> bool: ...  # the store failed, not the data
+    def explain(self, exc: BaseException) -> str: ...  # why it cannot be opened, plain words
+
+
+def prepare(backend: Backend) -> int:
+    """Connect and migrate, at start: the schema version. A store that cannot be used raises
+    ``StoreError`` (``SchemaTooNew`` for one newer than this code): one line naming the store
+    and, in the backend's words, the problem."""
+    try:
+        conn = backend.connect(writer=True)
+        try:
+            return backend.migrate(conn)
+        finally:
+            backend.close(conn)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(first_line(f"{backend.name}: {backend.explain(exc)}")) from exc
+
+
 KEYS_PER_QUERY = 400  # (user_id, thread_id) pairs per look-up: well under SQLite's 32,766 params
 
 

@@ -3,11 +3,23 @@
 ``synchronous=FULL`` (the default here) makes every commit durable against power loss as well
 as a crash of the process; group commit amortises its fsync. ``?synchronous=normal`` in the
 store URL survives a crash of the process (``kill -9``) but not of the machine.
+
+Outages (``is_outage``) are ``sqlite3.DatabaseError`` other than its data and programming
+kinds: ``OperationalError`` (disk I/O error, disk full, database locked past the 30 s busy
+timeout, read-only, cannot open) and a damaged file (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``);
+the connection that met one is replaced. ``IntegrityError``, ``DataError``,
+``ProgrammingError``, ``InterfaceError`` (a value it cannot bind) and Python's own
+``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one operation.
+
+At start, a file that cannot be used is said in one line (``explain``): not a database,
+damaged, a folder, a missing folder, read-only. Migrations end with a probe of every table's
+and index's first page, so damage there is found at start rather than by the first user.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from typing import Any
 
@@ -29,6 +41,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "run_id TEXT NOT NULL, started INTEGER NOT NULL, opened_seq BIGINT NOT NULL, "
         "PRIMARY KEY (user_id, thread_id, run_id)) WITHOUT ROWID",
     ]),
+]
+
+
+# Read at start, after migrating: each reads the first page(s) of one table or index.
+PROBES = [
+    "SELECT 1 FROM threads LIMIT 1",
+    "SELECT 1 FROM threads INDEXED BY threads_by_update WHERE user_id >= '' LIMIT 1",
+    "SELECT 1 FROM events LIMIT 1",
+    "SELECT 1 FROM client_ids LIMIT 1",
+    "SELECT 1 FROM open_runs LIMIT 1",
 ]
 
 
@@ -62,8 +84,6 @@ class _Cursor:
 
 
 class SQLiteBackend:
-    errors = (sqlite3.Error,)
-
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be full, normal or extra")
@@ -76,8 +96,12 @@ class SQLiteBackend:
         # connection moves between worker threads, never used by two at once.
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            conn.close()  # a file that is no database (or cannot take the WAL) stays unopened
+            raise
         return conn
 
     def close(self, conn: sqlite3.Connection) -> None:
@@ -92,8 +116,11 @@ class SQLiteBackend:
                                   self.name)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+        for probe in PROBES:
+            conn.execute(probe).fetchall()
         return version
 
     def cursor(self, conn: sqlite3.Connection) -> _Cursor:
@@ -117,5 +144,37 @@ class SQLiteBackend:
     def load_data(self, raw: Any) -> dict[str, Any]:
         return json.loads(raw)
 
+    def is_outage(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError))
+
     def is_broken(self, conn: sqlite3.Connection, exc: BaseException) -> bool:
-        return False  # a file does not go away like a server; keep the connection
+        # Reopening is cheap, and finds the file again if it was replaced or remounted.
+        return self.is_outage(exc)
+
+    def explain(self, exc: BaseException) -> str:
+        """What is wrong with the file, in plain words, for ``StoreError``."""
+        path = self.path
+        folder = os.path.dirname(path) or "."
+        code = getattr(exc, "sqlite_errorname", None) or ""
+        if os.path.isdir(path):
+            return "is a folder, not a file"
+        if not os.path.isdir(folder):
+            return (f"{folder} is not a folder" if os.path.exists(folder)
+                    else f"folder {folder} does not exist")
+        if code == "SQLITE_NOTADB":
+            return "not a SQLite database (file is damaged or of another kind)"
+        if code == "SQLITE_CORRUPT":
+            return "the database is damaged (database disk image is malformed)"
+        if code == "SQLITE_READONLY" or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            return "read-only (cannot write to the file)"
+        if not os.access(folder, os.W_OK):
+            return (f"read-only (cannot write to folder {folder}, where SQLite keeps the "
+                    "file's -wal and -shm files)")
+        if code == "SQLITE_FULL":
+            return "disk full"
+        if code.startswith("SQLITE_IOERR"):
+            return f"disk I/O error ({exc})"
+        if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+            return "locked by another process (one server per store)"
+        return f"cannot be used ({type(exc).__name__}: {exc})"

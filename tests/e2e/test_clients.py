@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import msgpack
+import pytest
 from trio_websocket import open_websocket_url
 
 from tests.servers import token
-from transport.client import open_client
+from transport.client import BadFrame, NotJoined, open_client
 
 STABLE = ("type", "thread_id", "seq", "event")
 
@@ -44,6 +45,22 @@ async def test_json_and_msgpack_give_the_same_conversation(server):
     as_msgpack = await conversation(server.url, "msgpack")
     assert [shape(f) for f in as_json] == [shape(f) for f in as_msgpack]
     assert [f["data"].get("result") for f in as_json if f["event"] == "tool_completed"] == [10.5, None]
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_typed_errors_and_thread_pages_in_either_encoding(server, encoding):
+    async with open_client(server.url, token(f"pager-{encoding}"), encoding=encoding) as client:
+        with pytest.raises(NotJoined):
+            await client.send("main", "hi")
+        with pytest.raises(BadFrame):
+            await client.threads_page(limit=0)
+        for i in range(3):
+            await client.join(f"t{i}")
+        page, cursor = await client.threads_page(limit=2)
+        assert [t["thread_id"] for t in page] == ["t2", "t1"] and isinstance(cursor, str)
+        assert await client.threads_page(limit=2, cursor=cursor) == (
+            [t for t in await client.threads() if t["thread_id"] == "t0"], None)
+        assert [t["thread_id"] for t in await client.threads()] == ["t2", "t1", "t0"]
 
 
 async def test_trio_websocket_holds_a_whole_conversation(server):

@@ -29,7 +29,8 @@ def decode(obj, codec=json_codec):
       "ref": "r"}, Send("r", "t", "", "c1", "reject")),
     ({"type": "cancel", "thread_id": "t"}, Cancel(None, "t", None)),
     ({"type": "cancel", "thread_id": "t", "run_id": "run_1"}, Cancel(None, "t", "run_1")),
-    ({"type": "threads", "ref": 1}, Threads(1)),
+    ({"type": "threads", "ref": 1}, Threads(1, 100, None)),
+    ({"type": "threads", "limit": 5, "cursor": "abc"}, Threads(None, 5, "abc")),
     ({"type": "ping", "extra": "ignored"}, Ping(None)),
 ])
 def test_valid_frames(codec, obj, request_):

@@ -1,4 +1,5 @@
-"""Authentication in the handshake, routing, /healthz and /metrics, over real sockets."""
+"""Authentication in the handshake, routing and /healthz, over real sockets (/metrics:
+test_metrics.py)."""
 
 import json
 
@@ -85,23 +86,6 @@ async def test_healthz(server):
     status, _, body = await http_get(server, "/healthz")
     assert status == 503 and json.loads(body) == {"status": "draining"}
     assert (await rejected(server, token("ada"))).status == 503
-
-
-async def test_metrics_in_prometheus_text_format(server):
-    async with open_client(server.url, token("ada")) as client:
-        await client.join("main")
-        await client.send("main", "hi")
-        while (await client.next_event())["event"] != "agent_completed":
-            pass
-        status, headers, body = await http_get(server, "/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    text = body.decode()
-    for line in ["threadline_connections 1.0", "threadline_live_actors 1.0",
-                 "threadline_runs_started_total 1.0", "threadline_events_total 4.0",
-                 'threadline_runs_ended_total{event="agent_completed"} 1.0',
-                 "threadline_runs_active 0.0"]:
-        assert line in text, line
-    assert "# TYPE threadline_frames_sent_total counter" in text
 
 
 async def test_a_silent_connection_is_dropped_after_the_handshake_timeout():

@@ -1,0 +1,52 @@
+"""Pages of a user's thread list (``threads`` with ``limit`` and ``cursor``; PROTOCOL.md).
+
+The list is ordered newest first by ``(updated_at, thread_id)``, both descending. A cursor is
+opaque to clients: the position of the last thread of the previous page, so that a page never
+repeats a thread; a thread updated meanwhile moves to the front and shows up on a fresh first
+page, not twice in one walk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Sequence
+
+from actors.messages import ThreadInfo
+
+from .messages import BadFrame
+
+
+def encode_cursor(info: ThreadInfo) -> str:
+    raw = json.dumps([info.updated_at, info.key.thread_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, thread_id = json.loads(raw)
+        if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)) \
+                or not isinstance(thread_id, str):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise BadFrame("cursor is not one this server gave") from None
+    return float(updated_at), thread_id
+
+
+def threads_page(infos: Sequence[ThreadInfo], limit: int,
+                 cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """``(threads as frames' dicts, next_cursor or None)`` for ``infos`` newest first."""
+    start = 0
+    if cursor is not None:
+        position = decode_cursor(cursor)
+        start = len(infos)
+        for i, info in enumerate(infos):
+            if (info.updated_at, info.key.thread_id) < position:
+                start = i
+                break
+    chosen = infos[start:start + limit]
+    more = start + limit < len(infos)
+    page = [{"thread_id": i.key.thread_id, "last_seq": i.last_seq, "created_at": i.created_at,
+             "updated_at": i.updated_at} for i in chosen]
+    return page, encode_cursor(chosen[-1]) if more and chosen else None
