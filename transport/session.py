@@ -9,15 +9,13 @@ dispatched), one lane per thread with requests waiting (a thread's requests run 
 one thread's slow request never holds back another thread's, nor a ping), the writer (the
 outbox to the socket), the keepalive and the token's expiry.
 
-Failure containment: whatever one connection's tasks raise ends that connection only. A request
-that fails is answered with the protocol's error for it (``ERRORS``), or ``internal`` for a bug,
-and the connection stays; a full outgoing queue closes with 1013; an unexpected failure of a
-task closes with 1011. ``run`` never raises ``Exception``: nothing reaches the server's nursery.
+Containment: a failed request is answered with its protocol error (``transport.answers``; a
+bug: ``internal``) and the connection stays; a full outgoing queue closes with 1013; a failed
+task, 1011. ``run`` never raises ``Exception``: nothing reaches the server's nursery.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -25,25 +23,16 @@ from typing import Any, Awaitable, Callable
 import trio
 from websockets.frames import Frame
 
-from actors.errors import (
-    ActorStopped,
-    AskTimeout,
-    Busy,
-    JournalUnavailable,
-    LimitReached,
-    MailboxFull,
-    RateLimited,
-    UnknownRun,
-    Unstorable,
-)
+from actors.errors import JournalUnavailable, LimitReached, MailboxFull
 from actors.gateway import UserHandle
 
+from .answers import answer_for
 from .codec import Codec, error_frame, reply_frame
 from .connection import WebSocketConnection
+from .lanes import Lanes
 from .limits import Limits
 from .messages import (
     BAD_FRAME,
-    BUSY,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_TOKEN_EXPIRED,
@@ -52,7 +41,6 @@ from .messages import (
     LIMIT_REACHED,
     NOT_JOINED,
     RATE_LIMITED,
-    UNKNOWN_RUN,
     BadFrame,
     Cancel,
     Join,
@@ -70,18 +58,6 @@ from .paging import threads_page
 
 log = logging.getLogger("threadline.session")
 
-#: What a failed request is answered with (the connection stays open). First match wins.
-ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (Busy, BUSY),
-    (UnknownRun, UNKNOWN_RUN),
-    (Unstorable, BAD_FRAME),
-    (BadFrame, BAD_FRAME),
-    (LimitReached, LIMIT_REACHED),
-    (RateLimited, RATE_LIMITED),
-    (JournalUnavailable, INTERNAL),
-    (ActorStopped, INTERNAL),
-    (AskTimeout, INTERNAL),
-)
 OVERFLOW_REASON = "outgoing queue overflow: reconnect and join with since"
 
 
@@ -100,12 +76,12 @@ class Session:
         self.state = ConnectionState(limits, trio.current_time())
         self.outbox = Outbox(conn, codec, limits.outgoing_queue, stats)
         self.taps: dict[str, Tap] = {}
-        self._lanes: dict[str | None, collections.deque[Request]] = {}
+        self._lanes = Lanes(self._handle, limits.lane_depth)
         self._done = trio.Event()
         self._writer_done = trio.Event()
         self._dispatch: dict[type, Callable[[Any], Awaitable[None]]] = {
             Join: self._join, Leave: self._leave, Send: self._send, Cancel: self._cancel,
-            Threads: self._threads, Ping: self._ping}
+            Threads: self._threads}  # a ping is answered by the reader, at once
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -223,50 +199,30 @@ class Session:
         self._enqueue(request)
 
     def _enqueue(self, request: Request) -> None:
-        """Into the lane of its thread (``threads`` has a lane of its own): requests of one
-        thread run in order, requests of different threads concurrently."""
-        key = getattr(request, "thread_id", None)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = collections.deque()
-            self._inner.start_soon(self._run_lane, key, lane)
-        elif len(lane) >= self.limits.lane_depth:
+        """Into the lane of its thread (``threads`` has a lane of its own)."""
+        if not self._lanes.put_nowait(self._inner, getattr(request, "thread_id", None), request):
             self.stats.rate_limited += 1
             self._reply(error_frame(RATE_LIMITED, f"more than {self.limits.lane_depth} requests "
                                     "waiting on this thread; this one was dropped", request.ref))
-            return
-        lane.append(request)
-
-    async def _run_lane(self, key: str | None, lane: collections.deque[Request]) -> None:
-        try:
-            while lane:
-                await self._handle(lane[0])
-                lane.popleft()
-        finally:
-            del self._lanes[key]
 
     async def _handle(self, request: Request) -> None:
         try:
             await self._dispatch[type(request)](request)
-        except Overflow:
-            self.close(CLOSE_TRY_AGAIN, OVERFLOW_REASON)
-        except MailboxFull:  # the thread could not queue our Joined: same overflow
+        except (Overflow, MailboxFull):  # MailboxFull: the thread could not queue our Joined
             self.close(CLOSE_TRY_AGAIN, OVERFLOW_REASON)
         except Exception as exc:
-            for kind, code in ERRORS:
-                if isinstance(exc, kind):
-                    if code == INTERNAL:
-                        log.warning("request of %s failed: %r", self.user.user_id, exc)
-                    elif code == LIMIT_REACHED:
-                        self.stats.limits_reached += 1
-                    elif code == RATE_LIMITED:
-                        self.stats.rate_limited += 1
-                    message = str(exc) if code != INTERNAL else f"the server could not do it: {exc}"
-                    break
-            else:  # a bug: say so in the log, answer internal, keep the connection
+            answer = answer_for(exc)
+            if answer is None:  # a bug: say so in the log, answer internal, keep the connection
                 log.exception("request %s of %s failed", type(request).__name__,
                               self.user.user_id)
-                code, message = INTERNAL, "the server failed"
+                answer = (INTERNAL, "the server failed")
+            code, message = answer
+            if code == INTERNAL:
+                log.warning("request of %s failed: %r", self.user.user_id, exc)
+            elif code == LIMIT_REACHED:
+                self.stats.limits_reached += 1
+            elif code == RATE_LIMITED:
+                self.stats.rate_limited += 1
             self._reply(error_frame(code, message, request.ref))
 
     def _reply(self, frame: dict[str, Any]) -> None:
@@ -328,9 +284,6 @@ class Session:
         page, next_cursor = threads_page(await self.user.threads(), request.limit,
                                          request.cursor)
         self._reply(reply_frame("threads", request.ref, threads=page, next_cursor=next_cursor))
-
-    async def _ping(self, request: Ping) -> None:
-        self._reply(reply_frame("pong", request.ref))
 
     def _not_joined(self, request: Send | Cancel) -> None:
         self._reply(error_frame(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))

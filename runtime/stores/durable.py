@@ -3,7 +3,7 @@
 Writes are checked (``actors.journal.check_storable``), queued and awaited; one writer task
 applies everything queued in one transaction, in one worker-thread hop (``trio.to_thread``: the
 drivers block; psycopg's async API is asyncio-only). While it runs the next batch gathers, so
-the batch grows with the load. Reads run in worker threads on a small pool of connections.
+the batch grows with the load. Reads run in worker threads on a pool (``connections.py``).
 
 A failure is one of two kinds, and the backend says which (``Backend.is_outage``):
 
@@ -39,6 +39,7 @@ from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 
 from . import sql
+from .connections import Connections
 from .errors import first_line
 from .sql import AppendOp, Backend, EnsureOp, Op
 
@@ -48,10 +49,7 @@ log = logging.getLogger("threadline.store")
 T = TypeVar("T")
 
 MAX_BATCH = 2000          # operations per transaction
-IDLE_PING = 1.0           # seconds idle after which the writer checks its connection
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
-
-
 Pending = tuple[Op, Reply[Any]]
 
 
@@ -67,11 +65,8 @@ class DurableJournal:
         self._closed = False
         self._work = trio.Event()
         self._idle = trio.Event()
-        self._writer: Any = None
-        self._writer_used = 0.0
         self._cache = sql.ThreadCache()
-        self._readers: list[Any] = []
-        self._reader_slots = trio.CapacityLimiter(readers)
+        self._connections = Connections(backend, readers=readers)
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
         # Figures for /metrics, kept as things happen (a scrape only reads them).
@@ -132,6 +127,21 @@ class DurableJournal:
 
     async def open_runs(self) -> list[OpenRun]:
         return await self._read(sql.open_runs)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
+        (and starts the backoff); any other error is raised as it is, without backoff."""
+        if trio.current_time() < self._retry_at:
+            raise self._unavailable()
+        try:
+            result = await self._connections.read(fn, *args)
+        except Exception as exc:
+            if not self.backend.is_outage(exc):
+                raise
+            self._failed(exc)
+            raise self._unavailable(exc) from exc
+        self._recovered()
+        return result
 
     # -- writes: group commit ----------------------------------------------------------------
 
@@ -226,85 +236,10 @@ class DurableJournal:
     def _write_sync(self, ops: list[Op]) -> tuple[list[Any], float]:
         """One transaction, in a worker thread: the results, and the seconds it took."""
         started = time.perf_counter()
-        backend = self.backend
-        conn = self._writer_connection()
-        try:
-            backend.begin(conn)
-            results, rows = sql.apply_batch(backend.cursor(conn), ops, self._cache,
-                                            backend.insert_events)
-            backend.commit(conn)
-            self._cache.committed(rows)
-            self._writer_used = time.monotonic()
-            return results, time.perf_counter() - started
-        except BaseException as exc:
-            try:
-                backend.rollback(conn)
-            except Exception:
-                pass
-            if backend.is_broken(conn, exc):
-                self._writer = None
-                backend.close(conn)
-            raise
-
-    def _writer_connection(self) -> Any:
-        """The writer's connection. One idle for a while is pinged first: a server restarted
-        meanwhile has killed it, and finding out before the batch, with nothing written,
-        lets the batch go to a fresh connection instead of failing."""
-        backend = self.backend
-        conn = self._writer
-        if conn is not None and time.monotonic() - self._writer_used > IDLE_PING:
-            try:
-                backend.ping(conn)
-            except Exception:
-                self._writer = None
-                backend.close(conn)
-                conn = None
-        if conn is None:
-            conn = self._writer = backend.connect(writer=True)
-        return conn
-
-    # -- reads -------------------------------------------------------------------------------
-
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
-        (and starts the backoff); any other error is raised as it is, without backoff."""
-        if trio.current_time() < self._retry_at:
-            raise self._unavailable()
-        async with self._reader_slots:
-            # holder[0]: the connection, as the worker thread leaves it (made, kept, dropped)
-            holder = [self._readers.pop() if self._readers else None]
-            try:
-                result = await trio.to_thread.run_sync(self._read_sync, holder, fn, args)
-            except Exception as exc:
-                if not self.backend.is_outage(exc):
-                    raise
-                self._failed(exc)
-                raise self._unavailable(exc) from exc
-            finally:
-                if holder[0] is not None:
-                    self._readers.append(holder[0])
-        self._recovered()
-        return result
-
-    def _read_sync(self, holder: list[Any], fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        backend = self.backend
-        for attempt in (1, 2):
-            fresh = holder[0] is None
-            if fresh:
-                holder[0] = backend.connect(writer=False)
-            conn = holder[0]
-            try:
-                return fn(backend.cursor(conn), *args)
-            except BaseException as exc:
-                if not backend.is_broken(conn, exc):
-                    raise
-                holder[0] = None
-                backend.close(conn)
-                if fresh or attempt == 2:
-                    raise
-                # A pooled connection that a server restart killed: reads are idempotent,
-                # so one more try on a fresh connection.
-        raise AssertionError("unreachable")
+        results, rows = self._connections.transaction_sync(
+            sql.apply_batch, ops, self._cache, self.backend.insert_events)
+        self._cache.committed(rows)
+        return results, time.perf_counter() - started
 
     # -- failure and recovery ----------------------------------------------------------------
 
@@ -333,13 +268,8 @@ class DurableJournal:
                 await self._idle.wait()
 
     def close_connections(self) -> None:
-        for conn in [self._writer, *self._readers]:
-            if conn is not None:
-                try:
-                    self.backend.close(conn)
-                except Exception:
-                    pass
-        self._writer, self._readers = None, []
+        """Close the store's connections (``Connections.close_sync``: blocks)."""
+        self._connections.close_sync()
 
 
 async def _nothing(value: T) -> T:

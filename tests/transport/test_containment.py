@@ -184,7 +184,7 @@ def masked_text(payload: bytes) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-@pytest.mark.parametrize("task", ["_reader", "_writer", "_keepalive", "_run_lane", "_expire"])
+@pytest.mark.parametrize("task", ["_reader", "_writer", "_keepalive", "_handle", "_expire"])
 async def test_a_failure_injected_into_any_session_task_ends_that_connection_only(task,
                                                                                  monkeypatch):
     async def broken(self, *args):  # type: ignore[no-untyped-def]
@@ -210,9 +210,11 @@ async def test_pipelined_requests_are_all_answered_in_order():
     async with serving(limits=Limits(ping_interval=None, burst=2000)) as server:
         conn = await connect(server.url, token("ada"))
         for n in (65, 64 * 3 + 1, 300):
-            for i in range(n):  # one TCP write: they are all queued before the writer runs
+            for i in range(n):
                 conn.write(json.dumps({"type": "ping", "ref": i}).encode(), binary=False)
-            await conn.flush()
+            # One TCP write: the server reads them at once and queues every pong before its
+            # writer runs.
+            await conn.stream.send_all(b"".join(conn.protocol.data_to_send()))
             refs: list[int] = []
             with trio.fail_after(10):
                 while len(refs) < n:

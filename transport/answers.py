@@ -1,0 +1,43 @@
+"""What a failed request is answered with: the protocol's error code for each failure.
+
+The connection stays open for every one of these (PROTOCOL.md, "Error codes"). Failures that
+close the connection instead (a full outgoing queue: 1013) are the session's, not here.
+"""
+
+from __future__ import annotations
+
+from actors.errors import (
+    ActorStopped,
+    AskTimeout,
+    Busy,
+    JournalUnavailable,
+    LimitReached,
+    RateLimited,
+    UnknownRun,
+    Unstorable,
+)
+
+from .messages import BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, RATE_LIMITED, UNKNOWN_RUN, BadFrame
+
+#: First match wins. Anything else is a bug: answered ``internal``, and logged.
+ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (Busy, BUSY),
+    (UnknownRun, UNKNOWN_RUN),
+    (Unstorable, BAD_FRAME),
+    (BadFrame, BAD_FRAME),
+    (LimitReached, LIMIT_REACHED),
+    (RateLimited, RATE_LIMITED),
+    (JournalUnavailable, INTERNAL),   # the store failed: nothing was stored
+    (ActorStopped, INTERNAL),
+    (AskTimeout, INTERNAL),
+)
+
+
+def answer_for(exc: Exception) -> tuple[str, str] | None:
+    """``(code, message)`` for a known failure, None for a bug."""
+    for kind, code in ERRORS:
+        if isinstance(exc, kind):
+            if code == INTERNAL:
+                return code, f"the server could not do it: {exc}"
+            return code, str(exc)
+    return None

@@ -1,0 +1,88 @@
+"""The errors the bundled client (``transport.client``) raises; re-exported from there.
+
+Every one is a ``ClientError``. A refused opening handshake raises ``HandshakeRejected`` with
+its HTTP status. An ``error`` answer raises, from the request it answers, the ``ServerError``
+subclass of its code: one per code of PROTOCOL.md (``RateLimited``, ``Busy``, ...), and
+``ServerError`` itself for a code this client does not know, so that a newer server's code is
+still caught as a ``ServerError``. A connection that ends before the answer raises
+``ConnectionClosed`` with the close code and reason (None and a description when no close
+frame came).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
+                       UNKNOWN_RUN)
+
+__all__ = ["BadFrame", "Busy", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal",
+           "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownRun"]
+
+
+class ClientError(Exception):
+    pass
+
+
+class HandshakeRejected(ClientError):
+    """The server answered the opening handshake with an HTTP error (401, 404, 503, ...)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class ServerError(ClientError):
+    """The server answered a request with an ``error`` frame; a subclass per code of
+    PROTOCOL.md (an unknown code raises this class itself)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @staticmethod
+    def of(frame: dict[str, Any]) -> ServerError:
+        code, message = str(frame.get("code", "?")), str(frame.get("message", ""))
+        return _ERRORS.get(code, ServerError)(code, message)
+
+
+class BadFrame(ServerError):
+    """``bad_frame``: the request was not valid."""
+
+
+class NotJoined(ServerError):
+    """``not_joined``: join the thread first."""
+
+
+class Busy(ServerError):
+    """``busy``: ``strategy: reject`` while a run is active."""
+
+
+class UnknownRun(ServerError):
+    """``unknown_run``: no such active run to cancel."""
+
+
+class RateLimited(ServerError):
+    """``rate_limited``: dropped; sending it later may work."""
+
+
+class LimitReached(ServerError):
+    """``limit_reached``: a per-connection or per-user limit."""
+
+
+class Internal(ServerError):
+    """``internal``: nothing stored; retry with the same client_msg_id."""
+
+
+_ERRORS: dict[str, type[ServerError]] = {
+    BAD_FRAME: BadFrame, NOT_JOINED: NotJoined, BUSY: Busy, UNKNOWN_RUN: UnknownRun,
+    RATE_LIMITED: RateLimited, LIMIT_REACHED: LimitReached, INTERNAL: Internal}
+
+
+class ConnectionClosed(ClientError):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"connection closed ({code} {reason})".rstrip())
+        self.code = code
+        self.reason = reason
