@@ -27,7 +27,9 @@ async def echo(stream: trio.SocketStream) -> None:
                 elif isinstance(event, Frame):
                     message = conn.assemble(event)
                     if message is not None:
-                        conn.write(message[1], binary=message[0])
+                        payload = message[1]  # text arrives decoded (UTF-8 checked), as ours
+                        conn.write(payload.encode() if isinstance(payload, str) else payload,
+                                   binary=message[0])
             await conn.flush()
             if not conn.open and conn.protocol.state.name != "CONNECTING":
                 break

@@ -52,10 +52,13 @@ def server_process(kind: str, *, store: str = "memory",
     """Start a server; yields its ws:// URL and process; SIGTERM (then kill) at exit."""
     env = {**os.environ, "THREADLINE_SECRET": SECRET}
     if kind == "threadline":
-        # The per-connection rate limit protects a server from a client; here the client is
-        # the benchmark, so it is lifted.
+        # The rate limits protect a server from a client; here the client is the benchmark,
+        # so they are lifted.
+        lifted = [f"--limit={name}=1e12" for name in (
+            "rate", "burst", "byte_rate", "byte_burst", "user_send_rate", "user_send_burst",
+            "user_connections", "lane_depth")]
         cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--log", "warning",
-               "--store", store, "--limit", "rate=1e9", "--limit", "burst=1000000000", *extra]
+               "--store", store, *lifted, *extra]
     elif kind == "bare":
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]
     elif kind == "peer":

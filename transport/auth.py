@@ -254,8 +254,7 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise AuthError(f"{name} must be a number")
     return float(value)
 

@@ -97,9 +97,8 @@ class Session:
         self._done.set()
 
     async def run(self) -> None:
-        """Serve the connection until it closes. Queued frames are written before the close
-        frame (bounded by ``close_timeout``), except after an overflow. Never raises
-        ``Exception``: a failure of any of the session's tasks closes this connection (1011)."""
+        """Serve the connection until it closes; queued frames go out before the close frame
+        (bounded by ``close_timeout``), except after 1013. Never raises ``Exception``."""
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._writer)
@@ -287,7 +286,6 @@ class Session:
 
     def _not_joined(self, request: Send | Cancel) -> None:
         self._reply(error_frame(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))
-
     # -- writing -----------------------------------------------------------------------------
 
     async def _writer(self) -> None:

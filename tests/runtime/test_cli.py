@@ -31,8 +31,8 @@ def test_token_prints_a_token_for_the_user():
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada"], cwd=ROOT,
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "secret" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "not ok!", "--secret", SECRET],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "not ok!",
+                          "--secret", SECRET], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "invalid user id" in out.stderr
 
 

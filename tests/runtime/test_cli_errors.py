@@ -71,11 +71,6 @@ def test_an_address_not_on_this_machine_is_one_line():
     refused(serve("--host", "192.0.2.1"), "cannot listen on 192.0.2.1:0: no such address")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may listen on a privileged port")
-def test_a_privileged_port_is_one_line():
-    refused(serve("--port", "1"), "cannot listen on 127.0.0.1:1: permission denied")
-
-
 async def test_problem_of_walks_exception_groups(busy_port):
     try:
         await trio.open_tcp_listeners(busy_port, host="127.0.0.1")
