@@ -7,11 +7,11 @@ import json
 
 import pytest
 import trio
-from websockets.frames import Frame
 
 from actors.errors import JournalUnavailable
 from actors.journal import MemoryJournal
 from tests.servers import serving, token
+from tests.transport.wire import close_code, frames_until_closed
 from transport.client import ServerError, connect, open_client
 from transport.limits import Limits
 
@@ -32,22 +32,7 @@ async def error_of(coro) -> ServerError:
     return info.value
 
 
-async def read_until_closed(conn, timeout: float = 20.0) -> list[dict]:
-    """Frames a raw connection receives until the server closes it."""
-    frames = []
-    with trio.fail_after(timeout):
-        while conn.open:
-            for event in await conn.receive():
-                if isinstance(event, Frame):
-                    message = conn.assemble(event)
-                    if message is not None:
-                        frames.append(json.loads(message[1]))
-    return frames
-
-
-def close_code(conn) -> int | None:
-    rcvd = conn.protocol.close_rcvd
-    return rcvd.code if rcvd is not None else None
+read_until_closed = frames_until_closed
 
 
 async def test_bad_frames_are_answered_and_the_connection_stays(server):
