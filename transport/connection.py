@@ -26,6 +26,7 @@ class WebSocketConnection:
         self.eof = False
         self.broken = False  # a write was cancelled part way: no further frame may follow
         self._pong: trio.Event | None = None
+        self.message_bytes = 0  # payload size of the last message ``assemble`` completed
         self._ping_data = b""
 
     async def flush(self) -> None:
@@ -89,6 +90,7 @@ class WebSocketConnection:
         return None
 
     def _message(self, binary: bool, data: bytes) -> tuple[bool, bytes | str] | None:
+        self.message_bytes = len(data)  # the size on the wire, for rates and metrics
         if binary:
             return True, data
         try:

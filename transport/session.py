@@ -171,10 +171,10 @@ class Session:
                 return
 
     def _on_message(self, binary: bool, payload: bytes | str) -> None:
-        stats = self.stats
+        stats, size = self.stats, self.conn.message_bytes
         stats.frames_received += 1
-        stats.bytes_received += len(payload)
-        if self.state.receive_message(len(payload), trio.current_time()) is Verdict.RATE_LIMITED:
+        stats.bytes_received += size
+        if self.state.receive_message(size, trio.current_time()) is Verdict.RATE_LIMITED:
             stats.rate_limited += 1
             if self.state.rate_limited == 1:
                 log.info("rate limiting a connection of %s", self.user.user_id)
