@@ -15,6 +15,8 @@ from actors.messages import (
     USER_MESSAGE,
     Event,
 )
+from actors.errors import JournalUnavailable
+from actors.journal import MemoryJournal
 from actors.subscription import Subscription
 
 
@@ -111,3 +113,14 @@ def assert_runs_well_formed(events: list[Event], *, finished: bool = True) -> No
 
 
 TOOLS = test_tools()  # for `threadline serve --agent tests.helpers:scripted_agent`
+
+
+class FailingJournal(MemoryJournal):
+    """A real memory journal with a switch that makes the store fail (fault injection)."""
+
+    failing = False
+
+    async def append(self, events):
+        if self.failing:
+            raise JournalUnavailable("store unreachable")
+        await super().append(events)

@@ -18,8 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from actors.errors import JournalUnavailable
-from actors.journal import MemoryJournal
+from tests.helpers import FailingJournal
 from tests.servers import serving, token
 from transport.client import (
     BadFrame,
@@ -102,17 +101,6 @@ async def test_an_error_raised_in_the_body_comes_out_bare():
         with pytest.raises(KeyError):
             async with open_client(server.url, token("ada")):
                 raise KeyError("mine")
-
-
-class FailingJournal(MemoryJournal):
-    """A real memory journal with a switch that makes the store fail (fault injection)."""
-
-    failing = False
-
-    async def append(self, events):
-        if self.failing:
-            raise JournalUnavailable("store unreachable")
-        await super().append(events)
 
 
 async def test_each_error_is_raised_by_the_request_it_answers():

@@ -8,8 +8,7 @@ import json
 import pytest
 import trio
 
-from actors.errors import JournalUnavailable
-from actors.journal import MemoryJournal
+from tests.helpers import FailingJournal
 from tests.servers import serving, token
 from tests.transport.wire import close_code, frames_until_closed
 from transport.client import ServerError, connect, open_client
@@ -128,17 +127,6 @@ async def test_limit_reached_on_threads_joined():
             await client.leave("b")
             await client.join("c")
         await still_serves(server)
-
-
-class FailingJournal(MemoryJournal):
-    """A real memory journal with a switch that makes the store fail (fault injection)."""
-
-    failing = False
-
-    async def append(self, events):
-        if self.failing:
-            raise JournalUnavailable("store unreachable")
-        await super().append(events)
 
 
 async def test_internal_when_the_store_fails_and_nothing_is_stored():
