@@ -14,7 +14,6 @@ from .errors import (
     Busy,
     JournalUnavailable,
     MailboxFull,
-    NotJoined,
     RestartIntensityExceeded,
     SubscriberDropped,
     ToolError,
@@ -30,7 +29,7 @@ from .thread import Subscriber, ThreadActor, ThreadEnv
 __all__ = [
     "Accepted", "ActorCrashed", "ActorError", "ActorRef", "ActorStopped", "Agent", "AskTimeout",
     "Busy", "Directory", "Event", "Joined", "Journal", "JournalUnavailable", "Mailbox",
-    "MailboxFull", "MemoryJournal", "NotJoined", "Reply", "RestartIntensityExceeded",
+    "MailboxFull", "MemoryJournal", "Reply", "RestartIntensityExceeded",
     "RestartPolicy", "Run", "RunContext", "Subscriber", "SubscriberDropped", "Subscription",
     "Supervisor", "ThreadActor", "ThreadEnv", "ThreadInfo", "ThreadKey", "ToolError",
     "ToolRegistry", "UnknownRun", "calculate", "echo_agent", "echo_tools", "open_supervisor",

@@ -34,10 +34,6 @@ class RestartIntensityExceeded(ActorError):
     """
 
 
-class NotJoined(ActorError):
-    """A request named a thread that the caller has not joined."""
-
-
 class Busy(ActorError):
     """``send`` with strategy ``reject`` while a run of the thread is active."""
 

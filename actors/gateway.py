@@ -142,7 +142,7 @@ class ThreadHandle:
         return await self.gateway.ask(self.key, GetInfo)
 
     async def replay_page(self, after: int, upto: int) -> list[Event]:
-        """The next page of a replay (see ``actors.journal.replay_page``): never empty."""
+        """The next page of a replay (see ``threadline.actors.journal.replay_page``): never empty."""
         return await replay_page(self.gateway.journal, self.key, after, upto)
 
     async def history(self, after: int = 0, *, upto: int | None = None,

@@ -114,7 +114,7 @@ class PostMessage:
 
 @attrs.frozen(slots=True)
 class Subscribe:
-    subscriber: Any  # actors.thread.Subscriber
+    subscriber: Any  # threadline.actors.thread.Subscriber
     since: int | None
     tag: object
     reply: Reply

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from runtime.tuning import raise_fd_limit, tune_gc
+from threadline.tuning import raise_fd_limit, tune_gc
 
 from . import actors as actors_bench
 from . import journal as journal_bench

@@ -12,7 +12,7 @@
   Target: >= 10,000/s.
 
 Everything runs with the garbage collector tuned as ``threadline serve`` runs it
-(``runtime.tuning.tune_gc``); activations are measured once more with CPython's default
+(``threadline.tuning.tune_gc``); activations are measured once more with CPython's default
 thresholds, since that is where the collector shows most.
 
 Usage: ``python -m bench.actors [--quick]``. Progress goes to stderr, the table to stdout,
@@ -31,11 +31,11 @@ from typing import Any
 
 import trio
 
-from actors.journal import MemoryJournal
-from actors.mailbox import Reply
-from actors.messages import GetInfo, ThreadKey
-from runtime import Runtime, RuntimeConfig, open_runtime
-from runtime.tuning import GC_THRESHOLD, tune_gc
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.mailbox import Reply
+from threadline.actors.messages import GetInfo, ThreadKey
+from threadline import Runtime, RuntimeConfig, open_runtime
+from threadline.tuning import GC_THRESHOLD, tune_gc
 
 from .common import Row, met, median, progress, rss_bytes, table, write_results
 

@@ -12,8 +12,8 @@ import trio
 from websockets.frames import Frame
 from websockets.server import ServerProtocol
 
-from runtime.tuning import tune_gc
-from transport.connection import WebSocketConnection
+from threadline.tuning import tune_gc
+from threadline.transport.connection import WebSocketConnection
 from websockets.http11 import Request
 
 

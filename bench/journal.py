@@ -21,11 +21,11 @@ from typing import Any
 
 import trio
 
-from actors.messages import Event, ThreadKey
-from runtime.stores.durable import MAX_BATCH, open_durable_journal
-from runtime.stores.postgres import PostgresBackend
-from runtime.stores.sqlite import SQLiteBackend
-from runtime.tuning import tune_gc
+from threadline.actors.messages import Event, ThreadKey
+from threadline.stores.durable import MAX_BATCH, open_durable_journal
+from threadline.stores.postgres import PostgresBackend
+from threadline.stores.sqlite import SQLiteBackend
+from threadline.tuning import tune_gc
 
 from .common import Row, met, progress, table, write_results
 

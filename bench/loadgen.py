@@ -16,8 +16,8 @@ import attrs
 import trio
 from websockets.frames import Frame
 
-from transport.client import connect
-from transport.connection import WebSocketConnection
+from threadline.transport.client import connect
+from threadline.transport.connection import WebSocketConnection
 
 COMPLETED = b'"event":"agent_completed"'
 

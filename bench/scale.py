@@ -10,10 +10,10 @@ from typing import Any
 
 import trio
 
-from actors.messages import ThreadKey
-from runtime import RuntimeConfig, open_runtime
-from runtime.stores import open_journal
-from transport.auth import mint
+from threadline.actors.messages import ThreadKey
+from threadline import RuntimeConfig, open_runtime
+from threadline.stores import open_journal
+from threadline.transport.auth import mint
 
 from .common import progress, rss_bytes
 from .loadgen import COMPLETED, open_ws

@@ -57,7 +57,7 @@ def server_process(kind: str, *, store: str = "memory",
         lifted = [f"--limit={name}=1e12" for name in (
             "rate", "burst", "byte_rate", "byte_burst", "user_send_rate", "user_send_burst",
             "user_connections", "lane_depth")]
-        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--log", "warning",
+        cmd = [sys.executable, "-m", "threadline", "serve", "--port", "0", "--log", "warning",
                "--store", store, *lifted, *extra]
     elif kind == "bare":
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]

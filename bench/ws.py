@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from runtime.tuning import raise_fd_limit, tune_gc
-from transport.auth import mint
+from threadline.tuning import raise_fd_limit, tune_gc
+from threadline.transport.auth import mint
 
 from .common import Row, met, progress, table, write_results
 from .loadgen import Tally, cpu_seconds, drive, open_ws, process_cpu_seconds, summary

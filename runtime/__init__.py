@@ -1,5 +1,63 @@
-"""threadline's assembly: ``open_runtime()``, configuration, stores, the CLI."""
+"""threadline: an actor runtime on trio for multi-user AI chat backends.
 
+This module is the public face. What it exports is the supported API; everything under
+``threadline.actors``, ``threadline.transport`` and ``threadline.stores`` is internal and may
+change between releases (the README's "Layout" says what lives where).
+
+    import threadline, trio
+
+    async def main():
+        async with threadline.open_runtime() as rt:
+            accepted = await rt.thread("ada", "main").send("hello")
+
+Installed layout: this directory (``runtime/`` in the repository) is the package ``threadline``;
+``actors/`` is ``threadline.actors`` and ``transport/`` is ``threadline.transport``.
+"""
+
+from .actors.engine import Agent, Run, RunContext, ToolRegistry
+from .actors.errors import (
+    ActorError,
+    ActorStopped,
+    AskTimeout,
+    Busy,
+    JournalUnavailable,
+    LimitReached,
+    MailboxFull,
+    RateLimited,
+    ToolError,
+    UnknownRun,
+    Unstorable,
+)
+from .actors.messages import (
+    AGENT_CANCELLED,
+    AGENT_COMPLETED,
+    AGENT_FAILED,
+    AGENT_STARTED,
+    AGENT_THINKING,
+    TERMINAL_EVENTS,
+    TOOL_COMPLETED,
+    TOOL_EXECUTING,
+    USER_MESSAGE,
+    Accepted,
+    Event,
+    Joined,
+    ThreadInfo,
+    ThreadKey,
+)
 from .api import Runtime, RuntimeConfig, ThreadHandle, UserHandle, open_runtime
+from .server import RunningServer, open_server
+from .stores import DEFAULT_STORE, StoreError, open_journal
+from .transport.auth import mint
+from .transport.client import open_client
+from .transport.client_errors import ClientError, ConnectionClosed, HandshakeRejected, ServerError
+from .transport.limits import Limits
 
-__all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runtime"]
+__all__ = [
+    "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
+    "DEFAULT_STORE", "TERMINAL_EVENTS", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
+    "Accepted", "ActorError", "ClientError", "ConnectionClosed", "HandshakeRejected", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
+    "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "RateLimited", "Run",
+    "RunContext", "Runtime", "ServerError", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
+    "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "UnknownRun", "Unstorable",
+    "UserHandle", "mint", "open_client", "open_journal", "open_runtime", "open_server",
+]

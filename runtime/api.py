@@ -1,5 +1,5 @@
 """The embedding API: ``open_runtime()``; the handles on users and threads live in
-``actors.gateway``.
+``threadline.actors.gateway``.
 
 ::
 
@@ -20,16 +20,16 @@ from typing import AsyncIterator
 import attrs
 import trio
 
-from actors.agents import echo_agent, echo_tools
-from actors.directory import Directory
-from actors.engine import Agent, ToolRegistry
-from actors.errors import ActorStopped, MailboxFull
-from actors.gateway import Gateway, ThreadHandle, UserHandle
-from actors.journal import Journal, MemoryJournal
-from actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
-from actors.messages import Shutdown, ThreadKey
-from actors.supervisor import RestartPolicy
-from actors.thread import ThreadActor, ThreadEnv
+from threadline.actors.agents import echo_agent, echo_tools
+from threadline.actors.directory import Directory
+from threadline.actors.engine import Agent, ToolRegistry
+from threadline.actors.errors import ActorStopped, MailboxFull
+from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
+from threadline.actors.journal import Journal, MemoryJournal
+from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
+from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.supervisor import RestartPolicy
+from threadline.actors.thread import ThreadActor, ThreadEnv
 
 from .recovery import close_open_runs
 
@@ -129,7 +129,7 @@ async def open_runtime(
 
     Defaults: an in-memory journal, the built-in ``echo`` agent with its ``calculator`` tool.
     Before it returns, runs that a crash left open in the journal are closed (see
-    ``runtime.recovery``). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
+    ``threadline.recovery``). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
     also when the body raised or was cancelled.
     """
     if agent is None:

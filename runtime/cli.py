@@ -1,10 +1,10 @@
 """The ``threadline`` command: ``serve``, ``token`` and ``--version``.
 
 The options (each from a flag or a ``THREADLINE_*`` variable, a flag winning) are declared in
-``runtime.options``; this module runs the commands and says what went wrong. What an operator can
+``threadline.options``; this module runs the commands and says what went wrong. What an operator can
 fix (a port in use, a store that cannot be opened, an unreadable key file, a short secret, a bad
 value) is said in one line with exit status 2, never as a traceback: tracebacks are for bugs. Logs
-go to stderr through ``runtime.logs``, which masks every token and password; stdout has only the
+go to stderr through ``threadline.logs``, which masks every token and password; stdout has only the
 ``ready:`` line (and, when the server made up its secret, a demo token, on purpose).
 """
 
@@ -24,10 +24,10 @@ from typing import Sequence
 import attrs
 import trio
 
-from actors.agents import echo_agent, echo_tools
-from actors.engine import Agent, ToolRegistry
-from transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileError, mint
-from transport.limits import Limits
+from threadline.actors.agents import echo_agent, echo_tools
+from threadline.actors.engine import Agent, ToolRegistry
+from threadline.transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileError, mint
+from threadline.transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
 from .logs import setup_logging

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import attrs
 
-from transport.auth import MIN_SECRET_BYTES, normalize_origin
-from transport.limits import Limits
+from threadline.transport.auth import MIN_SECRET_BYTES, normalize_origin
+from threadline.transport.limits import Limits
 
 from .logs import parse_format, parse_level
 from .stores import DEFAULT_STORE

@@ -13,8 +13,8 @@ import time
 from collections import defaultdict
 from typing import Callable
 
-from actors.journal import Journal, OpenRun
-from actors.messages import AGENT_FAILED, AGENT_STARTED, Event, ThreadKey
+from threadline.actors.journal import Journal, OpenRun
+from threadline.actors.messages import AGENT_FAILED, AGENT_STARTED, Event, ThreadKey
 
 log = logging.getLogger("threadline.recovery")
 

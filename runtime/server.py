@@ -22,9 +22,9 @@ from typing import AsyncIterator
 import attrs
 import trio
 
-from transport.auth import Authenticator
-from transport.limits import Limits
-from transport.server import Server
+from threadline.transport.auth import Authenticator
+from threadline.transport.limits import Limits
+from threadline.transport.server import Server
 
 from .api import Runtime
 

@@ -5,7 +5,7 @@ import pytest
 
 from hypothesis import HealthCheck, settings
 
-from runtime.server import RunningServer
+from threadline.server import RunningServer
 from tests.pg import Cluster
 from tests.servers import serving
 

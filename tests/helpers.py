@@ -8,16 +8,16 @@ from typing import Iterable
 
 import trio
 
-from actors.engine import Run, ToolRegistry
-from actors.messages import (
+from threadline.actors.engine import Run, ToolRegistry
+from threadline.actors.messages import (
     AGENT_STARTED,
     TERMINAL_EVENTS,
     USER_MESSAGE,
     Event,
 )
-from actors.errors import JournalUnavailable
-from actors.journal import MemoryJournal
-from actors.subscription import Subscription
+from threadline.actors.errors import JournalUnavailable
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.subscription import Subscription
 
 
 async def scripted_agent(run: Run) -> str:

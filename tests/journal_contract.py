@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.errors import JournalUnavailable, Unstorable
-from actors.messages import USER_MESSAGE, Event, ThreadKey
+from threadline.actors.errors import JournalUnavailable, Unstorable
+from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
 
 A = ThreadKey("alice", "main")
 B = ThreadKey("bob", "main")  # same thread id, other user: an unrelated thread

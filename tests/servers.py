@@ -11,11 +11,11 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from runtime import RuntimeConfig, open_runtime
-from runtime.server import RunningServer, open_server
+from threadline import RuntimeConfig, open_runtime
+from threadline.server import RunningServer, open_server
 from tests.helpers import scripted_agent, test_tools
-from transport.auth import mint
-from transport.limits import Limits
+from threadline.transport.auth import mint
+from threadline.transport.limits import Limits
 
 SECRET = "tests-only-secret-0123456789abcdef0123456789"
 
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServeProcess:
-    """``python -m runtime.cli serve`` on a free port, with the test secret (``secret=None``:
+    """``python -m threadline serve`` on a free port, with the test secret (``secret=None``:
     none at all, as the README's first command runs it), in ``cwd``."""
 
     def __init__(self, *args: str, secret: str | None = SECRET, cwd: Path = ROOT) -> None:
@@ -73,7 +73,7 @@ class ServeProcess:
         if secret is not None:
             env["THREADLINE_SECRET"] = secret
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", *args], cwd=cwd,
+            [sys.executable, "-m", "threadline", "serve", "--port", "0", *args], cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**env, "PYTHONPATH": str(ROOT)})
         self.url = ""

@@ -6,7 +6,7 @@ close the connection instead (a full outgoing queue: 1013) are the session's, no
 
 from __future__ import annotations
 
-from actors.errors import (
+from threadline.actors.errors import (
     ActorStopped,
     AskTimeout,
     Busy,

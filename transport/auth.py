@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 from websockets.datastructures import Headers
 
-from actors.messages import is_user_id
+from threadline.actors.messages import is_user_id
 
 ALGORITHM = "HS256"  # what ``mint`` signs with
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash, 256 bits

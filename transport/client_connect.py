@@ -1,4 +1,4 @@
-"""Opening the bundled client's WebSocket (``transport.client``): the opening handshake with
+"""Opening the bundled client's WebSocket (``threadline.transport.client``): the opening handshake with
 the token, and opening it again after a loss.
 
 Invariants: ``connect`` returns a connection whose handshake succeeded, or raises with the

@@ -1,4 +1,4 @@
-"""The errors the bundled client (``transport.client``) raises; re-exported from there.
+"""The errors the bundled client (``threadline.transport.client``) raises; re-exported from there.
 
 Every one is a ``ClientError``. A refused opening handshake raises ``HandshakeRejected`` with
 its HTTP status. An ``error`` answer raises, from the request it answers, the ``ServerError``

@@ -1,4 +1,4 @@
-"""What the bundled client (``transport.client``) receives: decoded, and each frame routed.
+"""What the bundled client (``threadline.transport.client``) receives: decoded, and each frame routed.
 
 A frame with an integer ``ref`` answers the request waiting for it; an ``event`` goes to the
 events channel; a frame that answers no pending request (an error for a frame without a
@@ -24,7 +24,7 @@ import msgpack
 import trio
 from websockets.frames import Frame
 
-from actors.mailbox import Reply
+from threadline.actors.mailbox import Reply
 
 from .client_errors import ConnectionClosed
 from .connection import WebSocketConnection

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from actors.journal import unstorable_reason
-from actors.messages import STRATEGIES, Event, is_thread_id
+from threadline.actors.journal import unstorable_reason
+from threadline.actors.messages import STRATEGIES, Event, is_thread_id
 
 from .messages import (
     JSON,
@@ -118,7 +118,7 @@ def parse_request(obj: Any) -> Request:
 
 def storable(value: str) -> bool:
     """A string every store can hold and every encoding can carry: the journals' own rule
-    (``actors.journal.unstorable_reason``: no lone surrogate, which JSON's \\ud800 escape
+    (``threadline.actors.journal.unstorable_reason``: no lone surrogate, which JSON's \\ud800 escape
     can smuggle in, and no NUL, which PostgreSQL refuses)."""
     return unstorable_reason(value) is None
 

@@ -1,6 +1,6 @@
 """The frames of wire protocol v1 (PROTOCOL.md), as a closed set of frozen attrs classes.
 
-Client requests are decoded into these by ``transport.codec``; ``Ref`` is the client's
+Client requests are decoded into these by ``threadline.transport.codec``; ``Ref`` is the client's
 correlation value (a string of at most 64 characters or an integer) or None.
 """
 
@@ -10,7 +10,7 @@ from typing import Final, Union
 
 import attrs
 
-from actors.messages import Strategy
+from threadline.actors.messages import Strategy
 
 Ref = Union[str, int, None]
 

@@ -27,8 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from actors.gateway import Gateway
-from actors.stats import Histogram
+from threadline.actors.gateway import Gateway
+from threadline.actors.stats import Histogram
 
 from .stats import ServerStats
 

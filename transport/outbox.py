@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import trio
 
-from actors.errors import ActorStopped, MailboxFull
-from actors.gateway import ThreadHandle
-from actors.journal import replay_start
-from actors.mailbox import Mailbox
-from actors.messages import Event, Joined, ThreadKey
+from threadline.actors.errors import ActorStopped, MailboxFull
+from threadline.actors.gateway import ThreadHandle
+from threadline.actors.journal import replay_start
+from threadline.actors.mailbox import Mailbox
+from threadline.actors.messages import Event, Joined, ThreadKey
 
 from .codec import Codec, event_frame, reply_frame
 from .connection import WebSocketConnection

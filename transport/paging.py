@@ -12,7 +12,7 @@ import base64
 import json
 from typing import Any, Sequence
 
-from actors.messages import ThreadInfo
+from threadline.actors.messages import ThreadInfo
 
 from .messages import BadFrame
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import trio
 
-from actors.errors import LimitReached, RateLimited
-from actors.gateway import UserHandle
+from threadline.actors.errors import LimitReached, RateLimited
+from threadline.actors.gateway import UserHandle
 
 from .limits import Limits, TokenBucket
 

@@ -25,8 +25,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from actors.errors import LimitReached
-from actors.gateway import Gateway
+from threadline.actors.errors import LimitReached
+from threadline.actors.gateway import Gateway
 
 from .auth import AuthError, Authenticator, Identity, token_of
 from .codec import Codec, error_frame

@@ -9,7 +9,7 @@ dispatched), one lane per thread with requests waiting (a thread's requests run 
 one thread's slow request never holds back another thread's, nor a ping), the writer (the
 outbox to the socket), the keepalive and the token's expiry.
 
-Containment: a failed request is answered with its protocol error (``transport.answers``; a
+Containment: a failed request is answered with its protocol error (``threadline.transport.answers``; a
 bug: ``internal``) and the connection stays; a full outgoing queue closes with 1013; a failed
 task, 1011. ``run`` never raises ``Exception``: nothing reaches the server's nursery.
 """
@@ -23,8 +23,8 @@ from typing import Any, Awaitable, Callable
 import trio
 from websockets.frames import Frame
 
-from actors.errors import JournalUnavailable, LimitReached, MailboxFull
-from actors.gateway import UserHandle
+from threadline.actors.errors import JournalUnavailable, LimitReached, MailboxFull
+from threadline.actors.gateway import UserHandle
 
 from .answers import answer_for
 from .codec import Codec, error_frame, reply_frame

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from actors.stats import Histogram
+from threadline.actors.stats import Histogram
 
 
 @attrs.define

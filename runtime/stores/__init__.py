@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
-from actors.journal import Journal, MemoryJournal
+from threadline.actors.journal import Journal, MemoryJournal
 
 from .durable import DurableJournal, open_durable_journal
 from .errors import StoreError

@@ -1,6 +1,6 @@
 """A durable ``Journal`` over a SQL backend, with group commit.
 
-Writes are checked (``actors.journal.check_storable``), queued and awaited; one writer task
+Writes are checked (``threadline.actors.journal.check_storable``), queued and awaited; one writer task
 applies everything queued in one transaction, in one worker-thread hop (``trio.to_thread``: the
 drivers block; psycopg's async API is asyncio-only). While it runs the next batch gathers, so
 the batch grows with the load. Reads run in worker threads on a pool (``connections.py``).
@@ -31,12 +31,12 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import trio
 
-from actors.errors import JournalUnavailable, Unstorable
-from actors.journal import (OpenRun, check_storable, check_storable_key, storable_key,
+from threadline.actors.errors import JournalUnavailable, Unstorable
+from threadline.actors.journal import (OpenRun, check_storable, check_storable_key, storable_key,
                             unstorable_reason)
-from actors.mailbox import Reply
-from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
-from actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
+from threadline.actors.mailbox import Reply
+from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 
 from . import sql
 from .connections import Connections

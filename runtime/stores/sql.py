@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import attrs
 
-from actors.journal import OpenRun, run_transition
-from actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from threadline.actors.journal import OpenRun, run_transition
+from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 
 from .errors import StoreError, first_line
 

@@ -1,6 +1,6 @@
 import pytest
 
-from actors.agents import CalcError, calculate
+from threadline.actors.agents import CalcError, calculate
 
 
 @pytest.mark.parametrize("expr, value", [

@@ -2,13 +2,13 @@ import pytest
 import trio
 import trio.testing
 
-from actors.directory import Directory
-from actors.errors import ActorStopped
-from actors.journal import MemoryJournal
-from actors.mailbox import Mailbox
-from actors.messages import GetInfo, ThreadKey
-from actors.supervisor import RestartPolicy
-from runtime import RuntimeConfig, open_runtime
+from threadline.actors.directory import Directory
+from threadline.actors.errors import ActorStopped
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.mailbox import Mailbox
+from threadline.actors.messages import GetInfo, ThreadKey
+from threadline.actors.supervisor import RestartPolicy
+from threadline import RuntimeConfig, open_runtime
 
 
 class EchoActor:

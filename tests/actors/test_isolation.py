@@ -12,10 +12,10 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import Busy, UnknownRun
-from actors.journal import MemoryJournal
-from actors.messages import STRATEGIES, Event, ThreadKey
-from runtime import RuntimeConfig, open_runtime
+from threadline.actors.errors import Busy, UnknownRun
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.messages import STRATEGIES, Event, ThreadKey
+from threadline import RuntimeConfig, open_runtime
 from tests.helpers import assert_gapless, assert_runs_well_formed, scripted_agent, test_tools
 
 USERS = ["alice", "bob", "carol"]

@@ -2,9 +2,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors.errors import ActorStopped, AskTimeout, MailboxFull
-from actors.mailbox import Mailbox, Reply
-from actors.messages import GetInfo
+from threadline.actors.errors import ActorStopped, AskTimeout, MailboxFull
+from threadline.actors.mailbox import Mailbox, Reply
+from threadline.actors.messages import GetInfo
 
 
 async def test_tell_never_blocks_and_raises_when_full():

@@ -2,8 +2,8 @@ import pytest
 import trio
 import trio.testing
 
-from actors.errors import RestartIntensityExceeded
-from actors.supervisor import RestartPolicy, open_supervisor, supervise
+from threadline.actors.errors import RestartIntensityExceeded
+from threadline.actors.supervisor import RestartPolicy, open_supervisor, supervise
 
 
 class Flaky:

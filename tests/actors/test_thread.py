@@ -5,11 +5,11 @@ import pytest
 import trio
 import trio.testing
 
-from actors.agents import echo_agent, echo_tools
-from actors.errors import Busy, SubscriberDropped, UnknownRun
-from actors.journal import MemoryJournal
-from actors.messages import ThreadKey
-from runtime import RuntimeConfig, open_runtime
+from threadline.actors.agents import echo_agent, echo_tools
+from threadline.actors.errors import Busy, SubscriberDropped, UnknownRun
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.messages import ThreadKey
+from threadline import RuntimeConfig, open_runtime
 from tests.helpers import (
     assert_gapless,
     assert_runs_well_formed,
@@ -341,8 +341,8 @@ async def test_shutdown_reaches_an_actor_whose_mailbox_is_full(autojump_clock):
         thread = rt.thread("ada", "main")
         acc = await thread.send("sleep:100")
         ref = rt.directory.lookup(thread.key)
-        from actors.messages import GetInfo
-        from actors.mailbox import Reply
+        from threadline.actors.messages import GetInfo
+        from threadline.actors.mailbox import Reply
         ref.tell(GetInfo(Reply()))
         ref.tell(GetInfo(Reply()))  # full now
     history = await rt.journal.read(thread.key, 0)

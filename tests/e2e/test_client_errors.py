@@ -20,7 +20,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from tests.helpers import FailingJournal
 from tests.servers import serving, token
-from transport.client import (
+from threadline.transport.client import (
     BadFrame,
     Busy,
     ConnectionClosed,
@@ -32,7 +32,7 @@ from transport.client import (
     UnknownRun,
     open_client,
 )
-from transport.limits import Limits
+from threadline.transport.limits import Limits
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import pytest
 from trio_websocket import open_websocket_url
 
 from tests.servers import token
-from transport.client import BadFrame, NotJoined, open_client
+from threadline.transport.client import BadFrame, NotJoined, open_client
 
 STABLE = ("type", "thread_id", "seq", "event")
 

@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from tests.servers import serving, token
-from transport.client import open_client
+from threadline.transport.client import open_client
 
 USERS = [f"user{i}" for i in range(6)]
 THREADS = ["main", "work", "misc"]  # every user has these ids: never the same thread

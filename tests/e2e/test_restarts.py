@@ -9,7 +9,7 @@ import trio
 
 from tests.helpers import assert_runs_well_formed
 from tests.servers import ServeProcess, token
-from transport.client import ServerError, open_client
+from threadline.transport.client import ServerError, open_client
 
 SCRIPTED = ("--agent", "tests.helpers:scripted_agent", "--grace", "0.5")
 
@@ -21,7 +21,7 @@ async def history(url: str, user: str = "ada", thread: str = "main") -> list[dic
 
 
 def as_events(frames: list[dict]):
-    from actors.messages import Event, ThreadKey
+    from threadline.actors.messages import Event, ThreadKey
 
     return [Event(ThreadKey("ada", f["thread_id"]), f["seq"], f["event"], f["run_id"], f["ts"],
                   f["data"]) for f in frames]

@@ -11,8 +11,8 @@ import sys
 from trio_websocket import open_websocket_url
 
 from tests.servers import ROOT, SECRET, ServeProcess
-from transport.auth import Authenticator, mint
-from transport.client import open_client
+from threadline.transport.auth import Authenticator, mint
+from threadline.transport.client import open_client
 
 
 def user_of(token: str) -> str:
@@ -20,18 +20,18 @@ def user_of(token: str) -> str:
 
 
 def test_token_prints_a_token_for_the_user():
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada", "--secret", SECRET,
+    out = subprocess.run([sys.executable, "-m", "threadline", "token", "ada", "--secret", SECRET,
                           "--ttl", "60"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and user_of(out.stdout.strip()) == "ada"
     env = {**os.environ, "THREADLINE_SECRET": SECRET}
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "bob"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "threadline", "token", "bob"], cwd=ROOT,
                          capture_output=True, text=True, env=env)
     assert user_of(out.stdout.strip()) == "bob"
     env.pop("THREADLINE_SECRET")
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "ada"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "threadline", "token", "ada"], cwd=ROOT,
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "secret" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "token", "not ok!",
+    out = subprocess.run([sys.executable, "-m", "threadline", "token", "not ok!",
                           "--secret", SECRET], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "invalid user id" in out.stderr
 
@@ -80,13 +80,13 @@ async def test_serve_without_a_secret_prints_a_demo_token_that_works(tmp_path):
 
 
 def test_a_bad_store_is_a_clear_error():
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--store", "mongo://x",
+    out = subprocess.run([sys.executable, "-m", "threadline", "serve", "--store", "mongo://x",
                           "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "unknown store 'mongo://x'" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_a_bad_agent_spec_is_a_clear_error():
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--agent", "nope:thing",
+    out = subprocess.run([sys.executable, "-m", "threadline", "serve", "--agent", "nope:thing",
                           "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "cannot load agent 'nope:thing'" in out.stderr

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtime.cli import problem_of
-from runtime.stores import StoreError
+from threadline.cli import problem_of
+from threadline.stores import StoreError
 from tests.servers import ROOT, SECRET
 
 
 def cli(*args: str, env: dict[str, str] | None = None,
         cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "threadline", *args], cwd=cwd,
                           env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
                           capture_output=True, text=True, timeout=60)
 

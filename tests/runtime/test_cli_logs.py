@@ -1,5 +1,5 @@
 """No log line carries a token or a password, at any level, in either format: ``threadline serve
---log debug`` as a subprocess, spoken to over loopback; and ``runtime.logs`` in-process."""
+--log debug`` as a subprocess, spoken to over loopback; and ``threadline.logs`` in-process."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import jwt
 import pytest
 from trio_websocket import open_websocket_url
 
-from runtime.logs import setup_logging
+from threadline.logs import setup_logging
 from tests.servers import SECRET, ServeProcess, http_get
-from transport.auth import mint
-from transport.client import HandshakeRejected, connect, open_client
+from threadline.transport.auth import mint
+from threadline.transport.client import HandshakeRejected, connect, open_client
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 

@@ -19,17 +19,17 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from runtime.cli import SERVE_OPTIONS
+from threadline.cli import SERVE_OPTIONS
 from tests.servers import ROOT, SECRET, ServeProcess, http_get
-from transport.auth import mint
-from transport.client import HandshakeRejected, connect, open_client
+from threadline.transport.auth import mint
+from threadline.transport.client import HandshakeRejected, connect, open_client
 
 THREADLINE = Path(sys.executable).parent / "threadline"  # the installed script
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "threadline", *args], cwd=ROOT,
                           env={**clean, **(env or {})}, capture_output=True, text=True,
                           timeout=60)
 

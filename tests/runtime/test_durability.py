@@ -8,10 +8,10 @@ import psycopg
 import pytest
 import trio
 
-from actors.errors import JournalUnavailable
-from actors.messages import Event, ThreadKey
-from runtime import open_runtime
-from runtime.stores import SchemaTooNew, open_journal
+from threadline.actors.errors import JournalUnavailable
+from threadline.actors.messages import Event, ThreadKey
+from threadline import open_runtime
+from threadline.stores import SchemaTooNew, open_journal
 from tests.helpers import assert_runs_well_formed, scripted_agent, test_tools, until_terminal
 
 

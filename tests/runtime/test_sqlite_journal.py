@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.stores import open_journal
+from threadline.stores import open_journal
 from tests.journal_contract import JournalContract
 
 

@@ -18,12 +18,12 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.errors import JournalUnavailable, Unstorable
-from actors.journal import MemoryJournal
-from actors.messages import USER_MESSAGE, Event, ThreadKey
-from runtime.stores import open_journal
-from runtime.stores.durable import DurableJournal
-from runtime.stores.sqlite import SQLiteBackend
+from threadline.actors.errors import JournalUnavailable, Unstorable
+from threadline.actors.journal import MemoryJournal
+from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
+from threadline.stores import open_journal
+from threadline.stores.durable import DurableJournal
+from threadline.stores.sqlite import SQLiteBackend
 
 HANG_GUARD = 60  # seconds: only to turn a hang (the old writer's death) into a failure
 

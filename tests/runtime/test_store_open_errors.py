@@ -14,7 +14,7 @@ from typing import Callable
 import psycopg
 import pytest
 
-from runtime.stores import StoreError, open_journal
+from threadline.stores import StoreError, open_journal
 from tests.pg import free_port
 from tests.servers import ROOT, SECRET
 
@@ -38,7 +38,7 @@ async def refusal(url: str) -> str:
 async def make_store(path: Path) -> None:
     """A real store with some data in it."""
     async with open_journal(f"sqlite:///{path}") as journal:
-        from actors.messages import Event, ThreadKey
+        from threadline.actors.messages import Event, ThreadKey
 
         for i in range(50):
             key = ThreadKey(f"user{i}", "main")
@@ -195,7 +195,7 @@ def test_serve_on_a_broken_store_says_one_line_and_exits(tmp_path):
     path.write_bytes(os.urandom(16 * 1024))
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--log", "warning",
+        [sys.executable, "-m", "threadline", "serve", "--port", "0", "--log", "warning",
          "--store", f"sqlite:///{path}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**env, "THREADLINE_SECRET": SECRET, "PYTHONPATH": str(ROOT)})
     assert out.returncode != 0

@@ -1,4 +1,4 @@
-"""transport.auth: where the token is, what a token must be, which keys check it, which origins
+"""threadline.transport.auth: where the token is, what a token must be, which keys check it, which origins
 may connect. Real tokens: HS256, and RS256/ES256 with keys made here by ``cryptography``."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.datastructures import Headers
 
-from transport.auth import Authenticator, AuthError, KeyFileError, mint, token_of
+from threadline.transport.auth import Authenticator, AuthError, KeyFileError, mint, token_of
 
 SECRET = "tests-only-secret-0123456789abcdef0123456789"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -5,9 +5,9 @@ import json
 import msgpack
 import pytest
 
-from actors.messages import Event, ThreadKey
-from transport.codec import Codec, error_frame, event_frame, reply_frame
-from transport.messages import JSON, MSGPACK, BadFrame, Cancel, Join, Leave, Ping, Send, Threads
+from threadline.actors.messages import Event, ThreadKey
+from threadline.transport.codec import Codec, error_frame, event_frame, reply_frame
+from threadline.transport.messages import JSON, MSGPACK, BadFrame, Cancel, Join, Leave, Ping, Send, Threads
 
 json_codec = Codec(JSON)
 msgpack_codec = Codec(MSGPACK)

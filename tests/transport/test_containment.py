@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 from trio_websocket import open_websocket_url
 from websockets.frames import Frame, Opcode
 
-from actors.journal import MemoryJournal
+from threadline.actors.journal import MemoryJournal
 from tests.servers import serving, token
 from tests.transport.wire import (
     close_code,
@@ -22,9 +22,9 @@ from tests.transport.wire import (
     status_of,
     still_serves,
 )
-from transport.client import connect
-from transport.limits import Limits
-from transport.session import Session
+from threadline.transport.client import connect
+from threadline.transport.limits import Limits
+from threadline.transport.session import Session
 
 
 def handshake(port: int, headers: list[tuple[str, str]], target: str = "/v1/ws") -> bytes:
@@ -75,7 +75,7 @@ async def test_any_handshake_is_answered_and_the_server_lives(headers, path):
 @pytest.mark.parametrize("field", ["text", "ref", "client_msg_id", "thread_id"])
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
 async def test_a_lone_surrogate_is_a_bad_frame_on_every_store(field, store, tmp_path):
-    from runtime.stores import open_journal
+    from threadline.stores import open_journal
 
     url = "memory" if store == "memory" else f"sqlite:///{tmp_path}/t.db"
     async with open_journal(url) as journal, serving(journal=journal) as server:

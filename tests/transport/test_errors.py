@@ -11,8 +11,8 @@ import trio
 from tests.helpers import FailingJournal
 from tests.servers import serving, token
 from tests.transport.wire import close_code, frames_until_closed
-from transport.client import ServerError, connect, open_client
-from transport.limits import Limits
+from threadline.transport.client import ServerError, connect, open_client
+from threadline.transport.limits import Limits
 
 
 async def still_serves(server, user="bystander"):

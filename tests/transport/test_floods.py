@@ -10,10 +10,10 @@ import time
 import trio
 from trio_websocket import open_websocket_url
 
-from actors.engine import new_id
+from threadline.actors.engine import new_id
 from tests.servers import http_get, serving, token
 from tests.transport.wire import closed_code, still_serves
-from transport.limits import Limits
+from threadline.transport.limits import Limits
 
 
 async def ask(ws, frame: dict) -> dict:  # type: ignore[no-untyped-def]

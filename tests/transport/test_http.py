@@ -7,8 +7,8 @@ import pytest
 import trio
 
 from tests.servers import SECRET, http_get, token
-from transport.auth import mint
-from transport.client import HandshakeRejected, connect, open_client
+from threadline.transport.auth import mint
+from threadline.transport.client import HandshakeRejected, connect, open_client
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
@@ -90,7 +90,7 @@ async def test_healthz(server):
 
 async def test_a_silent_connection_is_dropped_after_the_handshake_timeout():
     from tests.servers import serving
-    from transport.limits import Limits
+    from threadline.transport.limits import Limits
 
     async with serving(limits=Limits(handshake_timeout=0.5, ping_interval=None)) as server:
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)

@@ -14,11 +14,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from runtime.stores import open_journal
+from threadline.stores import open_journal
 from tests.servers import http_get, serving, token
-from transport.client import open_client
-from transport.limits import Limits
-from transport.metrics import OPENMETRICS, PROMETHEUS_TEXT, wants_openmetrics
+from threadline.transport.client import open_client
+from threadline.transport.limits import Limits
+from threadline.transport.metrics import OPENMETRICS, PROMETHEUS_TEXT, wants_openmetrics
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
 # What Prometheus 3 sends by default.

@@ -1,11 +1,11 @@
-"""The sans-IO connection state (``transport.policy``): every decision without a socket."""
+"""The sans-IO connection state (``threadline.transport.policy``): every decision without a socket."""
 
 from __future__ import annotations
 
 import pytest
 
-from transport.limits import Limits
-from transport.policy import TRANSITIONS, ConnectionState, Phase, Verdict
+from threadline.transport.limits import Limits
+from threadline.transport.policy import TRANSITIONS, ConnectionState, Phase, Verdict
 
 
 def state(**kw) -> ConnectionState:  # type: ignore[no-untyped-def]

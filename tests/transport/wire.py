@@ -11,7 +11,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from websockets.frames import Frame
 
 from tests.servers import token
-from transport.connection import WebSocketConnection
+from threadline.transport.connection import WebSocketConnection
 
 
 async def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:

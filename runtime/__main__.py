@@ -1,0 +1,5 @@
+"""``python -m threadline`` is the ``threadline`` command."""
+
+from .cli import main
+
+raise SystemExit(main())
