@@ -20,18 +20,19 @@ from .errors import (
     UnknownRun,
 )
 from .journal import Journal, MemoryJournal
-from .mailbox import ActorRef, Mailbox, Reply
+from .mailbox import ActorRef, Mailbox
+from .reply import Reply
 from .messages import Accepted, Event, Joined, ThreadInfo, ThreadKey
 from .subscription import Subscription
-from .supervisor import RestartPolicy, Supervisor, open_supervisor, supervise
+from .supervisor import RestartBudget, RestartPolicy
 from .thread import Subscriber, ThreadActor, ThreadEnv
 
 __all__ = [
-    "Accepted", "ActorCrashed", "ActorError", "ActorRef", "ActorStopped", "Agent", "AskTimeout",
-    "Busy", "Directory", "Event", "Joined", "Journal", "JournalUnavailable", "Mailbox",
-    "MailboxFull", "MemoryJournal", "Reply", "RestartIntensityExceeded",
-    "RestartPolicy", "Run", "RunContext", "Subscriber", "SubscriberDropped", "Subscription",
-    "Supervisor", "ThreadActor", "ThreadEnv", "ThreadInfo", "ThreadKey", "ToolError",
-    "ToolRegistry", "UnknownRun", "calculate", "echo_agent", "echo_tools", "open_supervisor",
-    "supervise",
+    "Accepted", "ActorCrashed", "ActorError", "ActorRef", "ActorStopped", "Agent",
+    "AskTimeout", "Busy", "Directory", "Event", "Joined", "Journal", "JournalUnavailable",
+    "Mailbox", "MailboxFull", "MemoryJournal", "Reply", "RestartBudget",
+    "RestartIntensityExceeded", "RestartPolicy", "Run", "RunContext", "Subscriber",
+    "SubscriberDropped", "Subscription", "ThreadActor", "ThreadEnv", "ThreadInfo",
+    "ThreadKey", "ToolError", "ToolRegistry", "UnknownRun", "calculate", "echo_agent",
+    "echo_tools",
 ]

@@ -32,8 +32,9 @@ class Actor(Protocol):
     def idle_since(self) -> float | None:
         """The trio time since which the actor has had nothing to do, or None while busy."""
 
-    def stopped(self, reason: str) -> None:
-        """Called once when the actor has stopped for good (passivated, failed or shut down)."""
+    def stopped(self, reason: str, unread: list[Any]) -> None:
+        """Called once when the actor has stopped for good (passivated, failed or shut down),
+        with the messages its mailbox still held: the actor answers those that await a reply."""
 
 
 @attrs.define(slots=True, eq=False)
@@ -127,8 +128,7 @@ class Directory(Generic[K]):
         finally:
             if self._entries.get(key) is entry:
                 del self._entries[key]
-            mailbox.close(reason)
-            entry.actor.stopped(reason)
+            entry.actor.stopped(reason, mailbox.close())
             if reason == "passivated":
                 self.passivations += 1
             if self._empty is not None and not self._entries:

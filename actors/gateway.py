@@ -17,7 +17,8 @@ import trio
 from .directory import Directory
 from .errors import ActorCrashed, ActorStopped
 from .journal import Journal, replay_page
-from .mailbox import DEFAULT_ASK_TIMEOUT, Reply
+from .mailbox import DEFAULT_ASK_TIMEOUT
+from .reply import Reply
 from .messages import (
     STRATEGIES,
     Accepted,

@@ -1,4 +1,4 @@
-"""Bounded mailboxes, one-shot reply slots, and actor refs.
+"""Bounded mailboxes and actor refs.
 
 A mailbox is a trio memory channel with a fixed capacity. The names say how each call blocks:
 
@@ -11,72 +11,19 @@ Every sending call raises ``ActorStopped`` once the actor has closed its mailbox
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, TypeVar
 
 import attrs
 import trio
-import trio.lowlevel as ll
 
 from .errors import ActorStopped, AskTimeout, MailboxFull
+from .reply import Reply
 
 T = TypeVar("T")
 
 #: Default for ``ask``: long enough for a durable write under load, short enough that a caller
 #: facing a wedged actor gets an error rather than hanging.
 DEFAULT_ASK_TIMEOUT = 10.0
-
-
-class Reply(Generic[T]):
-    """A one-shot slot for the answer to one request.
-
-    The actor calls ``set`` or ``fail`` exactly once; the asker awaits ``wait``. Both ``set`` and
-    ``fail`` are synchronous and never block. A reply to an asker that already gave up (timeout or
-    cancellation) is dropped. This is cheaper than a memory channel or a ``trio.Event`` per
-    request, which matters: ``ask`` is the hot path of every request.
-    """
-
-    __slots__ = ("_task", "_outcome", "_done")
-
-    def __init__(self) -> None:
-        self._task: ll.Task | None = None
-        self._outcome: Any = None
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def set(self, value: T) -> None:
-        self._resolve(value, None)
-
-    def fail(self, error: BaseException) -> None:
-        self._resolve(None, error)
-
-    def _resolve(self, value: Any, error: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._outcome = (value, error)
-        task, self._task = self._task, None
-        if task is not None:
-            ll.reschedule(task)
-
-    async def wait(self) -> T:
-        """Await the answer. Cancellable; re-raises what the actor passed to ``fail``."""
-        if not self._done:
-            self._task = ll.current_task()
-
-            def abort(_: Any) -> ll.Abort:
-                self._task = None
-                return ll.Abort.SUCCEEDED
-
-            await ll.wait_task_rescheduled(abort)
-        else:
-            await ll.checkpoint()
-        value, error = self._outcome
-        if error is not None:
-            raise error
-        return value
 
 
 @attrs.frozen(slots=True)
@@ -169,29 +116,25 @@ class Mailbox:
         idle actor. Raises ``trio.EndOfChannel`` once closed and drained."""
         return self._receive
 
-    def receive_nowait(self) -> Any:
-        """Raises ``trio.WouldBlock`` when empty."""
-        return self._receive.receive_nowait()
-
     def close_send(self) -> None:
         """Refuse further messages but let the owner drain what is queued; then ``receive``
         raises ``ActorStopped``."""
         self._closed = True
         self._send.close()
 
-    def close(self, reason: str = "actor stopped") -> None:
-        """Close for good: later sends raise ``ActorStopped``; queued requests are failed."""
+    def close(self) -> list[Any]:
+        """Close for good: later sends raise ``ActorStopped``. Returns the messages still
+        queued, which no one will handle: the owner, who knows their types, answers them."""
         self._closed = True
         self._send.close()
+        unread = []
         while True:
             try:
-                msg = self._receive.receive_nowait()
+                unread.append(self._receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            reply = getattr(msg, "reply", None)
-            if isinstance(reply, Reply):
-                reply.fail(ActorStopped(reason))
         self._receive.close()
+        return unread
 
 
 @attrs.frozen(slots=True)

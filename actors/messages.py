@@ -11,7 +11,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from .mailbox import Reply
+from .reply import Reply
 
 
 @attrs.frozen(slots=True)
@@ -147,3 +147,9 @@ class Shutdown:
     """From the runtime: cancel active runs with reason ``shutdown`` and stop. No reply."""
 
     grace: float
+
+
+#: Every request a ``ThreadActor`` answers; each carries its ``reply``.
+ThreadRequest = PostMessage | Subscribe | Unsubscribe | CancelRun | GetInfo
+#: The closed set of what a ``ThreadActor``'s mailbox holds.
+ThreadMessage = ThreadRequest | Passivate | Shutdown

@@ -32,7 +32,7 @@ from .errors import (
     Unstorable,
 )
 from .journal import Journal
-from .mailbox import Mailbox, Reply
+from .mailbox import Mailbox
 from .stats import RUN_SECONDS_BUCKETS, Histogram
 from .messages import (
     AGENT_FAILED,
@@ -50,6 +50,8 @@ from .messages import (
     Subscribe,
     ThreadInfo,
     ThreadKey,
+    ThreadMessage,
+    ThreadRequest,
     Unsubscribe,
 )
 
@@ -131,7 +133,10 @@ class ThreadActor:
             return None
         return self._idle_since
 
-    def stopped(self, reason: str) -> None:
+    def stopped(self, reason: str, unread: list[ThreadMessage]) -> None:
+        for msg in unread:
+            if isinstance(msg, ThreadRequest):
+                msg.reply.fail(ActorStopped(f"thread stopped: {reason}"))
         subscribers, self._subscribers = self._subscribers, None
         for sub in subscribers or ():
             sub.dropped(self.key, f"thread stopped: {reason}", overflow=False)
@@ -188,9 +193,8 @@ class ThreadActor:
         unwinds, the caller gets an answer, and the supervisor restarts us."""
         if self._active is not None:
             self._active.failure = "internal error"
-        reply = getattr(msg, "reply", None)
-        if isinstance(reply, Reply):
-            reply.fail(ActorCrashed("thread actor crashed; restarting"))
+        if isinstance(msg, ThreadRequest):
+            msg.reply.fail(ActorCrashed("thread actor crashed; restarting"))
 
     async def _handle(self, msg: Any) -> bool:
         """Handle one message; True means stop."""

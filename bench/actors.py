@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from threadline.actors.journal import MemoryJournal
-from threadline.actors.mailbox import Reply
+from threadline.actors.reply import Reply
 from threadline.actors.messages import GetInfo, ThreadKey
 from threadline import Runtime, RuntimeConfig, open_runtime
 from threadline.tuning import GC_THRESHOLD, tune_gc

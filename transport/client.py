@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from threadline.actors.mailbox import Reply
+from threadline.actors.reply import Reply
 
 from .client_connect import NO_RECONNECT, connect, reconnect
 from .client_errors import (BadFrame, Busy, ClientError, ConnectionClosed, HandshakeRejected,

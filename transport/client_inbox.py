@@ -24,7 +24,7 @@ import msgpack
 import trio
 from websockets.frames import Frame
 
-from threadline.actors.mailbox import Reply
+from threadline.actors.reply import Reply
 
 from .client_errors import ConnectionClosed
 from .connection import WebSocketConnection

@@ -34,7 +34,7 @@ import trio
 from threadline.actors.errors import JournalUnavailable, Unstorable
 from threadline.actors.journal import (OpenRun, check_storable, check_storable_key, storable_key,
                             unstorable_reason)
-from threadline.actors.mailbox import Reply
+from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 

@@ -31,8 +31,10 @@ class EchoActor:
     def idle_since(self):
         return None
 
-    def stopped(self, reason: str) -> None:
+    def stopped(self, reason: str, unread) -> None:
         self.stop_reason = reason
+        for msg in unread:
+            msg.reply.fail(ActorStopped(reason))
 
 
 async def test_one_activation_when_a_thousand_callers_race(nursery):

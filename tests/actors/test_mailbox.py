@@ -3,7 +3,8 @@ import trio
 import trio.testing
 
 from threadline.actors.errors import ActorStopped, AskTimeout, MailboxFull
-from threadline.actors.mailbox import Mailbox, Reply
+from threadline.actors.mailbox import Mailbox
+from threadline.actors.reply import Reply
 from threadline.actors.messages import GetInfo
 
 
@@ -14,7 +15,7 @@ async def test_tell_never_blocks_and_raises_when_full():
     with pytest.raises(MailboxFull):
         box.tell(3)
     assert box.statistics().depth == 2 and box.statistics().capacity == 2
-    assert [box.receive_nowait(), box.receive_nowait()] == [1, 2]
+    assert [box.receive_channel.receive_nowait(), box.receive_channel.receive_nowait()] == [1, 2]
 
 
 async def test_send_waits_for_space():
@@ -79,12 +80,12 @@ async def test_late_reply_after_timeout_is_dropped(autojump_clock):
     box = Mailbox(10)
     with pytest.raises(AskTimeout):
         await box.ask(lambda reply: reply, timeout=1)
-    late: Reply = box.receive_nowait()
+    late: Reply = box.receive_channel.receive_nowait()
     late.set("too late")  # must not reschedule a task that is no longer waiting
     await trio.sleep(1)
 
 
-async def test_closed_mailbox_refuses_and_fails_queued_asks():
+async def test_closed_mailbox_refuses_and_hands_back_what_was_queued():
     box = Mailbox(10)
     async with trio.open_nursery() as n:
         results = []
@@ -97,7 +98,9 @@ async def test_closed_mailbox_refuses_and_fails_queued_asks():
 
         n.start_soon(asker)
         await trio.testing.wait_all_tasks_blocked()
-        box.close("passivated")
+        (unread,) = box.close()  # the owner answers what it will never handle
+        assert isinstance(unread, GetInfo)
+        unread.reply.fail(ActorStopped("passivated"))
     assert len(results) == 1 and "passivated" in str(results[0])
     assert box.statistics().closed
     with pytest.raises(ActorStopped):

@@ -342,7 +342,7 @@ async def test_shutdown_reaches_an_actor_whose_mailbox_is_full(autojump_clock):
         acc = await thread.send("sleep:100")
         ref = rt.directory.lookup(thread.key)
         from threadline.actors.messages import GetInfo
-        from threadline.actors.mailbox import Reply
+        from threadline.actors.reply import Reply
         ref.tell(GetInfo(Reply()))
         ref.tell(GetInfo(Reply()))  # full now
     history = await rt.journal.read(thread.key, 0)
