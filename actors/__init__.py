@@ -19,7 +19,8 @@ from .errors import (
     ToolError,
     UnknownRun,
 )
-from .journal import Journal, MemoryJournal
+from .journal import Journal
+from .memory_journal import MemoryJournal
 from .mailbox import ActorRef, Mailbox
 from .reply import Reply
 from .messages import Accepted, Event, Joined, ThreadInfo, ThreadKey

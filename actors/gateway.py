@@ -35,6 +35,7 @@ from .messages import (
     is_user_id,
 )
 from .subscription import Subscription
+from .stats import RuntimeStatistics
 from .thread import Subscriber, ThreadStats
 
 T = TypeVar("T")
@@ -52,6 +53,14 @@ class Gateway:
         self.ask_timeout = ask_timeout
         self.subscriber_capacity = subscriber_capacity
         self.closing = False
+
+    def statistics(self) -> RuntimeStatistics:
+        d, t = self.directory, self.stats
+        return RuntimeStatistics(
+            actors_live=len(d), activations=d.activations, passivations=d.passivations,
+            failures=d.failures, runs_active=t.runs_active, runs_started=t.runs_started,
+            runs_ended=dict(t.runs_ended), events_stored=t.events, run_seconds=t.run_seconds,
+            store=self.journal.statistics())
 
     def user(self, user_id: str) -> UserHandle:
         if not is_user_id(user_id):

@@ -1,7 +1,7 @@
 """The whole benchmark suite in one command: ``python -m bench`` (``--quick`` for a smoke run).
 
 Runs every scenario of ``bench/README.md`` with progress on stderr, then prints one table (each
-figure, its baseline measured in the same run, the ratio, the DESIGN.md target and whether it is
+figure, its baseline measured in the same run, the ratio, the target in docs/architecture.md and whether it is
 met), writes ``bench/results/suite.json`` and the curves as PNG in ``bench/results/``.
 """
 

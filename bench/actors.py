@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.reply import Reply
 from threadline.actors.messages import GetInfo, ThreadKey
 from threadline import Runtime, RuntimeConfig, open_runtime

@@ -77,8 +77,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "all_events_per_s": [r["events_per_s"] for r in runs]}
 
 
-BARE_TARGET = 0.5   # DESIGN.md: at least half a bare echo server on the same engine
-PEER_TARGET = 3.0   # DESIGN.md: at least 3x the FastAPI peer
+BARE_TARGET = 0.5   # docs/architecture.md, Targets: at least half a bare echo server on the same engine
+PEER_TARGET = 3.0   # docs/architecture.md, Targets: at least 3x the FastAPI peer
 
 
 def throughput(levels: list[int], seconds: float, rounds: int, kinds: tuple[str, ...] = KINDS,

@@ -25,7 +25,8 @@ from threadline.actors.directory import Directory
 from threadline.actors.engine import Agent, ToolRegistry
 from threadline.actors.errors import ActorStopped, MailboxFull
 from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
-from threadline.actors.journal import Journal, MemoryJournal
+from threadline.actors.journal import Journal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
 from threadline.actors.messages import Shutdown, ThreadKey
 from threadline.actors.supervisor import RestartPolicy
@@ -40,7 +41,7 @@ __all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runti
 
 @attrs.frozen
 class RuntimeConfig:
-    """Tunables of a runtime. The capacities are PROTOCOL.md's, the restart policy DESIGN.md's;
+    """Tunables of a runtime. The capacities are PROTOCOL.md's, the restart policy docs/architecture.md's;
     the TTL and the timeouts are ours (a user away for five minutes costs one reactivation)."""
 
     mailbox_capacity: int = 1000         # per thread actor
@@ -71,10 +72,6 @@ class Runtime:
                                subscriber_capacity=config.subscriber_capacity,
                                stats=self._env.stats)
 
-    @property
-    def closing(self) -> bool:
-        return self.gateway.closing
-
     def user(self, user_id: str) -> UserHandle:
         """The handle on one user's threads. Raises ``ValueError`` for an invalid user id."""
         return self.gateway.user(user_id)
@@ -82,10 +79,9 @@ class Runtime:
     def thread(self, user_id: str, thread_id: str) -> ThreadHandle:
         return self.user(user_id).thread(thread_id)
 
-    def statistics(self) -> dict[str, int]:
-        d = self.directory
-        return {"live_actors": len(d), "activations": d.activations,
-                "passivations": d.passivations, "failures": d.failures}
+    def statistics(self) -> RuntimeStatistics:
+        """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
+        return self.gateway.statistics()
 
     async def aclose(self, grace: float | None = None) -> None:
         """Stop: refuse new work, give active runs ``grace`` seconds (default from the config),

@@ -16,7 +16,7 @@ from threadline.actors.messages import (
     Event,
 )
 from threadline.actors.errors import JournalUnavailable
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.subscription import Subscription
 
 

@@ -44,7 +44,7 @@ from .client_errors import (BadFrame, Busy, ClientError, ConnectionClosed, Hands
 from .client_inbox import Inbox
 from .codec import Codec
 from .connection import WebSocketConnection
-from .messages import JSON, MSGPACK
+from .messages import CLOSE_NORMAL, JSON, MSGPACK
 
 log = logging.getLogger("threadline.client")
 
@@ -251,7 +251,7 @@ class Client:
             return
         with trio.move_on_after(timeout):
             if conn.open:
-                conn.protocol.send_close(1000, "")
+                conn.protocol.send_close(CLOSE_NORMAL, "")
                 try:
                     await conn.flush()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

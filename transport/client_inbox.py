@@ -28,7 +28,7 @@ from threadline.actors.reply import Reply
 
 from .client_errors import ConnectionClosed
 from .connection import WebSocketConnection
-from .messages import CLOSE_INVALID_DATA, RATE_LIMITED
+from .messages import CLOSE_ABNORMAL, CLOSE_INVALID_DATA, CLOSE_NORMAL, RATE_LIMITED
 
 __all__ = ["Inbox"]
 
@@ -107,11 +107,11 @@ class Inbox:
                 except Exception:
                     log.exception("skipping a frame the client could not handle: %.200r", frame)
             if not conn.open:
-                await conn.close(1000, "", 2.0)  # completes the closing handshake, closes TCP
+                await conn.close(CLOSE_NORMAL, "", 2.0)  # completes the closing handshake, closes TCP
                 # The peer's close, else ours (e.g. 1007 for text that is not UTF-8).
                 close = conn.protocol.close_rcvd or conn.protocol.close_sent
                 if close is None:
-                    return 1006, "abnormal closure"
+                    return CLOSE_ABNORMAL, "abnormal closure"
                 return close.code, close.reason
 
     def _decode(self, payload: bytes | str) -> Any:

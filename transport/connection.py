@@ -10,8 +10,10 @@ from __future__ import annotations
 import itertools
 
 import trio
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
+
+from .messages import CLOSE_INVALID_DATA
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -96,7 +98,7 @@ class WebSocketConnection:
         try:
             return False, data.decode("utf-8")  # strict: encoded surrogates are refused too
         except UnicodeDecodeError:
-            self.protocol.fail(CloseCode.INVALID_DATA, "a text frame must be valid UTF-8")
+            self.protocol.fail(CLOSE_INVALID_DATA, "a text frame must be valid UTF-8")
             return None
 
     async def keepalive(self, interval: float, timeout: float) -> None:

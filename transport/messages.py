@@ -30,6 +30,7 @@ INTERNAL: Final = "internal"
 # close codes (PROTOCOL.md, "Close codes"; RFC 6455 section 7.4.1)
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_ABNORMAL: Final = 1006      # never sent: what a peer reports when no close frame came
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_INVALID_DATA: Final = 1007   # a text frame that is not valid UTF-8

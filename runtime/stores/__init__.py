@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
-from threadline.actors.journal import Journal, MemoryJournal
+from threadline.actors.journal import Journal
+from threadline.actors.memory_journal import MemoryJournal
 
 from .durable import DurableJournal, open_durable_journal
 from .errors import StoreError

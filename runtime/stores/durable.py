@@ -36,7 +36,7 @@ from threadline.actors.journal import (OpenRun, check_storable, check_storable_k
                             unstorable_reason)
 from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
-from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
+from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
 from . import sql
 from .connections import Connections
@@ -69,13 +69,9 @@ class DurableJournal:
         self._connections = Connections(backend, readers=readers)
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        # Figures for /metrics, kept as things happen (a scrape only reads them).
-        self.batches = 0       # transactions committed
-        self.operations = 0    # operations in them
-        self.commit_seconds = Histogram(SECONDS_BUCKETS)  # worker-thread time per commit
-        self.batch_size = Histogram(SIZE_BUCKETS)         # operations per commit
-        self.outages = 0       # times the store failed as an outage (once per outage)
-        self.rejected = 0      # operations refused as unstorable
+        # Figures kept as things happen (``StoreStatistics`` says what each counts).
+        self.batches = self.operations = self.outages = self.rejected = 0
+        self.commit_seconds, self.batch_size = Histogram(SECONDS_BUCKETS), Histogram(SIZE_BUCKETS)
 
     # -- the Journal protocol ------------------------------------------------------------------
 
@@ -266,6 +262,10 @@ class DurableJournal:
         with trio.move_on_after(timeout):
             while self._pending or not self._idle.is_set():
                 await self._idle.wait()
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(self.batches, self.operations, self.outages, self.rejected,
+                               self.commit_seconds, self.batch_size)
 
     def close_connections(self) -> None:
         """Close the store's connections (``Connections.close_sync``: blocks)."""

@@ -4,7 +4,7 @@ import trio.testing
 
 from threadline.actors.directory import Directory
 from threadline.actors.errors import ActorStopped
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import Mailbox
 from threadline.actors.messages import GetInfo, ThreadKey
 from threadline.actors.supervisor import RestartPolicy

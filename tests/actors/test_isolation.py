@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from threadline.actors.errors import Busy, UnknownRun
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.messages import STRATEGIES, Event, ThreadKey
 from threadline import RuntimeConfig, open_runtime
 from tests.helpers import assert_gapless, assert_runs_well_formed, scripted_agent, test_tools

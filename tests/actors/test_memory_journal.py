@@ -1,6 +1,6 @@
 import pytest
 
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from tests.journal_contract import JournalContract
 
 

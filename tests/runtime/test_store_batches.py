@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from threadline.actors.errors import JournalUnavailable, Unstorable
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
 from threadline.stores import open_journal
 from threadline.stores.durable import DurableJournal

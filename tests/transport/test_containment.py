@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 from trio_websocket import open_websocket_url
 from websockets.frames import Frame, Opcode
 
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from tests.servers import serving, token
 from tests.transport.wire import (
     close_code,

@@ -8,7 +8,7 @@ import json
 import trio
 from trio_websocket import open_websocket_url
 
-from threadline.actors.journal import MemoryJournal
+from threadline.actors.memory_journal import MemoryJournal
 from tests.servers import serving, token
 
 

@@ -154,7 +154,11 @@ async def test_a_durable_store_shows_its_commits(tmp_path):
             async with open_client(server.url, token("ada")) as client:
                 await converse(client, "main", ["hi"])
             samples, _ = await scrape(server, OPENMETRICS_ACCEPT)
-            batches, operations = journal.batches, journal.operations  # nothing writes now
+            snapshot = server.runtime.statistics()  # nothing writes now: the same figures
+    batches, operations = snapshot.store.transactions, snapshot.store.operations
+    assert (snapshot.runs_started, snapshot.runs_active, snapshot.actors_live) == (1, 0, 1)
+    assert dict(snapshot.runs_ended) == {"agent_completed": 1}
+    assert value(samples, "threadline_events_stored_total") == snapshot.events_stored >= 4
     assert value(samples, "threadline_store_transactions_total") == batches >= 1
     assert value(samples, "threadline_store_operations_total") == operations >= 4
     assert value(samples, "threadline_store_commit_seconds_count") == batches

@@ -1,0 +1,97 @@
+"""``MemoryJournal``: the ``Journal`` contract in memory, for tests, benchmarks and embedding
+without storage.
+
+Same rules as the durable stores (``check_storable`` before anything is kept, gapless seq per
+thread, open runs tracked as events are appended), and every method is a checkpoint, as a real
+store's would be. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import trio
+
+from .journal import OpenRun, accepted_of, check_storable, check_storable_key, track_open_runs
+from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
+
+
+class _MemoryThread:
+    __slots__ = ("info", "events", "by_client_id")
+
+    def __init__(self, info: ThreadInfo) -> None:
+        self.info = info
+        self.events: list[Event] = []
+        self.by_client_id: dict[str, Event] = {}
+
+
+class MemoryJournal:
+    """The ``Journal`` contract in memory (see the module header)."""
+
+    def __init__(self) -> None:
+        self._threads: dict[ThreadKey, _MemoryThread] = {}
+        self._open_runs: dict[tuple[ThreadKey, str], bool] = {}
+
+    async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
+        await trio.lowlevel.checkpoint()
+        check_storable_key(key)
+        t = self._threads.get(key)
+        if t is None:
+            t = self._threads[key] = _MemoryThread(ThreadInfo(key, 0, now, now))
+        return t.info
+
+    async def append(self, events: Sequence[Event]) -> None:
+        await trio.lowlevel.checkpoint()
+        if not events:
+            return
+        check_storable(events)
+        key = events[0].key
+        t = self._threads.get(key)
+        if t is None:
+            raise ValueError(f"unknown thread {key}")
+        expected = t.info.last_seq
+        for ev in events:
+            expected += 1
+            if ev.key != key or ev.seq != expected:
+                raise ValueError(f"event {ev.key}/{ev.seq} does not follow seq {expected - 1}")
+        t.events.extend(events)
+        for ev in events:
+            cid = ev.data.get("client_msg_id") if ev.event == USER_MESSAGE else None
+            if cid is not None:
+                t.by_client_id.setdefault(cid, ev)
+        track_open_runs(self._open_runs, events)
+        last = events[-1]
+        t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
+
+    async def read(self, key: ThreadKey, after: int, upto: int | None = None,
+                   limit: int = 1000) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        if t is None:
+            return []
+        end = len(t.events) if upto is None else min(upto, len(t.events))
+        start = max(after, 0)
+        return t.events[start:min(end, start + limit)] if start < end else []
+
+    async def last_seq(self, key: ThreadKey) -> int:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return t.info.last_seq if t is not None else 0
+
+    async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        ev = t.by_client_id.get(client_msg_id) if t is not None else None
+        return accepted_of(ev) if ev is not None else None
+
+    async def threads(self, user_id: str) -> list[ThreadInfo]:
+        await trio.lowlevel.checkpoint()
+        infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
+        return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)
+
+    async def open_runs(self) -> list[OpenRun]:
+        await trio.lowlevel.checkpoint()
+        return [OpenRun(key, run_id, started) for (key, run_id), started in self._open_runs.items()]
+
+    def statistics(self) -> None:
+        return None  # nothing to count: no transactions, no outages
