@@ -75,7 +75,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "threadline", "serve", "--port", "0", *args], cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**env, "PYTHONPATH": str(ROOT)})
+            env=env)
         self.url = ""
 
     async def lines(self, count: int) -> list[str]:

@@ -24,7 +24,7 @@ from .connection import WebSocketConnection
 from .messages import (CLOSE_INVALID_DATA, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED,
                        CLOSE_TOO_BIG, JSON)
 
-__all__ = ["HANDSHAKE_TIMEOUT", "NO_RECONNECT", "connect", "reconnect"]
+__all__ = ["HANDSHAKE_TIMEOUT", "NO_RECONNECT", "connect", "handshake", "reconnect"]
 
 # Reconnecting would only repeat these: a normal close, a fault of what was sent, a token
 # that expired (the same token is refused with 401).
@@ -41,6 +41,14 @@ async def connect(url: str, token: str | None, subprotocol: str = JSON, *,
     if parts.scheme != "ws":
         raise ValueError("only ws:// URLs are supported")
     stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    return await handshake(stream, url, token, subprotocol, max_size=max_size)
+
+
+async def handshake(stream: trio.abc.Stream, url: str, token: str | None,
+                    subprotocol: str = JSON, *,
+                    max_size: int | None = None) -> WebSocketConnection:
+    """The opening handshake over any trio stream (a socket, or an in-memory stream in the
+    tests). Raises ``HandshakeRejected``; the stream is closed if it fails."""
     protocol = ClientProtocol(parse_uri(url), subprotocols=[subprotocol], max_size=max_size)
     conn = WebSocketConnection(stream, protocol)
     try:

@@ -44,7 +44,7 @@ class WebSocketConnection:
                     except trio.Cancelled:
                         self.broken = True
                         raise
-                elif isinstance(self.stream, trio.SocketStream):  # b"": half-close our side
+                elif isinstance(self.stream, trio.abc.HalfCloseableStream):  # b"": half-close
                     try:
                         await self.stream.send_eof()
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

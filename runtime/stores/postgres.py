@@ -23,26 +23,22 @@ from typing import Any
 
 import psycopg
 
-from . import sql
+from . import schema, sql
+from .schema import Type
 
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [
-        "CREATE TABLE threads (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "last_seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
-        "updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_id, thread_id))",
-        "CREATE INDEX threads_by_update ON threads (user_id, updated_at)",
-        "CREATE TABLE events (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "seq BIGINT NOT NULL, event TEXT NOT NULL, run_id TEXT, "
-        "ts DOUBLE PRECISION NOT NULL, data JSONB NOT NULL, "
-        "PRIMARY KEY (user_id, thread_id, seq))",
-        "CREATE TABLE client_ids (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "client_msg_id TEXT NOT NULL, message_id TEXT NOT NULL, run_id TEXT NOT NULL, "
-        "seq BIGINT NOT NULL, PRIMARY KEY (user_id, thread_id, client_msg_id))",
-        "CREATE TABLE open_runs (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "run_id TEXT NOT NULL, started INTEGER NOT NULL, opened_seq BIGINT NOT NULL, "
-        "PRIMARY KEY (user_id, thread_id, run_id))",
-    ]),
-]
+DIALECT = schema.Dialect(
+    types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.BIGINT: "BIGINT",
+           Type.SEQ: "BIGINT", Type.REAL: "DOUBLE PRECISION", Type.JSON: "JSONB"},
+    table_options="",
+    before_migrating=(
+        "SELECT pg_advisory_xact_lock(7405211)",  # one server at a time migrates
+        "CREATE TABLE IF NOT EXISTS threadline_schema (version INTEGER NOT NULL)",
+    ),
+    get_version="SELECT max(version) FROM threadline_schema",
+    set_version=("DELETE FROM threadline_schema",
+                 "INSERT INTO threadline_schema (version) VALUES ({version})"),
+    probes=(),  # the server checks its own pages
+)
 
 
 # libpq prefixes what the server said with where it tried: cut that, keep the reason.
@@ -51,7 +47,9 @@ _WHERE = re.compile(r'^(connection failed: )?connection to server (at|on socket)
 _FATAL = re.compile(r"^(FATAL|ERROR):\s+")
 
 
-class PostgresBackend:
+class PostgresBackend(sql.Backend):
+    dialect = DIALECT
+
     def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
@@ -64,21 +62,6 @@ class PostgresBackend:
 
     def close(self, conn: psycopg.Connection) -> None:
         conn.close()
-
-    def migrate(self, conn: psycopg.Connection) -> int:
-        with conn.transaction():
-            cur = conn.cursor()
-            # One server at a time migrates: an advisory lock for this transaction.
-            cur.execute("SELECT pg_advisory_xact_lock(7405211)")
-            cur.execute("CREATE TABLE IF NOT EXISTS threadline_schema (version INTEGER NOT NULL)")
-            cur.execute("SELECT max(version) FROM threadline_schema")
-            current = cur.fetchone()[0] or 0
-
-            def set_version(v: int) -> None:
-                cur.execute("DELETE FROM threadline_schema")
-                cur.execute("INSERT INTO threadline_schema (version) VALUES (%s)", (v,))
-
-            return sql.migrate(cur, current, MIGRATIONS, set_version, self.name)
 
     def cursor(self, conn: psycopg.Connection) -> psycopg.Cursor[Any]:
         return conn.cursor()
@@ -95,8 +78,7 @@ class PostgresBackend:
 
     def insert_events(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
         """COPY: one stream for the whole batch, several times faster than INSERTs for it."""
-        with cur.copy("COPY events (user_id, thread_id, seq, event, run_id, ts, data) "
-                      "FROM STDIN") as copy:
+        with cur.copy(f"COPY events ({sql.EVENT_COLUMNS}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
 

@@ -1,21 +1,25 @@
-"""What the SQL stores share: the ``Backend`` protocol, opening (``prepare``), the batch
-algorithm and the queries, in SQL both SQLite and PostgreSQL accept (``%s`` placeholders; the
-SQLite backend turns them into ``?``).
+"""What the SQL stores share: the ``Backend`` protocol, opening (``prepare``, migrating with
+``schema.py``), the batch algorithm and the queries, in SQL both SQLite and PostgreSQL accept
+(``%s`` placeholders; the SQLite backend turns them into ``?``).
 
-Every function here is blocking and runs in a worker thread with a DB-API connection.
+Every function here is blocking and runs in a worker thread with a DB-API connection. What
+differs between the databases is the backend's: its ``Dialect`` (data) and the methods of
+``Backend`` (hooks), the rest is written once here.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import attrs
 
 from threadline.actors.journal import OpenRun, run_transition
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 
+from . import schema
 from .errors import StoreError, first_line
+from .schema import Dialect
 
 
 class SchemaTooNew(StoreError, RuntimeError):
@@ -35,25 +39,67 @@ class EnsureOp:
 
 Op = AppendOp | EnsureOp
 
+# The columns of an ``events`` row as ``apply_batch`` hands them to ``insert_events``.
+EVENT_COLUMNS = "user_id, thread_id, seq, event, run_id, ts, data"
+
 
 class Backend(Protocol):
-    """A SQL database, seen through blocking calls (each made in a worker thread)."""
+    """A SQL database, seen through blocking calls (each made in a worker thread). A backend
+    subclasses it for the two methods written here, ``migrate`` and ``insert_events``."""
 
     name: str  # "SQLite PATH", "PostgreSQL HOST:PORT/DB": never a password
+    dialect: Dialect
 
     def connect(self, *, writer: bool) -> Any: ...
     def close(self, conn: Any) -> None: ...
-    def migrate(self, conn: Any) -> int: ...
     def cursor(self, conn: Any) -> Any: ...
     def begin(self, conn: Any) -> None: ...
     def commit(self, conn: Any) -> None: ...
     def rollback(self, conn: Any) -> None: ...
     def ping(self, conn: Any) -> None: ...
-    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
     def load_data(self, raw: Any) -> dict[str, Any]: ...
     def is_broken(self, conn: Any, exc: BaseException) -> bool: ...  # drop the connection
     def is_outage(self, exc: BaseException) -> bool: ...  # the store failed, not the data
     def explain(self, exc: BaseException) -> str: ...  # why it cannot be opened, plain words
+
+    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        cur.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+
+    def migrate(self, conn: Any) -> int:
+        """Apply the migrations above the store's version, and the probes, in one transaction
+        on ``conn``; the version it is at. A schema newer than ``schema.VERSION`` is refused
+        (``SchemaTooNew``), untouched."""
+        dialect = self.dialect
+        self.begin(conn)
+        try:
+            cur = self.cursor(conn)
+            for statement in dialect.before_migrating:
+                cur.execute(statement)
+            cur.execute(dialect.get_version)
+            current = cur.fetchone()[0] or 0
+            if current > schema.VERSION:
+                raise SchemaTooNew(
+                    f"{self.name} has schema version {current}, newer than the "
+                    f"{schema.VERSION} this threadline knows: it was written by a newer "
+                    "threadline. Upgrade threadline, or point it at another store.")
+            for migration in schema.MIGRATIONS:
+                if migration.version > current:
+                    for statement in migration.statements(dialect):
+                        cur.execute(statement)
+                    for statement in dialect.set_version:
+                        cur.execute(statement.format(version=migration.version))
+            for probe in dialect.probes:
+                cur.execute(probe)
+                cur.fetchall()
+            self.commit(conn)
+        except BaseException:
+            try:
+                self.rollback(conn)
+            except Exception:
+                pass  # the error that stopped the migration is the one to tell
+            raise
+        return schema.VERSION
 
 
 def prepare(backend: Backend) -> int:
@@ -125,15 +171,11 @@ class ThreadCache:
         self.rows.update(state)
 
 
-def insert_events(cur: Any, rows: list[tuple[Any, ...]]) -> None:
-    cur.executemany("INSERT INTO events (user_id, thread_id, seq, event, run_id, ts, data) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
-
-
 def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
-                insert: Callable[[Any, list[tuple[Any, ...]]], None] = insert_events,
+                insert: Callable[[Any, list[tuple[Any, ...]]], None],
                 ) -> tuple[list[Any], dict[ThreadKey, list[Any]]]:
-    """Apply ``ops`` in the caller's transaction. Returns one result per op (a ``ThreadInfo``
+    """Apply ``ops`` in the caller's transaction, events by ``insert`` (the backend's
+    ``insert_events``). Returns one result per op (a ``ThreadInfo``
     for an ensure, None for an append, or a ``ValueError`` for an append that does not follow
     its thread's last seq: it is skipped, the others are applied), and the thread rows to give
     ``cache.committed`` once the transaction commits."""
@@ -251,21 +293,3 @@ def open_runs(cur: Any) -> list[OpenRun]:
                 "ORDER BY user_id, thread_id, opened_seq")
     return [OpenRun(ThreadKey(u, t), r, bool(s)) for u, t, r, s in cur.fetchall()]
 
-
-def migrate(cur: Any, current: int, migrations: Iterable[tuple[int, list[str]]],
-            set_version: Callable[[int], None], name: str) -> int:
-    """Apply the migrations above ``current``; refuse a schema newer than we know."""
-    migrations = list(migrations)
-    latest = migrations[-1][0]
-    if current > latest:
-        raise SchemaTooNew(
-            f"{name} has schema version {current}, newer than the {latest} this threadline "
-            "knows: it was written by a newer threadline. Upgrade threadline, or point it at "
-            "another store.")
-    for version, statements in migrations:
-        if version > current:
-            for statement in statements:
-                cur.execute(statement)
-            set_version(version)
-            current = version
-    return current

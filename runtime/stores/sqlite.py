@@ -12,8 +12,9 @@ the connection that met one is replaced. ``IntegrityError``, ``DataError``,
 ``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one operation.
 
 At start, a file that cannot be used is said in one line (``explain``): not a database,
-damaged, a folder, a missing folder, read-only. Migrations end with a probe of every table's
-and index's first page, so damage there is found at start rather than by the first user.
+damaged, a folder, a missing folder, read-only. The migrating transaction ends with a probe
+of every table's and index's first page (``DIALECT.probes``), so damage there is found at
+start rather than by the first user.
 """
 
 from __future__ import annotations
@@ -23,35 +24,28 @@ import os
 import sqlite3
 from typing import Any
 
-from . import sql
-
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [
-        "CREATE TABLE threads (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "last_seq INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
-        "PRIMARY KEY (user_id, thread_id)) WITHOUT ROWID",
-        "CREATE INDEX threads_by_update ON threads (user_id, updated_at)",
-        "CREATE TABLE events (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "seq INTEGER NOT NULL, event TEXT NOT NULL, run_id TEXT, ts REAL NOT NULL, "
-        "data TEXT NOT NULL, PRIMARY KEY (user_id, thread_id, seq)) WITHOUT ROWID",
-        "CREATE TABLE client_ids (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "client_msg_id TEXT NOT NULL, message_id TEXT NOT NULL, run_id TEXT NOT NULL, "
-        "seq INTEGER NOT NULL, PRIMARY KEY (user_id, thread_id, client_msg_id)) WITHOUT ROWID",
-        "CREATE TABLE open_runs (user_id TEXT NOT NULL, thread_id TEXT NOT NULL, "
-        "run_id TEXT NOT NULL, started INTEGER NOT NULL, opened_seq BIGINT NOT NULL, "
-        "PRIMARY KEY (user_id, thread_id, run_id)) WITHOUT ROWID",
-    ]),
-]
+from . import schema, sql
+from .schema import Type
 
 
-# Read at start, after migrating: each reads the first page(s) of one table or index.
-PROBES = [
-    "SELECT 1 FROM threads LIMIT 1",
-    "SELECT 1 FROM threads INDEXED BY threads_by_update WHERE user_id >= '' LIMIT 1",
-    "SELECT 1 FROM events LIMIT 1",
-    "SELECT 1 FROM client_ids LIMIT 1",
-    "SELECT 1 FROM open_runs LIMIT 1",
-]
+def _probe(item: schema.Table | schema.Index) -> str:
+    """A query that reads the first page(s) of one table or index. (Every index begins with a
+    text column, ``user_id``.)"""
+    if isinstance(item, schema.Index):
+        return (f"SELECT 1 FROM {item.table} INDEXED BY {item.name} "
+                f"WHERE {item.columns[0]} >= '' LIMIT 1")
+    return f"SELECT 1 FROM {item.name} LIMIT 1"
+
+
+DIALECT = schema.Dialect(
+    types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.BIGINT: "BIGINT",
+           Type.SEQ: "INTEGER", Type.REAL: "REAL", Type.JSON: "TEXT"},
+    table_options=" WITHOUT ROWID",  # rows live in the primary key's b-tree, not beside it
+    before_migrating=(),  # ``begin`` (BEGIN IMMEDIATE) already keeps other writers out
+    get_version="PRAGMA user_version",
+    set_version=("PRAGMA user_version = {version}",),
+    probes=tuple(_probe(item) for item in schema.created()),
+)
 
 
 class _Cursor:
@@ -83,7 +77,9 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-class SQLiteBackend:
+class SQLiteBackend(sql.Backend):
+    dialect = DIALECT
+
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be full, normal or extra")
@@ -107,22 +103,6 @@ class SQLiteBackend:
     def close(self, conn: sqlite3.Connection) -> None:
         conn.close()
 
-    def migrate(self, conn: sqlite3.Connection) -> int:
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = sql.migrate(_Cursor(conn.cursor()), current, MIGRATIONS,
-                                  lambda v: conn.execute(f"PRAGMA user_version = {int(v)}"),
-                                  self.name)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        for probe in PROBES:
-            conn.execute(probe).fetchall()
-        return version
-
     def cursor(self, conn: sqlite3.Connection) -> _Cursor:
         return _Cursor(conn.cursor())
 
@@ -138,8 +118,6 @@ class SQLiteBackend:
 
     def ping(self, conn: sqlite3.Connection) -> None:
         pass
-
-    insert_events = staticmethod(sql.insert_events)
 
     def load_data(self, raw: Any) -> dict[str, Any]:
         return json.loads(raw)

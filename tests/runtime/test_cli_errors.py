@@ -22,7 +22,7 @@ def cli(*args: str, env: dict[str, str] | None = None,
         cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
     return subprocess.run([sys.executable, "-m", "threadline", *args], cwd=cwd,
-                          env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
+                          env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=60)
 
 

@@ -197,7 +197,7 @@ def test_serve_on_a_broken_store_says_one_line_and_exits(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "threadline", "serve", "--port", "0", "--log", "warning",
          "--store", f"sqlite:///{path}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**env, "THREADLINE_SECRET": SECRET, "PYTHONPATH": str(ROOT)})
+        env={**env, "THREADLINE_SECRET": SECRET})
     assert out.returncode != 0
     lines = out.stderr.splitlines()
     assert len(lines) == 1, out.stderr

@@ -1,0 +1,131 @@
+"""The SQL stores' schema, written once: its tables and indexes as data, a migration a version,
+and the ``Dialect`` that says how one database spells it. Migrating is ``Backend.migrate``
+(``sql.py``); the dialects are in ``sqlite.py`` and ``postgres.py``.
+
+Invariants:
+
+- What a store holds on disk is what this file and a dialect make of it, and nothing else
+  writes DDL. A released migration is never edited (a store already made by it would differ
+  from a new one); a change to the schema is a new migration, with the next version number.
+- The DDL text is generated the same, byte for byte, for as long as a migration lives: SQLite
+  keeps the text of each ``CREATE`` in its ``sqlite_master`` as it was given.
+- ``VERSION``, the last migration's number, is what a store's own record of its version
+  (``Dialect.get_version``) says once migrated; a store whose record says more was made by a
+  newer threadline and is refused.
+- Only the dialect differs between the databases: the SQL type of each column ``Type``, what
+  follows a ``CREATE TABLE``, where the version is kept, and what is read at start.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Mapping
+
+import attrs
+
+__all__ = ["Column", "Dialect", "Index", "MIGRATIONS", "Migration", "Table", "Type", "VERSION",
+           "created"]
+
+
+class Type(enum.Enum):
+    """What a column holds; ``Dialect.types`` names its SQL type."""
+
+    TEXT = enum.auto()
+    INTEGER = enum.auto()
+    BIGINT = enum.auto()
+    SEQ = enum.auto()     # a sequence number: 64 bits
+    REAL = enum.auto()    # a double
+    JSON = enum.auto()    # a JSON object, written as text (``sql.dumps``)
+
+
+@attrs.frozen
+class Dialect:
+    """How one database spells the schema and keeps its version. A statement is run as it is
+    (``set_version`` after ``.format(version=N)``), never with parameters."""
+
+    types: Mapping[Type, str]          # every ``Type``
+    table_options: str                 # after the closing parenthesis of a ``CREATE TABLE``
+    before_migrating: tuple[str, ...]  # first in the migrating transaction
+    get_version: str                   # one row, one column: the version (NULL: 0)
+    set_version: tuple[str, ...]       # after each migration's statements
+    probes: tuple[str, ...]            # last in the migrating transaction, rows fetched
+
+
+@attrs.frozen
+class Column:
+    name: str
+    type: Type
+    null: bool = False
+
+    def ddl(self, dialect: Dialect) -> str:
+        return f"{self.name} {dialect.types[self.type]}{'' if self.null else ' NOT NULL'}"
+
+
+@attrs.frozen
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]  # the primary key
+
+    def ddl(self, dialect: Dialect) -> str:
+        columns = ", ".join(column.ddl(dialect) for column in self.columns)
+        return (f"CREATE TABLE {self.name} ({columns}, PRIMARY KEY ({', '.join(self.key)}))"
+                f"{dialect.table_options}")
+
+
+@attrs.frozen
+class Index:
+    name: str
+    table: str
+    columns: tuple[str, ...]
+
+    def ddl(self, dialect: Dialect) -> str:
+        return f"CREATE INDEX {self.name} ON {self.table} ({', '.join(self.columns)})"
+
+
+@attrs.frozen
+class Migration:
+    """Version ``version``: creates ``creates``, in that order."""
+
+    version: int
+    creates: tuple[Table | Index, ...]
+
+    def statements(self, dialect: Dialect) -> list[str]:
+        return [item.ddl(dialect) for item in self.creates]
+
+
+def _texts(*names: str) -> tuple[Column, ...]:
+    """``TEXT NOT NULL`` columns."""
+    return tuple(Column(name, Type.TEXT) for name in names)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, (
+        Table("threads", (
+            *_texts("user_id", "thread_id"), Column("last_seq", Type.SEQ),
+            Column("created_at", Type.REAL), Column("updated_at", Type.REAL),
+        ), key=("user_id", "thread_id")),
+        Index("threads_by_update", "threads", ("user_id", "updated_at")),
+        Table("events", (
+            *_texts("user_id", "thread_id"), Column("seq", Type.SEQ),
+            Column("event", Type.TEXT), Column("run_id", Type.TEXT, null=True),
+            Column("ts", Type.REAL), Column("data", Type.JSON),
+        ), key=("user_id", "thread_id", "seq")),
+        Table("client_ids", (
+            *_texts("user_id", "thread_id", "client_msg_id", "message_id", "run_id"),
+            Column("seq", Type.SEQ),
+        ), key=("user_id", "thread_id", "client_msg_id")),
+        # BIGINT, not SEQ: so version 1 wrote it for SQLite too (where both are 64 bits).
+        Table("open_runs", (
+            *_texts("user_id", "thread_id", "run_id"), Column("started", Type.INTEGER),
+            Column("opened_seq", Type.BIGINT),
+        ), key=("user_id", "thread_id", "run_id")),
+    )),
+)
+
+VERSION = MIGRATIONS[-1].version
+
+
+def created() -> list[Table | Index]:
+    """Every table and index the migrations create, in the order they do."""
+    return [item for migration in MIGRATIONS for item in migration.creates]
