@@ -1,1 +1,3 @@
-"""threadline's WebSocket edge (protocol codec, server, client): not built yet (issue 3)."""
+"""threadline's WebSocket edge: the protocol codec (sans-IO), the connection state, sessions,
+the server, ``/metrics`` and the bundled trio client. Internal: the public names are
+re-exported by ``threadline``."""

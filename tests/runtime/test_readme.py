@@ -63,3 +63,12 @@ def test_the_protocol_copy_is_the_contract():
     for line in shared.read_text().splitlines():
         if line.strip():
             assert any(mine == line for mine in lines), f"missing or out of order: {line!r}"
+
+
+def test_the_architecture_document_names_every_module():
+    root = README.parent
+    text = (root / "docs" / "architecture.md").read_text()
+    modules = [path for top in ("actors", "transport", "runtime") for path in
+               (root / top).rglob("*.py") if not path.name.startswith("__")]
+    assert modules
+    assert [str(p.relative_to(root)) for p in modules if f"`{p.name}`" not in text] == []
