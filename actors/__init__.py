@@ -5,7 +5,8 @@ No I/O of its own: storage comes in through the ``Journal`` protocol, agents thr
 
 from .agents import calculate, echo_agent, echo_tools
 from .directory import Directory
-from .engine import Agent, Run, RunContext, ToolRegistry
+from .engine import Agent, Run, RunContext
+from .tools import ToolRegistry
 from .errors import (
     ActorCrashed,
     ActorError,

@@ -1,5 +1,10 @@
 """The built-in ``echo`` agent and its ``calculator`` tool (PROTOCOL.md, "The built-in echo agent").
 
+``/stream N`` writes ``1 2 ... N`` one number per ``run.write``, about ``STREAM_RATE`` numbers a
+second, as a language model streams tokens: the way to watch (and benchmark) streaming without
+a model. It sleeps every ``STREAM_BATCH`` numbers rather than after each one, so that a thousand
+concurrent streams cost a thousand timers 20 times a second, not 200 times.
+
 ``/calc EXPR`` evaluates arithmetic by walking Python's AST over a whitelist of nodes: numbers,
 ``+ - * / // % **`` and unary ``+ -``. Nothing is ``eval``-ed, and the operands of ``**`` and
 the size of results are bounded so that ``9**9**9`` is an error rather than a hung CPU.
@@ -10,12 +15,20 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from typing import Any, Callable
 
-from .engine import Run, RunContext, ToolRegistry
+import trio
+
+from .engine import Run, RunContext
+from .tools import ToolRegistry
 from .errors import ToolError
 
 CALC_PREFIX = "/calc "
+STREAM_COMMAND = re.compile(r"/stream ([1-9][0-9]{0,5})")
+MAX_STREAM = 100_000         # numbers
+STREAM_RATE = 200.0          # numbers per second
+STREAM_BATCH = 10            # numbers written between two sleeps
 MAX_EXPRESSION = 1000        # characters
 MAX_EXPONENT = 10_000        # |b| in a ** b
 # Integer results fit in 64 bits signed: msgpack carries no larger integer (it would go out as a
@@ -93,8 +106,9 @@ def echo_tools() -> ToolRegistry:
     return tools
 
 
-async def echo_agent(run: Run) -> str:
-    """Echo the message; ``/calc EXPR`` computes it with the calculator tool.
+async def echo_agent(run: Run) -> str | None:
+    """Echo the message; ``/calc EXPR`` computes it with the calculator tool; ``/stream N``
+    streams ``1 2 ... N``.
 
     A calculator error is part of the answer, not a failed run: the run completes with the
     error's text (PROTOCOL.md has ``/calc`` always end in ``agent_completed``).
@@ -107,5 +121,18 @@ async def echo_agent(run: Run) -> str:
         except ToolError as exc:
             return f"error: {exc}"
         return str(result)
+    if (match := STREAM_COMMAND.fullmatch(text)) and int(match.group(1)) <= MAX_STREAM:
+        await run.think("streaming")
+        await stream_numbers(run, int(match.group(1)))
+        return None  # completes with what was written
     await run.think("echoing")
     return text
+
+
+async def stream_numbers(run: Run, n: int) -> None:
+    """Write ``1 2 ... n``, one number per write, ``STREAM_RATE`` numbers a second."""
+    start = trio.current_time()
+    for i in range(1, n + 1):
+        await run.write(str(i) if i == 1 else f" {i}")
+        if i % STREAM_BATCH == 0:
+            await trio.sleep_until(start + i / STREAM_RATE)

@@ -1,10 +1,15 @@
 """The execution engine: one agent run, its tools, and the events they produce.
 
-An agent is an async callable ``agent(run) -> str``. It reads ``run.context`` and ``run.text``,
-reports progress with ``await run.think(text)``, calls tools with ``await run.call_tool(name,
-**args)``, and returns the answer. The engine stamps every event from the frozen ``RunContext``
-it was started with: an agent cannot name another thread, user or run, because it never names
-one at all.
+An agent is an async callable ``agent(run) -> str | None``. It reads ``run.context``,
+``run.text`` and ``await run.history()`` (the thread's earlier turns), reports progress with
+``await run.think(text)``, calls tools with ``await run.call_tool(name, **args)``, streams its
+answer with ``await run.write(text)`` (``agent_delta`` events, see ``stream.py``), and returns
+the answer, or None to complete with what it wrote. The engine stamps every event from the
+frozen ``RunContext`` it was started with: an agent cannot name another thread, user or run,
+because it never names one at all.
+
+Order within a run: every event of the run is written under its stream's lock, after what the
+agent wrote before it (``AnswerStream.flush``), so no event overtakes text written earlier.
 
 Run lifecycle (PROTOCOL.md): ``agent_started``, then the agent's events, then exactly one of
 ``agent_completed`` (it returned), ``agent_failed`` (it or a tool it did not catch raised) or
@@ -20,16 +25,20 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from .errors import ToolError, Unstorable
+from .errors import JournalUnavailable, ToolError, Unstorable
+from .history import Turn
 from .messages import (
     AGENT_CANCELLED,
     AGENT_COMPLETED,
+    AGENT_DELTA,
     AGENT_FAILED,
     AGENT_STARTED,
     AGENT_THINKING,
     TOOL_COMPLETED,
     TOOL_EXECUTING,
 )
+from .stream import DEFAULT_INTERVAL, AnswerStream
+from .tools import ToolRegistry
 
 log = logging.getLogger("threadline.engine")
 
@@ -63,40 +72,6 @@ class RunContext:
     request_id: str
 
 
-Tool = Callable[..., Awaitable[Any]]
-"""``async def tool(ctx: RunContext, **args) -> result``; the result must be JSON-able."""
-
-
-@attrs.frozen(slots=True)
-class ToolSpec:
-    fn: Tool
-    timeout: float
-
-
-class ToolRegistry:
-    """Named async tools, each with its own timeout (default ``default_timeout`` seconds)."""
-
-    def __init__(self, default_timeout: float = 30.0) -> None:
-        self.default_timeout = default_timeout
-        self._tools: dict[str, ToolSpec] = {}
-
-    def register(self, name: str, fn: Tool, *, timeout: float | None = None) -> None:
-        self._tools[name] = ToolSpec(fn, self.default_timeout if timeout is None else timeout)
-
-    def tool(self, name: str, *, timeout: float | None = None) -> Callable[[Tool], Tool]:
-        """Decorator form of ``register``."""
-        def deco(fn: Tool) -> Tool:
-            self.register(name, fn, timeout=timeout)
-            return fn
-        return deco
-
-    def get(self, name: str) -> ToolSpec | None:
-        return self._tools.get(name)
-
-    def names(self) -> list[str]:
-        return sorted(self._tools)
-
-
 class Emit(Protocol):
     async def __call__(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
         """Store the event durably, then deliver it. Stamped from ``ctx`` by the thread."""
@@ -112,20 +87,80 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+History = Callable[[int], Awaitable[list[Turn]]]
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+async def _no_history(limit: int) -> list[Turn]:
+    return []
+
+
 class Run:
     """What an agent sees of its run."""
 
-    __slots__ = ("context", "text", "_emit", "_tools")
+    __slots__ = ("context", "text", "_emit", "_tools", "_history", "_spawn", "_interval",
+                 "_stream")
 
-    def __init__(self, context: RunContext, text: str, emit: Emit, tools: ToolRegistry) -> None:
+    def __init__(self, context: RunContext, text: str, emit: Emit, tools: ToolRegistry, *,
+                 history: History = _no_history, spawn: Spawn | None = None,
+                 interval: float = DEFAULT_INTERVAL) -> None:
         self.context = context
         self.text = text
         self._emit = emit
         self._tools = tools
+        self._history = history
+        self._spawn = spawn
+        self._interval = interval
+        self._stream: AnswerStream | None = None  # made at the first write
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tools this run may call (e.g. to offer them to a language model)."""
+        return self._tools
+
+    @property
+    def written(self) -> str | None:
+        """What the run has written with ``write`` so far; None if it never wrote."""
+        return None if self._stream is None else self._stream.text
+
+    async def history(self, limit: int = 100) -> list[Turn]:
+        """The thread's last ``limit`` turns before this run's message, oldest first
+        (``history.py``). Reads the journal."""
+        return await self._history(limit)
+
+    async def write(self, text: str) -> None:
+        """Append ``text`` to the answer; clients see it as ``agent_delta`` events. Does not
+        wait for the text to be stored (see ``stream.py``). Raises ``Unstorable``."""
+        stream = self._stream
+        if stream is None:
+            if self._spawn is None:
+                raise RuntimeError("this run cannot stream: it was started without a nursery")
+            stream = self._stream = AnswerStream(self._emit_delta, interval=self._interval)
+            self._spawn(stream.run)
+        await stream.write(text)
 
     async def think(self, text: str) -> None:
         """Emit ``agent_thinking``. Blocks until the event is durable."""
-        await self._emit(self.context, AGENT_THINKING, {"text": text})
+        await self._event(AGENT_THINKING, {"text": text})
+
+    async def _emit_delta(self, data: dict[str, Any]) -> None:
+        await self._emit(self.context, AGENT_DELTA, data)
+
+    async def _event(self, event: str, data: dict[str, Any]) -> None:
+        """Write one event of the run after everything written before it."""
+        stream = self._stream
+        if stream is None:
+            await self._emit(self.context, event, data)
+            return
+        async with stream.lock:
+            await stream.flush()
+            await self._emit(self.context, event, data)
+
+    async def end_stream(self) -> None:
+        """Store what is still pending of the answer and stop its task (the engine calls
+        this when the agent is done, before the terminal event)."""
+        if self._stream is not None:
+            await self._stream.close()
 
     async def call_tool(self, tool: str, **args: Any) -> Any:
         """Run a registered tool with its timeout; emits ``tool_executing`` and ``tool_completed``.
@@ -134,8 +169,7 @@ class Run:
         times out (the ``tool_completed`` event then carries ``error``).
         """
         call_id = new_id("call")
-        await self._emit(self.context, TOOL_EXECUTING, {"call_id": call_id, "tool": tool,
-                                                        "args": args})
+        await self._event(TOOL_EXECUTING, {"call_id": call_id, "tool": tool, "args": args})
         spec = self._tools.get(tool)
         error: str | None = None
         result: Any = None
@@ -154,7 +188,7 @@ class Run:
             done["result"] = result
         else:
             done["error"] = error
-        await self._emit(self.context, TOOL_COMPLETED, done)
+        await self._event(TOOL_COMPLETED, done)
         if error is not None:
             raise ToolError(error)
         return result
@@ -166,11 +200,12 @@ Agent = Callable[[Run], Awaitable[Any]]
 class RunControl:
     """The handle a thread keeps on its active run: its context and its cancel scope."""
 
-    __slots__ = ("context", "text", "scope", "cancel_reason", "failure", "started")
+    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started")
 
-    def __init__(self, context: RunContext, text: str) -> None:
+    def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
         self.context = context
         self.text = text
+        self.message_seq = message_seq  # of its user_message: history is what came before
         self.scope = trio.CancelScope()
         self.cancel_reason: str | None = None
         self.failure: str | None = None
@@ -183,14 +218,21 @@ class RunControl:
         self.scope.cancel()
 
 
-async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: Emit) -> str:
+async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: Emit, *,
+                  history: History = _no_history, spawn: Spawn | None = None,
+                  interval: float = DEFAULT_INTERVAL) -> str:
     """Run ``agent`` for ``control`` from ``agent_started`` to its terminal event.
 
-    Returns the name of the terminal event. When the surrounding scope is cancelled (shutdown,
-    a crash of the thread), the terminal event is still written, shielded and bounded by
-    ``TERMINAL_WRITE_TIMEOUT``, and then ``Cancelled`` propagates.
+    ``history`` reads the thread's earlier turns; ``spawn`` starts the task that stores the
+    streamed answer (without it, ``run.write`` raises); ``interval`` paces ``agent_delta``.
+    Returns the name of the terminal event. What the agent wrote is stored before the terminal
+    event, also when the run is cancelled. When the surrounding scope is cancelled (shutdown, a
+    crash of the thread), the rest of the answer and the terminal event are still written,
+    shielded and bounded by ``TERMINAL_WRITE_TIMEOUT``, and then ``Cancelled`` propagates.
+    Raises ``JournalUnavailable`` when the journal failed under the run.
     """
     ctx = control.context
+    run = Run(ctx, control.text, emit, tools, history=history, spawn=spawn, interval=interval)
     terminal: tuple[str, dict[str, Any]]
     try:
         # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
@@ -199,15 +241,18 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         control.started = True
         with control.scope:
             try:
-                answer = await agent(Run(ctx, control.text, emit, tools))
+                answer = await agent(run)
             except Exception as exc:
                 log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
                          ctx.thread_id, describe(exc), exc_info=exc)
                 terminal = (AGENT_FAILED, {"error": describe(exc)})
             else:
-                terminal = (AGENT_COMPLETED, {"text": "" if answer is None else str(answer)})
+                if answer is None:
+                    answer = run.written or ""
+                terminal = (AGENT_COMPLETED, {"text": str(answer)})
         if control.scope.cancelled_caught:
             terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "cancel"})
+        terminal = await _end_stream(run, terminal)
     except trio.Cancelled:
         if control.failure is not None:
             terminal = (AGENT_FAILED, {"error": control.failure})
@@ -215,6 +260,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
             terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "shutdown"})
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + TERMINAL_WRITE_TIMEOUT
+            terminal = await _end_stream(run, terminal)
             await emit(ctx, *terminal)
         raise
     try:
@@ -223,3 +269,15 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         terminal = (AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
         await emit(ctx, *terminal)
     return terminal[0]
+
+
+async def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]
+                      ) -> tuple[str, dict[str, Any]]:
+    """Store the rest of the streamed answer; the terminal event to write after it."""
+    try:
+        await run.end_stream()
+    except JournalUnavailable:
+        raise  # the run's journal is gone: the thread closes the run (``close_lost_run``)
+    except Exception as exc:
+        return (AGENT_FAILED, {"error": f"the answer could not be stored: {describe(exc)}"})
+    return terminal

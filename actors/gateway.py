@@ -35,8 +35,8 @@ from .messages import (
     is_user_id,
 )
 from .subscription import Subscription
-from .stats import RuntimeStatistics
-from .thread import Subscriber, ThreadStats
+from .stats import RuntimeStatistics, ThreadStats
+from .thread import Subscriber
 
 T = TypeVar("T")
 

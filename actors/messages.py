@@ -40,6 +40,7 @@ def is_thread_id(value: object) -> bool:
 USER_MESSAGE: Final = "user_message"
 AGENT_STARTED: Final = "agent_started"
 AGENT_THINKING: Final = "agent_thinking"
+AGENT_DELTA: Final = "agent_delta"
 TOOL_EXECUTING: Final = "tool_executing"
 TOOL_COMPLETED: Final = "tool_completed"
 AGENT_COMPLETED: Final = "agent_completed"

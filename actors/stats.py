@@ -81,3 +81,14 @@ class RuntimeStatistics:
     events_stored: int
     run_seconds: Histogram
     store: StoreStatistics | None
+
+
+@attrs.define
+class ThreadStats:
+    """Counters over all thread actors of a runtime (for /metrics). Plain ints: one task."""
+
+    events: int = 0
+    runs_started: int = 0
+    runs_active: int = 0
+    runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
+    run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

@@ -1,7 +1,9 @@
 """The ThreadActor: one per ``(user_id, thread_id)``.
 
-It owns the thread's sequence counter, its subscribers and its run queue, and runs agent runs
-in its own nursery through the execution engine. It handles its mailbox in order.
+It owns the thread's sequence counter, its subscribers and its run queue (``run_queue``, where
+its phases are written down), and runs agent runs through the execution engine. It handles its
+mailbox in order: idle, it waits on it with no nursery and no runner task (DESIGN.md: <= 6 KB
+per idle actor); while runs wait or run, in a nursery that holds the runner task.
 
 Ordering and durability: every event is appended under the thread's append lock, the seq
 assigned inside the lock, and the counter advanced only once the journal has the event; then
@@ -13,7 +15,6 @@ delivered to it live: no gap and no duplicate between a replay and the live stre
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from typing import Any, Callable, Protocol
@@ -21,39 +22,17 @@ from typing import Any, Callable, Protocol
 import attrs
 import trio
 
-from .engine import Agent, RunContext, RunControl, ToolRegistry, execute, new_id
-from .errors import (
-    ActorCrashed,
-    ActorStopped,
-    Busy,
-    JournalUnavailable,
-    MailboxFull,
-    UnknownRun,
-    Unstorable,
-)
+from .engine import Agent, RunContext, RunControl, Spawn, ToolRegistry, new_id
+from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable, MailboxFull,
+                     UnknownRun, Unstorable)
 from .journal import Journal
 from .mailbox import Mailbox
-from .stats import RUN_SECONDS_BUCKETS, Histogram
-from .messages import (
-    AGENT_FAILED,
-    AGENT_STARTED,
-    TERMINAL_EVENTS,
-    USER_MESSAGE,
-    Accepted,
-    CancelRun,
-    Event,
-    GetInfo,
-    Joined,
-    Passivate,
-    PostMessage,
-    Shutdown,
-    Subscribe,
-    ThreadInfo,
-    ThreadKey,
-    ThreadMessage,
-    ThreadRequest,
-    Unsubscribe,
-)
+from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
+from .stats import ThreadStats
+from .stream import DEFAULT_INTERVAL
+from .messages import (TERMINAL_EVENTS, USER_MESSAGE, Accepted, CancelRun, Event, GetInfo, Joined,
+                       Passivate, PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey,
+                       ThreadMessage, ThreadRequest, Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
 
@@ -83,17 +62,6 @@ class Subscriber(Protocol):
 
 
 @attrs.define
-class ThreadStats:
-    """Counters over all thread actors of a runtime (for /metrics). Plain ints: one task."""
-
-    events: int = 0
-    runs_started: int = 0
-    runs_active: int = 0
-    runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
-    run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))
-
-
-@attrs.define
 class ThreadEnv:
     """What every thread actor of a runtime shares."""
 
@@ -102,12 +70,12 @@ class ThreadEnv:
     tools: ToolRegistry
     clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
     stats: ThreadStats = attrs.Factory(ThreadStats)
+    delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
 
 
 class ThreadActor:
-    __slots__ = ("key", "env", "_seq", "_created_at", "_updated_at", "_subscribers", "_queue",
-                 "_active", "_runner_on", "_nursery", "_wake", "_lock", "_idle_since",
-                 "_stopping", "_drained")
+    __slots__ = ("key", "env", "_seq", "_created_at", "_updated_at", "_subscribers", "_runs",
+                 "_lock", "_idle_since")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
@@ -115,23 +83,24 @@ class ThreadActor:
         self._seq = 0  # the last durable seq
         self._created_at = self._updated_at = 0.0
         self._subscribers: dict[Subscriber, None] | None = None  # an ordered set, made lazily
-        # An empty deque is about 600 bytes; an idle actor has none (DESIGN.md: <= 6 KB each).
-        self._queue: collections.deque[RunControl] | None = None
-        self._active: RunControl | None = None
-        self._runner_on = False
-        self._nursery: trio.Nursery | None = None  # only while runs are active
-        self._wake: trio.CancelScope | None = None
+        self._runs: RunQueue | None = None  # made for the first run: idle actors stay small
         self._lock: trio.Lock | None = None  # made on the first append: idle actors stay small
         self._idle_since = trio.current_time()
-        self._stopping = False
-        self._drained: trio.Event | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.IDLE if self._runs is None else self._runs.phase
+
+    def _run_queue(self) -> RunQueue:
+        if self._runs is None:
+            self._runs = RunQueue()
+        return self._runs
 
     # -- what the directory asks ------------------------------------------------------------
 
     def idle_since(self) -> float | None:
-        if self._subscribers or self._runner_on or self._queue:
-            return None
-        return self._idle_since
+        busy = self._subscribers or (self._runs is not None and not self._runs.idle)
+        return None if busy else self._idle_since
 
     def stopped(self, reason: str, unread: list[ThreadMessage]) -> None:
         for msg in unread:
@@ -150,8 +119,8 @@ class ThreadActor:
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
         try:
             while True:
-                if self._queue:  # runs to do (also runs queued before a crash and restart)
-                    if await self._busy(mailbox):
+                if self._runs:  # runs wait (also runs queued before a crash and restart)
+                    if await self._busy(mailbox, self._runs):
                         return
                     continue
                 msg = await receive()
@@ -161,38 +130,37 @@ class ThreadActor:
             self._crashed(msg)
             raise
 
-    async def _busy(self, mailbox: Mailbox) -> bool:
-        """Handle the mailbox while runs are active, in a nursery that lives only that long:
-        an idle actor has no nursery and no runner task (DESIGN.md: <= 6 KB per idle actor).
-        Returns True to stop."""
+    async def _busy(self, mailbox: Mailbox, runs: RunQueue) -> bool:
+        """Handle the mailbox while a runner is on, in a nursery that holds it. True: stop."""
+        async with trio.open_nursery() as nursery:
+            msg: Any = None
+            try:
+                while True:
+                    if runs.start_runner():
+                        nursery.start_soon(self._runner, runs, nursery.start_soon)
+                    elif not runs.runner_on:
+                        return False
+                    with trio.CancelScope() as runs.wake:  # cancelled as the runner ends
+                        msg = await mailbox.receive()
+                    runs.wake = None
+                    if msg is not None and await self._handle(msg):
+                        return True
+                    msg = None
+            except Exception:
+                self._crashed(msg)  # inside the nursery: before the runner is cancelled
+                raise
+
+    async def _runner(self, runs: RunQueue, spawn: Spawn) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._ensure_runner()
-                msg: Any = None
-                try:
-                    while self._runner_on:
-                        # The runner cancels this scope when it finishes: the busy phase ends.
-                        with trio.CancelScope() as self._wake:
-                            msg = await mailbox.receive()
-                        self._wake = None
-                        if msg is None:
-                            break
-                        if await self._handle(msg):
-                            return True
-                        msg = None
-                except Exception:
-                    self._crashed(msg)  # inside the nursery: before the runner is cancelled
-                    raise
+            await run_queued(runs, self.key, self.env, self._append, spawn)
         finally:
-            self._nursery = self._wake = None
-        return False
+            self._idle_since = trio.current_time()
 
     def _crashed(self, msg: Any) -> None:
         """A bug in this actor: the active run will record agent_failed as the nursery
         unwinds, the caller gets an answer, and the supervisor restarts us."""
-        if self._active is not None:
-            self._active.failure = "internal error"
+        if self._runs is not None:
+            self._runs.crashed()
         if isinstance(msg, ThreadRequest):
             msg.reply.fail(ActorCrashed("thread actor crashed; restarting"))
 
@@ -212,11 +180,15 @@ class ThreadActor:
                 self._idle_since = trio.current_time()
             msg.reply.set(found)
         elif kind is CancelRun:
-            self._cancel(msg)
+            try:
+                msg.reply.set(self._run_queue().cancel_active(msg.run_id))
+            except UnknownRun as exc:
+                msg.reply.fail(exc)
         elif kind is Passivate:
             return self.idle_since() is not None
         elif kind is Shutdown:
-            await self._shutdown(msg.grace)
+            if self._runs is not None:  # else no run ever: nothing to drain
+                await drain(self._runs, msg.grace)
             return True
         else:
             raise TypeError(f"ThreadActor got an unknown message {msg!r}")
@@ -225,11 +197,11 @@ class ThreadActor:
     def info(self) -> ThreadInfo:
         return ThreadInfo(self.key, self._seq, self._created_at, self._updated_at)
 
-    # -- handlers -------------------------------------------------------------------------------
+    # -- handlers, and the append every event goes through ---------------------------------------
 
     async def _post(self, msg: PostMessage) -> None:
         reply = msg.reply
-        if self._stopping:
+        if self.phase in SHUTTING_DOWN:
             reply.fail(ActorStopped("the thread is shutting down"))
             return
         try:
@@ -238,28 +210,17 @@ class ThreadActor:
                 if prior is not None:
                     reply.set(prior)  # idempotent retry: same answer, no second run
                     return
-            if msg.strategy == "reject" and (self._active is not None or self._queue):
-                reply.fail(Busy("a run is active on this thread"))
-                return
+            self._run_queue().admit(msg.strategy)
             run_id, message_id = new_id("run"), new_id("msg")
             data: dict[str, Any] = {"message_id": message_id, "text": msg.text}
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
             event = await self._append(USER_MESSAGE, run_id, data)
-        except (JournalUnavailable, Unstorable) as exc:
+        except (Busy, JournalUnavailable, Unstorable) as exc:
             reply.fail(exc)
             return
-        control = RunControl(RunContext(self.key.user_id, self.key.thread_id, run_id, message_id),
-                             msg.text)
-        if self._queue is None:
-            self._queue = collections.deque()
-        if msg.strategy == "interrupt":
-            self._queue.appendleft(control)  # next to run; runs queued before keep their order
-            if self._active is not None:
-                self._active.cancel("interrupt")
-        else:
-            self._queue.append(control)
-        self._ensure_runner()
+        context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
+        self._run_queue().add(RunControl(context, msg.text, event.seq), msg.strategy)
         reply.set(Accepted(self.key, message_id, run_id, event.seq))
 
     def _subscribe(self, msg: Subscribe) -> None:
@@ -273,87 +234,6 @@ class ThreadActor:
             self._subscribers = {}
         self._subscribers[sub] = None
         msg.reply.set(self._seq)
-
-    def _cancel(self, msg: CancelRun) -> None:
-        active = self._active
-        if active is None or (msg.run_id is not None and msg.run_id != active.context.run_id):
-            # PROTOCOL.md: only the active run can be cancelled; a queued one is "not active".
-            msg.reply.fail(UnknownRun(f"no active run {msg.run_id or ''}".rstrip()))
-            return
-        active.cancel("cancel")
-        msg.reply.set(active.context.run_id)
-
-    async def _shutdown(self, grace: float) -> None:
-        """Let the runs finish for ``grace`` seconds, then cancel them with reason shutdown."""
-        self._stopping = True
-        if not self._runner_on:
-            return
-        self._drained = trio.Event()
-        with trio.move_on_after(grace):
-            await self._drained.wait()
-        for control in (self._active, *(self._queue or ())):
-            if control is not None:
-                control.cancel("shutdown")
-        await self._drained.wait()
-
-    # -- runs -----------------------------------------------------------------------------------
-
-    def _ensure_runner(self) -> None:
-        if not self._runner_on and self._nursery is not None:
-            self._runner_on = True
-            self._nursery.start_soon(self._runner)
-
-    async def _runner(self) -> None:
-        """Runs queued runs one at a time; exits when the queue is empty (no idle task)."""
-        try:
-            while self._queue:
-                control = self._queue.popleft()
-                self._active = control
-                stats = self.env.stats
-                stats.runs_started += 1
-                stats.runs_active += 1
-                started = trio.current_time()
-                try:
-                    await execute(control, self.env.agent, self.env.tools, self._emit)
-                except JournalUnavailable as exc:
-                    log.error("run %s of %s lost its journal: %s", control.context.run_id,
-                              self.key, exc)
-                    await self._close_lost_run(control)
-                finally:
-                    self._active = None
-                    stats.runs_active -= 1
-                    stats.run_seconds.observe(trio.current_time() - started)
-        finally:
-            self._runner_on = False
-            self._idle_since = trio.current_time()
-            if self._wake is not None:
-                self._wake.cancel()
-            if self._drained is not None:
-                self._drained.set()
-
-    async def _close_lost_run(self, control: RunControl) -> None:
-        """The store failed under a run: once it is back, end the run with ``agent_failed``
-        (after its ``agent_started``, if that is what failed), retrying with a backoff from
-        0.1 s to 5 s. A shutdown meanwhile leaves it to the next start's recovery."""
-        run_id, delay = control.context.run_id, 0.1
-        while True:
-            try:
-                if not control.started:
-                    await self._append(AGENT_STARTED, run_id, {})
-                    control.started = True
-                await self._append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
-                return
-            except JournalUnavailable:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _emit(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
-        if ctx.user_id != self.key.user_id or ctx.thread_id != self.key.thread_id:
-            raise RuntimeError(f"run {ctx.run_id} is not a run of {self.key}")
-        # A cancelled run emits nothing more: every emit is a cancellation point (the append
-        # below is shielded once it starts, and may not yield at all).
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self._append(event, ctx.run_id, data)
 
     async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
         lock = self._lock

@@ -14,7 +14,8 @@ Installed layout: this directory (``runtime/`` in the repository) is the package
 ``actors/`` is ``threadline.actors`` and ``transport/`` is ``threadline.transport``.
 """
 
-from .actors.engine import Agent, Run, RunContext, ToolRegistry
+from .actors.engine import Agent, Run, RunContext
+from .actors.tools import ToolRegistry
 from .actors.errors import (
     ActorError,
     ActorStopped,

@@ -22,13 +22,15 @@ import trio
 
 from threadline.actors.agents import echo_agent, echo_tools
 from threadline.actors.directory import Directory
-from threadline.actors.engine import Agent, ToolRegistry
+from threadline.actors.engine import Agent
+from threadline.actors.tools import ToolRegistry
 from threadline.actors.errors import ActorStopped, MailboxFull
 from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
 from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
 from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.stream import DEFAULT_INTERVAL
 from threadline.actors.supervisor import RestartPolicy
 from threadline.actors.thread import ThreadActor, ThreadEnv
 
@@ -50,6 +52,7 @@ class RuntimeConfig:
     restart: RestartPolicy = RestartPolicy()
     ask_timeout: float = DEFAULT_ASK_TIMEOUT
     shutdown_grace: float = 5.0          # active runs get this long before agent_cancelled
+    delta_interval: float = DEFAULT_INTERVAL  # PROTOCOL.md: at most one agent_delta a run per
 
 
 class Runtime:
@@ -59,7 +62,7 @@ class Runtime:
                  tools: ToolRegistry, config: RuntimeConfig) -> None:
         self.config = config
         self.journal = journal
-        self._env = ThreadEnv(journal, agent, tools)
+        self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval)
         self._nursery = nursery
         self.directory: Directory[ThreadKey] = Directory(
             nursery,

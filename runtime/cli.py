@@ -25,7 +25,8 @@ import attrs
 import trio
 
 from threadline.actors.agents import echo_agent, echo_tools
-from threadline.actors.engine import Agent, ToolRegistry
+from threadline.actors.engine import Agent
+from threadline.actors.tools import ToolRegistry
 from threadline.transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileError, mint
 from threadline.transport.limits import Limits
 

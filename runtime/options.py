@@ -156,8 +156,15 @@ SERVE_OPTIONS = [
            "Authorization: Bearer TOKEN", shown="none, /metrics is open", metavar="TOKEN"),
     Option("--metrics-address", "METRICS_ADDRESS", None, "serve /metrics on HOST:PORT instead "
            "of the main port", address, shown="the main port", metavar="HOST:PORT"),
-    Option("--agent", "AGENT", "echo", "echo, or module:callable (also from the current "
-           "directory); a module attribute TOOLS gives its tools", metavar="SPEC"),
+    Option("--agent", "AGENT", "echo", "echo; openai (a model behind an OpenAI-compatible API: "
+           "OPENAI_BASE_URL, OPENAI_API_KEY); or module:callable (also from the current "
+           "directory), whose module attribute TOOLS gives its tools", metavar="SPEC"),
+    Option("--model", "MODEL", None, "the model --agent openai asks, e.g. gpt-4o-mini",
+           shown="none: required with --agent openai", metavar="NAME"),
+    Option("--system-prompt", "SYSTEM_PROMPT", None, "the system prompt of --agent openai",
+           metavar="TEXT"),
+    Option("--delta-interval", "DELTA_INTERVAL", 0.05, "at most one agent_delta per run this "
+           "often: how streamed answers are coalesced", seconds, metavar="SECONDS"),
     Option("--grace", "GRACE", 5.0, "seconds active runs get on shutdown", seconds,
            metavar="SECONDS"),
     Option("--limit", "LIMIT", None, "a connection limit, repeatable, e.g. rate=500; names: "

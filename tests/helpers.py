@@ -8,7 +8,8 @@ from typing import Iterable
 
 import trio
 
-from threadline.actors.engine import Run, ToolRegistry
+from threadline.actors.engine import Run
+from threadline.actors.tools import ToolRegistry
 from threadline.actors.messages import (
     AGENT_STARTED,
     TERMINAL_EVENTS,

@@ -1,0 +1,182 @@
+"""Streaming: how many answers one ``threadline serve`` process streams at once, and how late
+each piece reaches its client, on the SQLite store and on PostgreSQL.
+
+Every connection is its own user with its own thread and sends ``/stream N``: the echo agent
+writes ``1 2 ... N``, one number per ``run.write``, 200 numbers a second, as a model streams
+tokens (``actors/agents.py``). The server coalesces the writes into ``agent_delta`` events (at
+most one per run every 50 ms), stores each, then delivers it.
+
+Piece delay: the agent writes number ``i`` at ``t0 + 10 * floor((i - 1) / 10) / 200`` seconds
+(it writes ten numbers, then sleeps until their time), where ``t0`` is the ``ts`` of the run's
+``agent_thinking``, stamped just before the first write. A delta's delay is the time it arrives
+(this process's wall clock, the same machine's) minus the write time of its first number: the
+longest any text in it waited. A level is sustained when every answer arrives whole and the
+p99 delay is under 150 ms.
+
+Rows per answer: the journal rows one answer of ``N`` numbers (``N`` "tokens") costs, counted
+from its events (``user_message``, ``agent_started``, ``agent_thinking``, the deltas,
+``agent_completed``).
+
+Usage: ``python -m bench.streaming [--answers 100,250,500,1000] [--numbers 1000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import trio
+from websockets.frames import Frame
+
+from threadline.transport.auth import mint
+from threadline.tuning import raise_fd_limit, tune_gc
+
+from .common import Row, met, progress, table, write_results
+from .loadgen import cpu_seconds, open_ws, process_cpu_seconds
+from .servers import SECRET, server_process
+
+RATE, BATCH = 200.0, 10  # the echo agent's: numbers a second, numbers between two sleeps
+P99_TARGET_MS = 150.0
+TARGET_ANSWERS = 1000
+MIN_ANSWERS = 500
+
+
+async def one_answer(url: str, user: str, numbers: int, delays: list[float],
+                     go: trio.Event) -> dict[str, Any]:
+    """Stream one answer on a fresh connection; its delta delays go into ``delays``."""
+    conn = await open_ws(url, mint(user, SECRET))
+    try:
+        conn.write(json.dumps({"type": "join", "thread_id": "t"}).encode(), binary=False)
+        await go.wait()
+        conn.write(json.dumps({"type": "send", "thread_id": "t",
+                               "text": f"/stream {numbers}"}).encode(), binary=False)
+        await conn.flush()
+        text, t0, deltas, events = "", None, 0, 0
+        with trio.move_on_after(numbers / RATE + 60):
+            while not conn.eof:
+                for frame in await conn.receive():
+                    if not isinstance(frame, Frame) or not frame.data.startswith(b'{"type":"ev'):
+                        continue
+                    now = time.time()
+                    event = json.loads(frame.data)
+                    events += 1
+                    name, data = event["event"], event["data"]
+                    if name == "agent_thinking":
+                        t0 = event["ts"]
+                    elif name == "agent_delta" and data["offset"] == len(text):
+                        first = int(data["text"].split()[0])
+                        written = t0 + BATCH * math.floor((first - 1) / BATCH) / RATE
+                        delays.append(now - written)
+                        text += data["text"]
+                        deltas += 1
+                    elif name == "agent_completed":
+                        whole = data["text"] == text == " ".join(map(str, range(1, numbers + 1)))
+                        return {"whole": whole, "deltas": deltas, "rows": events}
+        return {"whole": False, "deltas": deltas, "rows": events}
+    finally:
+        await conn.aclose()
+
+
+async def level(url: str, answers: int, numbers: int, pid: int, tag: str) -> dict[str, Any]:
+    delays: list[float] = []
+    results: list[dict[str, Any]] = []
+    go = trio.Event()
+    cpu0, server0, wall0 = cpu_seconds(), process_cpu_seconds(pid), time.perf_counter()
+
+    async def answer(i: int) -> None:
+        results.append(await one_answer(url, f"{tag}{answers}u{i}", numbers, delays, go))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(answers):
+            nursery.start_soon(answer, i)
+        await trio.sleep(min(10.0, 0.5 + answers / 200))  # let every connection open and join
+        go.set()
+    wall = time.perf_counter() - wall0
+    delays.sort()
+    pct = lambda p: delays[min(len(delays) - 1, int(p * len(delays)))] * 1000 if delays else None  # noqa: E731
+    whole = sum(r["whole"] for r in results)
+    return {"answers": answers, "whole": whole, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "max_ms": delays[-1] * 1000 if delays else None,
+            "rows_per_answer": sum(r["rows"] for r in results) / max(1, len(results)),
+            "deltas": len(delays), "server_cpu": (process_cpu_seconds(pid) - server0) / wall,
+            "loadgen_cpu": (cpu_seconds() - cpu0) / wall,
+            "sustained": whole == answers and pct(0.99) is not None
+            and pct(0.99) < P99_TARGET_MS}
+
+
+def stores(stack: ExitStack, which: list[str]) -> dict[str, str]:
+    out = {}
+    if "sqlite" in which:
+        out["sqlite"] = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/s.db"
+    if "postgresql" in which:
+        from tests.pg import Cluster  # the tests' throwaway cluster
+
+        try:
+            cluster = Cluster(fsync=True).init()
+        except RuntimeError as exc:  # no PostgreSQL binaries here: said, and the rest runs
+            progress(f"PostgreSQL not run: {str(exc).splitlines()[0]}")
+        else:
+            stack.callback(cluster.destroy)
+            out["postgresql"] = cluster.reset()
+    return out
+
+
+def run(answers: list[int], numbers: int, which: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {"numbers": numbers, "stores": {}}
+    with ExitStack() as stack:
+        for name, url in stores(stack, which).items():
+            rows: dict[str, Any] = {}
+            with server_process("threadline", store=url) as (ws_url, proc):
+                for n in answers:
+                    progress(f"streaming: {n} answers of {numbers} numbers on {name}")
+                    rows[str(n)] = trio.run(level, ws_url, n, numbers, proc.pid, name)
+                    r = rows[str(n)]
+                    progress(f"  whole {r['whole']}/{n}, p99 {r['p99_ms']:.0f} ms, server CPU "
+                             f"{r['server_cpu']:.0%}, load generator CPU {r['loadgen_cpu']:.0%}")
+                    if not r["sustained"]:
+                        break  # past the limit: larger levels only take longer
+            results["stores"][name] = rows
+    return results
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for name, levels in results["stores"].items():
+        sustained = [int(n) for n, r in levels.items() if r["sustained"]]
+        best = max(sustained, default=0)
+        worst = levels[str(best)] if best else next(iter(levels.values()))
+        out.append((f"concurrent streaming answers, p99 piece delay < {P99_TARGET_MS:.0f} ms "
+                    f"({name})", f"{best:,}", "-", "-", f">= {TARGET_ANSWERS:,} "
+                    f"(>= {MIN_ANSWERS} required)", met(best >= MIN_ANSWERS)))
+        out.append((f"p99 piece delay at {worst['answers']:,} answers ({name})",
+                    f"{worst['p99_ms']:.0f} ms", "-", "-", f"< {P99_TARGET_MS:.0f} ms",
+                    met(worst["p99_ms"] is not None and worst["p99_ms"] < P99_TARGET_MS)))
+        out.append((f"journal rows per {results['numbers']:,}-token answer ({name})",
+                    f"{worst['rows_per_answer']:.0f}", "-", "-", "-", "-"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
+    p.add_argument("--answers", default="100,250,500,1000",
+                   help="levels of concurrent answers, comma-separated")
+    p.add_argument("--numbers", type=int, default=1000, help="numbers (tokens) per answer")
+    p.add_argument("--stores", default="sqlite,postgresql")
+    args = p.parse_args(argv)
+    raise_fd_limit()
+    tune_gc()
+    results = run([int(n) for n in args.answers.split(",")], args.numbers,
+                  args.stores.split(","))
+    print(table(rows(results)))
+    print(f"results: {write_results('streaming', results)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
