@@ -7,7 +7,7 @@ The awaiting is done with the I/O they are given by ``run_queued`` (the runner t
 through the engine, its events written by the thread's append), ``drain`` (shutdown) and
 ``close_lost_run``.
 
-A thread actor makes its queue for its first run (an idle actor stays small: DESIGN.md); until
+A thread actor makes its queue for its first run (an idle actor stays small: docs/architecture.md); until
 then its phase is IDLE, and a shutdown stops it at once. The phase is two facts, whether a
 runner task is on and whether shutdown was asked, and moves only by these events (any other
 pair is a bug, and raises)::

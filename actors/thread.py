@@ -2,8 +2,9 @@
 
 It owns the thread's sequence counter, its subscribers and its run queue (``run_queue``, where
 its phases are written down), and runs agent runs through the execution engine. It handles its
-mailbox in order: idle, it waits on it with no nursery and no runner task (DESIGN.md: <= 6 KB
-per idle actor); while runs wait or run, in a nursery that holds the runner task.
+mailbox in order: idle, it waits on it with no nursery and no runner task (at most 6 KB per
+idle actor, docs/architecture.md); while runs wait or run, in a nursery that holds the runner
+task and the tasks that store streamed answers.
 
 Ordering and durability: every event is appended under the thread's append lock, the seq
 assigned inside the lock, and the counter advanced only once the journal has the event; then
