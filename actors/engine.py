@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from .errors import JournalUnavailable, ToolError, Unstorable
+from .errors import AgentError, JournalUnavailable, ToolError, Unstorable
 from .history import Turn
 from .messages import (
     AGENT_CANCELLED,
@@ -82,8 +82,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return describe(exc.exceptions[0])
     text = str(exc)
-    if isinstance(exc, ToolError) and text:
-        return text  # a tool's own, deliberate message
+    if isinstance(exc, AgentError) and text:
+        return text  # an agent's or a tool's own, deliberate message
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

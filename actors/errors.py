@@ -54,7 +54,12 @@ class SubscriberDropped(ActorError):
         self.reason = reason
 
 
-class ToolError(ActorError):
+class AgentError(ActorError):
+    """An agent's deliberate failure: its message is meant for the user and shown as is in
+    ``agent_failed`` (any other exception is reported with its type name)."""
+
+
+class ToolError(AgentError):
     """A tool call failed (raised, timed out, or is not registered).
 
     Raised inside an agent by ``Run.call_tool``; an agent may catch it and go on, otherwise the

@@ -18,6 +18,7 @@ from .actors.engine import Agent, Run, RunContext
 from .actors.tools import ToolRegistry
 from .actors.errors import (
     ActorError,
+    AgentError,
     ActorStopped,
     AskTimeout,
     Busy,
@@ -56,7 +57,7 @@ from .transport.limits import Limits
 __all__ = [
     "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
     "DEFAULT_STORE", "TERMINAL_EVENTS", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
-    "Accepted", "ActorError", "ClientError", "ConnectionClosed", "HandshakeRejected", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
+    "Accepted", "ActorError", "AgentError", "ClientError", "ConnectionClosed", "HandshakeRejected", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
     "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "RateLimited", "Run",
     "RunContext", "Runtime", "ServerError", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
     "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "UnknownRun", "Unstorable",

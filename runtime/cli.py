@@ -56,12 +56,16 @@ def check_secret(secret: str) -> None:
                       "(RFC 7518 §3.2: a key at least as long as the hash output, 256 bits)")
 
 
-def load_agent(spec: str) -> tuple[Agent, ToolRegistry]:
-    """``echo``, or ``module:callable``: the callable is the agent; a module attribute ``TOOLS``
+def load_agent(spec: str, model: str | None = None,
+               system_prompt: str | None = None) -> tuple[Agent, ToolRegistry]:
+    """``echo``; ``openai`` (``threadline.agents.openai``, offered the echo agent's calculator
+    as a tool); or ``module:callable``: the callable is the agent, a module attribute ``TOOLS``
     (a ``ToolRegistry``) gives its tools. The current directory is searched too, as by
     ``python -m``: the installed ``threadline`` script does not put it on ``sys.path``."""
     if spec == "echo":
         return echo_agent, echo_tools()
+    if spec == "openai":
+        return load_openai_agent(model, system_prompt), echo_tools()
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise Refusal(f"--agent must be echo or module:callable, not {spec!r}")
@@ -77,6 +81,21 @@ def load_agent(spec: str) -> tuple[Agent, ToolRegistry]:
     return agent, tools if isinstance(tools, ToolRegistry) else ToolRegistry()
 
 
+def load_openai_agent(model: str | None, system_prompt: str | None) -> Agent:
+    try:
+        from threadline.agents.openai import OpenAIAgent, config_from_environment
+    except ImportError:
+        raise Refusal("--agent openai needs the openai package: pip install "
+                      "'threadline[openai]'") from None
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise Refusal("--agent openai needs OPENAI_API_KEY (any value for an endpoint that "
+                      "takes no key; OPENAI_BASE_URL names the endpoint)")
+    try:
+        return OpenAIAgent(config_from_environment(model, system_prompt))
+    except ValueError as exc:
+        raise Refusal(str(exc)) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     if args.secret:
         check_secret(args.secret)
@@ -87,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         limits = attrs.evolve(Limits(), **dict(args.limit or []))
     except (KeyFileError, ValueError, TypeError) as exc:
         raise Refusal(str(exc)) from None
-    agent, tools = load_agent(args.agent)
+    agent, tools = load_agent(args.agent, args.model, args.system_prompt)
     if args.made_up:
         log.warning("no --secret or THREADLINE_SECRET: made one for this run only; tokens "
                     "will not survive a restart")
@@ -114,25 +133,32 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
                     starting.cancel()
                 return
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            with starting:
-                async with open_journal(args.store) as journal, \
-                        open_runtime(journal=journal, agent=agent, tools=tools,
-                                     config=RuntimeConfig(shutdown_grace=args.grace)) as rt, \
-                        open_server(rt, host=args.host, port=args.port, auth=auth,
-                                    limits=limits, metrics_token=args.metrics_token,
-                                    metrics_address=args.metrics_address) as server:
-                    ready.set()
-                    log.info("agent %s", args.agent)
-                    print(f"ready: {server.url}", flush=True)
-                    if args.made_up:
-                        token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
-                        print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
-                              f"connect:  {server.url}?token={token}", flush=True)
-                    await stop.wait()
-                    await server.shutdown(args.grace)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                with starting:
+                    async with open_journal(args.store) as journal, \
+                            open_runtime(journal=journal, agent=agent, tools=tools,
+                                         config=RuntimeConfig(shutdown_grace=args.grace,
+                                                              delta_interval=args.delta_interval)
+                                         ) as rt, \
+                            open_server(rt, host=args.host, port=args.port, auth=auth,
+                                        limits=limits, metrics_token=args.metrics_token,
+                                        metrics_address=args.metrics_address) as server:
+                        ready.set()
+                        log.info("agent %s", args.agent)
+                        print(f"ready: {server.url}", flush=True)
+                        if args.made_up:
+                            token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
+                            print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
+                                  f"connect:  {server.url}?token={token}", flush=True)
+                        await stop.wait()
+                        await server.shutdown(args.grace)
+                nursery.cancel_scope.cancel()
+        finally:  # an agent that holds resources (the openai one: its HTTP client) lets go
+            if (aclose := getattr(agent, "aclose", None)) is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
     log.info("stopped")
     return 0
 
@@ -193,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.made_up:
             args.secret = secrets.token_urlsafe(32)
         setup_logging(args.log, args.log_format,
-                      secrets=[args.secret or "", args.metrics_token or ""])
+                      secrets=[args.secret or "", args.metrics_token or "",
+                               os.environ.get("OPENAI_API_KEY", "")])
     else:
         setup_logging("warning")
     try:

@@ -68,8 +68,10 @@ class ServeProcess:
     """``python -m threadline serve`` on a free port, with the test secret (``secret=None``:
     none at all, as the README's first command runs it), in ``cwd``."""
 
-    def __init__(self, *args: str, secret: str | None = SECRET, cwd: Path = ROOT) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+    def __init__(self, *args: str, secret: str | None = SECRET, cwd: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
+        extra = env or {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")} | extra
         if secret is not None:
             env["THREADLINE_SECRET"] = secret
         self.proc = subprocess.Popen(

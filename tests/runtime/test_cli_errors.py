@@ -175,3 +175,16 @@ def test_an_agent_that_cannot_load_is_one_line(tmp_path):
             "cannot load agent 'not_callable:agent': agent is not callable")
     refused(serve("--agent", "justamodule", cwd=tmp_path),
             "--agent must be echo or module:callable, not 'justamodule'")
+
+
+# -- the openai agent ----------------------------------------------------------------------------
+
+def test_the_openai_agent_without_a_model_is_one_line():
+    out = serve("--agent", "openai", env={"OPENAI_API_KEY": "sk-x"})
+    refused(out, "threadline: --agent openai needs a model: --model NAME or THREADLINE_MODEL")
+
+
+def test_the_openai_agent_without_an_api_key_is_one_line():
+    clean = {k: "" for k in ("OPENAI_API_KEY",)}
+    out = serve("--agent", "openai", "--model", "m", env=clean)
+    refused(out, "threadline: --agent openai needs OPENAI_API_KEY")

@@ -1,0 +1,203 @@
+"""``OpenAIAgent``: an agent that answers with a language model behind an OpenAI-compatible
+chat-completions API (OpenAI, or vLLM, Ollama, llama.cpp, LiteLLM... speaking it), through the
+official ``openai`` SDK, which runs under trio (it is built on anyio).
+
+One run: the thread's earlier turns (``run.history``) and the message go to the model, with the
+run's tools offered as functions (each with its JSON Schema: given at registration, else read
+from the tool's signature, ``tool_schema``). The answer is streamed as it comes (``run.write``:
+``agent_delta`` events). When the model calls tools, each call goes through ``run.call_tool``
+(so it is recorded as ``tool_executing``/``tool_completed``), the results go back to the model,
+and it is asked again: at most ``max_rounds`` times a run.
+
+Invariants:
+
+- The HTTP stream to the model lives inside ``async with``: a cancelled run (``cancel``,
+  ``interrupt``, shutdown) closes the connection at once, so a cancelled answer stops costing.
+- Every upstream failure (no connection, 401, 429 after the SDK's retries, 5xx, a stream cut in
+  the middle, a malformed tool call, too many rounds) raises ``ModelError`` with a short message
+  safe to show a user: the run ends ``agent_failed``, the thread goes on. The details (never the
+  API key) go to the server's log.
+- A tool that fails is not a failed run: its error goes back to the model as the tool's result.
+- The SDK's client is made on first use inside the trio run and closed by ``aclose`` (the SDK
+  would otherwise try to close it with asyncio, which does not run here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import attrs
+import openai
+
+from threadline.actors.engine import Run
+from threadline.actors.errors import AgentError, ToolError
+from threadline.actors.tools import ToolRegistry
+
+from .tool_schema import describe_tool
+
+log = logging.getLogger("threadline.agents.openai")
+
+__all__ = ["ModelError", "OpenAIAgent", "OpenAIConfig", "config_from_environment"]
+
+
+class ModelError(AgentError):
+    """The model could not give an answer; the message is for the user."""
+
+
+@attrs.frozen
+class OpenAIConfig:
+    model: str
+    system_prompt: str | None = None
+    base_url: str | None = None   # None: OPENAI_BASE_URL, else the SDK's default (api.openai.com)
+    api_key: str | None = None    # None: OPENAI_API_KEY
+    max_rounds: int = 8           # model calls per run: tool rounds end there
+    history_turns: int = 50       # earlier turns sent with each message
+    max_retries: int = 2          # the SDK's retries of a refused request (429, 5xx, network)
+    timeout: float = 60.0         # seconds: to connect, and of silence while streaming
+
+
+def config_from_environment(model: str | None = None,
+                            system_prompt: str | None = None) -> OpenAIConfig:
+    """``THREADLINE_MODEL`` and ``THREADLINE_SYSTEM_PROMPT`` (the arguments win); the SDK reads
+    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` itself. Raises ``ValueError`` without a model."""
+    model = model or os.environ.get("THREADLINE_MODEL")
+    if not model:
+        raise ValueError("--agent openai needs a model: --model NAME or THREADLINE_MODEL")
+    return OpenAIConfig(model, system_prompt or os.environ.get("THREADLINE_SYSTEM_PROMPT"))
+
+
+class OpenAIAgent:
+    """Call it as an agent (``agent(run)``); ``await agent.aclose()`` when done with it."""
+
+    def __init__(self, config: OpenAIConfig) -> None:
+        self.config = config
+        self._client: openai.AsyncOpenAI | None = None
+        self._functions: dict[tuple[str, Any], dict[str, Any]] = {}
+
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            c = self.config
+            self._client = openai.AsyncOpenAI(base_url=c.base_url, api_key=c.api_key,
+                                              max_retries=c.max_retries, timeout=c.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def __call__(self, run: Run) -> str | None:
+        messages = await self.messages(run)
+        tools = self.functions(run.tools)
+        for _ in range(self.config.max_rounds):
+            text, calls = await self._complete(run, messages, tools)
+            if not calls:
+                return None  # completes with what was streamed, over all rounds
+            messages.append({"role": "assistant", "content": text or None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}
+                for call_id, name, arguments in calls]})
+            for call_id, name, arguments in calls:
+                messages.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": await self._call(run, name, arguments)})
+        raise ModelError(f"the model asked for tools {self.config.max_rounds} times without "
+                         "answering")
+
+    async def messages(self, run: Run) -> list[dict[str, Any]]:
+        """What the model is sent: the system prompt, the earlier turns, the message."""
+        out: list[dict[str, Any]] = []
+        if self.config.system_prompt:
+            out.append({"role": "system", "content": self.config.system_prompt})
+        for turn in await run.history(self.config.history_turns):
+            if turn.text:  # a run that failed before writing anything said nothing
+                out.append({"role": turn.role, "content": turn.text})
+        out.append({"role": "user", "content": run.text})
+        return out
+
+    def functions(self, tools: ToolRegistry) -> list[dict[str, Any]]:
+        """The tools as the API's ``tools``: a function each, with its JSON Schema."""
+        out = []
+        for name in tools.names():
+            spec = tools.get(name)
+            assert spec is not None
+            key = (name, spec.fn)
+            if key not in self._functions:
+                description, schema = describe_tool(spec.fn) if spec.schema is None else (
+                    None, spec.schema)
+                function: dict[str, Any] = {"name": name, "parameters": schema}
+                if spec.description or description:
+                    function["description"] = spec.description or description
+                self._functions[key] = {"type": "function", "function": function}
+            out.append(self._functions[key])
+        return out
+
+    async def _complete(self, run: Run, messages: list[dict[str, Any]],
+                        tools: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str, str]]]:
+        """One streamed completion: its text (written to the run as it comes) and its tool
+        calls as ``(id, name, arguments)``. Raises ``ModelError``."""
+        text: list[str] = []
+        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        finish = None
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        try:
+            async with await self.client().chat.completions.create(
+                    model=self.config.model, messages=messages, stream=True, **extra) as stream:
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            text.append(delta.content)
+                            await run.write(delta.content)
+                        for part in delta.tool_calls or ():
+                            call = calls.setdefault(part.index, ["", "", ""])
+                            call[0] = part.id or call[0]
+                            if part.function is not None:
+                                call[1] = part.function.name or call[1]
+                                call[2] += part.function.arguments or ""
+                        finish = choice.finish_reason or finish
+        except openai.APIError as exc:
+            raise _model_error(exc, run) from None
+        if finish is None:
+            log.warning("run %s: the model's stream ended without a finish reason",
+                        run.context.run_id)
+            raise ModelError("the model's answer was cut off")
+        return "".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
+
+    async def _call(self, run: Run, name: str, arguments: str) -> str:
+        """Run one tool call; its result (or its error) as the content the model gets back."""
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            log.warning("run %s: malformed arguments for tool %r: %.200r", run.context.run_id,
+                        name, arguments)
+            raise ModelError(f"the model sent a malformed call of tool {name!r}")
+        try:
+            result = await run.call_tool(name, **args)
+        except ToolError as exc:
+            return json.dumps({"error": str(exc)})
+        return json.dumps(result)
+
+
+def _model_error(exc: openai.APIError, run: Run) -> ModelError:
+    """The user's message for an SDK error; the details go to the log."""
+    log.warning("run %s of user %s: the model call failed: %s: %s", run.context.run_id,
+                run.context.user_id, type(exc).__name__, exc)
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelError("the model did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        if cause is not None and "RemoteProtocol" in type(cause).__name__:
+            return ModelError("the connection to the model was lost in the middle of the answer")
+        return ModelError("the model could not be reached")
+    if isinstance(exc, openai.AuthenticationError):
+        return ModelError("the model endpoint refused the API key (HTTP 401)")
+    if isinstance(exc, openai.RateLimitError):
+        return ModelError("the model endpoint is rate limiting (HTTP 429): try again later")
+    if isinstance(exc, openai.APIStatusError):
+        return ModelError(f"the model endpoint failed (HTTP {exc.status_code})")
+    return ModelError("the model endpoint reported an error")
