@@ -67,8 +67,10 @@ class AnswerStream:
         return "".join(self._parts)
 
     async def write(self, text: str) -> None:
-        """Append ``text`` to the answer. A checkpoint; waits only while too much is unwritten
-        (see the header). Raises ``Unstorable``, or the error that stopped the stream."""
+        """Append ``text`` to the answer. A cancellation point, but it yields only while too
+        much is unwritten (see the header): an agent writes each token, and a scheduling round
+        per token would cost more than the rest of the write. Raises ``Unstorable``, or the
+        error that stopped the stream."""
         if self.error is not None:
             raise self.error
         if (reason := unstorable_reason(text)) is not None:
@@ -83,7 +85,7 @@ class AnswerStream:
             self._pending_len += len(text)
             self._parts.append(text)
             self._wake.set()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write pieces as the agent writes, one per ``interval`` at most, until ``close``."""
@@ -91,8 +93,13 @@ class AnswerStream:
             task_status.started()
             while self.error is None:
                 await self._wake.wait()
-                await trio.sleep_until(self._last + self.interval)
-                async with self.lock:
+                if (due := self._last + self.interval) > trio.current_time():
+                    await trio.sleep_until(due)
+                try:  # ``async with lock`` yields even when the lock is free: a round per piece
+                    self.lock.acquire_nowait()
+                except trio.WouldBlock:
+                    await self.lock.acquire()
+                try:
                     self._wake = trio.Event()
                     if self._pending:
                         try:
@@ -101,6 +108,8 @@ class AnswerStream:
                             return  # kept in ``error``: the run's next write or event raises it
                     if self._pending:
                         self._wake.set()  # more than one piece's worth: the next interval
+                finally:
+                    self.lock.release()
 
     async def flush(self) -> None:
         """Write everything pending now. Call with ``lock`` held. Raises the stream's error."""
@@ -125,14 +134,13 @@ class AnswerStream:
         encoded = text.encode()
         piece = text if len(encoded) <= PIECE_BYTES else (
             encoded[:PIECE_BYTES].decode("utf-8", "ignore"))  # a cut code point is dropped
-        try:
+        self._last = trio.current_time()  # the interval runs from piece to piece, not from
+        try:                               # the end of one store to the start of the next
             await self._emit({"offset": self.offset, "text": piece})
         except Exception as exc:
             self.error = exc  # nothing more may follow a piece that was not stored
             self._room.set()
             raise
-        finally:
-            self._last = trio.current_time()
         self.offset += len(piece)
         self._pending_len -= len(piece)
         if rest := self._pending[0][len(piece):]:

@@ -19,6 +19,7 @@ from threadline.tuning import raise_fd_limit, tune_gc
 from . import actors as actors_bench
 from . import journal as journal_bench
 from . import scale as scale_bench
+from . import streaming as streaming_bench
 from . import ws as ws_bench
 from .common import RESULTS, Row, met, progress, table, write_results
 from .ws import measure
@@ -104,7 +105,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out.append((f"threads reactivated/s after passivating {pv['threads']:,}",
                 f"{pv['reactivated_per_s']:,.0f}", f"{pv['created_per_s']:,.0f} created/s",
                 f"{pv['reactivated_per_s'] / pv['created_per_s']:.2f}", "-", "-"))
-    return out + journal_bench.rows(results["journal"])
+    out += journal_bench.rows(results["journal"])
+    return out + streaming_bench.rows(results["streaming"]) if "streaming" in results else out
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": quick}
 
-    progress("1/5 in-process actors")
+    progress("1/6 in-process actors")
     results["actors"] = {
         "ask": actors_bench.bench_ask(20_000 if quick else 100_000, 3),
         "memory": actors_bench.bench_memory(10_000 if quick else 100_000),
@@ -138,23 +140,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     gc.collect()
 
-    progress("2/5 server throughput: threadline, bare echo, FastAPI peer")
+    progress("2/6 server throughput: threadline, bare echo, FastAPI peer")
     levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
     results["throughput"] = ws_bench.throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2,
                                                 ("bare", "threadline", "peer"))
 
-    progress("3/5 latency under open-loop load, 100 connections")
+    progress("3/6 latency under open-loop load, 100 connections")
     max_events = results["throughput"]["100"]["threadline"]["events_per_s"]
     results["latency"] = latency(max_events, [0.25, 0.5, 0.75, 1.0], 100, 2.0 if quick else 4.0)
 
-    progress("4/5 scale: many connections, many threads")
+    progress("4/6 scale: many connections, many threads")
     results["scale"] = {
         "connections": scale_bench.connections(1000 if quick else 10_000),
         "passivation": scale_bench.passivation(10_000 if quick else 100_000),
     }
 
-    progress("5/5 journal: SQLite and PostgreSQL, group commit and a transaction per event")
+    progress("5/6 journal: SQLite and PostgreSQL, group commit and a transaction per event")
     results["journal"] = journal_bench.run(2.0 if quick else 4.0, [200] if quick else [200, 1000])
+
+    progress("6/6 streaming: concurrent /stream answers on SQLite and PostgreSQL")
+    results["streaming"] = streaming_bench.run(
+        [50, 100] if quick else [50, 100, 150, 250, 500, 1000], 400 if quick else 1000,
+        ["sqlite", "postgresql"])
 
     results["seconds"] = time.perf_counter() - t0
     path = write_results("suite", results)

@@ -43,17 +43,20 @@ from .servers import SECRET, server_process
 
 RATE, BATCH = 200.0, 10  # the echo agent's: numbers a second, numbers between two sleeps
 P99_TARGET_MS = 150.0
+STAGGER = 1.0  # seconds over which the questions of one level are asked
 TARGET_ANSWERS = 1000
 MIN_ANSWERS = 500
 
 
 async def one_answer(url: str, user: str, numbers: int, delays: list[float],
-                     go: trio.Event) -> dict[str, Any]:
-    """Stream one answer on a fresh connection; its delta delays go into ``delays``."""
+                     go: trio.Event, after: float) -> dict[str, Any]:
+    """Stream one answer on a fresh connection, asked ``after`` seconds after ``go``; its
+    delta delays go into ``delays``."""
     conn = await open_ws(url, mint(user, SECRET))
     try:
         conn.write(json.dumps({"type": "join", "thread_id": "t"}).encode(), binary=False)
         await go.wait()
+        await trio.sleep(after)
         conn.write(json.dumps({"type": "send", "thread_id": "t",
                                "text": f"/stream {numbers}"}).encode(), binary=False)
         await conn.flush()
@@ -90,7 +93,10 @@ async def level(url: str, answers: int, numbers: int, pid: int, tag: str) -> dic
     cpu0, server0, wall0 = cpu_seconds(), process_cpu_seconds(pid), time.perf_counter()
 
     async def answer(i: int) -> None:
-        results.append(await one_answer(url, f"{tag}{answers}u{i}", numbers, delays, go))
+        # Questions arrive spread over STAGGER seconds, as users' do; all at one instant, every
+        # answer would write in the same 5 ms of each 50 (the echo agent's clock is exact).
+        results.append(await one_answer(url, f"{tag}{answers}u{i}", numbers, delays, go,
+                                        STAGGER * i / answers))
 
     async with trio.open_nursery() as nursery:
         for i in range(answers):
@@ -164,7 +170,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
-    p.add_argument("--answers", default="100,250,500,1000",
+    p.add_argument("--answers", default="50,100,150,250,500,1000",
                    help="levels of concurrent answers, comma-separated")
     p.add_argument("--numbers", type=int, default=1000, help="numbers (tokens) per answer")
     p.add_argument("--stores", default="sqlite,postgresql")

@@ -15,6 +15,7 @@ Installed layout: this directory (``runtime/`` in the repository) is the package
 """
 
 from .actors.engine import Agent, Run, RunContext
+from .actors.history import Turn
 from .actors.tools import ToolRegistry
 from .actors.errors import (
     ActorError,
@@ -33,6 +34,7 @@ from .actors.errors import (
 from .actors.messages import (
     AGENT_CANCELLED,
     AGENT_COMPLETED,
+    AGENT_DELTA,
     AGENT_FAILED,
     AGENT_STARTED,
     AGENT_THINKING,
@@ -55,11 +57,11 @@ from .transport.client_errors import ClientError, ConnectionClosed, HandshakeRej
 from .transport.limits import Limits
 
 __all__ = [
-    "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
+    "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_DELTA", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
     "DEFAULT_STORE", "TERMINAL_EVENTS", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
     "Accepted", "ActorError", "AgentError", "ClientError", "ConnectionClosed", "HandshakeRejected", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
     "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "RateLimited", "Run",
     "RunContext", "Runtime", "ServerError", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
-    "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "UnknownRun", "Unstorable",
+    "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "Turn", "UnknownRun", "Unstorable",
     "UserHandle", "mint", "open_client", "open_journal", "open_runtime", "open_server",
 ]

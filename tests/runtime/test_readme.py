@@ -1,8 +1,11 @@
 """The README's embedding example runs, as written, and prints what the README says."""
 
+import os
 import re
 import subprocess
 import sys
+
+import trio
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -39,6 +42,25 @@ def test_serving_example_runs_as_documented():
     lines = run_block("<!-- example: serving")
     assert re.fullmatch(r"listening on ws://127\.0\.0\.1:\d+/v1/ws", lines[0])
     assert lines[1] == "42"
+
+
+async def test_language_model_example_runs_as_documented():
+    from tests.llm_server import Answer, ToolCall, open_llm_server
+
+    async with open_llm_server() as llm:
+        llm.script(Answer(calls=(ToolCall("weather", {"city": "Oslo"}),)),
+                   Answer(pieces=("Clear", " and 21 C in Oslo.")))
+        env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = await trio.run_process(
+            [sys.executable, "-c", block_after("<!-- example: language model")],
+            capture_stdout=True, capture_stderr=True, check=False, env=env, cwd=README.parent)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [
+        "tool: {'city': 'Oslo', 'sky': 'clear', 'celsius': 21}",
+        "piece: Clear and 21 C in Oslo.",  # the two pieces came within 50 ms: one delta
+        "agent_completed {'text': 'Clear and 21 C in Oslo.'}"]
+    assert llm.requests[0].body["tools"][0]["function"]["description"] == \
+        "Today's weather in a city."
 
 
 def test_readme_starts_with_the_two_commands():
