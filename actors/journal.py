@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Protocol, Sequence
 
-import trio
-
 import attrs
 
 from .errors import JournalUnavailable, Unstorable

@@ -30,6 +30,7 @@ from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
 from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.stats import RuntimeStatistics
 from threadline.actors.stream import DEFAULT_INTERVAL
 from threadline.actors.supervisor import RestartPolicy
 from threadline.actors.thread import ThreadActor, ThreadEnv

@@ -19,6 +19,7 @@ from threadline.actors.messages import (
 from threadline.actors.errors import JournalUnavailable
 from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.subscription import Subscription
+from threadline.stores import StoreError, open_journal
 
 
 async def scripted_agent(run: Run) -> str:
@@ -125,3 +126,19 @@ class FailingJournal(MemoryJournal):
         if self.failing:
             raise JournalUnavailable("store unreachable")
         await super().append(events)
+
+
+async def store_refusal(url: str) -> StoreError:
+    """The ``StoreError`` that opening ``url`` raises (however deep in exception groups),
+    checked to be one line."""
+    try:
+        async with open_journal(url):
+            pass
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        assert isinstance(exc, StoreError), repr(exc)
+        message = str(exc)
+        assert "\n" not in message and message.strip() == message, message
+        return exc
+    raise AssertionError(f"{url} opened")

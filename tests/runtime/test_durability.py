@@ -12,7 +12,8 @@ from threadline.actors.errors import JournalUnavailable
 from threadline.actors.messages import Event, ThreadKey
 from threadline import open_runtime
 from threadline.stores import SchemaTooNew, open_journal
-from tests.helpers import assert_runs_well_formed, scripted_agent, test_tools, until_terminal
+from tests.helpers import (assert_runs_well_formed, scripted_agent, store_refusal, test_tools,
+                           until_terminal)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,15 +60,9 @@ async def test_a_refused_append_does_not_fail_its_batch(store_url):
 
 
 async def refused(url: str) -> SchemaTooNew:
-    try:
-        async with open_journal(url):
-            pass
-    except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        assert isinstance(exc, SchemaTooNew), exc
-        return exc
-    raise AssertionError("opened a store with a newer schema")
+    exc = await store_refusal(url)
+    assert isinstance(exc, SchemaTooNew), exc
+    return exc
 
 
 async def test_sqlite_refuses_a_newer_schema(tmp_path):

@@ -65,3 +65,15 @@ def test_no_code_imports_the_repository_directories_by_their_own_names():
                                                          "tests", "bench")
                  for path in (ROOT / top).rglob("*.py") if OLD_NAMES.search(path.read_text())]
     assert offenders == []
+
+
+def test_imports_flow_one_way_threadline_then_transport_then_actors():
+    """``actors`` imports only itself (relatively); ``transport`` imports ``threadline.actors``
+    and itself, never the assembly above it (``threadline.api``, ``.stores``, ...)."""
+    absolute = re.compile(r"^\s*(?:from|import)\s+(threadline[\w.]*)", re.M)
+    upward = {top: [f"{path.relative_to(ROOT)}: {name}" for path in (ROOT / top).rglob("*.py")
+                    for name in absolute.findall(path.read_text())
+                    if not name.startswith(allowed)]
+              for top, allowed in (("actors", ("threadline.actors",)),
+                                   ("transport", ("threadline.actors", "threadline.transport")))}
+    assert upward == {"actors": [], "transport": []}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +13,15 @@ from typing import Callable
 import psycopg
 import pytest
 
-from threadline.stores import StoreError, open_journal
+from threadline.stores import open_journal
+from tests.helpers import store_refusal
 from tests.pg import free_port
 from tests.servers import ROOT, SECRET
 
 
 async def refusal(url: str) -> str:
-    """The ``StoreError`` that opening ``url`` raises (however deep in exception groups),
-    checked to be one line; its message."""
-    try:
-        async with open_journal(url):
-            pass
-    except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        assert isinstance(exc, StoreError), repr(exc)
-        message = str(exc)
-        assert "\n" not in message and message.strip() == message, message
-        return message
-    raise AssertionError(f"{url} opened")
+    """The one-line message of the ``StoreError`` that opening ``url`` raises."""
+    return str(await store_refusal(url))
 
 
 async def make_store(path: Path) -> None:
