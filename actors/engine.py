@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from .errors import AgentError, JournalUnavailable, ToolError, Unstorable
+from .errors import AgentError, JournalUnavailable, JournalWedged, ToolError, Unstorable
 from .history import Turn
 from .messages import (
     AGENT_CANCELLED,
@@ -162,7 +162,7 @@ class Run:
         if self._stream is not None:
             await self._stream.close()
 
-    async def call_tool(self, tool: str, **args: Any) -> Any:
+    async def call_tool(self, tool: str, /, **args: Any) -> Any:
         """Run a registered tool with its timeout; emits ``tool_executing`` and ``tool_completed``.
 
         Returns the tool's result. Raises ``ToolError`` when the tool is unknown, raises or
@@ -242,6 +242,8 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         with control.scope:
             try:
                 answer = await agent(run)
+            except JournalWedged:
+                raise  # not the agent's failure: the thread restarts
             except Exception as exc:
                 log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
                          ctx.thread_id, describe(exc), exc_info=exc)
@@ -253,13 +255,21 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         if control.scope.cancelled_caught:
             terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "cancel"})
         terminal = await _end_stream(run, terminal)
-    except trio.Cancelled:
+    except BaseException as exc:
+        # Cancelled from outside (shutdown, a crash of the thread): a bare ``Cancelled``, or a
+        # group of them when the agent had a nursery of its own. An ``Exception`` (the journal
+        # failed, ...) is the caller's to handle.
+        if isinstance(exc, Exception):
+            raise
         if control.failure is not None:
             terminal = (AGENT_FAILED, {"error": control.failure})
         else:
             terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "shutdown"})
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + TERMINAL_WRITE_TIMEOUT
+            if not control.started:  # cancelled before agent_started was stored
+                await emit(ctx, AGENT_STARTED, {})
+                control.started = True
             terminal = await _end_stream(run, terminal)
             await emit(ctx, *terminal)
         raise
@@ -276,8 +286,8 @@ async def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]
     """Store the rest of the streamed answer; the terminal event to write after it."""
     try:
         await run.end_stream()
-    except JournalUnavailable:
-        raise  # the run's journal is gone: the thread closes the run (``close_lost_run``)
+    except (JournalUnavailable, JournalWedged):
+        raise  # the journal is gone or wedged: the thread closes the run or restarts
     except Exception as exc:
         return (AGENT_FAILED, {"error": f"the answer could not be stored: {describe(exc)}"})
     return terminal

@@ -87,3 +87,9 @@ class LimitReached(ActorError):
 
 class RateLimited(ActorError):
     """A per-user rate (sends per second across connections) is exceeded; nothing was done."""
+
+
+class JournalWedged(RuntimeError):
+    """A journal write got no answer within its bound: the thread actor restarts (its
+    supervisor reloads the last durable seq). Never turned into a run's failure: the counter
+    may not match the journal any more."""

@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .errors import Unstorable
+from .errors import JournalUnavailable, JournalWedged, Unstorable
 from .journal import unstorable_reason
 
 PIECE_BYTES = 4096         # PROTOCOL.md: each agent_delta at most 4 KiB of text in UTF-8
@@ -76,12 +76,15 @@ class AnswerStream:
         if (reason := unstorable_reason(text)) is not None:
             raise Unstorable(f"the answer {reason}")
         while self._pending_len >= MAX_PENDING and self.error is None:
-            self._room = trio.Event()
+            if self._room.is_set():  # one event for every waiting writer: a piece wakes all
+                self._room = trio.Event()
             await self._room.wait()
         if self.error is not None:
             raise self.error
         if text:
-            self._pending.append(text)
+            # In chunks of at most a piece's code points: a piece is then made from a few
+            # chunks, never by re-reading one long write (quadratic in its length).
+            self._pending.extend(text[i:i + PIECE_BYTES] for i in range(0, len(text), PIECE_BYTES))
             self._pending_len += len(text)
             self._parts.append(text)
             self._wake.set()
@@ -104,6 +107,8 @@ class AnswerStream:
                     if self._pending:
                         try:
                             await self._piece()
+                        except JournalWedged:
+                            raise
                         except Exception:
                             return  # kept in ``error``: the run's next write or event raises it
                     if self._pending:
@@ -129,22 +134,33 @@ class AnswerStream:
         """Store the next piece. The state moves only once the journal has it: ``emit`` raises
         only before the write (cancelled while waiting its turn) or for a write that failed,
         so a piece that raised is still pending, with the same offset."""
-        text = "".join(self._pending)
-        self._pending = [text]  # writes made while the piece is stored are appended after it
-        encoded = text.encode()
-        piece = text if len(encoded) <= PIECE_BYTES else (
-            encoded[:PIECE_BYTES].decode("utf-8", "ignore"))  # a cut code point is dropped
-        self._last = trio.current_time()  # the interval runs from piece to piece, not from
-        try:                               # the end of one store to the start of the next
+        parts: list[str] = []
+        size = 0
+        for chunk in self._pending:  # chunks of at most PIECE_BYTES code points
+            n = len(chunk) if chunk.isascii() else len(chunk.encode())
+            if size + n > PIECE_BYTES:
+                break
+            parts.append(chunk)
+            size += n
+        taken = len(parts)
+        # A first chunk alone over the limit is cut, never inside a code point.
+        piece = "".join(parts) if taken else (
+            self._pending[0].encode()[:PIECE_BYTES].decode("utf-8", "ignore"))
+        self._last = trio.current_time()  # the interval runs from piece to piece, not from stores
+        try:
             await self._emit({"offset": self.offset, "text": piece})
+        except JournalWedged:
+            self.error = JournalUnavailable("the store stopped answering")
+            self._room.set()
+            raise  # not caught by ``run``: the thread actor restarts (see thread.py)
         except Exception as exc:
             self.error = exc  # nothing more may follow a piece that was not stored
             self._room.set()
             raise
         self.offset += len(piece)
         self._pending_len -= len(piece)
-        if rest := self._pending[0][len(piece):]:
-            self._pending[0] = rest
+        if taken:
+            del self._pending[:taken]  # writes made while it was stored are after these
         else:
-            del self._pending[0]
+            self._pending[0] = self._pending[0][len(piece):]
         self._room.set()

@@ -24,8 +24,8 @@ import attrs
 import trio
 
 from .engine import Agent, RunContext, RunControl, Spawn, ToolRegistry, new_id
-from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable, MailboxFull,
-                     UnknownRun, Unstorable)
+from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable, JournalWedged,
+                     MailboxFull, UnknownRun, Unstorable)
 from .journal import Journal
 from .mailbox import Mailbox
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
@@ -41,10 +41,6 @@ log = logging.getLogger("threadline.thread")
 #: error when they fail); past this the store is wedged, and the thread restarts (its
 #: supervisor reloads the last durable seq) rather than wait forever.
 APPEND_TIMEOUT = 60.0
-
-
-class JournalWedged(RuntimeError):
-    """A journal write got no answer within ``APPEND_TIMEOUT``: restart the thread actor."""
 
 
 class Subscriber(Protocol):

@@ -92,10 +92,12 @@ class OpenAIAgent:
     async def __call__(self, run: Run) -> str | None:
         messages = await self.messages(run)
         tools = self.functions(run.tools)
-        for _ in range(self.config.max_rounds):
+        for round_ in range(self.config.max_rounds):
             text, calls = await self._complete(run, messages, tools)
             if not calls:
                 return None  # completes with what was streamed, over all rounds
+            if round_ == self.config.max_rounds - 1:
+                break  # no round left to give the results to: do not run the tools
             messages.append({"role": "assistant", "content": text or None, "tool_calls": [
                 {"id": call_id, "type": "function",
                  "function": {"name": name, "arguments": arguments}}
@@ -142,15 +144,19 @@ class OpenAIAgent:
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         finish = None
         extra: dict[str, Any] = {"tools": tools} if tools else {}
+        # The text of a later round (after tool calls) starts a new paragraph of the answer.
+        separator = "\n\n" if run.written else ""
         try:
             async with await self.client().chat.completions.create(
                     model=self.config.model, messages=messages, stream=True, **extra) as stream:
-                async for chunk in stream:
-                    for choice in chunk.choices:
+                chunks = aiter(stream)
+                while (chunk := await _next_chunk(chunks, run)) is not None:
+                    for choice in chunk.choices or ():
                         delta = choice.delta
                         if delta.content:
                             text.append(delta.content)
-                            await run.write(delta.content)
+                            await run.write(separator + delta.content)
+                            separator = ""
                         for part in delta.tool_calls or ():
                             call = calls.setdefault(part.index, ["", "", ""])
                             call[0] = part.id or call[0]
@@ -181,6 +187,19 @@ class OpenAIAgent:
         except ToolError as exc:
             return json.dumps({"error": str(exc)})
         return json.dumps(result)
+
+
+async def _next_chunk(chunks: Any, run: Run) -> Any:
+    """The next chunk of a stream, None at its end. Raises ``ModelError`` for data that is not
+    a chunk (the SDK parses the event's JSON outside its own error handling)."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+    except (ValueError, TypeError) as exc:
+        log.warning("run %s: the model sent data that is not a chunk: %s", run.context.run_id,
+                    exc)
+        raise ModelError("the model sent a malformed answer") from None
 
 
 def _model_error(exc: openai.APIError, run: Run) -> ModelError:

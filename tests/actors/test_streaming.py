@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 import trio
 
-from threadline import RuntimeConfig, open_runtime
+from threadline import RuntimeConfig, ToolRegistry, open_runtime
 from threadline.actors.agents import echo_agent, echo_tools
 from threadline.actors.history import Turn
 from threadline.actors.memory_journal import MemoryJournal
@@ -241,3 +241,46 @@ async def test_echo_streams_numbers_on_slash_stream(autojump_clock):
 async def test_echo_answers_a_bad_stream_command_as_text(text):
     events = await converse(echo_agent, text)
     assert events[-1].data == {"text": text} and not deltas(events)
+
+
+async def test_two_tasks_writing_past_the_bound_both_go_on_once_the_store_does(autojump_clock):
+    journal = GatedJournal()
+
+    async def agent(run):
+        async def writer(letter: str) -> None:
+            for _ in range(40):
+                await run.write(letter * 4096)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, "a")
+            nursery.start_soon(writer, "b")
+
+    async with open_runtime(agent=agent, journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        async with thread.open_subscription() as events:
+            await thread.send("go")
+            await trio.sleep(5)  # both writers now wait for room
+            journal.gate.set()
+            got = []
+            with trio.fail_after(60):
+                async for event in events:
+                    got.append(event)
+                    if event.event in ("agent_completed", "agent_failed"):
+                        break
+    answer = answer_of(got)
+    assert got[-1].event == "agent_completed" and got[-1].data["text"] == answer
+    assert answer.count("a") == answer.count("b") == 40 * 4096
+
+
+async def test_a_tool_may_take_an_argument_named_tool():
+    tools = ToolRegistry()
+
+    @tools.tool("pick")
+    async def pick(ctx, tool: str) -> str:
+        return f"picked {tool}"
+
+    async def agent(run):
+        return await run.call_tool("pick", tool="hammer")
+
+    events = await converse(agent, "x", tools=tools)
+    assert events[-1].data == {"text": "picked hammer"}

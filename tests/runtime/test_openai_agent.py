@@ -190,6 +190,8 @@ async def test_a_model_that_never_stops_calling_tools_is_stopped_after_max_round
         events = await turn(rt, "loop")
     assert events[-1].data == {"error": "the model asked for tools 2 times without answering"}
     assert len(llm.requests) == 2
+    # The last round's calls are not run: no round is left to give their results to.
+    assert [e.event for e in events].count("tool_executing") == 1
 
 
 async def test_an_unreachable_endpoint_fails_the_run():
@@ -200,3 +202,13 @@ async def test_an_unreachable_endpoint_fails_the_run():
         events = await turn(rt, "hello?")
     await agent.aclose()
     assert events[-1].data == {"error": "the model could not be reached"}
+
+
+async def test_text_of_a_later_round_starts_a_new_paragraph():
+    async with open_llm_server() as llm, agent_runtime(llm, tools=weather_tools()) as rt:
+        llm.script(Answer(pieces=("Let me check.",),
+                          calls=(ToolCall("weather", {"city": "Oslo"}),)),
+                   Answer(pieces=("It is 21 C.",)))
+        events = await turn(rt, "weather?")
+    assert events[-1].data == {"text": "Let me check.\n\nIt is 21 C."}
+    assert answer_of(events) == "Let me check.\n\nIt is 21 C."
