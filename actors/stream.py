@@ -84,7 +84,11 @@ class AnswerStream:
         if text:
             # In chunks of at most a piece's code points: a piece is then made from a few
             # chunks, never by re-reading one long write (quadratic in its length).
-            self._pending.extend(text[i:i + PIECE_BYTES] for i in range(0, len(text), PIECE_BYTES))
+            if len(text) <= PIECE_BYTES:  # a token: the usual write
+                self._pending.append(text)
+            else:
+                self._pending.extend(text[i:i + PIECE_BYTES]
+                                     for i in range(0, len(text), PIECE_BYTES))
             self._pending_len += len(text)
             self._parts.append(text)
             self._wake.set()

@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     progress("5/6 journal: SQLite and PostgreSQL, group commit and a transaction per event")
     results["journal"] = journal_bench.run(2.0 if quick else 4.0, [200] if quick else [200, 1000])
 
-    progress("6/6 streaming: concurrent /stream answers on SQLite and PostgreSQL")
+    progress("6/6 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
     results["streaming"] = streaming_bench.run(
         [50, 100] if quick else [50, 100, 150, 250, 500, 1000], 400 if quick else 1000,
-        ["sqlite", "postgresql"])
+        ["memory", "sqlite", "postgresql"])
 
     results["seconds"] = time.perf_counter() - t0
     path = write_results("suite", results)

@@ -118,6 +118,8 @@ async def level(url: str, answers: int, numbers: int, pid: int, tag: str) -> dic
 
 def stores(stack: ExitStack, which: list[str]) -> dict[str, str]:
     out = {}
+    if "memory" in which:  # nothing stored: what the rest of the path costs
+        out["memory"] = "memory"
     if "sqlite" in which:
         out["sqlite"] = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/s.db"
     if "postgresql" in which:
@@ -151,20 +153,30 @@ def run(answers: list[int], numbers: int, which: list[str]) -> dict[str, Any]:
     return results
 
 
+def sustained(levels: dict[str, Any]) -> int:
+    return max((int(n) for n, r in levels.items() if r["sustained"]), default=0)
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
+    """A row per durable store, against the memory store measured in the same run (what the
+    rest of the path allows)."""
     out: list[Row] = []
-    for name, levels in results["stores"].items():
-        sustained = [int(n) for n, r in levels.items() if r["sustained"]]
-        best = max(sustained, default=0)
-        worst = levels[str(best)] if best else next(iter(levels.values()))
+    stores = results["stores"]
+    base = sustained(stores["memory"]) if "memory" in stores else None
+    for name, levels in stores.items():
+        if name == "memory":
+            continue
+        best = sustained(levels)
+        at = levels[str(best)] if best else next(iter(levels.values()))
         out.append((f"concurrent streaming answers, p99 piece delay < {P99_TARGET_MS:.0f} ms "
-                    f"({name})", f"{best:,}", "-", "-", f">= {TARGET_ANSWERS:,} "
+                    f"({name})", f"{best:,}", f"{base:,} memory store" if base else "-",
+                    f"{best / base:.2f}" if base else "-", f">= {TARGET_ANSWERS:,} "
                     f"(>= {MIN_ANSWERS} required)", met(best >= MIN_ANSWERS)))
-        out.append((f"p99 piece delay at {worst['answers']:,} answers ({name})",
-                    f"{worst['p99_ms']:.0f} ms", "-", "-", f"< {P99_TARGET_MS:.0f} ms",
-                    met(worst["p99_ms"] is not None and worst["p99_ms"] < P99_TARGET_MS)))
+        out.append((f"p99 piece delay at {at['answers']:,} answers ({name})",
+                    f"{at['p99_ms']:.0f} ms", "-", "-", f"< {P99_TARGET_MS:.0f} ms",
+                    met(at["p99_ms"] is not None and at["p99_ms"] < P99_TARGET_MS)))
         out.append((f"journal rows per {results['numbers']:,}-token answer ({name})",
-                    f"{worst['rows_per_answer']:.0f}", "-", "-", "-", "-"))
+                    f"{at['rows_per_answer']:.0f}", "-", "-", "-", "-"))
     return out
 
 
@@ -173,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answers", default="50,100,150,250,500,1000",
                    help="levels of concurrent answers, comma-separated")
     p.add_argument("--numbers", type=int, default=1000, help="numbers (tokens) per answer")
-    p.add_argument("--stores", default="sqlite,postgresql")
+    p.add_argument("--stores", default="memory,sqlite,postgresql",
+                   help="memory is the baseline: the path without a store")
     args = p.parse_args(argv)
     raise_fd_limit()
     tune_gc()
