@@ -188,3 +188,12 @@ def test_the_openai_agent_without_an_api_key_is_one_line():
     clean = {k: "" for k in ("OPENAI_API_KEY",)}
     out = serve("--agent", "openai", "--model", "m", env=clean)
     refused(out, "threadline: --agent openai needs OPENAI_API_KEY")
+
+
+def test_the_openai_agent_without_the_openai_package_says_how_to_install_it(tmp_path):
+    # A module named openai that cannot be imported, first on the path: as if it were missing.
+    (tmp_path / "openai.py").write_text("raise ImportError('No module named openai')\n")
+    out = serve("--agent", "openai", "--model", "m",
+                env={"OPENAI_API_KEY": "sk-x", "PYTHONPATH": str(tmp_path)})
+    refused(out, "threadline: --agent openai needs the openai package: pip install "
+                 "'threadline[openai]'")
