@@ -27,6 +27,7 @@ from .actors.errors import (
     LimitReached,
     MailboxFull,
     RateLimited,
+    SubscriberDropped,
     ToolError,
     UnknownRun,
     Unstorable,
@@ -53,15 +54,16 @@ from .server import RunningServer, open_server
 from .stores import DEFAULT_STORE, StoreError, open_journal
 from .transport.auth import mint
 from .transport.client import open_client
-from .transport.client_errors import ClientError, ConnectionClosed, HandshakeRejected, ServerError
+from .transport.client_errors import (BadFrame, ClientError, ConnectionClosed, HandshakeRejected,
+                                      Internal, NotJoined, ServerError)
 from .transport.limits import Limits
 
 __all__ = [
     "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_DELTA", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
     "DEFAULT_STORE", "TERMINAL_EVENTS", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
-    "Accepted", "ActorError", "AgentError", "ClientError", "ConnectionClosed", "HandshakeRejected", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
-    "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "RateLimited", "Run",
-    "RunContext", "Runtime", "ServerError", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
+    "Accepted", "ActorError", "AgentError", "BadFrame", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
+    "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "NotJoined", "RateLimited", "Run",
+    "RunContext", "Runtime", "ServerError", "SubscriberDropped", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
     "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "Turn", "UnknownRun", "Unstorable",
     "UserHandle", "mint", "open_client", "open_journal", "open_runtime", "open_server",
 ]

@@ -35,6 +35,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
+from threadline.actors.journal import replay_start
 from threadline.actors.reply import Reply
 
 from .client_connect import NO_RECONNECT, connect, reconnect
@@ -93,7 +94,9 @@ class Client:
         if since is not None:
             frame["since"] = since
         answer = await self.request(frame)
-        self.joined[thread_id] = since if since is not None else answer["last_seq"]
+        # As the server counts it (``replay_start``): a since beyond the thread's end is up to
+        # date, and the live events from last_seq + 1 must not be taken for ones already seen.
+        self.joined[thread_id] = replay_start(since, answer["last_seq"])
         return answer
 
     async def leave(self, thread_id: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from threadline.actors import errors
+
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
                        UNKNOWN_RUN)
 
@@ -56,19 +58,22 @@ class NotJoined(ServerError):
     """``not_joined``: join the thread first."""
 
 
-class Busy(ServerError):
+# The four below are also the in-process errors of the same name (``threadline.Busy`` ...), so
+# that one ``except`` serves code that talks to a runtime in process and over a socket.
+
+class Busy(ServerError, errors.Busy):
     """``busy``: ``strategy: reject`` while a run is active."""
 
 
-class UnknownRun(ServerError):
+class UnknownRun(ServerError, errors.UnknownRun):
     """``unknown_run``: no such active run to cancel."""
 
 
-class RateLimited(ServerError):
+class RateLimited(ServerError, errors.RateLimited):
     """``rate_limited``: dropped; sending it later may work."""
 
 
-class LimitReached(ServerError):
+class LimitReached(ServerError, errors.LimitReached):
     """``limit_reached``: a per-connection or per-user limit."""
 
 

@@ -15,6 +15,8 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import pytest
 import trio
+
+import threadline
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketRequest, serve_websocket
 
@@ -132,6 +134,9 @@ async def test_each_error_is_raised_by_the_request_it_answers():
                 nursery.start_soon(outcome, "not_joined", lambda: client.cancel("other"))
             assert isinstance(results["busy"], Busy)
             assert isinstance(results["unknown"], UnknownRun)
+            # The public names catch them too: one ``except`` in process and over a socket.
+            assert isinstance(results["busy"], threadline.Busy)
+            assert isinstance(results["unknown"], threadline.UnknownRun)
             assert isinstance(results["not_joined"], NotJoined)
             assert results["ping"] is None
             await client.cancel("main")

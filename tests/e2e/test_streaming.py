@@ -156,3 +156,16 @@ async def test_a_real_endpoint_answers():
     finally:
         await agent.aclose()
     assert event.event == "agent_completed" and event.data["text"].strip()
+
+
+async def test_a_since_beyond_the_threads_end_counts_as_up_to_date_and_misses_nothing():
+    async with serving() as server:
+        async with open_client(server.url, token("ada")) as client:
+            joined = await client.join("main", since=999)  # remembers more than the server has
+            assert joined["last_seq"] == 0
+            await client.send("main", "hello")
+            answer, frame = Answers(), {}
+            while frame.get("event") != "agent_completed":
+                frame = await client.next_event(10)
+                answer.take(frame)  # from seq 1: every live event is delivered
+    assert frame["data"] == {"text": "hello"}
