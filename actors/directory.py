@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from .errors import ActorStopped, MailboxFull, RestartIntensityExceeded
-from .mailbox import ActorRef, Mailbox
+from .mailbox import ActorRef, Backlog, Mailbox
 from .messages import Passivate
 from .supervisor import DEFAULT_POLICY, RestartBudget, RestartPolicy
 
@@ -70,6 +70,7 @@ class Directory(Generic[K]):
         self.activations = 0
         self.passivations = 0
         self.failures = 0
+        self.backlog = Backlog()  # messages waiting in its actors' mailboxes, all together
         if passivate_after is not None:
             nursery.start_soon(self._sweep, passivate_after)
 
@@ -84,7 +85,7 @@ class Directory(Generic[K]):
         if self._closing:
             raise ActorStopped("the runtime is shutting down")
         actor = self._spawn(key)
-        mailbox = Mailbox(self._capacity)
+        mailbox = Mailbox(self._capacity, self.backlog)
         entry = _Entry(ActorRef(key, mailbox), actor)
         self._entries[key] = entry
         self.activations += 1

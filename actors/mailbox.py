@@ -34,14 +34,26 @@ class MailboxStatistics:
     closed: bool
 
 
+class Backlog:
+    """Messages sent to a set of mailboxes and not yet taken by their owners: one number for
+    ``/metrics`` ("mailbox depths"), kept as messages come and go, so that a scrape never walks
+    the mailboxes. The owner calls ``Mailbox.took`` for each message it takes."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+
 class Mailbox:
     """A bounded mailbox. The sending side is public; ``receive`` belongs to the owning actor."""
 
-    __slots__ = ("_send", "_receive", "_closed")
+    __slots__ = ("_send", "_receive", "_closed", "_backlog")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, backlog: Backlog | None = None) -> None:
         self._send, self._receive = trio.open_memory_channel[Any](capacity)
         self._closed = False
+        self._backlog = backlog if backlog is not None else Backlog()
 
     def tell(self, msg: Any) -> None:
         """Queue ``msg`` without blocking. Raises ``MailboxFull`` or ``ActorStopped``."""
@@ -51,6 +63,7 @@ class Mailbox:
             raise MailboxFull(f"mailbox full ({self._send.statistics().max_buffer_size})") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorStopped("actor stopped") from None
+        self._backlog.messages += 1
 
     async def send(self, msg: Any) -> None:
         """Queue ``msg``, awaiting space. A checkpoint. Raises ``ActorStopped``."""
@@ -58,6 +71,7 @@ class Mailbox:
             await self._send.send(msg)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorStopped("actor stopped") from None
+        self._backlog.messages += 1
 
     async def ask(
         self, make: Callable[[Reply[T]], Any], timeout: float | None = DEFAULT_ASK_TIMEOUT
@@ -85,8 +99,10 @@ class Mailbox:
             self._send.send_nowait(msg)
         except trio.WouldBlock:
             await self.send(msg)
+            return
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorStopped("actor stopped") from None
+        self._backlog.messages += 1
 
     @property
     def closed(self) -> bool:
@@ -106,15 +122,22 @@ class Mailbox:
     async def receive(self) -> Any:
         """Await the next message. Raises ``ActorStopped`` once closed and drained."""
         try:
-            return await self._receive.receive()
+            msg = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ActorStopped("mailbox closed") from None
+        self._backlog.messages -= 1
+        return msg
 
     @property
     def receive_channel(self) -> trio.MemoryReceiveChannel[Any]:
         """For the owner's hot loop: awaiting the channel directly saves a coroutine frame per
-        idle actor. Raises ``trio.EndOfChannel`` once closed and drained."""
+        idle actor; call ``took`` for each message. Raises ``trio.EndOfChannel`` once closed
+        and drained."""
         return self._receive
+
+    def took(self) -> None:
+        """The owner took one message (see ``Backlog``). Never blocks."""
+        self._backlog.messages -= 1
 
     def close_send(self) -> None:
         """Refuse further messages but let the owner drain what is queued; then ``receive``
@@ -134,6 +157,7 @@ class Mailbox:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         self._receive.close()
+        self._backlog.messages -= len(unread)
         return unread
 
 

@@ -72,6 +72,7 @@ class RuntimeStatistics:
     """
 
     actors_live: int
+    mailbox_messages: int    # waiting in the thread actors' mailboxes, all together
     activations: int
     passivations: int
     failures: int            # actors stopped after exceeding their restart intensity

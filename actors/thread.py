@@ -121,6 +121,7 @@ class ThreadActor:
                         return
                     continue
                 msg = await receive()
+                mailbox.took()
                 if await self._handle(msg):
                     return
         except Exception:

@@ -133,6 +133,9 @@ def _edge(s: ServerStats) -> Iterator[Metric]:
 def _actors(r: RuntimeStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily("threadline_actors_live", "Thread actors in memory now [actors].",
                             value=r.actors_live)
+    yield GaugeMetricFamily("threadline_mailbox_messages", "Messages waiting in the thread "
+                            "actors' mailboxes, all together [messages].",
+                            value=r.mailbox_messages)
     yield _counter("threadline_actor_activations", "Thread actors activated [activations].",
                    r.activations)
     yield _counter("threadline_actor_passivations", "Idle thread actors passivated "

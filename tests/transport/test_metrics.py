@@ -9,11 +9,13 @@ from typing import Any, Callable
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
+from threadline.actors.memory_journal import MemoryJournal
 from threadline.stores import open_journal
 from tests.servers import http_get, serving, token
 from threadline.transport.client import open_client
@@ -217,3 +219,30 @@ async def test_a_scrape_costs_the_same_with_5000_actors_and_more_connections(ser
             await third.join("main")
             for accept in (None, OPENMETRICS_ACCEPT):
                 assert calls_made_by(lambda: metrics.render(accept)) == before[accept], accept
+
+
+async def test_mailbox_messages_count_what_waits_in_the_mailboxes():
+    class SlowStart(MemoryJournal):
+        """A real memory journal whose threads load only once ``gate`` opens."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = trio.Event()
+
+        async def ensure_thread(self, key, now):
+            await self.gate.wait()
+            return await super().ensure_thread(key, now)
+
+    journal = SlowStart()
+    async with serving(journal=journal) as server:
+        thread = server.runtime.thread("ada", "main")
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(thread.info)  # queued: the actor is still loading
+            await trio.testing.wait_all_tasks_blocked()
+            samples, _ = await scrape(server)
+            assert value(samples, "threadline_mailbox_messages") == 3
+            journal.gate.set()
+        samples, _ = await scrape(server)
+        assert value(samples, "threadline_mailbox_messages") == 0
+        assert server.runtime.statistics().mailbox_messages == 0
