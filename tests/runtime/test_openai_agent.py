@@ -212,3 +212,26 @@ async def test_text_of_a_later_round_starts_a_new_paragraph():
         events = await turn(rt, "weather?")
     assert events[-1].data == {"text": "Let me check.\n\nIt is 21 C."}
     assert answer_of(events) == "Let me check.\n\nIt is 21 C."
+
+
+async def test_shutdown_and_interrupt_close_the_http_stream_too():
+    async with open_llm_server() as llm:
+        llm.script(Answer(pieces=("one ",), ending=Ending.HANG),
+                   Answer(pieces=("two ",), ending=Ending.HANG))
+        async with agent_runtime(llm, shutdown_grace=0.2) as rt:
+            thread = rt.thread("ada", "main")
+            async with thread.open_subscription() as events:
+                first = await thread.send("first")
+                async for event in events:
+                    if event.event == "agent_delta":
+                        break
+                await thread.send("second", strategy="interrupt")  # cancels the first
+                with trio.fail_after(5):
+                    await llm.requests[0].disconnected.wait()
+                    async for event in events:
+                        if event.event == "agent_delta" and event.run_id != first.run_id:
+                            break
+        # Leaving the runtime shut the second run down: its stream was closed as well.
+        with trio.fail_after(5):
+            await llm.requests[1].disconnected.wait()
+    assert llm.disconnects == 2
