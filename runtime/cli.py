@@ -82,18 +82,19 @@ def load_agent(spec: str, model: str | None = None,
 
 
 def load_openai_agent(model: str | None, system_prompt: str | None) -> Agent:
+    """``model`` and ``system_prompt`` come from the flags or ``THREADLINE_*`` (``options``);
+    the SDK reads ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` itself."""
+    if not model:
+        raise Refusal("--agent openai needs a model: --model NAME or THREADLINE_MODEL")
     try:
-        from threadline.agents.openai import OpenAIAgent, config_from_environment
+        from threadline.agents.openai import OpenAIAgent, OpenAIConfig
     except ImportError:
         raise Refusal("--agent openai needs the openai package: pip install "
                       "'threadline[openai]'") from None
     if not os.environ.get("OPENAI_API_KEY"):
         raise Refusal("--agent openai needs OPENAI_API_KEY (any value for an endpoint that "
                       "takes no key; OPENAI_BASE_URL names the endpoint)")
-    try:
-        return OpenAIAgent(config_from_environment(model, system_prompt))
-    except ValueError as exc:
-        raise Refusal(str(exc)) from None
+    return OpenAIAgent(OpenAIConfig(model, system_prompt))
 
 
 def run_serve(args: argparse.Namespace) -> int:

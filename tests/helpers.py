@@ -142,3 +142,13 @@ async def store_refusal(url: str) -> StoreError:
         assert "\n" not in message and message.strip() == message, message
         return exc
     raise AssertionError(f"{url} opened")
+
+
+def answer_of(events: Iterable[Event]) -> str:
+    """A streamed answer as a client lays its pieces: each ``agent_delta`` at its offset,
+    skipping the ones it already has."""
+    text = ""
+    for e in events:
+        if e.event == "agent_delta" and e.data["offset"] == len(text):
+            text += e.data["text"]
+    return text

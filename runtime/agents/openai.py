@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import attrs
@@ -40,7 +39,7 @@ from .tool_schema import describe_tool
 
 log = logging.getLogger("threadline.agents.openai")
 
-__all__ = ["ModelError", "OpenAIAgent", "OpenAIConfig", "config_from_environment"]
+__all__ = ["ModelError", "OpenAIAgent", "OpenAIConfig"]
 
 
 class ModelError(AgentError):
@@ -57,16 +56,6 @@ class OpenAIConfig:
     history_turns: int = 50       # earlier turns sent with each message
     max_retries: int = 2          # the SDK's retries of a refused request (429, 5xx, network)
     timeout: float = 60.0         # seconds: to connect, and of silence while streaming
-
-
-def config_from_environment(model: str | None = None,
-                            system_prompt: str | None = None) -> OpenAIConfig:
-    """``THREADLINE_MODEL`` and ``THREADLINE_SYSTEM_PROMPT`` (the arguments win); the SDK reads
-    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` itself. Raises ``ValueError`` without a model."""
-    model = model or os.environ.get("THREADLINE_MODEL")
-    if not model:
-        raise ValueError("--agent openai needs a model: --model NAME or THREADLINE_MODEL")
-    return OpenAIConfig(model, system_prompt or os.environ.get("THREADLINE_SYSTEM_PROMPT"))
 
 
 class OpenAIAgent:

@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 import trio
 
+from tests.helpers import answer_of
 from threadline import RuntimeConfig, ToolRegistry, open_runtime
 from threadline.actors.agents import echo_agent, echo_tools
 from threadline.actors.history import Turn
@@ -33,15 +34,6 @@ async def converse(agent: Agent, *texts: str, config: RuntimeConfig | None = Non
                 if ended == (until or len(texts)):
                     return out
     raise AssertionError("unreachable")
-
-
-def answer_of(events: list) -> str:
-    """The answer as a client lays the pieces: at their offsets, skipping ones it has."""
-    text = ""
-    for e in events:
-        if e.event == "agent_delta" and e.data["offset"] == len(text):
-            text += e.data["text"]
-    return text
 
 
 def deltas(events: list) -> list:

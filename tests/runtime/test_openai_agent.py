@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from tests.helpers import answer_of
 from tests.llm_server import Answer, Ending, Failure, ToolCall, open_llm_server
 from threadline import RuntimeConfig, ToolRegistry, open_runtime
 from threadline.agents.openai import OpenAIAgent, OpenAIConfig
@@ -55,14 +56,6 @@ async def turn(rt, text, user="ada", thread="main"):
                     if event.event in TERMINAL:
                         return out
     raise AssertionError("unreachable")
-
-
-def answer_of(events) -> str:
-    text = ""
-    for e in events:
-        if e.event == "agent_delta" and e.data["offset"] == len(text):
-            text += e.data["text"]
-    return text
 
 
 async def test_an_answer_streams_and_completes_with_what_the_model_wrote():

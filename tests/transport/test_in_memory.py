@@ -11,9 +11,9 @@ import json
 import pytest
 import trio
 import trio.testing
-from websockets.frames import Frame
 
 from tests.servers import SECRET
+from tests.transport.wire import frames_until
 from threadline import open_runtime
 from threadline.transport.auth import Authenticator, mint
 from threadline.transport.client_connect import handshake
@@ -27,18 +27,6 @@ URL = "ws://in-memory/v1/ws"
 # A short outgoing queue, so a stalled reader overflows it; no keepalive, whose pings to a
 # client that is not reading would otherwise close it first (1011) in virtual time.
 LIMITS = Limits(outgoing_queue=20, ping_interval=None)
-
-
-async def frames(conn: WebSocketConnection, until) -> list[dict]:
-    """Frames until one satisfies ``until`` (that one included)."""
-    out: list[dict] = []
-    while True:
-        for event in await conn.receive():
-            if isinstance(event, Frame) and (message := conn.assemble(event)) is not None:
-                out.append(json.loads(message[1]))
-                if until(out[-1]):
-                    return out
-        assert conn.open, f"closed after {out}"
 
 
 async def send(conn: WebSocketConnection, frame: dict) -> None:
@@ -66,14 +54,14 @@ async def test_a_conversation_resume_and_a_normal_close(connect, autojump_clock)
     conn = await connect("ada")
     await send(conn, {"type": "join", "thread_id": "main", "ref": 1})
     await send(conn, {"type": "send", "thread_id": "main", "text": "/calc 6*7", "ref": 2})
-    got = await frames(conn, lambda f: f.get("event") == "agent_completed")
+    got = await frames_until(conn, lambda f: f.get("event") == "agent_completed")
     assert got[0] == {"type": "joined", "thread_id": "main", "ref": 1, "last_seq": 0}
     assert got[-1]["data"] == {"text": "42"} and got[-1]["seq"] == 6
     await conn.close(CLOSE_NORMAL, "", 5.0)
     # A second connection resumes after seq 2 and gets exactly the rest, in order.
     again = await connect("ada")
     await send(again, {"type": "join", "thread_id": "main", "since": 2, "ref": 1})
-    replayed = await frames(again, lambda f: f.get("seq") == 6)
+    replayed = await frames_until(again, lambda f: f.get("seq") == 6)
     assert [f.get("seq") for f in replayed] == [None, 3, 4, 5, 6]
 
 
@@ -91,7 +79,7 @@ async def test_a_tab_that_never_reads_is_closed_with_1013_and_the_other_tab_goes
     await send(tab, {"type": "join", "thread_id": "t", "ref": 1})
     for i in range(30):  # 5 frames each to both tabs: the stalled tab's queue (20) overflows
         await send(tab, {"type": "send", "thread_id": "t", "text": f"m{i}", "ref": i + 2})
-        await frames(tab, lambda f: f.get("event") == "agent_completed")
+        await frames_until(tab, lambda f: f.get("event") == "agent_completed")
     assert connect.server.stats.closes == {CLOSE_TRY_AGAIN: 1}
     with trio.fail_after(LIMITS.close_timeout + 1):  # its stream is closed: reads end
         while stalled.open:

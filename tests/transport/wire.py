@@ -4,7 +4,7 @@ bystander that proves the server still serves everyone else."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -49,18 +49,33 @@ async def still_serves(server: Any, user: str = "bystander") -> None:
                     return
 
 
-async def frames_until_closed(conn: WebSocketConnection,
-                              timeout: float = 20.0) -> list[dict[str, Any]]:
-    """Frames a raw connection receives until the server closes it."""
-    frames = []
+async def _read(conn: WebSocketConnection, done: Callable[[dict[str, Any]], bool],
+                timeout: float) -> list[dict[str, Any]]:
+    """Frames until one satisfies ``done`` (that one included) or the connection closes."""
+    frames: list[dict[str, Any]] = []
     with trio.fail_after(timeout):
         while conn.open:
             for event in await conn.receive():
-                if isinstance(event, Frame):
-                    message = conn.assemble(event)
-                    if message is not None:
-                        frames.append(json.loads(message[1]))
+                if isinstance(event, Frame) and (message := conn.assemble(event)) is not None:
+                    frames.append(json.loads(message[1]))
+                    if done(frames[-1]):
+                        return frames
     return frames
+
+
+async def frames_until(conn: WebSocketConnection, done: Callable[[dict[str, Any]], bool],
+                       timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Frames a raw connection receives until one satisfies ``done`` (that one included);
+    fails if the connection closes first."""
+    frames = await _read(conn, done, timeout)
+    assert frames and done(frames[-1]), f"closed after {frames}"
+    return frames
+
+
+async def frames_until_closed(conn: WebSocketConnection,
+                              timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Frames a raw connection receives until the server closes it."""
+    return await _read(conn, lambda frame: False, timeout)
 
 
 def close_code(conn: WebSocketConnection) -> int | None:
