@@ -2,8 +2,9 @@
 
 ``/stream N`` writes ``1 2 ... N`` one number per ``run.write``, about ``STREAM_RATE`` numbers a
 second, as a language model streams tokens: the way to watch (and benchmark) streaming without
-a model. It sleeps every ``STREAM_BATCH`` numbers rather than after each one, so that a thousand
-concurrent streams cost a thousand timers 20 times a second, not 200 times.
+a model. It sleeps every ``STREAM_BATCH`` numbers rather than after each one, and on the
+program's ``Pacer`` (one timer for all sleepers), so that a thousand concurrent streams cost 20
+wake-ups each a second, not 200 timers.
 
 ``/calc EXPR`` evaluates arithmetic by walking Python's AST over a whitelist of nodes: numbers,
 ``+ - * / // % **`` and unary ``+ -``. Nothing is ``eval``-ed, and the operands of ``**`` and
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import trio
 
 from .engine import Run, RunContext
+from .pacer import current_pacer
 from .tools import ToolRegistry
 from .errors import ToolError
 
@@ -131,8 +133,9 @@ async def echo_agent(run: Run) -> str | None:
 
 async def stream_numbers(run: Run, n: int) -> None:
     """Write ``1 2 ... n``, one number per write, ``STREAM_RATE`` numbers a second."""
+    pacer = current_pacer()  # one timer for every stream's sleeps, not one each (pacer.py)
     start = trio.current_time()
     for i in range(1, n + 1):
         await run.write(str(i) if i == 1 else f" {i}")
         if i % STREAM_BATCH == 0:
-            await trio.sleep_until(start + i / STREAM_RATE)
+            await pacer.sleep_until(start + i / STREAM_RATE)

@@ -8,8 +8,9 @@ the answer, or None to complete with what it wrote. The engine stamps every even
 frozen ``RunContext`` it was started with: an agent cannot name another thread, user or run,
 because it never names one at all.
 
-Order within a run: every event of the run is written under its stream's lock, after what the
-agent wrote before it (``AnswerStream.flush``), so no event overtakes text written earlier.
+Order within a run: before any other event of the run is queued, what the agent wrote is queued
+(``AnswerStream.flush_nowait``; queuing is synchronous and gives the seq), so no event
+overtakes text written earlier.
 
 Run lifecycle (PROTOCOL.md): ``agent_started``, then the agent's events, then exactly one of
 ``agent_completed`` (it returned), ``agent_failed`` (it or a tool it did not catch raised) or
@@ -37,6 +38,7 @@ from .messages import (
     TOOL_COMPLETED,
     TOOL_EXECUTING,
 )
+from .journal import Done
 from .stream import DEFAULT_INTERVAL, AnswerStream
 from .tools import ToolRegistry
 
@@ -77,6 +79,12 @@ class Emit(Protocol):
         """Store the event durably, then deliver it. Stamped from ``ctx`` by the thread."""
 
 
+class Submit(Protocol):
+    def __call__(self, ctx: RunContext, event: str, data: dict[str, Any], done: Done) -> None:
+        """Queue the event (stored, then delivered) without waiting; ``done`` hears whether
+        it was stored. Raises, queuing nothing, when it cannot be queued."""
+
+
 def describe(exc: BaseException) -> str:
     """A short, client-safe description of an exception."""
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -88,7 +96,6 @@ def describe(exc: BaseException) -> str:
 
 
 History = Callable[[int], Awaitable[list[Turn]]]
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 async def _no_history(limit: int) -> list[Turn]:
@@ -98,18 +105,18 @@ async def _no_history(limit: int) -> list[Turn]:
 class Run:
     """What an agent sees of its run."""
 
-    __slots__ = ("context", "text", "_emit", "_tools", "_history", "_spawn", "_interval",
+    __slots__ = ("context", "text", "_emit", "_tools", "_history", "_submit", "_interval",
                  "_stream")
 
     def __init__(self, context: RunContext, text: str, emit: Emit, tools: ToolRegistry, *,
-                 history: History = _no_history, spawn: Spawn | None = None,
+                 history: History = _no_history, submit: Submit | None = None,
                  interval: float = DEFAULT_INTERVAL) -> None:
         self.context = context
         self.text = text
         self._emit = emit
         self._tools = tools
         self._history = history
-        self._spawn = spawn
+        self._submit = submit
         self._interval = interval
         self._stream: AnswerStream | None = None  # made at the first write
 
@@ -133,34 +140,29 @@ class Run:
         wait for the text to be stored (see ``stream.py``). Raises ``Unstorable``."""
         stream = self._stream
         if stream is None:
-            if self._spawn is None:
-                raise RuntimeError("this run cannot stream: it was started without a nursery")
-            stream = self._stream = AnswerStream(self._emit_delta, interval=self._interval)
-            self._spawn(stream.run)
+            if self._submit is None:
+                raise RuntimeError("this run cannot stream: it was started without ``submit``")
+            stream = self._stream = AnswerStream(self._submit_delta, interval=self._interval)
         await stream.write(text)
 
     async def think(self, text: str) -> None:
         """Emit ``agent_thinking``. Blocks until the event is durable."""
         await self._event(AGENT_THINKING, {"text": text})
 
-    async def _emit_delta(self, data: dict[str, Any]) -> None:
-        await self._emit(self.context, AGENT_DELTA, data)
+    def _submit_delta(self, data: dict[str, Any], done: Done) -> None:
+        self._submit(self.context, AGENT_DELTA, data, done)  # type: ignore[misc]
 
     async def _event(self, event: str, data: dict[str, Any]) -> None:
         """Write one event of the run after everything written before it."""
-        stream = self._stream
-        if stream is None:
-            await self._emit(self.context, event, data)
-            return
-        async with stream.lock:
-            await stream.flush()
-            await self._emit(self.context, event, data)
-
-    async def end_stream(self) -> None:
-        """Store what is still pending of the answer and stop its task (the engine calls
-        this when the agent is done, before the terminal event)."""
         if self._stream is not None:
-            await self._stream.close()
+            self._stream.flush_nowait()
+        await self._emit(self.context, event, data)
+
+    def end_stream(self) -> None:
+        """Queue what is still pending of the answer; nothing more is written (the engine
+        calls this when the agent is done, before the terminal event)."""
+        if self._stream is not None:
+            self._stream.close()
 
     async def call_tool(self, tool: str, /, **args: Any) -> Any:
         """Run a registered tool with its timeout; emits ``tool_executing`` and ``tool_completed``.
@@ -219,12 +221,12 @@ class RunControl:
 
 
 async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: Emit, *,
-                  history: History = _no_history, spawn: Spawn | None = None,
+                  history: History = _no_history, submit: Submit | None = None,
                   interval: float = DEFAULT_INTERVAL) -> str:
     """Run ``agent`` for ``control`` from ``agent_started`` to its terminal event.
 
-    ``history`` reads the thread's earlier turns; ``spawn`` starts the task that stores the
-    streamed answer (without it, ``run.write`` raises); ``interval`` paces ``agent_delta``.
+    ``history`` reads the thread's earlier turns; ``submit`` queues the pieces of a streamed
+    answer (without it, ``run.write`` raises); ``interval`` paces ``agent_delta``.
     Returns the name of the terminal event. What the agent wrote is stored before the terminal
     event, also when the run is cancelled. When the surrounding scope is cancelled (shutdown, a
     crash of the thread), the rest of the answer and the terminal event are still written,
@@ -232,7 +234,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
     Raises ``JournalUnavailable`` when the journal failed under the run.
     """
     ctx = control.context
-    run = Run(ctx, control.text, emit, tools, history=history, spawn=spawn, interval=interval)
+    run = Run(ctx, control.text, emit, tools, history=history, submit=submit, interval=interval)
     terminal: tuple[str, dict[str, Any]]
     try:
         # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
@@ -254,7 +256,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
                 terminal = (AGENT_COMPLETED, {"text": str(answer)})
         if control.scope.cancelled_caught:
             terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "cancel"})
-        terminal = await _end_stream(run, terminal)
+        terminal = _end_stream(run, terminal)
     except BaseException as exc:
         # Cancelled from outside (shutdown, a crash of the thread): a bare ``Cancelled``, or a
         # group of them when the agent had a nursery of its own. An ``Exception`` (the journal
@@ -270,7 +272,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
             if not control.started:  # cancelled before agent_started was stored
                 await emit(ctx, AGENT_STARTED, {})
                 control.started = True
-            terminal = await _end_stream(run, terminal)
+            terminal = _end_stream(run, terminal)
             await emit(ctx, *terminal)
         raise
     try:
@@ -281,11 +283,10 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
     return terminal[0]
 
 
-async def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]
-                      ) -> tuple[str, dict[str, Any]]:
-    """Store the rest of the streamed answer; the terminal event to write after it."""
+def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Queue the rest of the streamed answer; the terminal event to write after it."""
     try:
-        await run.end_stream()
+        run.end_stream()
     except (JournalUnavailable, JournalWedged):
         raise  # the journal is gone or wedged: the thread closes the run or restarts
     except Exception as exc:

@@ -41,19 +41,40 @@ class OpenRun:
     started: bool  # its agent_started is stored
 
 
+class Done(Protocol):
+    """Who hears how an ``append_nowait`` ended: exactly one call, never blocking."""
+
+    def set(self, value: None) -> None:
+        """The events are durable."""
+
+    def fail(self, error: BaseException) -> None:
+        """None of the events was stored; ``error`` says why."""
+
+
 class Journal(Protocol):
     """Durable, ordered storage of thread events.
 
-    Every method may block (it awaits I/O) and may raise when the store fails; a failed
+    Every async method may block (it awaits I/O) and may raise when the store fails; a failed
     ``append`` stores none of its events.
     """
 
+    def append_nowait(self, events: Sequence[Event], done: Done) -> None:
+        """Queue ``events`` (as ``append``) and return at once; ``done`` hears the outcome
+        once they are durable or failed, possibly before this returns. Outcomes come in the
+        order the writes were queued, so a writer may queue the next events of a thread
+        before the previous ones are durable: if one fails, those queued after it in the
+        same thread do not follow its seq, and fail too (``ValueError``). Data that
+        ``check_storable`` refuses fails at once, out of that order: a pipelining writer
+        checks first. Never raises."""
+
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
-        """The thread's info, creating the thread (``last_seq`` 0, both times ``now``) if new."""
+        """The thread's info, creating the thread (``last_seq`` 0, both times ``now``) if new;
+        answered after every write queued before it (a restarted writer starts from the
+        truth)."""
 
     async def append(self, events: Sequence[Event]) -> None:
-        """Store ``events`` (all of one thread, consecutive seqs following its ``last_seq``)
-        atomically, and return once they are durable. Raises ``ValueError`` on a seq that does
+        """Store ``events`` (all of one thread, consecutive seqs following its last seq,
+        stored or queued) atomically, and return once they are durable. Raises ``ValueError`` on a seq that does
         not follow, and ``Unstorable`` (a ``ValueError`` too) on data no store can hold
         (``check_storable``), storing nothing."""
 

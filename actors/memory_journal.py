@@ -2,8 +2,9 @@
 without storage.
 
 Same rules as the durable stores (``check_storable`` before anything is kept, gapless seq per
-thread, open runs tracked as events are appended), and every method is a checkpoint, as a real
-store's would be. Nothing survives the process.
+thread, open runs tracked as events are appended), and every async method is a checkpoint, as a
+real store's would be. ``append_nowait`` stores at once and answers ``done`` before it returns.
+Nothing survives the process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import trio
 
-from .journal import OpenRun, accepted_of, check_storable, check_storable_key, track_open_runs
+from .journal import Done, OpenRun, accepted_of, check_storable, check_storable_key, track_open_runs
 from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
 
 
@@ -40,8 +41,19 @@ class MemoryJournal:
             t = self._threads[key] = _MemoryThread(ThreadInfo(key, 0, now, now))
         return t.info
 
+    def append_nowait(self, events: Sequence[Event], done: Done) -> None:
+        try:
+            self._store(events)
+        except ValueError as exc:  # Unstorable, or a seq that does not follow
+            done.fail(exc)
+        else:
+            done.set(None)
+
     async def append(self, events: Sequence[Event]) -> None:
         await trio.lowlevel.checkpoint()
+        self._store(events)
+
+    def _store(self, events: Sequence[Event]) -> None:
         if not events:
             return
         check_storable(events)

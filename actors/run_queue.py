@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from .engine import RunContext, RunControl, Spawn, execute
+from .engine import RunContext, RunControl, execute
+from .journal import Done
 from .history import read_history
 from .errors import Busy, JournalUnavailable, UnknownRun
 from .messages import AGENT_FAILED, AGENT_STARTED, Event, Strategy, ThreadKey
@@ -67,6 +68,8 @@ LOST_RUN_MAX_DELAY = 5.0
 
 Append = Callable[[str, str | None, dict[str, Any]], Awaitable[Event]]
 """``append(event_name, run_id, data)``: the thread's durable write of one event."""
+Submit = Callable[[str, str | None, dict[str, Any], Done], Any]
+"""``submit(event_name, run_id, data, done)``: queue one event without waiting."""
 
 
 class Phase(enum.Enum):
@@ -200,14 +203,21 @@ class RunQueue:
 
 
 async def run_queued(runs: RunQueue, key: ThreadKey, env: ThreadEnv, append: Append,
-                     spawn: Spawn) -> None:
+                     submit: Submit) -> None:
     """The runner task: runs the pending runs one at a time until none is left. A run whose
-    journal failed under it is ended by ``close_lost_run``. ``spawn`` starts a run's helper
-    tasks (the one that stores its streamed answer) beside the runner."""
+    journal failed under it is ended by ``close_lost_run``. ``submit`` queues the pieces of
+    a streamed answer, which nothing waits for."""
 
-    async def emit(ctx: RunContext, event: str, data: dict[str, Any]) -> None:
+    def check(ctx: RunContext) -> None:
         if ctx.user_id != key.user_id or ctx.thread_id != key.thread_id:
             raise RuntimeError(f"run {ctx.run_id} is not a run of {key}")
+
+    def submit_nowait(ctx: RunContext, event: str, data: dict[str, Any], done: Done) -> None:
+        check(ctx)
+        submit(event, ctx.run_id, data, done)
+
+    async def emit(ctx: RunContext, event: str, data: dict[str, Any]) -> None:
+        check(ctx)
         # A cancelled run emits nothing more: every emit is a cancellation point (the append
         # below is shielded once it starts, and may not yield at all).
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -220,7 +230,7 @@ async def run_queued(runs: RunQueue, key: ThreadKey, env: ThreadEnv, append: App
             stats.runs_active += 1
             started = trio.current_time()
             try:
-                await execute(control, env.agent, env.tools, emit, spawn=spawn,
+                await execute(control, env.agent, env.tools, emit, submit=submit_nowait,
                               history=partial(read_history, env.journal, key,
                                               control.message_seq),
                               interval=env.delta_interval)

@@ -10,56 +10,67 @@ Invariants:
   piece starts where the previous one ended (``offset`` counts code points, as ``len`` of a
   Python string does), and nothing written is left out once ``close`` has returned.
 - At most one piece per ``interval`` seconds (50 ms by default) while the agent writes; the
-  first one after a pause goes out at once. A piece holds at most ``PIECE_BYTES`` of UTF-8 and
-  never splits a code point.
-- Nothing written is ever behind another event of its run: ``flush`` (called under the run's
-  ``lock`` before every other event of the run, the terminal one included, and on cancellation)
-  writes everything pending first. So a delta that must precede another event goes out then,
-  even within ``interval`` of the previous one.
-- ``write`` does not wait for durability: the pieces are written by a task of their own (``run``,
-  started by the engine in the thread's nursery) while the agent goes on, e.g. reading its
-  model. It waits only while more than ``MAX_PENDING`` code points are unwritten: that bounds
-  the memory one run can hold, and slows an agent that writes faster than the store keeps up.
+  first one after a pause goes out at once (in the scheduling round after the write, so that
+  the tokens an agent writes together go out together). A piece holds at most ``PIECE_BYTES``
+  of UTF-8 and never splits a code point. The pacing is the program's one ``Pacer``: no task
+  and no timer per stream.
+- Nothing written is ever behind another event of its run: ``flush_nowait`` (called before
+  every other event of the run is queued, the terminal one included, and on cancellation)
+  queues everything pending first. Queuing is synchronous and gives the seq, so a piece queued
+  first is stored and delivered first, even within ``interval`` of the previous one.
+- Nothing waits for durability: a piece is queued (``submit``) and the stream hears the outcome
+  later. ``write`` waits only while more than ``MAX_PENDING`` code points are unwritten or on
+  their way to the store: that bounds the memory one run can hold, and slows an agent that
+  writes faster than the store keeps up (past ``WEDGED_AFTER`` seconds without room the store
+  is wedged: ``JournalWedged``, and the thread restarts).
 - A write that cannot be stored (``Unstorable``: a NUL, a lone surrogate) raises at ``write``
   and is not kept. A piece the journal fails to store stops the stream: the next ``write`` or
-  ``flush`` raises that error, and the run ends ``agent_failed``.
+  ``flush_nowait`` raises that error, and the run ends ``agent_failed`` (or, for an outage, is
+  closed by its thread once the store is back).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import trio
 
-from .errors import JournalUnavailable, JournalWedged, Unstorable
-from .journal import unstorable_reason
+from .errors import JournalWedged, Unstorable
+from .journal import Done, unstorable_reason
+from .pacer import Pacer, current_pacer
 
 PIECE_BYTES = 4096         # PROTOCOL.md: each agent_delta at most 4 KiB of text in UTF-8
 MAX_PENDING = 64 * 1024    # code points written and not yet stored, per run
 DEFAULT_INTERVAL = 0.05    # PROTOCOL.md: at most one agent_delta per run every 50 ms
+WEDGED_AFTER = 60.0        # seconds a writer waits for room before the store counts as wedged
+
+#: Queue one ``agent_delta`` with this ``data``; ``done`` hears whether it was stored. Raises
+#: (nothing queued) when it cannot be.
+Submit = Callable[[dict[str, Any], Done], None]
 
 
 class AnswerStream:
-    """One run's streamed answer. ``emit`` stores and delivers one ``agent_delta`` ``data``."""
+    """One run's streamed answer (see the module header)."""
 
-    __slots__ = ("interval", "lock", "offset", "error", "_emit", "_pending", "_pending_len",
-                 "_parts", "_last", "_wake", "_room", "_scope")
+    __slots__ = ("interval", "offset", "error", "_submit", "_pending", "_pending_len",
+                 "_unstored", "_parts", "_last", "_paced", "_closed", "_room", "_pacer")
 
-    def __init__(self, emit: Callable[[dict[str, Any]], Awaitable[None]], *,
-                 interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, submit: Submit, *, interval: float = DEFAULT_INTERVAL,
+                 pacer: Pacer | None = None) -> None:
         self.interval = interval
-        self.lock = trio.Lock()  # held while any event of the run is written
-        self.offset = 0          # code points already in stored pieces
+        self.offset = 0          # code points queued as pieces
         self.error: BaseException | None = None
-        self._emit = emit
+        self._submit = submit
         self._pending: list[str] = []
         self._pending_len = 0
+        self._unstored = 0           # code points written and not yet stored (pending too)
         self._parts: list[str] = []  # everything written: the answer, for agent_completed
         self._last = -math.inf       # trio time of the last piece
-        self._wake = trio.Event()
+        self._paced = False          # a call of ``_due`` is in the pacer
+        self._closed = False
         self._room = trio.Event()
-        self._scope = trio.CancelScope()
+        self._pacer = pacer or current_pacer()
 
     @property
     def text(self) -> str:
@@ -75,12 +86,8 @@ class AnswerStream:
             raise self.error
         if (reason := unstorable_reason(text)) is not None:
             raise Unstorable(f"the answer {reason}")
-        while self._pending_len >= MAX_PENDING and self.error is None:
-            if self._room.is_set():  # one event for every waiting writer: a piece wakes all
-                self._room = trio.Event()
-            await self._room.wait()
-        if self.error is not None:
-            raise self.error
+        if self._unstored >= MAX_PENDING:
+            await self._wait_for_room()
         if text:
             # In chunks of at most a piece's code points: a piece is then made from a few
             # chunks, never by re-reading one long write (quadratic in its length).
@@ -90,54 +97,57 @@ class AnswerStream:
                 self._pending.extend(text[i:i + PIECE_BYTES]
                                      for i in range(0, len(text), PIECE_BYTES))
             self._pending_len += len(text)
+            self._unstored += len(text)
             self._parts.append(text)
-            self._wake.set()
+            if not self._paced:
+                self._paced = True
+                self._pacer.call_at(max(trio.current_time(), self._last + self.interval),
+                                    self._due)
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write pieces as the agent writes, one per ``interval`` at most, until ``close``."""
-        with self._scope:
-            task_status.started()
-            while self.error is None:
-                await self._wake.wait()
-                if (due := self._last + self.interval) > trio.current_time():
-                    await trio.sleep_until(due)
-                try:  # ``async with lock`` yields even when the lock is free: a round per piece
-                    self.lock.acquire_nowait()
-                except trio.WouldBlock:
-                    await self.lock.acquire()
-                try:
-                    self._wake = trio.Event()
-                    if self._pending:
-                        try:
-                            await self._piece()
-                        except JournalWedged:
-                            raise
-                        except Exception:
-                            return  # kept in ``error``: the run's next write or event raises it
-                    if self._pending:
-                        self._wake.set()  # more than one piece's worth: the next interval
-                finally:
-                    self.lock.release()
+    async def _wait_for_room(self) -> None:
+        with trio.move_on_after(WEDGED_AFTER):
+            while self._unstored >= MAX_PENDING and self.error is None:
+                if self._room.is_set():  # one event for every waiting writer
+                    self._room = trio.Event()
+                await self._room.wait()
+            if self.error is not None:
+                raise self.error
+            return
+        raise JournalWedged(f"no piece of the answer stored within {WEDGED_AFTER:g} s")
 
-    async def flush(self) -> None:
-        """Write everything pending now. Call with ``lock`` held. Raises the stream's error."""
+    def _due(self) -> None:
+        """The pacer's call: queue one piece, if it is time (a flush may have been since)."""
+        self._paced = False
+        if self._closed or self.error is not None or not self._pending:
+            return
+        due = self._last + self.interval
+        if due > trio.current_time():
+            self._paced = True
+            self._pacer.call_at(due, self._due)
+            return
+        try:
+            self._piece()
+        except Exception:
+            return  # kept in ``error``: the run's next write or event raises it
+        if self._pending:  # more than a piece's worth: the next one an interval later
+            self._paced = True
+            self._pacer.call_at(self._last + self.interval, self._due)
+
+    def flush_nowait(self) -> None:
+        """Queue everything pending now. Raises the stream's error."""
         while self._pending and self.error is None:
-            await self._piece()
+            self._piece()
         if self.error is not None:
             raise self.error
 
-    async def close(self) -> None:
-        """Stop the writing task and write what is pending. The lock is taken first, so the
-        task is never cancelled in the middle of a piece."""
-        async with self.lock:
-            self._scope.cancel()
-            await self.flush()
+    def close(self) -> None:
+        """Queue what is pending; nothing is written after. Raises the stream's error."""
+        self._closed = True
+        self.flush_nowait()
 
-    async def _piece(self) -> None:
-        """Store the next piece. The state moves only once the journal has it: ``emit`` raises
-        only before the write (cancelled while waiting its turn) or for a write that failed,
-        so a piece that raised is still pending, with the same offset."""
+    def _piece(self) -> None:
+        """Queue the next piece. Raises (and keeps in ``error``) if it cannot be queued."""
         parts: list[str] = []
         size = 0
         for chunk in self._pending:  # chunks of at most PIECE_BYTES code points
@@ -150,21 +160,40 @@ class AnswerStream:
         # A first chunk alone over the limit is cut, never inside a code point.
         piece = "".join(parts) if taken else (
             self._pending[0].encode()[:PIECE_BYTES].decode("utf-8", "ignore"))
-        self._last = trio.current_time()  # the interval runs from piece to piece, not from stores
+        self._last = trio.current_time()  # the interval runs from piece to piece
         try:
-            await self._emit({"offset": self.offset, "text": piece})
-        except JournalWedged:
-            self.error = JournalUnavailable("the store stopped answering")
-            self._room.set()
-            raise  # not caught by ``run``: the thread actor restarts (see thread.py)
+            self._submit({"offset": self.offset, "text": piece}, _Piece(self, len(piece)))
         except Exception as exc:
-            self.error = exc  # nothing more may follow a piece that was not stored
-            self._room.set()
+            self._failed(exc)
             raise
         self.offset += len(piece)
         self._pending_len -= len(piece)
         if taken:
-            del self._pending[:taken]  # writes made while it was stored are after these
+            del self._pending[:taken]
         else:
             self._pending[0] = self._pending[0][len(piece):]
+
+    def _stored(self, size: int) -> None:
+        self._unstored -= size
         self._room.set()
+
+    def _failed(self, error: BaseException) -> None:
+        if self.error is None:  # the first failure: nothing more may follow it
+            self.error = error
+        self._room.set()
+
+
+class _Piece:
+    """The outcome of one queued piece (``Done``)."""
+
+    __slots__ = ("stream", "size")
+
+    def __init__(self, stream: AnswerStream, size: int) -> None:
+        self.stream = stream
+        self.size = size
+
+    def set(self, _: Any) -> None:
+        self.stream._stored(self.size)
+
+    def fail(self, error: BaseException) -> None:
+        self.stream._failed(error)

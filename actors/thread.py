@@ -4,14 +4,19 @@ It owns the thread's sequence counter, its subscribers and its run queue (``run_
 its phases are written down), and runs agent runs through the execution engine. It handles its
 mailbox in order: idle, it waits on it with no nursery and no runner task (at most 6 KB per
 idle actor, docs/architecture.md); while runs wait or run, in a nursery that holds the runner
-task and the tasks that store streamed answers.
+task.
 
-Ordering and durability: every event is appended under the thread's append lock, the seq
-assigned inside the lock, and the counter advanced only once the journal has the event; then
-the event is delivered to the subscribers, still under the lock. So events reach subscribers
-in seq order, only once durable, and a failed write leaves no gap. ``last_seq`` as told to a
-new subscriber is always the last *durable* seq, so a write in flight at that moment is
-delivered to it live: no gap and no duplicate between a replay and the live stream.
+Ordering and durability: an event is given its seq and queued to the journal in one synchronous
+step (``_submit``), so the order in which the actor's tasks submit is the seq order, and no
+lock is held across a write: the next event is queued while the last one is being stored
+(``write`` of a streamed answer does not wait at all). The journal answers writes in the order
+they were queued; an answer that says "stored" advances the durable counter and delivers the
+event to the subscribers, so they get events in seq order and only once durable. A failed
+write breaks the chain of writes queued after it (they do not follow its seq, so the journal
+refuses them too); the next event follows the last durable one, so no failure leaves a gap.
+``last_seq`` as told to a new subscriber is always the last *durable* seq, so a write in flight
+at that moment is delivered to it live: no gap and no duplicate between a replay and the live
+stream.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from typing import Any, Callable, Protocol
 import attrs
 import trio
 
-from .engine import Agent, RunContext, RunControl, Spawn, ToolRegistry, new_id
+from .engine import Agent, RunContext, RunControl, ToolRegistry, new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable, JournalWedged,
                      MailboxFull, UnknownRun, Unstorable)
-from .journal import Journal
+from .journal import Done, Journal, check_storable
 from .mailbox import Mailbox
+from .reply import Reply
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
@@ -71,17 +77,18 @@ class ThreadEnv:
 
 
 class ThreadActor:
-    __slots__ = ("key", "env", "_seq", "_created_at", "_updated_at", "_subscribers", "_runs",
-                 "_lock", "_idle_since")
+    __slots__ = ("key", "env", "_seq", "_next", "_chain", "_created_at", "_updated_at",
+                 "_subscribers", "_runs", "_idle_since")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
         self.env = env
-        self._seq = 0  # the last durable seq
+        self._seq = 0   # the last durable seq
+        self._next = 0  # the last seq given to the journal (durable or on its way)
+        self._chain = 0  # bumped at a failed write: the writes queued after it are lost too
         self._created_at = self._updated_at = 0.0
         self._subscribers: dict[Subscriber, None] | None = None  # an ordered set, made lazily
         self._runs: RunQueue | None = None  # made for the first run: idle actors stay small
-        self._lock: trio.Lock | None = None  # made on the first append: idle actors stay small
         self._idle_since = trio.current_time()
 
     @property
@@ -111,7 +118,8 @@ class ThreadActor:
 
     async def run(self, mailbox: Mailbox) -> None:
         info = await self.env.journal.ensure_thread(self.key, self.env.clock())
-        self._seq, self._created_at, self._updated_at = info.last_seq, info.created_at, info.updated_at
+        self._seq = self._next = info.last_seq
+        self._created_at, self._updated_at = info.created_at, info.updated_at
         msg: Any = None
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
         try:
@@ -135,7 +143,7 @@ class ThreadActor:
             try:
                 while True:
                     if runs.start_runner():
-                        nursery.start_soon(self._runner, runs, nursery.start_soon)
+                        nursery.start_soon(self._runner, runs)
                     elif not runs.runner_on:
                         return False
                     with trio.CancelScope() as runs.wake:  # cancelled as the runner ends
@@ -148,9 +156,9 @@ class ThreadActor:
                 self._crashed(msg)  # inside the nursery: before the runner is cancelled
                 raise
 
-    async def _runner(self, runs: RunQueue, spawn: Spawn) -> None:
+    async def _runner(self, runs: RunQueue) -> None:
         try:
-            await run_queued(runs, self.key, self.env, self._append, spawn)
+            await run_queued(runs, self.key, self.env, self._append, self._submit)
         finally:
             self._idle_since = trio.current_time()
 
@@ -233,36 +241,52 @@ class ThreadActor:
         self._subscribers[sub] = None
         msg.reply.set(self._seq)
 
-    async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
-        lock = self._lock
-        if lock is None:
-            lock = self._lock = trio.Lock()
-        # trio.Lock.acquire() yields even when the lock is free: one scheduling round more per
-        # event. Uncontended (the usual case), take it without; the journal write checkpoints.
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            event = Event(self.key, self._seq + 1, name, run_id, self.env.clock(), data)
-            # Shielded: once written, the write must finish (or fail as a whole) before a
-            # cancelled caller moves on, or the counter would not match the journal. Bounded:
-            # a write with no answer leaves the counter unknown, so the actor restarts.
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + APPEND_TIMEOUT
-                await self.env.journal.append((event,))
-            if scope.cancelled_caught:
-                raise JournalWedged(f"no answer from the journal within {APPEND_TIMEOUT:g} s")
-            self._seq = event.seq
-            self._updated_at = event.ts
-            stats = self.env.stats
-            stats.events += 1
-            if name in TERMINAL_EVENTS:
-                stats.runs_ended[name] = stats.runs_ended.get(name, 0) + 1
-            self._deliver(event)
-        finally:
-            lock.release()
+    def _submit(self, name: str, run_id: str | None, data: dict[str, Any],
+                then: Reply[Event] | Done | None = None) -> Event:
+        """Give the next event to the journal and return it, without waiting: it is delivered
+        once durable (``_stored``), and ``then`` hears how it ended. Raises ``Unstorable``
+        (nothing queued, no seq used)."""
+        event = Event(self.key, self._next + 1, name, run_id, self.env.clock(), data)
+        check_storable((event,))  # before the seq is taken: refusals never break the chain
+        self._next = event.seq
+        self.env.journal.append_nowait((event,), _Write(self, event, self._chain, then))
         return event
+
+    async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
+        """``_submit``, and wait until the event is durable (or raise why it is not)."""
+        reply: Reply[Event] = Reply()
+        self._submit(name, run_id, data, reply)
+        # Shielded: a caller that gave up would not know whether its event is stored (an
+        # agent_started twice, say). Bounded: past the bound the store is wedged, and the
+        # thread restarts rather than wait forever.
+        with trio.CancelScope(shield=True) as scope:
+            if not reply.done:
+                scope.deadline = trio.current_time() + APPEND_TIMEOUT
+            return await reply.wait()
+        raise JournalWedged(f"no answer from the journal within {APPEND_TIMEOUT:g} s")
+
+    def _stored(self, event: Event) -> None:
+        self._seq = event.seq
+        self._updated_at = event.ts
+        stats = self.env.stats
+        stats.events += 1
+        if event.event in TERMINAL_EVENTS:
+            stats.runs_ended[event.event] = stats.runs_ended.get(event.event, 0) + 1
+        self._deliver(event)
+
+    def _lost(self, chain: int, error: BaseException) -> BaseException:
+        """A write failed; returns the error its writer gets. Outcomes come in order, so
+        everything before the first failure of a chain is stored, and the next event follows
+        the last stored one. The writes queued after that failure fail too (their seqs do
+        not follow): their writers get ``JournalUnavailable``, as they would have if queued
+        a moment later."""
+        if chain != self._chain:
+            lost = JournalUnavailable("an earlier event of this thread was not stored")
+            lost.__cause__ = error
+            return lost
+        self._chain += 1
+        self._next = self._seq
+        return error
 
     def _deliver(self, event: Event) -> None:
         if not self._subscribers:
@@ -285,3 +309,30 @@ class ThreadActor:
                     sub.dropped(self.key, reason, overflow=True)
             if not self._subscribers:
                 self._idle_since = trio.current_time()
+
+
+class _Write:
+    """One event on its way to the journal (``Done``): tells the actor, then ``then``."""
+
+    __slots__ = ("actor", "event", "chain", "then")
+
+    def __init__(self, actor: ThreadActor, event: Event, chain: int,
+                 then: Reply[Event] | Done | None) -> None:
+        self.actor: ThreadActor | None = actor
+        self.event = event
+        self.chain = chain
+        self.then = then
+
+    def set(self, _: None) -> None:
+        actor, self.actor = self.actor, None
+        if actor is not None:  # once: a journal may answer a failed batch again
+            actor._stored(self.event)
+            if self.then is not None:
+                self.then.set(self.event)  # type: ignore[arg-type]
+
+    def fail(self, error: BaseException) -> None:
+        actor, self.actor = self.actor, None
+        if actor is not None:
+            error = actor._lost(self.chain, error)
+            if self.then is not None:
+                self.then.fail(error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import trio
 
@@ -18,6 +18,7 @@ from threadline.actors.messages import (
 )
 from threadline.actors.errors import JournalUnavailable
 from threadline.actors.memory_journal import MemoryJournal
+from threadline.actors.reply import Reply
 from threadline.actors.subscription import Subscription
 from threadline.stores import StoreError, open_journal
 
@@ -122,10 +123,57 @@ class FailingJournal(MemoryJournal):
 
     failing = False
 
+    def append_nowait(self, events, done):
+        if self.failing:
+            done.fail(JournalUnavailable("store unreachable"))
+        else:
+            super().append_nowait(events, done)
+
     async def append(self, events):
         if self.failing:
             raise JournalUnavailable("store unreachable")
         await super().append(events)
+
+
+class HoldingJournal(MemoryJournal):
+    """A real memory journal that holds back the writes ``holds(events)`` picks, and every
+    later write of the same thread, until ``release()`` (a store that is slow for them): a
+    thread's outcomes stay in the order its writes were queued, as every journal's do."""
+
+    def __init__(self, holds: Callable[[Sequence[Event]], bool] = lambda events: False) -> None:
+        super().__init__()
+        self.holds = holds
+        self._held: list = []
+
+    def append_nowait(self, events, done):
+        key = events[0].key if events else None
+        if any(k == key for k, _, _ in self._held) or self.holds(events):
+            self._held.append((key, events, done))
+        else:
+            super().append_nowait(events, done)
+
+    async def append(self, events):
+        reply: Reply = Reply()
+        self.append_nowait(events, reply)
+        await reply.wait()
+
+    def release(self) -> None:
+        """Store what was held, in order, and hold nothing more."""
+        self.holds = lambda events: False
+        held, self._held = self._held, []
+        for _, events, done in held:
+            super().append_nowait(events, done)
+
+    def fail_held(self, error: BaseException) -> None:
+        """The store failed under the first write held: it gets ``error``; the writes held
+        after it are then tried in order, as a store would (those of its thread no longer
+        follow, and fail). Holds nothing more."""
+        self.holds = lambda events: False
+        held, self._held = self._held, []
+        if held:
+            held[0][2].fail(error)
+        for _, events, done in held[1:]:
+            super().append_nowait(events, done)
 
 
 async def store_refusal(url: str) -> StoreError:

@@ -48,6 +48,53 @@ class JournalContract:
         assert await journal.find_message(A, "x") is None
         assert await journal.threads("alice") == []
 
+    async def test_append_nowait_answers_in_the_order_writes_were_queued(self, journal):
+        # A pipelining writer (the thread actor) queues the next events before the last are
+        # durable; the answers come in queue order, and ensure_thread waits for them.
+        await journal.ensure_thread(A, 1.0)
+        await journal.ensure_thread(B, 1.0)
+        answers: list[tuple[str, int, object]] = []
+        all_answered = trio.Event()
+
+        class Done:
+            def __init__(self, event: Event) -> None:
+                self.event = event
+
+            def set(self, value: None) -> None:
+                answers.append(("stored", self.event.seq, self.event.key))
+                if len(answers) == 6:
+                    all_answered.set()
+
+            def fail(self, error: BaseException) -> None:
+                answers.append((type(error).__name__, self.event.seq, self.event.key))
+                if len(answers) == 6:
+                    all_answered.set()
+
+        for event in [ev(A, 1), ev(B, 1), ev(A, 2), ev(A, 4), ev(A, 5), ev(B, 2)]:
+            journal.append_nowait([event], Done(event))  # A4 does not follow, nor A5 after it
+        assert (await journal.ensure_thread(A, 99.0)).last_seq == 2
+        with trio.fail_after(10):
+            await all_answered.wait()
+        assert answers == [("stored", 1, A), ("stored", 1, B), ("stored", 2, A),
+                           ("ValueError", 4, A), ("ValueError", 5, A), ("stored", 2, B)]
+        assert [e.seq for e in await journal.read(A, 0)] == [1, 2]
+        assert [e.seq for e in await journal.read(B, 0)] == [1, 2]
+
+    async def test_append_nowait_refuses_unstorable_data_at_once(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        got: list[BaseException] = []
+
+        class Done:
+            def set(self, value: None) -> None:
+                raise AssertionError("stored")
+
+            def fail(self, error: BaseException) -> None:
+                got.append(error)
+
+        journal.append_nowait([ev(A, 1, text="nul \x00")], Done())
+        assert len(got) == 1 and isinstance(got[0], Unstorable)
+        assert await journal.last_seq(A) == 0
+
     async def test_append_then_read_in_order(self, journal):
         await journal.ensure_thread(A, 1.0)
         events = [ev(A, i) for i in range(1, 6)]

@@ -1,8 +1,10 @@
 """A durable ``Journal`` over a SQL backend, with group commit.
 
-Writes are checked (``threadline.actors.journal.check_storable``), queued and awaited; one writer task
-applies everything queued in one transaction, in one worker-thread hop (``trio.to_thread``: the
-drivers block; psycopg's async API is asyncio-only). While it runs the next batch gathers, so
+Writes are checked (``threadline.actors.journal.check_storable``), queued and awaited, or with
+``append_nowait`` answered by a callback (a thread actor queues its next event before the last
+one is durable). One writer task applies everything queued in one transaction, in one
+worker-thread hop (``trio.to_thread``: the drivers block; psycopg's async API is asyncio-only),
+and answers the writes in the order they were queued. While it runs the next batch gathers, so
 the batch grows with the load. Reads run in worker threads on a pool (``connections.py``).
 
 A failure is one of two kinds, and the backend says which (``Backend.is_outage``):
@@ -32,8 +34,8 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 import trio
 
 from threadline.actors.errors import JournalUnavailable, Unstorable
-from threadline.actors.journal import (OpenRun, check_storable, check_storable_key, storable_key,
-                            unstorable_reason)
+from threadline.actors.journal import (Done, OpenRun, check_storable, check_storable_key,
+                                       storable_key, unstorable_reason)
 from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
@@ -50,7 +52,7 @@ T = TypeVar("T")
 
 MAX_BATCH = 2000          # operations per transaction
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
-Pending = tuple[Op, Reply[Any]]
+Pending = tuple[Op, Done]  # a Reply, or whoever queued with append_nowait
 
 
 class DurableJournal:
@@ -76,10 +78,11 @@ class DurableJournal:
     # -- the Journal protocol ------------------------------------------------------------------
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
-        # The writer is the store's only writer, so its cache of thread rows is the truth: a
-        # reactivation costs no I/O. Otherwise one batched look-up-or-insert for many threads.
+        # The writer is the store's only writer, so its cache of thread rows is the truth once
+        # nothing is queued: a reactivation costs no I/O. Otherwise one batched
+        # look-up-or-insert for many threads, answered after the writes queued before it.
         row = self._cache.rows.get(key)
-        if row is not None:
+        if row is not None and not (self._pending or self._inflight):
             await trio.lowlevel.checkpoint()
             return ThreadInfo(key, row[0], row[1], row[2])
         try:
@@ -98,6 +101,19 @@ class DurableJournal:
             await self._refused()
             raise
         await self._submit(AppendOp(tuple(events)))
+
+    def append_nowait(self, events: Sequence[Event], done: Done) -> None:
+        if self._closed:
+            done.fail(JournalUnavailable(f"{self.backend.name} is closed"))
+            return
+        try:
+            check_storable(events)
+        except Unstorable as exc:
+            self.rejected += 1
+            done.fail(exc)
+            return
+        self._pending.append((AppendOp(tuple(events)), done))
+        self._work.set()
 
     # A key or client_msg_id that no store can hold was never stored: reading it answers
     # "nothing" without asking the store (PostgreSQL would refuse the parameter).

@@ -1,7 +1,7 @@
 """The engine when its run is cancelled from outside (shutdown, a crash of the thread actor):
 the terminal event is still written, after ``agent_started`` and after what the agent wrote,
 also when the agent runs a nursery of its own. Driven directly: ``execute`` with a real emit
-that records the events, in a cancel scope the test cancels."""
+and submit that record the events, in a cancel scope the test cancels."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ async def run_cancelled_after(agent, seconds: float, *, cancel_first: bool = Fal
         await trio.lowlevel.checkpoint_if_cancelled()  # as the thread's emit: a cancel point
         events.append((event, data))
 
+    def submit(ctx, event, data, done):  # as the thread's: queued in order, stored at once
+        events.append((event, data))
+        done.set(None)
+
     control = RunControl(RunContext("ada", "main", "run_1", "msg_1"), "go", 1)
     with trio.fail_after(60):  # virtual time: a run that never ends fails the test, not hangs
-        async with trio.open_nursery() as nursery:  # where the run's helper tasks go
-            with trio.CancelScope() as outer:
-                if cancel_first:
-                    outer.cancel()
-                with trio.move_on_after(seconds):
-                    await execute(control, agent, ToolRegistry(), emit,
-                                  spawn=nursery.start_soon)
-            nursery.cancel_scope.cancel()  # nothing of the run may be left to need it
+        with trio.CancelScope() as outer:
+            if cancel_first:
+                outer.cancel()
+            with trio.move_on_after(seconds):
+                await execute(control, agent, ToolRegistry(), emit, submit=submit)
     return events
 
 

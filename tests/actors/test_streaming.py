@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 import trio
 
-from tests.helpers import answer_of
+from tests.helpers import HoldingJournal, answer_of
 from threadline import RuntimeConfig, ToolRegistry, open_runtime
 from threadline.actors.agents import echo_agent, echo_tools
 from threadline.actors.history import Turn
@@ -128,21 +128,13 @@ async def test_an_unstorable_write_fails_the_run_and_the_thread_goes_on():
     assert events[-1].event == "agent_completed" and not deltas(events)
 
 
-class GatedJournal(MemoryJournal):
-    """A real memory journal whose writes of deltas wait for a gate (a store that is slow)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = trio.Event()
-
-    async def append(self, events):
-        if any(e.event == "agent_delta" for e in events):
-            await self.gate.wait()
-        await super().append(events)
+def slow_for_deltas() -> HoldingJournal:
+    """A store that takes no delta until released (it holds what comes after them too)."""
+    return HoldingJournal(lambda events: any(e.event == "agent_delta" for e in events))
 
 
 async def test_write_waits_once_too_much_is_unwritten(autojump_clock):
-    journal = GatedJournal()
+    journal = slow_for_deltas()
     written = 0
 
     async def agent(run):
@@ -157,7 +149,7 @@ async def test_write_waits_once_too_much_is_unwritten(autojump_clock):
             await thread.send("go")
             await trio.sleep(5)  # the store takes no delta: the agent must be held back
             assert written <= MAX_PENDING + PIECE_BYTES + 4096
-            journal.gate.set()
+            journal.release()
             got = []
             async for event in events:
                 got.append(event)
@@ -236,7 +228,7 @@ async def test_echo_answers_a_bad_stream_command_as_text(text):
 
 
 async def test_two_tasks_writing_past_the_bound_both_go_on_once_the_store_does(autojump_clock):
-    journal = GatedJournal()
+    journal = slow_for_deltas()
 
     async def agent(run):
         async def writer(letter: str) -> None:
@@ -252,7 +244,7 @@ async def test_two_tasks_writing_past_the_bound_both_go_on_once_the_store_does(a
         async with thread.open_subscription() as events:
             await thread.send("go")
             await trio.sleep(5)  # both writers now wait for room
-            journal.gate.set()
+            journal.release()
             got = []
             with trio.fail_after(60):
                 async for event in events:

@@ -8,26 +8,12 @@ import json
 import trio
 from trio_websocket import open_websocket_url
 
-from threadline.actors.memory_journal import MemoryJournal
+from tests.helpers import HoldingJournal
 from tests.servers import serving, token
 
 
-class StallsOneThread(MemoryJournal):
-    """A memory journal whose appends to thread ``slow`` wait until ``release`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stall = False
-        self.release = trio.Event()
-
-    async def append(self, events):  # type: ignore[no-untyped-def]
-        if self.stall and events and events[0].key.thread_id == "slow":
-            await self.release.wait()
-        await super().append(events)
-
-
 async def test_a_send_stalled_in_the_store_delays_no_ping_and_no_cancel_of_another_thread():
-    journal = StallsOneThread()
+    journal = HoldingJournal()
     async with serving(scripted=True, journal=journal) as server:
         async with open_websocket_url(f"{server.url}?token={token('ada')}") as ws:
             async def request(frame):  # type: ignore[no-untyped-def]
@@ -55,7 +41,7 @@ async def test_a_send_stalled_in_the_store_delays_no_ping_and_no_cancel_of_anoth
                 await request({"type": "send", "thread_id": "fast", "text": "sleep:30",
                                "ref": "run"})
                 await answer("run")
-                journal.stall = True
+                journal.holds = lambda events: events[0].key.thread_id == "slow"
                 await request({"type": "send", "thread_id": "slow", "text": "a", "ref": "s1"})
                 await request({"type": "send", "thread_id": "slow", "text": "b", "ref": "s2"})
                 await request({"type": "ping", "ref": "p"})
@@ -63,7 +49,7 @@ async def test_a_send_stalled_in_the_store_delays_no_ping_and_no_cancel_of_anoth
                 assert (await answer("p"))["type"] == "pong"
                 assert (await answer("c"))["type"] == "ok"
                 assert "s1" not in answers and "s2" not in answers  # still stalled, in order
-                journal.release.set()
+                journal.release()
                 first, second = await answer("s1"), await answer("s2")
                 assert first["type"] == second["type"] == "accepted"
                 assert first["seq"] < second["seq"]  # one thread's requests keep their order

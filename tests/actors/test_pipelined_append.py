@@ -1,0 +1,84 @@
+"""A thread queues its next events before the last ones are durable (``ThreadActor._submit``):
+what a failed write does to the writes queued after it, through a real runtime and a journal
+that fails where the test says."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.helpers import HoldingJournal, answer_of
+from threadline import open_runtime
+from threadline.actors.errors import JournalUnavailable
+
+
+async def test_a_failed_piece_fails_what_was_queued_after_it_and_leaves_no_gap(autojump_clock):
+    journal = HoldingJournal(lambda events: any(e.event == "agent_delta" for e in events))
+    wrote_after_failure: list[BaseException] = []
+
+    async def agent(run):
+        if run.text != "stream":
+            return f"echo {run.text}"
+        for i in range(20):  # pieces queued, none stored: the store holds them
+            await run.write(f"{i} ")
+            await trio.sleep(0.06)
+        await trio.sleep(1)  # the test fails the store here
+        try:
+            await run.write("more")
+        except JournalUnavailable as exc:
+            wrote_after_failure.append(exc)
+            raise
+
+    async with open_runtime(agent=agent, journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        async with thread.open_subscription() as events:
+            await thread.send("stream")
+            await trio.sleep(1.5)
+            journal.fail_held(JournalUnavailable("disk gone"))
+            got = []
+            with trio.fail_after(30):
+                async for event in events:
+                    got.append(event)
+                    if event.event in ("agent_completed", "agent_failed", "agent_cancelled"):
+                        break
+            # The run is closed once the store is back: one terminal event, after no delta.
+            assert [e.event for e in got] == ["user_message", "agent_started", "agent_failed"]
+            assert got[-1].data == {"error": "storage unavailable"}
+            assert len(wrote_after_failure) == 1
+            # The thread goes on, numbered after the last durable event.
+            accepted = await thread.send("next")
+            assert accepted.seq == got[-1].seq + 1
+            async for event in events:
+                got.append(event)
+                if event.event == "agent_completed":
+                    break
+            assert got[-1].data == {"text": "echo next"}
+    stored = await journal.read(got[0].key, 0)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))  # gapless
+    assert stored == got and answer_of(stored) == ""
+
+
+async def test_a_subscriber_that_joins_while_pieces_are_in_flight_gets_them_live(autojump_clock):
+    journal = HoldingJournal(lambda events: any(e.event == "agent_delta" for e in events))
+    release = trio.Event()
+
+    async def agent(run):
+        await run.write("queued before the join")
+        await release.wait()
+        return None
+
+    async with open_runtime(agent=agent, journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        await thread.send("go")
+        await trio.sleep(1)  # the piece is queued, not durable: last_seq is before it
+        async with thread.open_subscription(since=0) as events:
+            journal.release()
+            release.set()
+            got = []
+            with trio.fail_after(30):
+                async for event in events:
+                    got.append(event)
+                    if event.event == "agent_completed":
+                        break
+    seqs = [e.seq for e in got]
+    assert seqs == list(range(1, len(got) + 1))  # replay then live: no gap, no duplicate
+    assert answer_of(got) == "queued before the join" == got[-1].data["text"]
