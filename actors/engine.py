@@ -1,4 +1,5 @@
-"""The execution engine: one agent run, its tools, and the events they produce.
+"""The execution engine, as an agent sees it: ``Run``, its tools, and the events they produce
+(``execution.py`` runs it from ``agent_started`` to its terminal event).
 
 An agent is an async callable ``agent(run) -> str | None``. It reads ``run.context``,
 ``run.text`` and ``await run.history()`` (the thread's earlier turns), reports progress with
@@ -10,11 +11,10 @@ because it never names one at all.
 
 Order within a run: before any other event of the run is queued, what the agent wrote is queued
 (``AnswerStream.flush_nowait``; queuing is synchronous and gives the seq), so no event
-overtakes text written earlier.
-
-Run lifecycle (PROTOCOL.md): ``agent_started``, then the agent's events, then exactly one of
-``agent_completed`` (it returned), ``agent_failed`` (it or a tool it did not catch raised) or
-``agent_cancelled`` (its cancel scope was cancelled; the reason is set by whoever cancelled).
+overtakes text written earlier. Only the events the agent must know stored before it goes on
+are awaited (a tool's ``tool_executing`` before the tool runs, its ``tool_completed``); the
+others (``agent_started``, ``agent_thinking``, the pieces of the answer) are queued, and a
+failure to store them fails the run's next awaited event.
 """
 
 from __future__ import annotations
@@ -26,27 +26,15 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from .errors import AgentError, JournalUnavailable, JournalWedged, ToolError, Unstorable
+from .errors import AgentError, ToolError
 from .history import Turn
-from .messages import (
-    AGENT_CANCELLED,
-    AGENT_COMPLETED,
-    AGENT_DELTA,
-    AGENT_FAILED,
-    AGENT_STARTED,
-    AGENT_THINKING,
-    TOOL_COMPLETED,
-    TOOL_EXECUTING,
-)
+from .messages import AGENT_DELTA, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
 from .journal import Done
 from .stream import DEFAULT_INTERVAL, AnswerStream
 from .tools import ToolRegistry
 
 log = logging.getLogger("threadline.engine")
 
-#: Bound on the terminal write when a run is torn down by cancellation (shutdown or a crash of
-#: its thread): long enough for a group commit under load, short enough not to stall shutdown.
-TERMINAL_WRITE_TIMEOUT = 5.0
 
 
 # Ids: 96 random bits each, so an id tells nothing (a counter told a user how many messages
@@ -146,8 +134,16 @@ class Run:
         await stream.write(text)
 
     async def think(self, text: str) -> None:
-        """Emit ``agent_thinking``. Blocks until the event is durable."""
-        await self._event(AGENT_THINKING, {"text": text})
+        """Emit ``agent_thinking``. Queues it without waiting for the store: it is stored and
+        delivered before any later event of the run, and if the store fails it, the run's
+        next awaited event fails too (and the thread closes the run). Raises ``Unstorable``."""
+        if self._submit is None:
+            await self._event(AGENT_THINKING, {"text": text})
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._stream is not None:
+            self._stream.flush_nowait()
+        self._submit(self.context, AGENT_THINKING, {"text": text}, NOBODY)
 
     def _submit_delta(self, data: dict[str, Any], done: Done) -> None:
         self._submit(self.context, AGENT_DELTA, data, done)  # type: ignore[misc]
@@ -199,96 +195,14 @@ class Run:
 Agent = Callable[[Run], Awaitable[Any]]
 
 
-class RunControl:
-    """The handle a thread keeps on its active run: its context and its cancel scope."""
+class _Nobody:
+    """A ``Done`` for a queued event whose failure the run's next awaited event reports."""
 
-    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started")
+    def set(self, _: Any) -> None:
+        pass
 
-    def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
-        self.context = context
-        self.text = text
-        self.message_seq = message_seq  # of its user_message: history is what came before
-        self.scope = trio.CancelScope()
-        self.cancel_reason: str | None = None
-        self.failure: str | None = None
-        self.started = False  # its agent_started is stored
-
-    def cancel(self, reason: str) -> None:
-        """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        self.scope.cancel()
+    def fail(self, error: BaseException) -> None:
+        pass
 
 
-async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: Emit, *,
-                  history: History = _no_history, submit: Submit | None = None,
-                  interval: float = DEFAULT_INTERVAL) -> str:
-    """Run ``agent`` for ``control`` from ``agent_started`` to its terminal event.
-
-    ``history`` reads the thread's earlier turns; ``submit`` queues the pieces of a streamed
-    answer (without it, ``run.write`` raises); ``interval`` paces ``agent_delta``.
-    Returns the name of the terminal event. What the agent wrote is stored before the terminal
-    event, also when the run is cancelled. When the surrounding scope is cancelled (shutdown, a
-    crash of the thread), the rest of the answer and the terminal event are still written,
-    shielded and bounded by ``TERMINAL_WRITE_TIMEOUT``, and then ``Cancelled`` propagates.
-    Raises ``JournalUnavailable`` when the journal failed under the run.
-    """
-    ctx = control.context
-    run = Run(ctx, control.text, emit, tools, history=history, submit=submit, interval=interval)
-    terminal: tuple[str, dict[str, Any]]
-    try:
-        # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
-        # still begins with agent_started, and its agent is then never called.
-        await emit(ctx, AGENT_STARTED, {})
-        control.started = True
-        with control.scope:
-            try:
-                answer = await agent(run)
-            except JournalWedged:
-                raise  # not the agent's failure: the thread restarts
-            except Exception as exc:
-                log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
-                         ctx.thread_id, describe(exc), exc_info=exc)
-                terminal = (AGENT_FAILED, {"error": describe(exc)})
-            else:
-                if answer is None:
-                    answer = run.written or ""
-                terminal = (AGENT_COMPLETED, {"text": str(answer)})
-        if control.scope.cancelled_caught:
-            terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "cancel"})
-        terminal = _end_stream(run, terminal)
-    except BaseException as exc:
-        # Cancelled from outside (shutdown, a crash of the thread): a bare ``Cancelled``, or a
-        # group of them when the agent had a nursery of its own. An ``Exception`` (the journal
-        # failed, ...) is the caller's to handle.
-        if isinstance(exc, Exception):
-            raise
-        if control.failure is not None:
-            terminal = (AGENT_FAILED, {"error": control.failure})
-        else:
-            terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "shutdown"})
-        with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + TERMINAL_WRITE_TIMEOUT
-            if not control.started:  # cancelled before agent_started was stored
-                await emit(ctx, AGENT_STARTED, {})
-                control.started = True
-            terminal = _end_stream(run, terminal)
-            await emit(ctx, *terminal)
-        raise
-    try:
-        await emit(ctx, *terminal)
-    except Unstorable as exc:  # e.g. an answer with a NUL character: the run still ends
-        terminal = (AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
-        await emit(ctx, *terminal)
-    return terminal[0]
-
-
-def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """Queue the rest of the streamed answer; the terminal event to write after it."""
-    try:
-        run.end_stream()
-    except (JournalUnavailable, JournalWedged):
-        raise  # the journal is gone or wedged: the thread closes the run or restarts
-    except Exception as exc:
-        return (AGENT_FAILED, {"error": f"the answer could not be stored: {describe(exc)}"})
-    return terminal
+NOBODY = _Nobody()

@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from .engine import RunContext, RunControl, execute
+from .engine import RunContext
+from .execution import RunControl, execute
 from .journal import Done
 from .history import read_history
 from .errors import Busy, JournalUnavailable, UnknownRun

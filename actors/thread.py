@@ -6,17 +6,12 @@ mailbox in order: idle, it waits on it with no nursery and no runner task (at mo
 idle actor, docs/architecture.md); while runs wait or run, in a nursery that holds the runner
 task.
 
-Ordering and durability: an event is given its seq and queued to the journal in one synchronous
-step (``_submit``), so the order in which the actor's tasks submit is the seq order, and no
-lock is held across a write: the next event is queued while the last one is being stored
-(``write`` of a streamed answer does not wait at all). The journal answers writes in the order
-they were queued; an answer that says "stored" advances the durable counter and delivers the
-event to the subscribers, so they get events in seq order and only once durable. A failed
-write breaks the chain of writes queued after it (they do not follow its seq, so the journal
-refuses them too); the next event follows the last durable one, so no failure leaves a gap.
-``last_seq`` as told to a new subscriber is always the last *durable* seq, so a write in flight
-at that moment is delivered to it live: no gap and no duplicate between a replay and the live
-stream.
+Ordering and durability are the ``Sequencer``'s (``sequencer.py``): an event is numbered and
+queued to the journal in one synchronous step, the next one queued while the last is being
+stored, and delivered (``_stored``) only once the journal answers that it is durable, in seq
+order; a failed write leaves no gap. ``last_seq`` as told to a new subscriber is always the
+last *durable* seq, so a write in flight at that moment is delivered to it live: no gap and no
+duplicate between a replay and the live stream.
 """
 
 from __future__ import annotations
@@ -28,12 +23,13 @@ from typing import Any, Callable, Protocol
 import attrs
 import trio
 
-from .engine import Agent, RunContext, RunControl, ToolRegistry, new_id
-from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable, JournalWedged,
+from .engine import Agent, RunContext, ToolRegistry, new_id
+from .execution import RunControl
+from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable,
                      MailboxFull, UnknownRun, Unstorable)
-from .journal import Done, Journal, check_storable
+from .journal import Journal
 from .mailbox import Mailbox
-from .reply import Reply
+from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
@@ -43,10 +39,6 @@ from .messages import (TERMINAL_EVENTS, USER_MESSAGE, Accepted, CancelRun, Event
 
 log = logging.getLogger("threadline.thread")
 
-#: Bound on the shielded wait for one journal write. The stores answer every write (with an
-#: error when they fail); past this the store is wedged, and the thread restarts (its
-#: supervisor reloads the last durable seq) rather than wait forever.
-APPEND_TIMEOUT = 60.0
 
 
 class Subscriber(Protocol):
@@ -77,15 +69,13 @@ class ThreadEnv:
 
 
 class ThreadActor:
-    __slots__ = ("key", "env", "_seq", "_next", "_chain", "_created_at", "_updated_at",
-                 "_subscribers", "_runs", "_idle_since")
+    __slots__ = ("key", "env", "_writes", "_created_at", "_updated_at", "_subscribers", "_runs",
+                 "_idle_since")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
         self.env = env
-        self._seq = 0   # the last durable seq
-        self._next = 0  # the last seq given to the journal (durable or on its way)
-        self._chain = 0  # bumped at a failed write: the writes queued after it are lost too
+        self._writes = Sequencer(key, env.journal, env.clock, self._stored)
         self._created_at = self._updated_at = 0.0
         self._subscribers: dict[Subscriber, None] | None = None  # an ordered set, made lazily
         self._runs: RunQueue | None = None  # made for the first run: idle actors stay small
@@ -118,7 +108,7 @@ class ThreadActor:
 
     async def run(self, mailbox: Mailbox) -> None:
         info = await self.env.journal.ensure_thread(self.key, self.env.clock())
-        self._seq = self._next = info.last_seq
+        self._writes.start(info.last_seq)
         self._created_at, self._updated_at = info.created_at, info.updated_at
         msg: Any = None
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
@@ -158,7 +148,7 @@ class ThreadActor:
 
     async def _runner(self, runs: RunQueue) -> None:
         try:
-            await run_queued(runs, self.key, self.env, self._append, self._submit)
+            await run_queued(runs, self.key, self.env, self._writes.append, self._writes.submit)
         finally:
             self._idle_since = trio.current_time()
 
@@ -201,7 +191,7 @@ class ThreadActor:
         return False
 
     def info(self) -> ThreadInfo:
-        return ThreadInfo(self.key, self._seq, self._created_at, self._updated_at)
+        return ThreadInfo(self.key, self._writes.seq, self._created_at, self._updated_at)
 
     # -- handlers, and the append every event goes through ---------------------------------------
 
@@ -221,7 +211,7 @@ class ThreadActor:
             data: dict[str, Any] = {"message_id": message_id, "text": msg.text}
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
-            event = await self._append(USER_MESSAGE, run_id, data)
+            event = await self._writes.append(USER_MESSAGE, run_id, data)
         except (Busy, JournalUnavailable, Unstorable) as exc:
             reply.fail(exc)
             return
@@ -232,61 +222,23 @@ class ThreadActor:
     def _subscribe(self, msg: Subscribe) -> None:
         sub = msg.subscriber
         try:
-            sub.deliver(Joined(self.key, self._seq, msg.tag))
+            sub.deliver(Joined(self.key, self._writes.seq, msg.tag))
         except (MailboxFull, ActorStopped) as exc:
             msg.reply.fail(exc)
             return
         if self._subscribers is None:
             self._subscribers = {}
         self._subscribers[sub] = None
-        msg.reply.set(self._seq)
-
-    def _submit(self, name: str, run_id: str | None, data: dict[str, Any],
-                then: Reply[Event] | Done | None = None) -> Event:
-        """Give the next event to the journal and return it, without waiting: it is delivered
-        once durable (``_stored``), and ``then`` hears how it ended. Raises ``Unstorable``
-        (nothing queued, no seq used)."""
-        event = Event(self.key, self._next + 1, name, run_id, self.env.clock(), data)
-        check_storable((event,))  # before the seq is taken: refusals never break the chain
-        self._next = event.seq
-        self.env.journal.append_nowait((event,), _Write(self, event, self._chain, then))
-        return event
-
-    async def _append(self, name: str, run_id: str | None, data: dict[str, Any]) -> Event:
-        """``_submit``, and wait until the event is durable (or raise why it is not)."""
-        reply: Reply[Event] = Reply()
-        self._submit(name, run_id, data, reply)
-        # Shielded: a caller that gave up would not know whether its event is stored (an
-        # agent_started twice, say). Bounded: past the bound the store is wedged, and the
-        # thread restarts rather than wait forever.
-        with trio.CancelScope(shield=True) as scope:
-            if not reply.done:
-                scope.deadline = trio.current_time() + APPEND_TIMEOUT
-            return await reply.wait()
-        raise JournalWedged(f"no answer from the journal within {APPEND_TIMEOUT:g} s")
+        msg.reply.set(self._writes.seq)
 
     def _stored(self, event: Event) -> None:
-        self._seq = event.seq
+        """The journal stored ``event`` (called by the ``Sequencer``, in seq order)."""
         self._updated_at = event.ts
         stats = self.env.stats
         stats.events += 1
         if event.event in TERMINAL_EVENTS:
             stats.runs_ended[event.event] = stats.runs_ended.get(event.event, 0) + 1
         self._deliver(event)
-
-    def _lost(self, chain: int, error: BaseException) -> BaseException:
-        """A write failed; returns the error its writer gets. Outcomes come in order, so
-        everything before the first failure of a chain is stored, and the next event follows
-        the last stored one. The writes queued after that failure fail too (their seqs do
-        not follow): their writers get ``JournalUnavailable``, as they would have if queued
-        a moment later."""
-        if chain != self._chain:
-            lost = JournalUnavailable("an earlier event of this thread was not stored")
-            lost.__cause__ = error
-            return lost
-        self._chain += 1
-        self._next = self._seq
-        return error
 
     def _deliver(self, event: Event) -> None:
         if not self._subscribers:
@@ -310,29 +262,3 @@ class ThreadActor:
             if not self._subscribers:
                 self._idle_since = trio.current_time()
 
-
-class _Write:
-    """One event on its way to the journal (``Done``): tells the actor, then ``then``."""
-
-    __slots__ = ("actor", "event", "chain", "then")
-
-    def __init__(self, actor: ThreadActor, event: Event, chain: int,
-                 then: Reply[Event] | Done | None) -> None:
-        self.actor: ThreadActor | None = actor
-        self.event = event
-        self.chain = chain
-        self.then = then
-
-    def set(self, _: None) -> None:
-        actor, self.actor = self.actor, None
-        if actor is not None:  # once: a journal may answer a failed batch again
-            actor._stored(self.event)
-            if self.then is not None:
-                self.then.set(self.event)  # type: ignore[arg-type]
-
-    def fail(self, error: BaseException) -> None:
-        actor, self.actor = self.actor, None
-        if actor is not None:
-            error = actor._lost(self.chain, error)
-            if self.then is not None:
-                self.then.fail(error)

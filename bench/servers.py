@@ -1,5 +1,7 @@
 """Servers under test, each in a process of its own, on loopback: threadline (``threadline
-serve``), the bare echo server on the same engine, and the FastAPI peer under uvicorn."""
+serve``) on each store, the bare echo server on the same engine, and the FastAPI peers under
+uvicorn (in memory, and durable on SQLite or PostgreSQL); and the databases they run on, fresh
+for every server (``Databases``)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,56 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 SECRET = "bench-only-secret-0123456789abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("threadline", "bare", "peer")
+STORES = ("memory", "sqlite", "postgresql")
+
+
+class Databases:
+    """Fresh databases for the servers of one benchmark run: a new SQLite file each time, and
+    one throwaway PostgreSQL cluster (the tests', with fsync on), emptied each time. Without
+    PostgreSQL binaries on the machine, ``fresh("postgresql")`` is None: said once, and the
+    rest runs."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.stack = stack
+        self.dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-db-")))
+        self.count = 0
+        self.cluster: Any = None
+        self.missing: str | None = None
+
+    def fresh(self, store: str) -> str | None:
+        """A URL for ``store`` (memory, sqlite, postgresql) holding nothing yet."""
+        if store == "memory":
+            return "memory"
+        if store == "sqlite":
+            self.count += 1
+            return f"sqlite:///{self.dir}/db{self.count}.sqlite3"
+        if store != "postgresql":
+            raise ValueError(store)
+        if self.cluster is None and self.missing is None:
+            from tests.pg import Cluster  # the tests' throwaway cluster
+
+            try:
+                self.cluster = Cluster(fsync=True).init()
+            except RuntimeError as exc:
+                self.missing = str(exc).splitlines()[0]
+                print(f"PostgreSQL not run: {self.missing}", file=sys.stderr)
+            else:
+                self.stack.callback(self.cluster.destroy)
+        return self.cluster.reset() if self.cluster is not None else None
+
+
+def variant(kind: str, store: str) -> str:
+    """The name of a server on a store in results and tables: ``threadline`` and ``peer`` are
+    the memory ones, ``threadline-sqlite``, ``peer-postgresql``... the others."""
+    return kind if store == "memory" else f"{kind}-{store}"
 
 
 def rss_of(pid: int) -> int:
@@ -49,7 +94,8 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) ->
 @contextmanager
 def server_process(kind: str, *, store: str = "memory",
                    extra: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start a server; yields its ws:// URL and process; SIGTERM (then kill) at exit."""
+    """Start a server (``store``: a URL from ``Databases.fresh``); yields its ws:// URL and
+    process; SIGTERM (then kill) at exit."""
     env = {**os.environ, "THREADLINE_SECRET": SECRET}
     if kind == "threadline":
         # The rate limits protect a server from a client; here the client is the benchmark,
@@ -63,8 +109,11 @@ def server_process(kind: str, *, store: str = "memory",
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]
     elif kind == "peer":
         port = _free_port()
-        cmd = [sys.executable, "-m", "uvicorn", "bench.peers.fastapi_app:app", "--host",
-               "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        app = "bench.peers.fastapi_app:app"
+        if store != "memory":
+            app, env["PEER_DATABASE"] = "bench.peers.durable_app:app", store
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning"]
     else:
         raise ValueError(kind)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -39,7 +38,7 @@ from threadline.tuning import raise_fd_limit, tune_gc
 
 from .common import Row, met, progress, table, write_results
 from .loadgen import cpu_seconds, open_ws, process_cpu_seconds
-from .servers import SECRET, server_process
+from .servers import SECRET, Databases, server_process
 
 RATE, BATCH = 200.0, 10  # the echo agent's: numbers a second, numbers between two sleeps
 P99_TARGET_MS = 150.0
@@ -116,29 +115,14 @@ async def level(url: str, answers: int, numbers: int, pid: int, tag: str) -> dic
             and pct(0.99) < P99_TARGET_MS}
 
 
-def stores(stack: ExitStack, which: list[str]) -> dict[str, str]:
-    out = {}
-    if "memory" in which:  # nothing stored: what the rest of the path costs
-        out["memory"] = "memory"
-    if "sqlite" in which:
-        out["sqlite"] = f"sqlite:///{stack.enter_context(tempfile.TemporaryDirectory())}/s.db"
-    if "postgresql" in which:
-        from tests.pg import Cluster  # the tests' throwaway cluster
-
-        try:
-            cluster = Cluster(fsync=True).init()
-        except RuntimeError as exc:  # no PostgreSQL binaries here: said, and the rest runs
-            progress(f"PostgreSQL not run: {str(exc).splitlines()[0]}")
-        else:
-            stack.callback(cluster.destroy)
-            out["postgresql"] = cluster.reset()
-    return out
-
-
 def run(answers: list[int], numbers: int, which: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {"numbers": numbers, "stores": {}}
     with ExitStack() as stack:
-        for name, url in stores(stack, which).items():
+        databases = Databases(stack)
+        for name in which:
+            url = databases.fresh(name)
+            if url is None:
+                continue  # no PostgreSQL here: said by ``Databases``
             rows: dict[str, Any] = {}
             with server_process("threadline", store=url) as (ws_url, proc):
                 for n in answers:
@@ -182,7 +166,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
-    p.add_argument("--answers", default="50,100,150,250,500,1000",
+    p.add_argument("--answers", default="50,100,150,200,250,300,400,500,1000",
                    help="levels of concurrent answers, comma-separated")
     p.add_argument("--numbers", type=int, default=1000, help="numbers (tokens) per answer")
     p.add_argument("--stores", default="memory,sqlite,postgresql",

@@ -1,12 +1,13 @@
 """Server throughput: events delivered per second by one ``threadline serve`` process with the
-echo agent, beside a bare echo server on the same WebSocket engine, in the same run.
+echo agent, on each store, beside a bare echo server on the same WebSocket engine and the FastAPI
+peers (in memory, and durable on the same database), in the same run.
 
 Each server runs in its own process; this process is the load generator. Every connection is
 its own user with its own thread and keeps ``--window`` turns in flight (a turn: ``send`` until
 ``agent_completed``, 4 events and an ``accepted``; or one echo). Figures are counted after a
 warm-up, over ``--seconds``.
 
-Usage: ``python -m bench.ws [--connections 1,10,100] [--seconds 5]``
+Usage: ``python -m bench.ws [--connections 1,10,100] [--seconds 5] [--stores memory,sqlite]``
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import trio
@@ -23,7 +25,7 @@ from threadline.transport.auth import mint
 
 from .common import Row, met, progress, table, write_results
 from .loadgen import Tally, cpu_seconds, drive, open_ws, process_cpu_seconds, summary
-from .servers import KINDS, SECRET, server_process
+from .servers import SECRET, STORES, Databases, server_process, variant
 
 WARMUP = 1.0
 
@@ -61,11 +63,13 @@ async def load(url: str, kind: str, connections: int, seconds: float, window: in
 
 
 def measure(kind: str, connections: int, seconds: float, window: int,
-            interval: float | None = None) -> dict[str, Any]:
-    with server_process(kind) as (url, proc):
+            interval: float | None = None, store: str = "memory") -> dict[str, Any]:
+    """One server of ``kind`` on ``store`` (a URL from ``Databases.fresh``) under load."""
+    with server_process(kind, store=store) as (url, proc):
         result = trio.run(load, url, kind, connections, seconds, window, proc.pid, interval)
     label = "" if interval is None else f" offered {connections / interval * 4:,.0f} events/s,"
-    progress(f"{kind:10s} {connections:5d} conns:{label} {result['events_per_s']:9,.0f} events/s, "
+    name = variant(kind, store.split(":", 1)[0])
+    progress(f"{name:21s} {connections:5d} conns:{label} {result['events_per_s']:9,.0f} events/s, "
              f"{result['frames_per_s']:9,.0f} frames/s; cpu server {result['server_cpu']:.2f}, "
              f"load generator {result['loadgen_cpu']:.2f}")
     return result
@@ -78,20 +82,34 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 BARE_TARGET = 0.5   # docs/architecture.md, Targets: at least half a bare echo server on the same engine
-PEER_TARGET = 3.0   # docs/architecture.md, Targets: at least 3x the FastAPI peer
+PEER_TARGET = 3.0   # docs/architecture.md, Targets: at least 3x the FastAPI peer (on the same store)
+DURABLE_TARGET = 0.8  # issue 11: the default store at least 0.8 of the memory store, 100 connections
+DURABLE_AT = "100"
+LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
-def throughput(levels: list[int], seconds: float, rounds: int, kinds: tuple[str, ...] = KINDS,
-               window: int = 4) -> dict[str, dict[str, Any]]:
-    """``{connections: {kind: median run}}``; the kinds alternate over ``rounds``, so that drift
-    on a shared machine hits all alike."""
+def variants(kinds: tuple[str, ...], stores: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(kind, store)`` of every server to run: threadline and the peer on each store, the
+    bare echo server once (it stores nothing)."""
+    return [(kind, store) for kind in kinds for store in (stores if kind != "bare" else ("memory",))]
+
+
+def throughput(levels: list[int], seconds: float, rounds: int, kinds: tuple[str, ...],
+               window: int = 4, stores: tuple[str, ...] = STORES) -> dict[str, dict[str, Any]]:
+    """``{connections: {variant: median run}}``; the variants alternate over ``rounds``, so that
+    drift on a shared machine hits all alike. Every server starts on a fresh database."""
     out: dict[str, dict[str, Any]] = {}
-    for n in levels:
-        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-        for _ in range(rounds):
-            for kind in kinds:
-                runs[kind].append(measure(kind, n, seconds, window))
-        out[str(n)] = {kind: median_run(r) for kind, r in runs.items()}
+    with ExitStack() as stack:
+        databases = Databases(stack)
+        for n in levels:
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(rounds):
+                for kind, store in variants(kinds, stores):
+                    url = databases.fresh(store)
+                    if url is not None:
+                        runs.setdefault(variant(kind, store), []).append(
+                            measure(kind, n, seconds, window, store=url))
+            out[str(n)] = {name: median_run(r) for name, r in runs.items()}
     return out
 
 
@@ -107,6 +125,22 @@ def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
                 out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{base:,.0f} {label}",
                             f"{t / base:.2f}", f">= {target:g} x {kind}",
                             met(t / base >= target)))
+        for store, label in LABELS.items():
+            mine = r.get(f"threadline-{store}")
+            if mine is None:
+                continue
+            d = mine["events_per_s"]
+            target = f">= {DURABLE_TARGET:g} x memory" if n == DURABLE_AT else "-"
+            out.append((f"events/s, {n} connections, {label} store", f"{d:,.0f}",
+                        f"{t:,.0f} memory store", f"{d / t:.2f}", target,
+                        met(d / t >= DURABLE_TARGET) if n == DURABLE_AT else "-"))
+            peer = r.get(f"peer-{store}")
+            if peer is not None:
+                base = peer["events_per_s"]
+                out.append((f"events/s, {n} connections, {label} store", f"{d:,.0f}",
+                            f"{base:,.0f} durable FastAPI peer", f"{d / base:.2f}",
+                            f">= {PEER_TARGET:g} x durable peer",
+                            met(d / base >= PEER_TARGET)))
     return out
 
 
@@ -117,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="bare and threadline alternate this many times; medians reported")
+                        help="the servers alternate this many times; medians reported")
+    parser.add_argument("--kinds", default="bare,threadline,peer")
+    parser.add_argument("--stores", default=",".join(STORES),
+                        help="stores for threadline and the peer (memory is the baseline)")
     args = parser.parse_args(argv)
     tune_gc()
     raise_fd_limit()
     levels = [int(x) for x in args.connections.split(",")]
-    results = throughput(levels, args.seconds, args.rounds, ("bare", "threadline"), args.window)
+    results = throughput(levels, args.seconds, args.rounds, tuple(args.kinds.split(",")),
+                         args.window, tuple(args.stores.split(",")))
     path = write_results("ws", {"window": args.window, "seconds": args.seconds,
                                 "throughput": results})
     print(table(rows(results)))

@@ -3,7 +3,8 @@ served the way most Python teams build it today, following FastAPI's WebSockets 
 a ``ConnectionManager`` that keeps the accepted connections in a dictionary (here with the
 threads each joined), and an agent task per message whose events the manager sends to every
 connection that joined that thread (filtered by ``(user, thread_id)``). JWT checked at connect,
-with the same tokens as threadline. No storage, as in the documentation.
+with the same tokens as threadline. No storage, as in the documentation (``durable_app.py`` is
+this app with each event committed to a database before it is sent).
 
 Run: ``uvicorn bench.peers.fastapi_app:app --port 8000`` (``THREADLINE_SECRET`` for tokens).
 """
@@ -15,14 +16,12 @@ import os
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 import jwt
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect, status
 
 SECRET = os.environ.get("THREADLINE_SECRET", "bench-only-secret-0123456789abcdef0123456789")
-
-app = FastAPI()
-
 
 class ConnectionManager:
     def __init__(self) -> None:
@@ -41,10 +40,16 @@ class ConnectionManager:
     async def send_personal_message(self, message: dict, websocket: WebSocket) -> None:
         await websocket.send_json(message)
 
-    async def publish(self, thread: tuple[str, str], event: str, run_id: str, data: dict) -> None:
+    def next_event(self, thread: tuple[str, str], event: str, run_id: str,
+                   data: dict) -> dict[str, Any]:
         self.seq[thread] += 1
-        message = {"type": "event", "thread_id": thread[1], "seq": self.seq[thread],
-                   "event": event, "run_id": run_id, "ts": time.time(), "data": data}
+        return {"type": "event", "thread_id": thread[1], "seq": self.seq[thread],
+                "event": event, "run_id": run_id, "ts": time.time(), "data": data}
+
+    async def publish(self, thread: tuple[str, str], event: str, run_id: str, data: dict) -> None:
+        await self.broadcast(thread, self.next_event(thread, event, run_id, data))
+
+    async def broadcast(self, thread: tuple[str, str], message: dict[str, Any]) -> None:
         for connection, joined in list(self.active_connections.items()):
             if thread in joined:
                 try:
@@ -53,18 +58,26 @@ class ConnectionManager:
                     self.disconnect(connection)
 
 
-manager = ConnectionManager()
-
-
-async def echo_agent(thread: tuple[str, str], run_id: str, text: str) -> None:
+async def echo_agent(manager: ConnectionManager, thread: tuple[str, str], run_id: str,
+                     text: str) -> None:
     async with manager.locks[thread]:  # one run at a time per thread, in order
         await manager.publish(thread, "agent_started", run_id, {})
         await manager.publish(thread, "agent_thinking", run_id, {"text": "echoing"})
         await manager.publish(thread, "agent_completed", run_id, {"text": text})
 
 
-@app.websocket("/v1/ws")
-async def websocket_endpoint(websocket: WebSocket) -> None:
+def build(manager: ConnectionManager, **fastapi: Any) -> FastAPI:
+    """The app around ``manager`` (``fastapi``: FastAPI's own arguments, e.g. a lifespan)."""
+    app = FastAPI(**fastapi)
+
+    @app.websocket("/v1/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket_endpoint(manager, websocket)
+
+    return app
+
+
+async def websocket_endpoint(manager: ConnectionManager, websocket: WebSocket) -> None:
     auth = websocket.headers.get("authorization", "")
     try:
         user_id = jwt.decode(auth.removeprefix("Bearer "), SECRET, algorithms=["HS256"])["sub"]
@@ -89,8 +102,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 await manager.send_personal_message(
                     {"type": "accepted", "thread_id": thread[1], "message_id": message_id,
                      "run_id": run_id, "seq": manager.seq[thread]}, websocket)
-                task = asyncio.create_task(echo_agent(thread, run_id, frame["text"]))
+                task = asyncio.create_task(echo_agent(manager, thread, run_id, frame["text"]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
     except WebSocketDisconnect:
         manager.disconnect(websocket)
+
+
+app = build(ConnectionManager())

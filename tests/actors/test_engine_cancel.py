@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import trio
 
-from threadline.actors.engine import RunContext, RunControl, execute
+from threadline.actors.engine import RunContext
+from threadline.actors.execution import RunControl, execute
 from threadline.actors.tools import ToolRegistry
 
 

@@ -4,11 +4,14 @@ that fails where the test says."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.helpers import HoldingJournal, answer_of
 from threadline import open_runtime
-from threadline.actors.errors import JournalUnavailable
+from threadline.actors.errors import AskTimeout, JournalUnavailable
+from threadline.actors.memory_journal import MemoryJournal
+from threadline.actors.sequencer import APPEND_TIMEOUT
 
 
 async def test_a_failed_piece_fails_what_was_queued_after_it_and_leaves_no_gap(autojump_clock):
@@ -82,3 +85,29 @@ async def test_a_subscriber_that_joins_while_pieces_are_in_flight_gets_them_live
     seqs = [e.seq for e in got]
     assert seqs == list(range(1, len(got) + 1))  # replay then live: no gap, no duplicate
     assert answer_of(got) == "queued before the join" == got[-1].data["text"]
+
+
+class SilentOnce(MemoryJournal):
+    """A store wedged on one write: it never answers the first user message."""
+
+    swallowed = False
+
+    def append_nowait(self, events, done):
+        if not self.swallowed and events[0].event == "user_message":
+            self.swallowed = True
+            return
+        super().append_nowait(events, done)
+
+
+async def test_a_thread_whose_writers_wait_on_a_wedged_store_restarts(autojump_clock):
+    journal = SilentOnce()
+    async with open_runtime(journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        with pytest.raises(AskTimeout):  # the store never answers: the caller gives up first
+            await thread.send("never stored")
+        await trio.sleep(APPEND_TIMEOUT)  # then the actor's watch finds the store wedged
+        with trio.fail_after(5):
+            accepted = await thread.send("hello")  # a restarted actor, numbering from the store
+        assert accepted.seq == 1
+        first = (await journal.read(accepted.key, 0))[0]
+        assert (first.seq, first.data["text"]) == (1, "hello")

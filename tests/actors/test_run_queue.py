@@ -6,7 +6,8 @@ import itertools
 import pytest
 import trio
 
-from threadline.actors.engine import RunContext, RunControl
+from threadline.actors.engine import RunContext
+from threadline.actors.execution import RunControl
 from threadline.actors.errors import Busy, JournalUnavailable, UnknownRun
 from threadline.actors.run_queue import (
     RUNNER_ON,

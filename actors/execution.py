@@ -1,0 +1,151 @@
+"""A run's execution: the ``RunControl`` a thread keeps on its active run, and ``execute``, which
+takes a run from ``agent_started`` to exactly one terminal event.
+
+Run lifecycle (PROTOCOL.md): ``agent_started``, then the agent's events, then exactly one of
+``agent_completed`` (it returned), ``agent_failed`` (it or a tool it did not catch raised) or
+``agent_cancelled`` (its cancel scope was cancelled; the reason is set by whoever cancelled).
+What the agent wrote is queued before the terminal event, also when the run is cancelled, and
+``agent_started`` is written exactly once, also when the store failed it (``close_lost_run``
+in ``run_queue.py`` writes it again, before ``agent_failed``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from .engine import Agent, Emit, History, Run, RunContext, Submit, _no_history, describe
+from .errors import JournalUnavailable, JournalWedged, Unstorable
+from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED, AGENT_STARTED
+from .stream import DEFAULT_INTERVAL
+from .tools import ToolRegistry
+
+log = logging.getLogger("threadline.engine")
+
+#: Bound on the terminal write when a run is torn down by cancellation (shutdown or a crash of
+#: its thread): long enough for a group commit under load, short enough not to stall shutdown.
+TERMINAL_WRITE_TIMEOUT = 5.0
+
+
+class RunControl:
+    """The handle a thread keeps on its active run: its context and its cancel scope."""
+
+    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started")
+
+    def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
+        self.context = context
+        self.text = text
+        self.message_seq = message_seq  # of its user_message: history is what came before
+        self.scope = trio.CancelScope()
+        self.cancel_reason: str | None = None
+        self.failure: str | None = None
+        self.started = False  # its agent_started is stored
+
+    def cancel(self, reason: str) -> None:
+        """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.scope.cancel()
+
+
+async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: Emit, *,
+                  history: History = _no_history, submit: Submit | None = None,
+                  interval: float = DEFAULT_INTERVAL) -> str:
+    """Run ``agent`` for ``control`` from ``agent_started`` to its terminal event.
+
+    ``history`` reads the thread's earlier turns; ``submit`` queues the pieces of a streamed
+    answer (without it, ``run.write`` raises); ``interval`` paces ``agent_delta``.
+    Returns the name of the terminal event. What the agent wrote is stored before the terminal
+    event, also when the run is cancelled. When the surrounding scope is cancelled (shutdown, a
+    crash of the thread), the rest of the answer and the terminal event are still written,
+    shielded and bounded by ``TERMINAL_WRITE_TIMEOUT``, and then ``Cancelled`` propagates.
+    Raises ``JournalUnavailable`` when the journal failed under the run.
+    """
+    ctx = control.context
+    run = Run(ctx, control.text, emit, tools, history=history, submit=submit, interval=interval)
+    terminal: tuple[str, dict[str, Any]]
+    try:
+        # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
+        # still begins with agent_started, and its agent is then never called.
+        await _start(control, emit, submit)
+        with control.scope:
+            try:
+                answer = await agent(run)
+            except JournalWedged:
+                raise  # not the agent's failure: the thread restarts
+            except Exception as exc:
+                log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
+                         ctx.thread_id, describe(exc), exc_info=exc)
+                terminal = (AGENT_FAILED, {"error": describe(exc)})
+            else:
+                if answer is None:
+                    answer = run.written or ""
+                terminal = (AGENT_COMPLETED, {"text": str(answer)})
+        if control.scope.cancelled_caught:
+            terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "cancel"})
+        terminal = _end_stream(run, terminal)
+    except BaseException as exc:
+        # Cancelled from outside (shutdown, a crash of the thread): a bare ``Cancelled``, or a
+        # group of them when the agent had a nursery of its own. An ``Exception`` (the journal
+        # failed, ...) is the caller's to handle.
+        if isinstance(exc, Exception):
+            raise
+        if control.failure is not None:
+            terminal = (AGENT_FAILED, {"error": control.failure})
+        else:
+            terminal = (AGENT_CANCELLED, {"reason": control.cancel_reason or "shutdown"})
+        with trio.CancelScope(shield=True) as shield:
+            shield.deadline = trio.current_time() + TERMINAL_WRITE_TIMEOUT
+            if not control.started:  # cancelled before agent_started was stored
+                await emit(ctx, AGENT_STARTED, {})
+                control.started = True
+            terminal = _end_stream(run, terminal)
+            await emit(ctx, *terminal)
+        raise
+    try:
+        await emit(ctx, *terminal)
+    except Unstorable as exc:  # e.g. an answer with a NUL character: the run still ends
+        terminal = (AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
+        await emit(ctx, *terminal)
+    return terminal[0]
+
+
+async def _start(control: RunControl, emit: Emit, submit: Submit | None) -> None:
+    """Write ``agent_started``; queued without waiting when the thread can (the run's next
+    awaited event waits for it), ``control.started`` then unset if the store fails it."""
+    if submit is None:
+        await emit(control.context, AGENT_STARTED, {})
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()  # as emit: a cancellation point
+        submit(control.context, AGENT_STARTED, {}, _Started(control))
+    control.started = True
+
+
+class _Started:
+    """The outcome of a queued ``agent_started`` (``Done``)."""
+
+    __slots__ = ("control",)
+
+    def __init__(self, control: RunControl) -> None:
+        self.control = control
+
+    def set(self, _: Any) -> None:
+        pass
+
+    def fail(self, error: BaseException) -> None:
+        self.control.started = False  # close_lost_run writes it again, before agent_failed
+
+
+
+
+def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Queue the rest of the streamed answer; the terminal event to write after it."""
+    try:
+        run.end_stream()
+    except (JournalUnavailable, JournalWedged):
+        raise  # the journal is gone or wedged: the thread closes the run or restarts
+    except Exception as exc:
+        return (AGENT_FAILED, {"error": f"the answer could not be stored: {describe(exc)}"})
+    return terminal
