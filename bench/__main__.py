@@ -12,6 +12,7 @@ import gc
 import json
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from threadline.tuning import raise_fd_limit, tune_gc
@@ -22,23 +23,37 @@ from . import scale as scale_bench
 from . import streaming as streaming_bench
 from . import ws as ws_bench
 from .common import RESULTS, Row, met, progress, table, write_results
+from .servers import STORES, Databases, variant
 from .ws import measure
 
 TURN_EVENTS = 4  # an echo turn: user_message, agent_started, agent_thinking, agent_completed
 
 
+DURABLE_AT = "0.50"  # the load at which the durable servers' latency is measured too
+
+
 def latency(max_events: float, fractions: list[float], connections: int,
             seconds: float) -> dict[str, Any]:
-    """Open loop: every connection sends at a fixed interval, whatever the answers do."""
+    """Open loop: every connection sends at a fixed interval, whatever the answers do. At
+    half the load, also threadline and the peer on SQLite and on PostgreSQL."""
     out: dict[str, Any] = {}
-    for fraction in fractions:
-        offered_turns = max_events * fraction / TURN_EVENTS
-        interval = connections / offered_turns
-        row = {}
-        for kind in ("threadline", "peer"):
-            row[kind] = measure(kind, connections, seconds, window=10**6, interval=interval)
-            row[kind]["offered_events_per_s"] = offered_turns * TURN_EVENTS
-        out[f"{fraction:.2f}"] = row
+    with ExitStack() as stack:
+        databases = Databases(stack)
+        for fraction in fractions:
+            offered_turns = max_events * fraction / TURN_EVENTS
+            interval = connections / offered_turns
+            row = {}
+            stores = STORES if f"{fraction:.2f}" == DURABLE_AT else ("memory",)
+            for kind in ("threadline", "peer"):
+                for store in stores:
+                    url = databases.fresh(store)
+                    if url is None:
+                        continue
+                    name = variant(kind, store)
+                    row[name] = measure(kind, connections, seconds, window=10**6,
+                                        interval=interval, store=url)
+                    row[name]["offered_events_per_s"] = offered_turns * TURN_EVENTS
+            out[f"{fraction:.2f}"] = row
     return out
 
 
@@ -52,17 +67,21 @@ def plots(results: dict[str, Any]) -> list[str]:
     tp = results["throughput"]
     levels = [int(n) for n in tp]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, label in (("threadline", "threadline (echo agent)"),
-                        ("bare", "bare echo server, same engine"),
-                        ("peer", "FastAPI + uvicorn peer")):
-        ax.plot(levels, [tp[str(n)][kind]["events_per_s"] for n in levels], marker="o",
-                label=label)
+    names = {"threadline": "threadline, memory store", "bare": "bare echo server, same engine",
+             "peer": "FastAPI + uvicorn peer, no storage"}
+    for store, label in ws_bench.LABELS.items():
+        names[variant("threadline", store)] = f"threadline, {label} store"
+        names[variant("peer", store)] = f"FastAPI peer, {label} (commit per event)"
+    for name, label in names.items():
+        if all(name in tp[str(n)] for n in levels):
+            ax.plot(levels, [tp[str(n)][name]["events_per_s"] for n in levels],
+                    "--" if name.startswith("peer") else "-", marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("connections")
     ax.set_ylabel("events delivered per second")
     ax.set_title("Server throughput (one process each, loopback)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = RESULTS / "throughput.png"
     fig.savefig(path, dpi=110)
@@ -91,11 +110,16 @@ def plots(results: dict[str, Any]) -> list[str]:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     out = actors_bench.rows(results["actors"]) + ws_bench.rows(results["throughput"])
-    half = results["latency"]["0.50"]
-    t, p = half["threadline"], half["peer"]
-    out.append((f"p99 ms at half max ({t['offered_events_per_s']:,.0f} events/s offered)",
-                f"{t['p99_ms']:.1f}", f"{p['p99_ms']:.1f} FastAPI peer",
-                f"{t['p99_ms'] / p['p99_ms']:.2f}", "< 20 ms", met(t["p99_ms"] < 20)))
+    half = results["latency"][DURABLE_AT]
+    for store, label in (("memory", ""), *ws_bench.LABELS.items()):
+        t, p = half.get(variant("threadline", store)), half.get(variant("peer", store))
+        if t is None or p is None:
+            continue
+        where = f", {label} store" if label else ""
+        out.append((f"p99 ms at half max ({t['offered_events_per_s']:,.0f} events/s "
+                    f"offered){where}", f"{t['p99_ms']:.1f}",
+                    f"{p['p99_ms']:.1f} {'durable ' if label else ''}FastAPI peer",
+                    f"{t['p99_ms'] / p['p99_ms']:.2f}", "< 20 ms", met(t["p99_ms"] < 20)))
     s = results["scale"]["connections"]
     out.append(("concurrent connections, one process", f"{s['connections']:,}", "-", "-",
                 ">= 10,000", met(s["connections"] >= 10_000)))
@@ -140,12 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     gc.collect()
 
-    progress("2/6 server throughput: threadline, bare echo, FastAPI peer")
+    progress("2/6 server throughput: threadline and the FastAPI peer on memory, SQLite and "
+             "PostgreSQL, and the bare echo server")
     levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
     results["throughput"] = ws_bench.throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2,
                                                 ("bare", "threadline", "peer"))
 
-    progress("3/6 latency under open-loop load, 100 connections")
+    progress("3/6 latency under open-loop load, 100 connections (durable stores at half)")
     max_events = results["throughput"]["100"]["threadline"]["events_per_s"]
     results["latency"] = latency(max_events, [0.25, 0.5, 0.75, 1.0], 100, 2.0 if quick else 4.0)
 
@@ -160,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress("6/6 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
     results["streaming"] = streaming_bench.run(
-        [50, 100] if quick else [50, 100, 150, 250, 500, 1000], 400 if quick else 1000,
-        ["memory", "sqlite", "postgresql"])
+        [50, 100] if quick else streaming_bench.LEVELS, 400 if quick else 1000, list(STORES))
 
     results["seconds"] = time.perf_counter() - t0
     path = write_results("suite", results)

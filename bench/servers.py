@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SECRET = "bench-only-secret-0123456789abcdef0123456789"
+#: The interpreter that runs threadline under test: this one, or another environment with an
+#: earlier threadline installed, to measure before and after a change in the same run.
+SERVER_PYTHON = os.environ.get("THREADLINE_BENCH_PYTHON", sys.executable)
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("threadline", "bare", "peer")
 STORES = ("memory", "sqlite", "postgresql")
@@ -103,7 +106,7 @@ def server_process(kind: str, *, store: str = "memory",
         lifted = [f"--limit={name}=1e12" for name in (
             "rate", "burst", "byte_rate", "byte_burst", "user_send_rate", "user_send_burst",
             "user_connections", "lane_depth")]
-        cmd = [sys.executable, "-m", "threadline", "serve", "--port", "0", "--log", "warning",
+        cmd = [SERVER_PYTHON, "-m", "threadline", "serve", "--port", "0", "--log", "warning",
                "--store", store, *lifted, *extra]
     elif kind == "bare":
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0"]

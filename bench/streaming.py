@@ -45,6 +45,7 @@ P99_TARGET_MS = 150.0
 STAGGER = 1.0  # seconds over which the questions of one level are asked
 TARGET_ANSWERS = 1000
 MIN_ANSWERS = 500
+LEVELS = [50, 100, 150, 200, 250, 300, 400, 500, 1000]  # stops at the first not sustained
 
 
 async def one_answer(url: str, user: str, numbers: int, delays: list[float],
@@ -166,7 +167,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
-    p.add_argument("--answers", default="50,100,150,200,250,300,400,500,1000",
+    p.add_argument("--answers", default=",".join(map(str, LEVELS)),
                    help="levels of concurrent answers, comma-separated")
     p.add_argument("--numbers", type=int, default=1000, help="numbers (tokens) per answer")
     p.add_argument("--stores", default="memory,sqlite,postgresql",

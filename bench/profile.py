@@ -1,0 +1,106 @@
+"""Where a server's time goes per event: ``threadline serve`` on a store under the throughput
+load (``ws.py``: connections each with its own thread and ``--window`` turns in flight), sampled
+with py-spy, the samples sorted into the parts of the path, in microseconds of CPU per event
+delivered.
+
+A sample is counted in the first part, in the order below, whose code is on its stack (py-spy
+sees coroutine frames without always their caller, so a sample is classified by the functions
+it shows, not by its task); the rest is trio's scheduling and I/O polling. Worker threads are
+sampled too (the stores' SQL runs there, mostly with the GIL released).
+
+Usage: ``python -m bench.profile [--store sqlite] [--connections 100] [--seconds 6]``
+(needs ``py-spy``, in the ``bench`` extra; as root, or with ptrace allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from threadline.tuning import raise_fd_limit
+
+from .common import progress
+from .servers import Databases, server_process
+from .ws import load
+
+#: (part, functions that put a sample in it), first match wins.
+PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("store: SQL and commit (worker thread)", ("WorkerThread._work",)),
+    ("store: batching and answers (writer task)", ("DurableJournal.run_writer",)),
+    ("socket send", ("SocketStream.send_all",)),
+    ("socket receive", ("SocketStream.receive_some",)),
+    ("connection writer: encode and frame", ("Outbox.run_writer", "Session._writer")),
+    ("connection reader: decode and route", ("Session._reader", "Lanes._run")),
+    ("thread actor: mailbox, numbering, delivery",
+     ("ThreadActor.", "Sequencer.", "_Write.", "Directory._run")),
+    ("engine and echo agent", ("execute", "echo_agent", "run_queued")),
+]
+OTHER = "trio: scheduling, timers, I/O polling"
+
+
+def account(raw: Path) -> dict[str, float]:
+    """Shares of the samples in a py-spy ``raw`` file, by part."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        part = next((name for name, marks in PARTS
+                     if any(f.startswith(m) for f in frames for m in marks)), OTHER)
+        counts[part] += int(n)
+    total = sum(counts.values()) or 1
+    return {name: counts[name] / total for name, _ in [*PARTS, (OTHER, ())]}
+
+
+def profile(store: str, connections: int, seconds: float, window: int) -> dict[str, Any]:
+    with ExitStack() as stack:
+        url = Databases(stack).fresh(store)
+        if url is None:
+            raise SystemExit(f"no {store} here")
+        raw = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "profile.raw"
+        with server_process("threadline", store=url) as (ws_url, proc):
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-r", "200",
+                                    "--nonblocking", "--format", "raw", "-o", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            result = trio.run(load, ws_url, "threadline", connections, seconds, window, proc.pid)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(30)
+        shares = account(raw)
+    per_event = result["server_cpu"] / result["events_per_s"] * 1e6  # CPU µs per event
+    return {"store": store, "events_per_s": result["events_per_s"],
+            "server_cpu": result["server_cpu"], "cpu_us_per_event": per_event,
+            "parts_us": {name: share * per_event for name, share in shares.items()}}
+
+
+def report(p: dict[str, Any]) -> str:
+    lines = [f"{p['store']}: {p['events_per_s']:,.0f} events/s at {p['server_cpu']:.0%} CPU, "
+             f"{p['cpu_us_per_event']:.0f} µs of CPU per event"]
+    lines += [f"  {us:6.1f} µs  {name}" for name, us in p["parts_us"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default="memory,sqlite,postgresql")
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--window", type=int, default=4)
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    for store in args.store.split(","):
+        progress(f"profiling threadline on {store}, {args.connections} connections")
+        print(report(profile(store, args.connections, args.seconds, args.window)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
