@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import attrs
 import trio
 
-from .errors import AgentError, ToolError
+from .errors import AgentError, JournalUnavailable, ToolError
 from .history import Turn
 from .messages import AGENT_DELTA, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
 from .journal import Done
@@ -93,14 +93,15 @@ async def _no_history(limit: int) -> list[Turn]:
 class Run:
     """What an agent sees of its run."""
 
-    __slots__ = ("context", "text", "_emit", "_tools", "_history", "_submit", "_interval",
-                 "_stream")
+    __slots__ = ("context", "text", "latch", "_emit", "_tools", "_history", "_submit",
+                 "_interval", "_stream")
 
     def __init__(self, context: RunContext, text: str, emit: Emit, tools: ToolRegistry, *,
                  history: History = _no_history, submit: Submit | None = None,
                  interval: float = DEFAULT_INTERVAL) -> None:
         self.context = context
         self.text = text
+        self.latch = Latch()  # the run's events queued without waiting
         self._emit = emit
         self._tools = tools
         self._history = history
@@ -134,25 +135,34 @@ class Run:
         await stream.write(text)
 
     async def think(self, text: str) -> None:
-        """Emit ``agent_thinking``. Queues it without waiting for the store: it is stored and
-        delivered before any later event of the run, and if the store fails it, the run's
-        next awaited event fails too (and the thread closes the run). Raises ``Unstorable``."""
-        if self._submit is None:
+        """Emit ``agent_thinking``. Queued without waiting for the store while fewer than
+        ``MAX_QUEUED`` of the run's events are on their way (else it waits like any event): it
+        is stored and delivered before any later event of the run, and if the store fails it,
+        the run writes nothing more and the thread ends it. Raises ``Unstorable``."""
+        if self._submit is None or self.latch.pending >= MAX_QUEUED:
             await self._event(AGENT_THINKING, {"text": text})
             return
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint()
+        self.latch.check()
         if self._stream is not None:
             self._stream.flush_nowait()
-        self._submit(self.context, AGENT_THINKING, {"text": text}, NOBODY)
+        self._submit(self.context, AGENT_THINKING, {"text": text}, self.latch.queued())
 
     def _submit_delta(self, data: dict[str, Any], done: Done) -> None:
+        self.latch.check()
         self._submit(self.context, AGENT_DELTA, data, done)  # type: ignore[misc]
 
     async def _event(self, event: str, data: dict[str, Any]) -> None:
         """Write one event of the run after everything written before it."""
+        self.latch.check()
         if self._stream is not None:
             self._stream.flush_nowait()
         await self._emit(self.context, event, data)
+
+    def abandon_stream(self) -> None:
+        """Write nothing more of the answer (``AnswerStream.abandon``)."""
+        if self._stream is not None:
+            self._stream.abandon()
 
     def end_stream(self) -> None:
         """Queue what is still pending of the answer; nothing more is written (the engine
@@ -195,14 +205,46 @@ class Run:
 Agent = Callable[[Run], Awaitable[Any]]
 
 
-class _Nobody:
-    """A ``Done`` for a queued event whose failure the run's next awaited event reports."""
+#: A run's events queued without waiting, at most (``think``; the pieces have their own bound).
+MAX_QUEUED = 64
+
+
+class Latch:
+    """A run's events queued without waiting for the store (``agent_started``,
+    ``agent_thinking``): how many are on their way, and the first that failed. After a
+    failure the run writes nothing more (``check`` raises ``JournalUnavailable``, which the
+    thread answers by ending the run with ``agent_failed`` once the store is back, writing
+    ``agent_started`` first if that is what failed): later events would follow the last durable
+    one, leaving the run without its beginning or its thinking."""
+
+    __slots__ = ("pending", "error")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.error: BaseException | None = None
+
+    def queued(self) -> _Queued:
+        self.pending += 1
+        return _Queued(self)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise JournalUnavailable(f"an event of this run was not stored: "
+                                     f"{describe(self.error)}") from self.error
+
+
+class _Queued:
+    """The outcome of one event a ``Latch`` counts (``Done``)."""
+
+    __slots__ = ("latch",)
+
+    def __init__(self, latch: Latch) -> None:
+        self.latch = latch
 
     def set(self, _: Any) -> None:
-        pass
+        self.latch.pending -= 1
 
     def fail(self, error: BaseException) -> None:
-        pass
-
-
-NOBODY = _Nobody()
+        self.latch.pending -= 1
+        if self.latch.error is None:
+            self.latch.error = error

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .engine import Agent, Emit, History, Run, RunContext, Submit, _no_history, describe
+from .journal import Done
 from .errors import JournalUnavailable, JournalWedged, Unstorable
 from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED, AGENT_STARTED
 from .stream import DEFAULT_INTERVAL
@@ -69,11 +70,12 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
     try:
         # Outside the run's scope: a run cancelled while still queued (interrupt, shutdown)
         # still begins with agent_started, and its agent is then never called.
-        await _start(control, emit, submit)
+        await _start(control, run, emit, submit)
         with control.scope:
             try:
                 answer = await agent(run)
             except JournalWedged:
+                run.abandon_stream()  # its pieces would follow a run that is torn down
                 raise  # not the agent's failure: the thread restarts
             except Exception as exc:
                 log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
@@ -112,36 +114,41 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
     return terminal[0]
 
 
-async def _start(control: RunControl, emit: Emit, submit: Submit | None) -> None:
-    """Write ``agent_started``; queued without waiting when the thread can (the run's next
-    awaited event waits for it), ``control.started`` then unset if the store fails it."""
+async def _start(control: RunControl, run: Run, emit: Emit, submit: Submit | None) -> None:
+    """Write ``agent_started``; queued without waiting when the thread can (``run.latch``
+    counts it), ``control.started`` then unset if the store fails it."""
     if submit is None:
         await emit(control.context, AGENT_STARTED, {})
+        control.started = True
     else:
         await trio.lowlevel.checkpoint_if_cancelled()  # as emit: a cancellation point
-        submit(control.context, AGENT_STARTED, {}, _Started(control))
-    control.started = True
+        control.started = True  # before: a journal may answer (and fail it) inside submit
+        submit(control.context, AGENT_STARTED, {}, _Started(control, run.latch.queued()))
 
 
 class _Started:
     """The outcome of a queued ``agent_started`` (``Done``)."""
 
-    __slots__ = ("control",)
+    __slots__ = ("control", "queued")
 
-    def __init__(self, control: RunControl) -> None:
+    def __init__(self, control: RunControl, queued: Done) -> None:
         self.control = control
+        self.queued = queued
 
-    def set(self, _: Any) -> None:
-        pass
+    def set(self, value: Any) -> None:
+        self.queued.set(value)
 
     def fail(self, error: BaseException) -> None:
         self.control.started = False  # close_lost_run writes it again, before agent_failed
+        self.queued.fail(error)
 
 
 
 
 def _end_stream(run: Run, terminal: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """Queue the rest of the streamed answer; the terminal event to write after it."""
+    """Queue the rest of the streamed answer; the terminal event to write after it. Raises
+    ``JournalUnavailable`` when an event of the run was not stored (the thread ends it)."""
+    run.latch.check()
     try:
         run.end_stream()
     except (JournalUnavailable, JournalWedged):

@@ -12,9 +12,16 @@ Invariants:
   journal refuses them too (their writers get ``JournalUnavailable``). The next event follows
   the last durable one: no failure leaves a gap. Data no store can hold is refused before a seq
   is taken (``check_storable``), so a refusal never breaks a chain.
+- A plain ``ValueError`` at the head of a chain (the journal's "does not follow") means the
+  numbering disagrees with the journal: every later ``submit`` raises, so the thread crashes and
+  restarts, reloading the last seq (``start``).
+- Delivery runs in whatever task the journal answers from (a durable store's writer): a bug in
+  it is logged and contained here, never handed to the journal, whose batch holds other
+  threads' writes; the writer waiting on the event is answered all the same.
 - A writer that waits (``append``) waits shielded (it must know whether its event is stored)
   and bounded: while writers wait, the sequencer looks every ``APPEND_TIMEOUT`` seconds whether
-  anything was stored since the last look; if not, the store is wedged and they get
+  the journal answered anything of this thread (stored or failed) since the last look; if not,
+  the store is wedged, and the writers that were already waiting at the last look get
   ``JournalWedged`` (the thread restarts; its supervisor reloads the last durable seq, which a
   journal answers only after the writes queued before). One pacer entry per waiting thread,
   not a trio deadline per write: a deadline costs a timer each (bench/README.md).
@@ -22,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any, Callable
 
@@ -33,6 +41,8 @@ from .messages import Event, ThreadKey
 from .pacer import current_pacer
 from .reply import Reply
 
+log = logging.getLogger("threadline.thread")
+
 #: Seconds writers may wait with nothing of their thread stored before the store counts as
 #: wedged (see the header).
 APPEND_TIMEOUT = 60.0
@@ -40,7 +50,7 @@ APPEND_TIMEOUT = 60.0
 
 class Sequencer:
     __slots__ = ("key", "journal", "clock", "on_stored", "seq", "_next", "_chain", "_waiting",
-                 "_watched")
+                 "_watched", "_answers", "_mismatch")
 
     def __init__(self, key: ThreadKey, journal: Journal, clock: Callable[[], float],
                  on_stored: Callable[[Event], None]) -> None:
@@ -53,17 +63,23 @@ class Sequencer:
         self._chain = 0  # bumped at a failed write: the writes queued after it fail too
         self._waiting: set[Reply[Event]] | None = None  # writers waiting for durability
         self._watched = False  # a ``_watch`` is in the pacer
+        self._answers = 0      # writes the journal answered, stored or failed: progress
+        self._mismatch: BaseException | None = None  # numbering disagrees with the journal
 
     def start(self, last_seq: int) -> None:
         """Number from ``last_seq``, the journal's last seq for the thread (at every start of
         the actor, restarts included: what an earlier start queued is answered by then)."""
         self.seq = self._next = last_seq
         self._chain += 1
+        self._mismatch = None
 
     def submit(self, name: str, run_id: str | None, data: dict[str, Any],
                then: Reply[Event] | Done | None = None) -> Event:
         """Queue the next event and return it, without waiting; ``then`` hears how it ended.
         Raises ``Unstorable`` (nothing queued, no seq used)."""
+        if self._mismatch is not None:
+            raise RuntimeError(f"the numbering of {self.key} disagrees with the journal: "
+                               f"{self._mismatch}")
         event = Event(self.key, self._next + 1, name, run_id, self.clock(), data)
         check_storable((event,))
         self._next = event.seq
@@ -89,27 +105,34 @@ class Sequencer:
         finally:
             waiting.discard(reply)
 
-    def _watch(self, progress: int | None = None) -> None:
-        if progress is not None:  # the pacer's call
+    def _watch(self, answers: int | None = None,
+               waited: frozenset[Reply[Event]] = frozenset()) -> None:
+        if answers is not None:  # the pacer's call
             self._watched = False
             waiting = self._waiting
             if not waiting:
                 return
-            if progress == self.seq:
+            if answers == self._answers:
                 wedged = JournalWedged(f"no answer from the journal within {APPEND_TIMEOUT:g} s")
-                for reply in list(waiting):
+                for reply in waiting & waited:
                     reply.fail(wedged)
-                return
+                if not waiting:
+                    return
         self._watched = True
         current_pacer().call_at(trio.current_time() + APPEND_TIMEOUT,
-                                partial(self._watch, self.seq))
+                                partial(self._watch, self._answers, frozenset(self._waiting or ())))
 
     def _stored(self, event: Event) -> None:
         self.seq = event.seq
-        self.on_stored(event)
+        self._answers += 1
+        try:
+            self.on_stored(event)
+        except Exception:  # a bug in delivery: contained here (see the header)
+            log.exception("delivering event %d of %s failed", event.seq, self.key)
 
     def _lost(self, chain: int, error: BaseException) -> BaseException:
         """A write failed; returns the error its writer gets (see the header)."""
+        self._answers += 1
         if chain != self._chain:
             lost = JournalUnavailable("an earlier event of this thread was not stored")
             lost.__cause__ = error
@@ -117,6 +140,8 @@ class Sequencer:
         # Answers come in order: everything before this write is stored.
         self._chain += 1
         self._next = self.seq
+        if type(error) is ValueError:  # "does not follow": not bad data, a wrong count
+            self._mismatch = error
         return error
 
 

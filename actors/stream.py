@@ -21,8 +21,8 @@ Invariants:
 - Nothing waits for durability: a piece is queued (``submit``) and the stream hears the outcome
   later. ``write`` waits only while more than ``MAX_PENDING`` code points are unwritten or on
   their way to the store: that bounds the memory one run can hold, and slows an agent that
-  writes faster than the store keeps up (past ``WEDGED_AFTER`` seconds without room the store
-  is wedged: ``JournalWedged``, and the thread restarts).
+  writes faster than the store keeps up (past ``WEDGED_AFTER`` seconds in which not one piece
+  was stored the store is wedged: ``JournalWedged``, and the thread restarts).
 - A write that cannot be stored (``Unstorable``: a NUL, a lone surrogate) raises at ``write``
   and is not kept. A piece the journal fails to store stops the stream: the next ``write`` or
   ``flush_nowait`` raises that error, and the run ends ``agent_failed`` (or, for an outage, is
@@ -54,7 +54,8 @@ class AnswerStream:
     """One run's streamed answer (see the module header)."""
 
     __slots__ = ("interval", "offset", "error", "_submit", "_pending", "_pending_len",
-                 "_unstored", "_parts", "_last", "_paced", "_closed", "_room", "_pacer")
+                 "_unstored", "_stored_pieces", "_parts", "_last", "_paced", "_closed", "_room",
+                 "_pacer")
 
     def __init__(self, submit: Submit, *, interval: float = DEFAULT_INTERVAL,
                  pacer: Pacer | None = None) -> None:
@@ -65,6 +66,7 @@ class AnswerStream:
         self._pending: list[str] = []
         self._pending_len = 0
         self._unstored = 0           # code points written and not yet stored (pending too)
+        self._stored_pieces = 0      # progress, for telling a slow store from a wedged one
         self._parts: list[str] = []  # everything written: the answer, for agent_completed
         self._last = -math.inf       # trio time of the last piece
         self._paced = False          # a call of ``_due`` is in the pacer
@@ -106,15 +108,16 @@ class AnswerStream:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _wait_for_room(self) -> None:
-        with trio.move_on_after(WEDGED_AFTER):
-            while self._unstored >= MAX_PENDING and self.error is None:
-                if self._room.is_set():  # one event for every waiting writer
-                    self._room = trio.Event()
+        while self._unstored >= MAX_PENDING and self.error is None:
+            stored = self._stored_pieces
+            if self._room.is_set():  # one event for every waiting writer
+                self._room = trio.Event()
+            with trio.move_on_after(WEDGED_AFTER):
                 await self._room.wait()
-            if self.error is not None:
-                raise self.error
-            return
-        raise JournalWedged(f"no piece of the answer stored within {WEDGED_AFTER:g} s")
+            if self._stored_pieces == stored and self.error is None:
+                raise JournalWedged(f"no piece of the answer stored within {WEDGED_AFTER:g} s")
+        if self.error is not None:
+            raise self.error
 
     def _due(self) -> None:
         """The pacer's call: queue one piece, if it is time (a flush may have been since)."""
@@ -146,6 +149,12 @@ class AnswerStream:
         self._closed = True
         self.flush_nowait()
 
+    def abandon(self) -> None:
+        """Write nothing more, not even what is pending (the run is torn down by a wedged
+        store: its thread restarts, and recovery closes the run)."""
+        self._closed = True
+        self._pending.clear()
+
     def _piece(self) -> None:
         """Queue the next piece. Raises (and keeps in ``error``) if it cannot be queued."""
         parts: list[str] = []
@@ -175,6 +184,7 @@ class AnswerStream:
 
     def _stored(self, size: int) -> None:
         self._unstored -= size
+        self._stored_pieces += 1
         self._room.set()
 
     def _failed(self, error: BaseException) -> None:

@@ -11,6 +11,8 @@ from tests.helpers import HoldingJournal, answer_of
 from threadline import open_runtime
 from threadline.actors.errors import AskTimeout, JournalUnavailable
 from threadline.actors.memory_journal import MemoryJournal
+from threadline.actors.messages import Event, ThreadKey
+from threadline.stores import open_journal
 from threadline.actors.sequencer import APPEND_TIMEOUT
 
 
@@ -111,3 +113,94 @@ async def test_a_thread_whose_writers_wait_on_a_wedged_store_restarts(autojump_c
         assert accepted.seq == 1
         first = (await journal.read(accepted.key, 0))[0]
         assert (first.seq, first.data["text"]) == (1, "hello")
+
+
+class FailsOnce(MemoryJournal):
+    """A store that fails the first write of one event name (an outage of one moment)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.failed = False
+
+    def append_nowait(self, events, done):
+        if not self.failed and events[0].event == self.name:
+            self.failed = True
+            done.fail(JournalUnavailable("blip"))
+            return
+        super().append_nowait(events, done)
+
+
+@pytest.mark.parametrize("name", ["agent_started", "agent_thinking", "agent_delta"])
+async def test_a_queued_event_the_store_fails_ends_the_run_well_formed(name, autojump_clock):
+    # agent_started, agent_thinking and the pieces are queued without waiting: when the store
+    # fails one, the run writes nothing more, and the thread ends it with agent_failed, after
+    # an agent_started (written again if that is what failed).
+    async def agent(run):
+        await run.think("hmm")
+        await trio.sleep(1)
+        await run.write("hello")
+        await trio.sleep(1)
+        await run.write(" world")
+        return None
+
+    journal = FailsOnce(name)
+    async with open_runtime(agent=agent, journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        accepted = await thread.send("hi")
+        await trio.sleep(10)
+        events = await journal.read(accepted.key, 0)
+    names = [e.event for e in events]
+    assert names[:2] == ["user_message", "agent_started"] and names.count("agent_started") == 1
+    assert names[-1] == "agent_failed" and names.count("agent_failed") == 1
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert name not in names[2:]  # nothing after the failure but the run's end
+
+
+async def test_a_long_write_paced_slowly_is_not_taken_for_a_wedged_store(autojump_clock):
+    # One write of 1.8M code points takes minutes to go out at 4 KiB per 50 ms: the writer
+    # waits for room all that time, but the store stores a piece every 50 ms.
+    async def agent(run):
+        await run.write("字" * 1_800_000)
+        await run.write("end")
+        return None
+
+    journal = MemoryJournal()
+    async with open_runtime(agent=agent, journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        accepted = await thread.send("hi")
+        await trio.sleep(300)
+        events = await journal.read(accepted.key, 0, limit=10_000)
+    assert events[-1].event == "agent_completed"
+    assert len(events[-1].data["text"]) == 1_800_003 == len(answer_of(events))
+
+
+async def test_a_subscriber_that_raises_harms_no_other_thread(tmp_path):
+    # Delivery runs in the durable store's writer task: a bug in one subscriber is contained
+    # there, and the batch it shared with other users' writes stays theirs.
+    class Buggy:
+        def deliver(self, item):
+            if isinstance(item, Event):
+                raise RuntimeError("subscriber bug")
+
+        def dropped(self, key, reason, *, overflow):
+            pass
+
+    async def agent(run):
+        return "ok"
+
+    async with open_journal(f"sqlite:///{tmp_path}/t.db") as journal:
+        async with open_runtime(agent=agent, journal=journal) as rt:
+            mallory = rt.thread("mallory", "t")
+            await mallory.subscribe(Buggy())
+            for i in range(3):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mallory.send, f"m{i}")
+                    for k in range(5):
+                        nursery.start_soon(rt.thread("bob", f"t{k}").send, f"b{i}")
+                with trio.fail_after(10):
+                    while len(await journal.read(ThreadKey("bob", "t4"), 0)) < 3 * (i + 1):
+                        await trio.sleep(0.01)
+            for key in [ThreadKey("mallory", "t"), *(ThreadKey("bob", f"t{k}") for k in range(5))]:
+                names = [e.event for e in await journal.read(key, 0)]
+                assert names == ["user_message", "agent_started", "agent_completed"] * 3, key
