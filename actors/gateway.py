@@ -23,6 +23,7 @@ from .messages import (
     STRATEGIES,
     Accepted,
     CancelRun,
+    DeleteThread,
     Event,
     GetInfo,
     PostMessage,
@@ -110,6 +111,21 @@ class UserHandle:
         """The user's threads, most recently updated first (from the journal)."""
         return await self.gateway.journal.threads(self.user_id)
 
+    async def delete_all(self, concurrency: int = 16) -> int:
+        """Delete every thread of this user (``ThreadHandle.delete``, ``concurrency`` at a
+        time); the number deleted. Threads created meanwhile are not."""
+        infos = await self.threads()
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def delete(thread: ThreadHandle) -> None:
+            async with limiter:
+                await thread.delete()
+
+        async with trio.open_nursery() as nursery:
+            for info in infos:
+                nursery.start_soon(delete, ThreadHandle(self.gateway, info.key))
+        return len(infos)
+
 
 @attrs.frozen
 class ThreadHandle:
@@ -150,6 +166,20 @@ class ThreadHandle:
 
     async def info(self) -> ThreadInfo:
         return await self.gateway.ask(self.key, GetInfo)
+
+    async def stored_info(self) -> ThreadInfo | None:
+        """The thread's info from the journal, None if it does not exist. Never activates
+        the actor (never creates the thread)."""
+        return await self.gateway.journal.thread_info(self.key)
+
+    async def delete(self) -> None:
+        """Erase the thread: its active run is cancelled (``agent_cancelled``, reason
+        ``deleted``), pending runs are dropped, every subscriber is dropped with
+        ``THREAD_DELETED``, and its events and row leave the journal; returns once that is
+        durable. The thread id can then be used again, from seq 1. Raises
+        ``JournalUnavailable`` (nothing or not all was erased: ask again), ``ActorStopped``,
+        ``AskTimeout``."""
+        await self.gateway.ask(self.key, DeleteThread)
 
     async def replay_page(self, after: int, upto: int) -> list[Event]:
         """The next page of a replay (see ``threadline.actors.journal.replay_page``): never empty."""

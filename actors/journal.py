@@ -91,6 +91,15 @@ class Journal(Protocol):
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         """The user's threads, most recently updated first."""
 
+    async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
+        """The thread's info, None if it does not exist (never creates it)."""
+
+    async def delete_thread(self, key: ThreadKey) -> bool:
+        """Erase the thread: its events, its row, its open runs and its client message ids;
+        True if it existed. Ordered after every write queued before it (a thread's last events
+        are erased too) and durable when it returns; the key can then be created again, from
+        seq 1. Never touches another key (another user's thread of the same id)."""
+
     async def open_runs(self) -> list[OpenRun]:
         """Every run with a stored ``user_message`` and no stored terminal event; a thread's
         in the order their messages were stored."""

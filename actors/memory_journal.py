@@ -101,6 +101,17 @@ class MemoryJournal:
         infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
         return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)
 
+    async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return t.info if t is not None else None
+
+    async def delete_thread(self, key: ThreadKey) -> bool:
+        await trio.lowlevel.checkpoint()
+        for run in [run for run in self._open_runs if run[0] == key]:
+            del self._open_runs[run]
+        return self._threads.pop(key, None) is not None
+
     async def open_runs(self) -> list[OpenRun]:
         await trio.lowlevel.checkpoint()
         return [OpenRun(key, run_id, started) for (key, run_id), started in self._open_runs.items()]

@@ -139,6 +139,20 @@ class GetInfo:
 
 
 @attrs.frozen(slots=True)
+class DeleteThread:
+    """Erase the thread: cancel its runs (reason ``deleted``), erase it from the journal, tell
+    its subscribers (``dropped`` with ``THREAD_DELETED``) and stop. Answered None once the
+    erasure is durable; the key can then be used again, from seq 1."""
+
+    reply: Reply
+
+
+#: The ``reason`` a subscriber's ``dropped`` gets when its thread was deleted (it should not
+#: rejoin: joining creates a new, empty thread).
+THREAD_DELETED: Final = "thread deleted"
+
+
+@attrs.frozen(slots=True)
 class Passivate:
     """From the directory: passivate if still idle. No reply."""
 
@@ -151,6 +165,6 @@ class Shutdown:
 
 
 #: Every request a ``ThreadActor`` answers; each carries its ``reply``.
-ThreadRequest = PostMessage | Subscribe | Unsubscribe | CancelRun | GetInfo
+ThreadRequest = PostMessage | Subscribe | Unsubscribe | CancelRun | GetInfo | DeleteThread
 #: The closed set of what a ``ThreadActor``'s mailbox holds.
 ThreadMessage = ThreadRequest | Passivate | Shutdown

@@ -258,13 +258,14 @@ async def _until_runner_ends(runs: RunQueue) -> None:
             runs.wake = None
 
 
-async def drain(runs: RunQueue, grace: float) -> None:
-    """Shutdown: refuse new runs, let those held finish for ``grace`` seconds, then cancel them
-    with reason ``shutdown``. Blocks until the runner has ended."""
+async def drain(runs: RunQueue, grace: float, reason: str = "shutdown") -> None:
+    """Shutdown (or deletion, with ``reason`` ``deleted`` and no grace): refuse new runs, let
+    those held finish for ``grace`` seconds, then cancel them with ``reason``. Blocks until the
+    runner has ended."""
     if runs.shutdown():
         with trio.move_on_after(grace):
             await _until_runner_ends(runs)
-        runs.cancel_all("shutdown")
+        runs.cancel_all(reason)
         await _until_runner_ends(runs)
 
 

@@ -33,9 +33,10 @@ from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
-from .messages import (TERMINAL_EVENTS, USER_MESSAGE, Accepted, CancelRun, Event, GetInfo, Joined,
-                       Passivate, PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey,
-                       ThreadMessage, ThreadRequest, Unsubscribe)
+from .messages import (TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
+                       DeleteThread, Event, GetInfo, Joined, Passivate, PostMessage, Shutdown,
+                       Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
+                       Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
 
@@ -53,7 +54,8 @@ class Subscriber(Protocol):
 
     def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
         """The thread dropped this subscriber: ``overflow`` if its mailbox was full (it fell
-        behind), else because the thread stopped. ``reason`` is for people."""
+        behind), else because the thread stopped, or was deleted: then ``reason`` is
+        ``THREAD_DELETED`` (otherwise it is for people)."""
 
 
 @attrs.define
@@ -186,9 +188,29 @@ class ThreadActor:
             if self._runs is not None:  # else no run ever: nothing to drain
                 await drain(self._runs, msg.grace)
             return True
+        elif kind is DeleteThread:
+            await self._delete(msg)
+            return True
         else:
             raise TypeError(f"ThreadActor got an unknown message {msg!r}")
         return False
+
+    async def _delete(self, msg: DeleteThread) -> None:
+        """Cancel the runs (pending ones too: they are erased with the rest), then erase the
+        thread in the journal (queued after every write of the runs), then tell the
+        subscribers. The actor stops after this, whatever the outcome: on a failed erasure
+        its subscribers are dropped as by any stop, and the caller may ask again."""
+        if self._runs is not None:
+            await drain(self._runs, 0.0, "deleted")
+        try:
+            await self.env.journal.delete_thread(self.key)
+        except JournalUnavailable as exc:
+            msg.reply.fail(exc)
+            return
+        subscribers, self._subscribers = self._subscribers, None
+        for sub in subscribers or ():
+            sub.dropped(self.key, THREAD_DELETED, overflow=False)
+        msg.reply.set(None)
 
     def info(self) -> ThreadInfo:
         return ThreadInfo(self.key, self._writes.seq, self._created_at, self._updated_at)

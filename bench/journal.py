@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from threadline.actors.messages import Event, ThreadKey
-from threadline.stores.durable import MAX_BATCH, open_durable_journal
+from threadline.stores import MAX_BATCH, open_durable_journal
 from threadline.stores.postgres import PostgresBackend
 from threadline.stores.sqlite import SQLiteBackend
 from threadline.tuning import tune_gc

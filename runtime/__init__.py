@@ -40,6 +40,7 @@ from .actors.messages import (
     AGENT_STARTED,
     AGENT_THINKING,
     TERMINAL_EVENTS,
+    THREAD_DELETED,
     TOOL_COMPLETED,
     TOOL_EXECUTING,
     USER_MESSAGE,
@@ -60,7 +61,7 @@ from .transport.limits import Limits
 
 __all__ = [
     "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_DELTA", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
-    "DEFAULT_STORE", "TERMINAL_EVENTS", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
+    "DEFAULT_STORE", "TERMINAL_EVENTS", "THREAD_DELETED", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
     "Accepted", "ActorError", "AgentError", "BadFrame", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
     "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "NotJoined", "RateLimited", "Run",
     "RunContext", "Runtime", "ServerError", "SubscriberDropped", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",

@@ -83,6 +83,11 @@ class Runtime:
     def thread(self, user_id: str, thread_id: str) -> ThreadHandle:
         return self.user(user_id).thread(thread_id)
 
+    async def delete_user(self, user_id: str) -> int:
+        """Delete every thread of ``user_id`` (see ``ThreadHandle.delete``); how many. Raises
+        ``ValueError`` for an invalid user id."""
+        return await self.user(user_id).delete_all()
+
     def statistics(self) -> RuntimeStatistics:
         """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
         return self.gateway.statistics()

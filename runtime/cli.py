@@ -1,11 +1,12 @@
-"""The ``threadline`` command: ``serve``, ``token`` and ``--version``.
+"""The ``threadline`` command: ``serve``, ``token``, ``delete-user`` and ``--version``.
 
 The options (each from a flag or a ``THREADLINE_*`` variable, a flag winning) are declared in
 ``threadline.options``; this module runs the commands and says what went wrong. What an operator can
 fix (a port in use, a store that cannot be opened, an unreadable key file, a short secret, a bad
 value) is said in one line with exit status 2, never as a traceback: tracebacks are for bugs. Logs
 go to stderr through ``threadline.logs``, which masks every token and password; stdout has only the
-``ready:`` line (and, when the server made up its secret, a demo token, on purpose).
+``ready:`` line (and, when the server made up its secret, a demo token, on purpose; with
+``--demo``, the ``open:`` address of the chat page, after them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import trio
 
 from threadline.actors.agents import echo_agent, echo_tools
 from threadline.actors.engine import Agent
+from threadline.actors.messages import is_user_id
 from threadline.actors.tools import ToolRegistry
 from threadline.transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileError, mint
 from threadline.transport.limits import Limits
@@ -34,7 +36,7 @@ from .api import RuntimeConfig, open_runtime
 from .logs import setup_logging
 from .options import SERVE_OPTIONS, TOKEN_TTL, fill_from_environment, parser
 from .server import open_server
-from .stores import StoreError, describe_store, open_journal
+from .stores import DEFAULT_STORE, StoreError, describe_store, open_journal
 from .tuning import raise_fd_limit, tune_gc
 
 # SERVE_OPTIONS is re-exported: tests and tools read the option table from here.
@@ -145,14 +147,19 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
                                          ) as rt, \
                             open_server(rt, host=args.host, port=args.port, auth=auth,
                                         limits=limits, metrics_token=args.metrics_token,
-                                        metrics_address=args.metrics_address) as server:
+                                        metrics_address=args.metrics_address,
+                                        demo=args.demo) as server:
                         ready.set()
                         log.info("agent %s", args.agent)
                         print(f"ready: {server.url}", flush=True)
+                        token = None
                         if args.made_up:
                             token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
                             print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
                                   f"connect:  {server.url}?token={token}", flush=True)
+                        if args.demo:
+                            query = f"?token={token}" if token else ""
+                            print(f"open:     {server.http_url}{query}", flush=True)
                         await stop.wait()
                         await server.shutdown(args.grace)
                 nursery.cancel_scope.cancel()
@@ -174,6 +181,31 @@ def run_token(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise Refusal(str(exc)) from None
     return 0
+
+
+def run_delete_user(args: argparse.Namespace) -> int:
+    """Erase every thread of ``args.user`` from the store, straight through the journal (no
+    runtime: no recovery of other users' runs). A server using the store keeps a cache of its
+    threads: delete through it instead (HTTP ``DELETE``, ``Runtime.delete_user``)."""
+    if not is_user_id(args.user):
+        raise Refusal(f"invalid user id {args.user!r}: 1-128 characters of "
+                      "A-Z a-z 0-9 _ . : @ -")
+    url = args.store or os.environ.get("THREADLINE_STORE") or DEFAULT_STORE
+
+    async def delete() -> int:
+        async with open_journal(url) as journal:
+            infos = await journal.threads(args.user)
+            async with trio.open_nursery() as nursery:  # one transaction for many, batched
+                for info in infos:
+                    nursery.start_soon(journal.delete_thread, info.key)
+            return len(infos)
+
+    count = trio.run(delete)
+    print(f"deleted {count} thread{'' if count == 1 else 's'} of user {args.user}")
+    return 0
+
+
+COMMANDS = {"serve": run_serve, "token": run_token, "delete-user": run_delete_user}
 
 
 # -- one line for what an operator can fix -------------------------------------------------------
@@ -225,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         setup_logging("warning")
     try:
-        return run_serve(args) if args.command == "serve" else run_token(args)
+        return COMMANDS[args.command](args)
     except BaseException as exc:
         lines = problem_of(exc)
         for line in lines or ():

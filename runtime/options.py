@@ -76,6 +76,13 @@ def origin(text: str) -> str:
     return "*" if text.strip() == "*" else normalize_origin(text)
 
 
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("true or false (1/0, yes/no, on/off)")
+    return value in ("1", "true", "yes", "on")
+
+
 def limit(text: str) -> tuple[str, Any]:
     """``NAME=VALUE`` for a field of ``Limits``, a number > 0 (``none`` for an optional one)."""
     kinds = {f.name: str(f.type) for f in attrs.fields(Limits)}
@@ -102,6 +109,7 @@ class Option:
     many: bool = False         # repeatable; the environment gives a comma-separated list
     shown: str | None = None   # the default as --help says it, when not str(default)
     metavar: str | None = None
+    switch: bool = False       # a flag without a value (it sets True); the environment: boolean
 
     @property
     def dest(self) -> str:
@@ -110,9 +118,13 @@ class Option:
     def add_to(self, p: argparse.ArgumentParser) -> None:
         shown = self.shown or ("none" if self.default is None else str(self.default))
         where = f"env THREADLINE_{self.env}" + (", comma-separated" if self.many else "")
+        text = f"{self.help} (default: {shown}; {where})".replace("%", "%%")
+        if self.switch:
+            p.add_argument(self.flag, dest=self.dest, action="store_const", const=True,
+                           help=text)
+            return
         p.add_argument(self.flag, dest=self.dest, type=_checked(self.parse), metavar=self.metavar,
-                       action="append" if self.many else "store",
-                       help=f"{self.help} (default: {shown}; {where})".replace("%", "%%"))
+                       action="append" if self.many else "store", help=text)
 
     def from_environment(self) -> Any:
         """The environment's value, else the default. Raises ValueError naming the variable
@@ -170,6 +182,8 @@ SERVE_OPTIONS = [
     Option("--limit", "LIMIT", None, "a connection limit, repeatable, e.g. rate=500; names: "
            + ", ".join(f.name for f in attrs.fields(Limits)), limit, many=True,
            shown="PROTOCOL.md's", metavar="NAME=VALUE"),
+    Option("--demo", "DEMO", False, "serve the chat page at / (and print its address to "
+           "open)", boolean, shown="off", switch=True),
     Option("--log", "LOG", "info", "log level: debug, info, warning, error", parse_level,
            metavar="LEVEL"),
     Option("--log-format", "LOG_FORMAT", "text", "text, or json (one object a line)",
@@ -191,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the WebSocket server")
     for option in SERVE_OPTIONS:
         option.add_to(s)
+    d = sub.add_parser("delete-user", help="erase every thread of a user from the store (run "
+                       "it while no server uses the store; a running server: DELETE over HTTP "
+                       "or Runtime.delete_user)")
+    d.add_argument("user")
+    d.add_argument("--store", metavar="URL", help="the store (default: env THREADLINE_STORE, "
+                   f"else {DEFAULT_STORE})")
     t = sub.add_parser("token", help="print a token for a user, signed with the secret")
     t.add_argument("user")
     t.add_argument("--secret", help="the server's HS256 secret (default: env THREADLINE_SECRET)")

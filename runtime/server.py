@@ -41,8 +41,17 @@ class RunningServer:
 
     @property
     def url(self) -> str:
+        return f"ws://{self._hostport}/v1/ws"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP root: the HTTP API is under ``/v1/``, the chat page (``demo``) at ``/``."""
+        return f"http://{self._hostport}/"
+
+    @property
+    def _hostport(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/v1/ws"
+        return f"{host}:{self.port}"
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain, stop the runtime (runs get ``grace`` seconds, then ``agent_cancelled``),
@@ -56,13 +65,14 @@ class RunningServer:
 async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 8765,
                       secret: str | None = None, auth: Authenticator | None = None,
                       limits: Limits = Limits(), metrics_token: str | None = None,
-                      metrics_address: tuple[str, int] | None = None,
+                      metrics_address: tuple[str, int] | None = None, demo: bool = False,
                       ) -> AsyncIterator[RunningServer]:
     """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``.
 
     Tokens are checked by ``auth``, or, given only ``secret``, as HS256 with it.
     ``metrics_token``: scrapes of ``/metrics`` need ``Authorization: Bearer`` it.
     ``metrics_address``: serve ``/metrics`` (and ``/healthz``) there instead of on the main port.
+    ``demo``: serve the chat page at ``/`` (``/v1/client.js`` and the HTTP API always).
     Raises ``OSError`` when an address cannot be bound (e.g. in use).
     """
     if auth is None:
@@ -70,7 +80,7 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
             raise ValueError("open_server needs a secret or an Authenticator")
         auth = Authenticator(secret=secret)
     server = Server(runtime.gateway, auth=auth, limits=limits, metrics_token=metrics_token,
-                    metrics_here=metrics_address is None)
+                    metrics_here=metrics_address is None, demo=demo)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:

@@ -186,6 +186,59 @@ class JournalContract:
         await journal.append([ev(A, 7, "agent_cancelled", "r2", reason="shutdown")])
         assert [(r.run_id, r.started) for r in await journal.open_runs()] == [("r3", False)]
 
+    # -- thread_info and delete_thread ------------------------------------------------------
+
+    async def test_thread_info_never_creates(self, journal):
+        assert await journal.thread_info(A) is None
+        assert await journal.threads("alice") == []
+        await journal.ensure_thread(A, 5.0)
+        await journal.append([ev(A, 1)])
+        info = await journal.thread_info(A)
+        assert (info.key, info.last_seq, info.created_at) == (A, 1, 5.0)
+
+    async def test_delete_erases_one_thread_and_its_id_starts_again(self, journal):
+        other = ThreadKey("alice", "other")
+        for key in (A, B, other):
+            await journal.ensure_thread(key, 1.0)
+            await journal.append([msg(key, 1, cid="c", run_id="r1"),
+                                  ev(key, 2, "agent_started", "r1")])
+        assert await journal.delete_thread(A) is True
+        assert await journal.delete_thread(A) is False
+        assert await journal.thread_info(A) is None
+        assert await journal.read(A, 0) == [] and await journal.last_seq(A) == 0
+        assert await journal.find_message(A, "c") is None
+        assert [i.key for i in await journal.threads("alice")] == [other]
+        assert sorted((r.key.user_id, r.key.thread_id) for r in await journal.open_runs()) == [
+            ("alice", "other"), ("bob", "main")]
+        # B (same thread id, other user) and alice's other thread are untouched
+        for key in (B, other):
+            assert [e.seq for e in await journal.read(key, 0)] == [1, 2]
+            assert (await journal.find_message(key, "c")).seq == 1
+        info = await journal.ensure_thread(A, 9.0)
+        assert (info.last_seq, info.created_at) == (0, 9.0)
+        await journal.append([msg(A, 1, cid="c", run_id="r2")])
+        assert (await journal.find_message(A, "c")).run_id == "r2"
+
+    async def test_delete_comes_after_the_writes_queued_before_it(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        outcomes: list[object] = []
+
+        class Done:
+            def set(self, value: None) -> None:
+                outcomes.append("stored")
+
+            def fail(self, error: BaseException) -> None:
+                outcomes.append(error)
+
+        for seq in range(1, 4):
+            journal.append_nowait([ev(A, seq)], Done())
+        assert await journal.delete_thread(A) is True
+        assert outcomes == ["stored"] * 3  # answered before the delete was
+        assert await journal.read(A, 0) == [] and await journal.thread_info(A) is None
+        await journal.ensure_thread(A, 2.0)
+        await journal.append([ev(A, 1)])  # seq 1 again
+        assert [e.seq for e in await journal.read(A, 0)] == [1]
+
     # -- what no store can hold: refused alike by every store, before it is queued ----------
 
     BAD = ["a\x00b", "\x00", "lone \ud800 surrogate", "\udfff", "ünï\x00code"]

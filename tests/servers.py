@@ -108,3 +108,43 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+async def http(server: RunningServer, method: str, path: str, *, tok: str | None = None,
+               body: Any = None, headers: dict[str, str] | None = None,
+               ) -> tuple[int, dict[str, str], Any]:
+    """One HTTP/1.1 request with h11 over a loopback socket: status, headers (lower-case
+    names) and the body (parsed when JSON). ``body``: bytes as they are, else JSON."""
+    import json
+
+    import h11
+
+    fields = [("Host", f"127.0.0.1:{server.port}")] + list((headers or {}).items())
+    if tok is not None:
+        fields.append(("Authorization", f"Bearer {tok}"))
+    data = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    if body is not None:
+        fields += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    out: list[bytes] = []
+    with trio.fail_after(30):
+        await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=fields)))
+        await stream.send_all(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+        response = None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                out.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+    await stream.aclose()
+    assert response is not None
+    answer = {k.decode().lower(): v.decode() for k, v in response.headers}
+    raw = b"".join(out)
+    parsed = json.loads(raw) if answer.get("content-type") == "application/json" else raw
+    return response.status_code, answer, parsed

@@ -26,6 +26,12 @@ UNKNOWN_RUN: Final = "unknown_run"
 RATE_LIMITED: Final = "rate_limited"
 LIMIT_REACHED: Final = "limit_reached"
 INTERNAL: Final = "internal"
+# error codes of the HTTP API only (HTTP.md)
+UNAUTHORIZED: Final = "unauthorized"
+NOT_FOUND: Final = "not_found"
+METHOD_NOT_ALLOWED: Final = "method_not_allowed"
+TOO_LARGE: Final = "too_large"
+TIMEOUT: Final = "timeout"
 
 # close codes (PROTOCOL.md, "Close codes"; RFC 6455 section 7.4.1)
 CLOSE_NORMAL: Final = 1000

@@ -26,7 +26,7 @@ from threadline.actors.errors import ActorStopped, MailboxFull
 from threadline.actors.gateway import ThreadHandle
 from threadline.actors.journal import replay_start
 from threadline.actors.mailbox import Mailbox
-from threadline.actors.messages import Event, Joined, ThreadKey
+from threadline.actors.messages import THREAD_DELETED, Event, Joined, ThreadKey
 
 from .codec import Codec, event_frame, reply_frame
 from .connection import WebSocketConnection
@@ -49,7 +49,7 @@ class Tap:
                  "on_drop")
 
     def __init__(self, outbox: Outbox, thread: ThreadHandle, since: int | None, ref: Ref,
-                 on_drop: Callable[[Tap, bool], None]) -> None:
+                 on_drop: Callable[[Tap, bool, bool], None]) -> None:
         self.outbox = outbox
         self.thread = thread  # the handle every request on this thread goes through
         self.thread_id = thread.thread_id
@@ -64,8 +64,9 @@ class Tap:
         self.outbox.queue.tell((self, item))
 
     def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
+        """``on_drop(tap, overflow, deleted)``, once, unless the client already left."""
         if self.active:
-            self.on_drop(self, overflow)
+            self.on_drop(self, overflow, reason == THREAD_DELETED)
 
 
 class Outbox:

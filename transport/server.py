@@ -1,13 +1,18 @@
-"""The WebSocket server: trio streams driving ``websockets.server.ServerProtocol``.
+"""The server: every connection's opening request read with h11, then a WebSocket driven by
+``websockets.server.ServerProtocol`` over trio streams, or a plain HTTP answer.
 
-One task per connection: read the opening request (bounded by ``handshake_timeout``), route it
-(``/v1/ws``, ``/healthz``, ``/metrics``, else 404), check the Origin (403) and the token in the
-handshake (401, or 400 for a malformed request, before any WebSocket opens), negotiate the
-subprotocol, count the connection against the user's quota, then run a ``Session``.
+One task per connection: read the opening request (``http_front``: h11, bounded in size and by
+``handshake_timeout``), route it: ``/v1/ws`` goes on to the WebSocket handshake with the bytes
+read (the Origin check, 403; the token, 401, or 400 for a malformed request, before any
+WebSocket opens; the subprotocol; the user's connection quota), then a ``Session``. Anything
+else gets one HTTP answer and the connection closes: the HTTP API (``http_api``, under
+``/v1/``), ``/healthz``, ``/metrics``, the static files (``static.asset``), else 404; a method a
+path does not take is 405.
 
 Containment: each connection's task ends in ``handle``'s handler, which logs what escaped and
-closes that connection. No exception raised while serving one connection, in the handshake or in
-a session, reaches ``trio.serve_listeners``' nursery: one client can never stop the server.
+closes that connection. No exception raised while serving one connection, in the handshake, an
+HTTP request or a session, reaches ``trio.serve_listeners``' nursery: one client can never stop
+the server.
 
 Shutdown is in two steps so that clients see their runs end: ``drain()`` (``/healthz`` answers
 503, new WebSockets are refused with 503, open ones go on), and, once the runtime has ended the
@@ -18,10 +23,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Sequence
 
 import trio
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
@@ -31,41 +34,22 @@ from threadline.actors.gateway import Gateway
 from .auth import AuthError, Authenticator, Identity, token_of
 from .codec import Codec, error_frame
 from .connection import WebSocketConnection
-from .http import WS_PATH, json_response, path_of, response, text_response
+from .http import WS_PATH, json_response, method_not_allowed, path_of, response, text_response
+from .http_api import HttpApi
+from .handshake import BadRequest, handshake_request, header, select_subprotocol
+from .http_front import Malformed, RequestReader, answer_plainly, read_head
 from .limits import Limits
 from .messages import CLOSE_GOING_AWAY, CLOSE_POLICY, JSON, LIMIT_REACHED, SUBPROTOCOLS
 from .metrics import Metrics
 from .quotas import UserQuotas
 from .session import Session
+from .static import ASSETS, asset
 from .stats import ServerStats
 
 log = logging.getLogger("threadline.server")
 # websockets logs every connection opened and closed at INFO: its own logger, so that a server
 # holding 10,000 connections can log at INFO without that (``threadline serve --log debug``).
 wire_log = logging.getLogger("threadline.wire")
-
-
-def select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str | None:
-    """The first of ours the client offers. None (no header; JSON) when it offers none of
-    ours: PROTOCOL.md makes JSON the default, and a client that asked only for others gets
-    the default rather than a failed handshake."""
-    for name in offered:
-        if name in SUBPROTOCOLS:
-            return name
-    return None
-
-
-class BadRequest(Exception):
-    """A request the server answers 400 (e.g. a header that must appear once, twice)."""
-
-
-def header(headers: Headers, name: str) -> str | None:
-    """One header's value; ``BadRequest`` if it is there more than once (``Headers.get``
-    would raise websockets' ``MultipleValuesError``, a ``LookupError``, instead)."""
-    values = headers.get_all(name)
-    if len(values) > 1:
-        raise BadRequest(f"more than one {name} header")
-    return values[0] if values else None
 
 
 def peer_of(stream: trio.abc.Stream) -> str:
@@ -78,7 +62,8 @@ def peer_of(stream: trio.abc.Stream) -> str:
 
 class Server:
     def __init__(self, gateway: Gateway, *, auth: Authenticator, limits: Limits = Limits(),
-                 metrics_token: str | None = None, metrics_here: bool = True) -> None:
+                 metrics_token: str | None = None, metrics_here: bool = True,
+                 demo: bool = False) -> None:
         self.gateway = gateway
         self.limits = limits
         self.auth = auth
@@ -88,6 +73,8 @@ class Server:
         self.stats = ServerStats()
         self.metrics = Metrics(gateway, self.stats)
         self.quotas = UserQuotas(limits)
+        self.api = HttpApi(gateway, auth, self.quotas, limits, self.stats)
+        self.demo = demo  # the chat page at /
         self.draining = False
         self._idle = trio.Event()
 
@@ -142,8 +129,28 @@ class Server:
             await conn.aclose()
 
     async def _serve(self, conn: WebSocketConnection, peer: str) -> None:
-        request = await self._request(conn)
+        reader = RequestReader(conn.stream)
+        deadline = trio.current_time() + self.limits.handshake_timeout
+        request = await self._head(reader, deadline)
         if request is None:
+            return
+        path = path_of(request.path)
+        if path == WS_PATH and reader.method == "GET":
+            await self._websocket(conn, reader, peer, deadline)
+            return
+        if path.startswith("/v1/") and path != WS_PATH and path not in ASSETS:
+            answer = await self.api.answer(reader.method, request, reader, deadline)
+        else:
+            answer = self._plain(reader.method, request, path)
+            if answer.status_code >= 400:
+                self.stats.refused(answer.status_code)
+        await answer_plainly(conn.stream, answer, self.limits.close_timeout)
+
+    async def _websocket(self, conn: WebSocketConnection, reader: RequestReader, peer: str,
+                         deadline: float) -> None:
+        request = await handshake_request(conn, bytes(reader.raw), deadline)
+        if request is None:
+            self.stats.refused(400)
             return
         protocol = conn.protocol
         try:
@@ -186,27 +193,27 @@ class Server:
                      decision.reason if decision else "")
 
     async def _serve_metrics(self, conn: WebSocketConnection, peer: str) -> None:
-        request = await self._request(conn)
+        reader = RequestReader(conn.stream)
+        request = await self._head(reader, trio.current_time() + self.limits.handshake_timeout)
         if request is None:
             return
-        path = path_of(request.path)
-        try:
-            answer = self._operator(request) if path in ("/metrics", "/healthz") else \
-                text_response(404, "not found")
-        except BadRequest as exc:
-            answer = text_response(400, str(exc))
-        conn.protocol.send_response(answer)
-        await conn.flush()
+        if path_of(request.path) not in ("/metrics", "/healthz"):
+            answer = text_response(404, "not found")
+        elif reader.method != "GET":
+            answer = method_not_allowed("GET")
+        else:
+            try:
+                answer = self._operator(request)
+            except BadRequest as exc:
+                answer = text_response(400, str(exc))
+        await answer_plainly(conn.stream, answer, self.limits.close_timeout)
 
-    async def _request(self, conn: WebSocketConnection) -> Request | None:
-        with trio.move_on_after(self.limits.handshake_timeout):
-            while not conn.eof:
-                for event in await conn.receive():
-                    if isinstance(event, Request):
-                        return event
-                if conn.protocol.handshake_exc is not None:  # not HTTP: already answered
-                    return None
-        return None
+    async def _head(self, reader: RequestReader, deadline: float) -> Request | None:
+        try:
+            return await read_head(reader, deadline, self.limits.close_timeout)
+        except Malformed as exc:  # answered
+            self.stats.refused(exc.status)
+            return None
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -224,13 +231,25 @@ class Server:
         body, content_type = self.metrics.render(header(request.headers, "Accept"))
         return response(200, body, content_type)
 
+    def _plain(self, method: str, request: Request, path: str) -> Response:
+        """The answer to a request that is neither the WebSocket nor the HTTP API."""
+        if path == WS_PATH:
+            return method_not_allowed("GET")
+        found = asset(path, demo=self.demo)
+        operator = path == "/healthz" or (path == "/metrics" and self.metrics_here)
+        if found is None and not operator:
+            return text_response(404, "not found")
+        if method != "GET":
+            return method_not_allowed("GET")
+        if found is not None:
+            return response(200, found[1], found[0])
+        try:
+            return self._operator(request)
+        except BadRequest as exc:
+            return text_response(400, str(exc))
+
     def _route(self, protocol: ServerProtocol, request: Request,
                peer: str) -> tuple[Response, Identity | None]:
-        path = path_of(request.path)
-        if path == "/healthz" or (path == "/metrics" and self.metrics_here):
-            return self._operator(request), None
-        if path != WS_PATH:
-            return text_response(404, "not found"), None
         if self.draining:
             return text_response(503, "server shutting down"), None
         origin = header(request.headers, "Origin")

@@ -31,30 +31,14 @@ from .codec import Codec, error_frame, reply_frame
 from .connection import WebSocketConnection
 from .lanes import Lanes
 from .limits import Limits
-from .messages import (
-    BAD_FRAME,
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_TOKEN_EXPIRED,
-    CLOSE_TRY_AGAIN,
-    INTERNAL,
-    LIMIT_REACHED,
-    NOT_JOINED,
-    RATE_LIMITED,
-    BadFrame,
-    Cancel,
-    Join,
-    Leave,
-    Ping,
-    Request,
-    Send,
-    Threads,
-)
+from .messages import (BAD_FRAME, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOKEN_EXPIRED,
+                       CLOSE_TRY_AGAIN, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
+                       BadFrame, Cancel, Join, Leave, Ping, Request, Send, Threads)
 from .outbox import Outbox, Overflow, Tap
 from .policy import ConnectionState, Verdict
 from .quotas import UserQuota
-from .stats import ServerStats
 from .paging import threads_page
+from .stats import ServerStats
 
 log = logging.getLogger("threadline.session")
 
@@ -135,8 +119,13 @@ class Session:
                 tap.active = False
                 nursery.start_soon(tap.thread.unsubscribe, tap)
 
-    def _tap_dropped(self, tap: Tap, overflow: bool) -> None:
-        if overflow:
+    def _tap_dropped(self, tap: Tap, overflow: bool, deleted: bool) -> None:
+        if deleted:  # the connection stays; the thread's queued events are not written
+            tap.active = False
+            if self.taps.get(tap.thread_id) is tap:
+                del self.taps[tap.thread_id]
+            self._reply(reply_frame("left", None, thread_id=tap.thread_id, reason="deleted"))
+        elif overflow:
             self.close(CLOSE_TRY_AGAIN, OVERFLOW_REASON)
         elif self._draining():
             self.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -1,22 +1,29 @@
-"""Stores: ``open_journal(url)`` for ``memory``, ``sqlite:///PATH`` and ``postgresql://...``."""
+"""Stores: ``open_journal(url)`` for ``memory``, ``sqlite:///PATH`` and ``postgresql://...``;
+``open_durable_journal(backend)``, the lifecycle of a ``DurableJournal`` (connect, migrate, run
+its writer; at exit, flush and close)."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
+import trio
+
 from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 
-from .durable import DurableJournal, open_durable_journal
+from .durable import MAX_BATCH, DurableJournal
 from .errors import StoreError
-from .sql import SchemaTooNew
+from .sql import Backend, SchemaTooNew, prepare
+
+log = logging.getLogger("threadline.store")
 
 DEFAULT_STORE = "sqlite:///threadline.db"
 
-__all__ = ["DEFAULT_STORE", "DurableJournal", "SchemaTooNew", "StoreError", "StoreURLError", "describe_store",
-           "open_journal"]
+__all__ = ["DEFAULT_STORE", "MAX_BATCH", "DurableJournal", "SchemaTooNew", "StoreError",
+           "StoreURLError", "describe_store", "open_durable_journal", "open_journal"]
 
 
 class StoreURLError(StoreError, ValueError):
@@ -80,3 +87,25 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
     else:
         raise StoreURLError(f"unknown store {url!r}: use memory, sqlite:///PATH or "
                             "postgresql://...")
+
+
+@asynccontextmanager
+async def open_durable_journal(backend: Backend, *, readers: int = 4,
+                               max_batch: int = MAX_BATCH) -> AsyncIterator[DurableJournal]:
+    """Connect, apply migrations, run the writer; on exit, flush what is queued and close the
+    connections. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
+    newer than this code), whose message is one line naming the store and the problem."""
+    journal = DurableJournal(backend, readers=readers, max_batch=max_batch)
+    version = await trio.to_thread.run_sync(prepare, backend)
+    log.info("%s ready (schema version %d)", backend.name, version)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run_writer)
+            try:
+                yield journal
+            finally:
+                with trio.CancelScope(shield=True):
+                    await journal.flush()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(journal.close_connections)

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import trio
 
@@ -40,24 +39,24 @@ from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
-from . import sql
+from . import batch, sql
 from .connections import Connections
 from .errors import first_line
-from .sql import AppendOp, Backend, EnsureOp, Op
+from .outage import Outage
+from .sql import AppendOp, Backend, DeleteOp, EnsureOp, Op
 
-__all__ = ["Backend", "DurableJournal", "MAX_BATCH", "open_durable_journal"]
+__all__ = ["Backend", "DurableJournal", "MAX_BATCH"]
 
 log = logging.getLogger("threadline.store")
 T = TypeVar("T")
 
 MAX_BATCH = 2000          # operations per transaction
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 Pending = tuple[Op, Done]  # a Reply, or whoever queued with append_nowait
 
 
 class DurableJournal:
     """The ``Journal`` contract over ``backend``; ``run_writer`` must run (see
-    ``open_durable_journal``). The figures below are for ``/metrics``."""
+    ``threadline.stores.open_durable_journal``). The figures below are for ``/metrics``."""
 
     def __init__(self, backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH) -> None:
         self.backend = backend
@@ -67,12 +66,11 @@ class DurableJournal:
         self._closed = False
         self._work = trio.Event()
         self._idle = trio.Event()
-        self._cache = sql.ThreadCache()
+        self._cache = batch.ThreadCache()
         self._connections = Connections(backend, readers=readers)
-        self._retry_at = 0.0
-        self._backoff = BACKOFF_MIN
+        self._outage = Outage(backend.name)
         # Figures kept as things happen (``StoreStatistics`` says what each counts).
-        self.batches = self.operations = self.outages = self.rejected = 0
+        self.batches = self.operations = self.rejected = 0
         self.commit_seconds, self.batch_size = Histogram(SECONDS_BUCKETS), Histogram(SIZE_BUCKETS)
 
     # -- the Journal protocol ------------------------------------------------------------------
@@ -137,22 +135,33 @@ class DurableJournal:
             return await _nothing([])
         return await self._read(sql.threads, user_id)
 
+    async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
+        if not storable_key(key):
+            return await _nothing(None)
+        return await self._read(sql.get_thread, key)
+
+    async def delete_thread(self, key: ThreadKey) -> bool:
+        # Through the writer: after the writes queued before it, and out of its cache.
+        if not storable_key(key):
+            return await _nothing(False)
+        return await self._submit(DeleteOp(key))
+
     async def open_runs(self) -> list[OpenRun]:
         return await self._read(sql.open_runs)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
         (and starts the backoff); any other error is raised as it is, without backoff."""
-        if trio.current_time() < self._retry_at:
-            raise self._unavailable()
+        if self._outage.waiting():
+            raise self._outage.unavailable()
         try:
             result = await self._connections.read(fn, *args)
         except Exception as exc:
             if not self.backend.is_outage(exc):
                 raise
-            self._failed(exc)
-            raise self._unavailable(exc) from exc
-        self._recovered()
+            self._outage.failed(exc)
+            raise self._outage.unavailable(exc) from exc
+        self._outage.recovered()
         return result
 
     # -- writes: group commit ----------------------------------------------------------------
@@ -190,7 +199,7 @@ class DurableJournal:
                 except Exception as exc:  # a bug of ours: it fails this batch, not the store
                     log.exception("%s: a batch failed", self.backend.name)
                     for _, reply in batch:
-                        reply.fail(self._unavailable(exc))
+                        reply.fail(self._outage.unavailable(exc))
                 self._inflight = []
         finally:
             self._closed = True
@@ -204,18 +213,18 @@ class DurableJournal:
         """Apply ``batch`` in one transaction and answer each caller; on an error that is not
         an outage, in two halves, recursively (at most ``2 * len(batch) - 1`` transactions,
         about ``2 * log2(len(batch))`` for one bad operation among good ones)."""
-        if trio.current_time() < self._retry_at:
+        if self._outage.waiting():
             for _, reply in batch:
-                reply.fail(self._unavailable())
+                reply.fail(self._outage.unavailable())
             return
         try:
             results, seconds = await trio.to_thread.run_sync(
                 self._write_sync, [op for op, _ in batch])
         except Exception as exc:
             if self.backend.is_outage(exc):
-                self._failed(exc)
+                self._outage.failed(exc)
                 for _, reply in batch:
-                    reply.fail(self._unavailable(exc))
+                    reply.fail(self._outage.unavailable(exc))
             elif len(batch) == 1:
                 self._reject(batch[0], exc)
             else:
@@ -223,7 +232,7 @@ class DurableJournal:
                 await self._apply(batch[:half])
                 await self._apply(batch[half:])
             return
-        self._recovered()
+        self._outage.recovered()
         self.batches += 1
         self.operations += len(batch)
         self.commit_seconds.observe(seconds)
@@ -237,7 +246,7 @@ class DurableJournal:
     def _reject(self, item: Pending, exc: Exception) -> None:
         op, reply = item
         self.rejected += 1
-        key = op.key if isinstance(op, EnsureOp) else op.events[0].key
+        key = batch.op_key(op)
         # The key and the error's first line: never the data, which may be anything a user sent.
         log.warning("%s refused a write of %s: %s: %s", self.backend.name, key,
                     type(exc).__name__, first_line(exc)[:200])
@@ -249,35 +258,19 @@ class DurableJournal:
         """One transaction, in a worker thread: the results, and the seconds it took."""
         started = time.perf_counter()
         results, rows = self._connections.transaction_sync(
-            sql.apply_batch, ops, self._cache, self.backend.insert_events)
+            batch.apply_batch, ops, self._cache, self.backend.insert_events)
         self._cache.committed(rows)
         return results, time.perf_counter() - started
-
-    # -- failure and recovery ----------------------------------------------------------------
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._retry_at == 0.0:  # a new outage (retries that fail within it are not one)
-            self.outages += 1
-            log.error("%s failed: %s; retrying with backoff", self.backend.name, first_line(exc))
-        self._retry_at = trio.current_time() + self._backoff
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-
-    def _recovered(self) -> None:
-        if self._retry_at:
-            log.warning("%s is back", self.backend.name)
-        self._retry_at = 0.0
-        self._backoff = BACKOFF_MIN
-
-    def _unavailable(self, exc: BaseException | None = None) -> JournalUnavailable:
-        detail = first_line(exc) if exc is not None else ""
-        return JournalUnavailable(f"{self.backend.name} unavailable{': ' if detail else ''}"
-                                  f"{detail}")
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait (at most ``timeout`` seconds) until every queued write has been answered."""
         with trio.move_on_after(timeout):
             while self._pending or not self._idle.is_set():
                 await self._idle.wait()
+
+    @property
+    def outages(self) -> int:
+        return self._outage.count
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(self.batches, self.operations, self.outages, self.rejected,
@@ -291,25 +284,3 @@ class DurableJournal:
 async def _nothing(value: T) -> T:
     await trio.lowlevel.checkpoint()
     return value
-
-
-@asynccontextmanager
-async def open_durable_journal(backend: Backend, *, readers: int = 4,
-                               max_batch: int = MAX_BATCH) -> AsyncIterator[DurableJournal]:
-    """Connect, apply migrations, run the writer; on exit, flush what is queued and close the
-    connections. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
-    newer than this code), whose message is one line naming the store and the problem."""
-    journal = DurableJournal(backend, readers=readers, max_batch=max_batch)
-    version = await trio.to_thread.run_sync(sql.prepare, backend)
-    log.info("%s ready (schema version %d)", backend.name, version)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(journal.run_writer)
-            try:
-                yield journal
-            finally:
-                with trio.CancelScope(shield=True):
-                    await journal.flush()
-                nursery.cancel_scope.cancel()
-    finally:
-        await trio.to_thread.run_sync(journal.close_connections)

@@ -1,0 +1,182 @@
+"""The batch algorithm of the SQL stores: the operations one transaction of the writer applies,
+and the writer's cache of thread rows.
+
+Invariants: a batch's effect is that of its operations applied one after another in their order
+(rows are gathered and written a statement per table, and a deletion first writes what was
+gathered before it); an operation that cannot apply (an append that does not follow its
+thread's last seq) is answered with its error and skipped, the others apply. Every function
+here is blocking and runs in the writer's worker thread, inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+from threadline.actors.journal import run_transition
+from threadline.actors.messages import Event, ThreadInfo, ThreadKey
+
+from .sql import AppendOp, DeleteOp, EnsureOp, Op
+
+
+KEYS_PER_QUERY = 400  # (user_id, thread_id) pairs per look-up: well under SQLite's 32,766 params
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def op_key(op: Op) -> ThreadKey:
+    return op.events[0].key if isinstance(op, AppendOp) else op.key
+
+
+def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
+    """``{key: [last_seq, created_at, updated_at]}`` of those keys that exist."""
+    found: dict[ThreadKey, list[Any]] = {}
+    for i in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[i:i + KEYS_PER_QUERY]
+        values = ",".join(["(%s, %s)"] * len(chunk))
+        cur.execute(
+            f"WITH k(u, t) AS (VALUES {values}) SELECT th.user_id, th.thread_id, th.last_seq, "
+            "th.created_at, th.updated_at FROM threads th JOIN k ON th.user_id = k.u AND "
+            "th.thread_id = k.t",
+            [x for key in chunk for x in (key.user_id, key.thread_id)])
+        for user_id, thread_id, last_seq, created, updated in cur.fetchall():
+            found[ThreadKey(user_id, thread_id)] = [last_seq, created, updated]
+    return found
+
+
+class ThreadCache:
+    """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at]``), so that a
+    batch need not read them back: the journal is the only writer of its store. Bounded; an
+    entry missing is read from the store. Rows change only when a batch commits, and a thread
+    actor is the only writer of its thread, so readers on the trio side see settled rows."""
+
+    def __init__(self, size: int = 250_000) -> None:
+        self.size = size
+        self.rows: dict[ThreadKey, list[Any]] = {}
+
+    def load(self, cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
+        """Copies of the rows of ``keys`` that exist (the caller may change them)."""
+        rows = self.rows
+        missing = [k for k in keys if k not in rows]
+        found = load_threads(cur, missing) if missing else {}
+        out = {k: list(rows[k]) for k in keys if k in rows}
+        out.update(found)
+        return out
+
+    def committed(self, state: dict[ThreadKey, list[Any] | None]) -> None:
+        """Take the rows of a committed batch (None: the thread was deleted)."""
+        if len(self.rows) + len(state) > self.size:
+            self.rows.clear()  # simple and rare: the next batches read back what they need
+        for key, row in state.items():
+            if row is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = row
+
+
+class _Writes:
+    """The rows a batch writes, gathered to be written a statement per table (``flush``)."""
+
+    def __init__(self) -> None:
+        self.threads: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.client_ids: list[tuple[Any, ...]] = []
+        self.runs_opened: list[tuple[Any, ...]] = []
+        self.runs_started: list[tuple[Any, ...]] = []
+        self.runs_closed: list[tuple[Any, ...]] = []
+        self.touched: set[ThreadKey] = set()
+
+    def add_events(self, key: ThreadKey, events: Sequence[Event]) -> None:
+        u, t = key.user_id, key.thread_id
+        for ev in events:
+            self.events.append((u, t, ev.seq, ev.event, ev.run_id, ev.ts, dumps(ev.data)))
+            transition = run_transition(ev)
+            if transition == "open":
+                self.runs_opened.append((u, t, ev.run_id, ev.seq))
+                cid = ev.data.get("client_msg_id")
+                if cid is not None:
+                    self.client_ids.append((u, t, cid, ev.data["message_id"], ev.run_id,
+                                            ev.seq))
+            elif transition == "start":
+                self.runs_started.append((u, t, ev.run_id))
+            elif transition == "close":
+                self.runs_closed.append((u, t, ev.run_id))
+        self.touched.add(key)
+
+    def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None],
+              insert: Callable[[Any, list[tuple[Any, ...]]], None]) -> None:
+        """Write what was gathered, in the caller's transaction (once: then drop it)."""
+        if self.threads:
+            cur.executemany("INSERT INTO threads (user_id, thread_id, last_seq, created_at, "
+                            "updated_at) VALUES (%s, %s, 0, %s, %s) ON CONFLICT DO NOTHING",
+                            self.threads)
+        if self.events:
+            insert(cur, self.events)
+        if self.client_ids:
+            cur.executemany("INSERT INTO client_ids (user_id, thread_id, client_msg_id, "
+                            "message_id, run_id, seq) VALUES (%s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT DO NOTHING", self.client_ids)
+        if self.runs_opened:
+            cur.executemany("INSERT INTO open_runs (user_id, thread_id, run_id, started, "
+                            "opened_seq) VALUES (%s, %s, %s, 0, %s) ON CONFLICT DO NOTHING",
+                            self.runs_opened)
+        if self.runs_started:
+            cur.executemany("UPDATE open_runs SET started = 1 WHERE user_id = %s AND "
+                            "thread_id = %s AND run_id = %s", self.runs_started)
+        if self.runs_closed:
+            cur.executemany("DELETE FROM open_runs WHERE user_id = %s AND thread_id = %s AND "
+                            "run_id = %s", self.runs_closed)
+        rows = [(row[0], row[2], k.user_id, k.thread_id) for k in self.touched
+                if (row := state.get(k)) is not None]
+        if rows:
+            cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s WHERE "
+                            "user_id = %s AND thread_id = %s", rows)
+
+
+#: A deletion erases a thread from every table (``threads`` last: its row is the thread).
+DELETES = tuple(f"DELETE FROM {table} WHERE user_id = %s AND thread_id = %s"
+                for table in ("events", "client_ids", "open_runs", "threads"))
+
+
+def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
+                insert: Callable[[Any, list[tuple[Any, ...]]], None],
+                ) -> tuple[list[Any], dict[ThreadKey, list[Any] | None]]:
+    """Apply ``ops`` in the caller's transaction, events by ``insert`` (the backend's
+    ``insert_events``). Returns one result per op (a ``ThreadInfo`` for an ensure, None for an
+    append, or a ``ValueError`` for an append that does not follow its thread's last seq: it is
+    skipped, the others are applied; for a delete, whether the thread existed), and the thread
+    rows to give ``cache.committed`` once the transaction commits (None: deleted). Rows are
+    gathered and written a statement per table; a delete first writes what was gathered, so
+    the batch's effect is that of its ops in their order."""
+    keys = list({op_key(op): None for op in ops})
+    state: dict[ThreadKey, list[Any] | None] = dict(cache.load(cur, keys))
+    writes = _Writes()
+    results: list[Any] = []
+    for op in ops:
+        key = op_key(op)
+        row = state.get(key)
+        if isinstance(op, EnsureOp):
+            if row is None:
+                row = state[key] = [0, op.now, op.now]
+                writes.threads.append((key.user_id, key.thread_id, op.now, op.now))
+            results.append(ThreadInfo(key, row[0], row[1], row[2]))
+        elif isinstance(op, DeleteOp):
+            writes.flush(cur, state, insert)
+            writes = _Writes()
+            for statement in DELETES:
+                cur.execute(statement, (key.user_id, key.thread_id))
+            state[key] = None
+            results.append(row is not None)
+        elif row is None:
+            results.append(ValueError(f"unknown thread {key}"))
+        elif any(ev.key != key or ev.seq != row[0] + i + 1 for i, ev in enumerate(op.events)):
+            results.append(ValueError(f"events of {key} do not follow seq {row[0]}"))
+        else:
+            writes.add_events(key, op.events)
+            row[0] = op.events[-1].seq
+            row[2] = max(row[2], op.events[-1].ts)
+            results.append(None)
+    writes.flush(cur, state, insert)
+    return results, state

@@ -1,0 +1,295 @@
+"""The HTTP API beside the WebSocket (``transport/HTTP.md``): JSON routes on a user's threads.
+
+Invariants:
+
+- The user comes from the token (``Authorization: Bearer``, checked by the same
+  ``Authenticator`` as a handshake) and nowhere else: a route names a thread id, and the handle
+  it gets is the token's user's (``UserHandle``), so no request can name another user's thread.
+- A read never creates a thread: a thread that does not exist is 404 ``not_found`` (reads go to
+  the journal, ``ThreadHandle.stored_info``). A message creates the thread, as a ``join`` does.
+- A user making requests holds one of the user's connections (``UserQuotas``) until idle for
+  as long as the send bucket takes to refill (``_quota``): a message counts against the user's
+  send rate and stored-thread quota, shared with the user's WebSockets, as a WebSocket ``send``
+  after a ``join`` does. Deleting a thread frees its place in the quota. Memory: one quota per
+  user active in the last seconds.
+- Every failure is answered ``{"type": "error", "code", "message"}`` with the status of
+  ``STATUS`` (the store or the runtime unavailable: 503 with ``Retry-After``); a bug is 500
+  ``internal`` and logged. Nothing here ends the server's task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, unquote
+
+import attrs
+import trio
+from websockets.http11 import Request, Response
+
+from threadline.actors.errors import ActorStopped, AskTimeout, JournalUnavailable
+from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
+from threadline.actors.messages import ThreadInfo, is_thread_id
+
+from .answers import answer_for
+from .auth import AuthError, Authenticator, token_of
+from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame, event_frame, parse_request
+from .http import json_response, path_of
+from .http_front import Malformed, RequestReader
+from .limits import Limits
+from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
+                       RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_RUN, BadFrame,
+                       Cancel, Send)
+from .paging import threads_page
+from .quotas import UserQuota, UserQuotas
+from .stats import ServerStats
+
+log = logging.getLogger("threadline.http")
+
+EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
+
+#: The HTTP status of each error code.
+STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404,
+          METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413, RATE_LIMITED: 429,
+          LIMIT_REACHED: 429, INTERNAL: 500}
+UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
+ID = "{thread_id}"
+
+
+class Refused(Exception):
+    """Answer ``code`` (its status from ``STATUS``) with ``message``."""
+
+    def __init__(self, code: str, message: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.code, self.message, self.extra = code, message, extra
+
+
+@attrs.frozen
+class Call:
+    """One request, authenticated: whose, on which thread, with which query."""
+
+    user: UserHandle
+    quota: UserQuota
+    thread: ThreadHandle | None
+    query: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+class HttpApi:
+    def __init__(self, gateway: Gateway, auth: Authenticator, quotas: UserQuotas,
+                 limits: Limits, stats: ServerStats) -> None:
+        self.gateway, self.auth, self.quotas = gateway, auth, quotas
+        self.limits, self.stats = limits, stats
+        self._held: dict[str, tuple[UserQuota, float]] = {}  # user id -> (quota, last use)
+        self._swept = 0.0
+
+    async def answer(self, method: str, request: Request, reader: RequestReader,
+                     deadline: float) -> Response:
+        """The answer to a request under ``/v1/`` (other than the WebSocket's path)."""
+        user_id = "-"
+        try:
+            if path_of(request.path) == "/v1/auth/check":
+                if method != "GET":
+                    raise _not_allowed("GET")
+                user_id = self._user_id(request, query_token=True)
+                return json_response(200, {"type": "ok", "user_id": user_id})
+            handler, thread_id = _route(method, path_of(request.path))
+            user_id = self._user_id(request, query_token=False)
+            user = self.gateway.user(user_id)
+            query = _query(request.path)
+            body = b""
+            with trio.CancelScope(deadline=deadline) as scope:
+                body = await reader.read_body(0 if method == "GET" else
+                                              self.limits.max_frame_bytes)
+            if scope.cancelled_caught:
+                raise Refused(TIMEOUT, "the request did not arrive in time")
+            call = Call(user, self._quota(user), user.thread(thread_id) if thread_id else None,
+                        query, body)
+            status, answer = await handler(self, call)
+        except Exception as exc:
+            status, answer, extra = self._failure(exc, method, request, user_id)
+            return json_response(status, answer, extra)
+        log.debug("%s %s of %s: %d", method, path_of(request.path), user_id, status)
+        return json_response(status, answer)
+
+    def _quota(self, user: UserHandle) -> UserQuota:
+        """The user's quota, held open (one of the user's connections) while the user makes
+        requests, so that the send bucket and the thread count carry from one request to the
+        next and are shared with the user's WebSockets. Released once idle for as long as the
+        bucket takes to fill: forgetting it then loses nothing. Raises ``LimitReached``."""
+        now = trio.current_time()
+        idle = self.limits.user_send_burst / self.limits.user_send_rate
+        if now - self._swept >= 1.0:
+            self._swept = now
+            for user_id, (quota, last) in list(self._held.items()):
+                if now - last >= idle:
+                    del self._held[user_id]
+                    self.quotas.release(quota)
+        held = self._held.get(user.user_id)
+        quota = held[0] if held is not None else self.quotas.open(user)
+        self._held[user.user_id] = (quota, now)
+        return quota
+
+    def _user_id(self, request: Request, *, query_token: bool) -> str:
+        target = request.path if query_token else path_of(request.path)
+        try:
+            return self.auth.verify(token_of(target, request.headers)).user_id
+        except AuthError as exc:
+            self.stats.auth_failed(str(exc))
+            raise Refused(UNAUTHORIZED if exc.status == 401 else BAD_FRAME, str(exc),
+                          (("WWW-Authenticate", "Bearer"),)) from None
+
+    def _failure(self, exc: Exception, method: str, request: Request,
+                 user_id: str) -> tuple[int, dict[str, Any], tuple[tuple[str, str], ...]]:
+        extra: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, Refused):
+            code, message, extra = exc.code, exc.message, exc.extra
+        elif isinstance(exc, Malformed):
+            code = {413: TOO_LARGE}.get(exc.status, BAD_FRAME)
+            message = exc.reason
+        elif isinstance(exc, UNAVAILABLE):
+            log.warning("%s %s of %s: %r", method, path_of(request.path), user_id, exc)
+            body = error_frame(INTERNAL, f"the server could not do it now: {exc}")
+            return 503, body, (("Retry-After", "1"),)
+        else:
+            known = answer_for(exc)
+            if known is None:
+                log.exception("%s %s of %s failed", method, path_of(request.path), user_id)
+                known = (INTERNAL, "the server failed")
+            code, message = known
+        if code == RATE_LIMITED:
+            self.stats.rate_limited += 1
+        elif code == LIMIT_REACHED:
+            self.stats.limits_reached += 1
+        return STATUS[code], error_frame(code, message), extra
+
+    # -- the routes --------------------------------------------------------------------------
+
+    async def list_threads(self, call: Call) -> tuple[int, dict[str, Any]]:
+        limit = _int(call.query, "limit", THREADS_PAGE, 1, MAX_THREADS_PAGE)
+        page, next_cursor = threads_page(await call.user.threads(), limit,
+                                         call.query.get("before"))
+        return 200, {"type": "threads", "threads": page, "next_cursor": next_cursor}
+
+    async def thread_info(self, call: Call) -> tuple[int, dict[str, Any]]:
+        info = await _existing(call)
+        return 200, {"type": "thread", "thread_id": info.key.thread_id,
+                     "last_seq": info.last_seq, "created_at": info.created_at,
+                     "updated_at": info.updated_at}
+
+    async def events(self, call: Call) -> tuple[int, dict[str, Any]]:
+        after = _int(call.query, "after", 0, 0, 2**62)
+        limit = _int(call.query, "limit", EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
+        info = await _existing(call)
+        assert call.thread is not None
+        page = await call.thread.history(after, limit=limit)
+        return 200, {"type": "events", "thread_id": call.thread.thread_id,
+                     "last_seq": info.last_seq, "events": [event_frame(e) for e in page],
+                     "next_after": page[-1].seq if len(page) == limit else None}
+
+    async def post_message(self, call: Call) -> tuple[int, dict[str, Any]]:
+        request = _parse(call, "send")
+        assert isinstance(request, Send) and call.thread is not None
+        call.quota.admit_send()
+        await call.quota.admit_thread(request.thread_id)
+        acc = await call.thread.send(request.text, client_msg_id=request.client_msg_id,
+                                     strategy=request.strategy)
+        return 200, {"type": "accepted", "thread_id": request.thread_id,
+                     "message_id": acc.message_id, "run_id": acc.run_id, "seq": acc.seq}
+
+    async def cancel(self, call: Call) -> tuple[int, dict[str, Any]]:
+        request = _parse(call, "cancel")
+        assert isinstance(request, Cancel) and call.thread is not None
+        await _existing(call)
+        run_id = await call.thread.cancel(request.run_id)
+        return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": run_id}
+
+    async def delete(self, call: Call) -> tuple[int, dict[str, Any]]:
+        await _existing(call)
+        assert call.thread is not None
+        await call.thread.delete()
+        if call.quota.threads is not None:
+            call.quota.threads.discard(call.thread.thread_id)
+        return 200, {"type": "ok", "thread_id": call.thread.thread_id}
+
+
+#: ``path shape -> {method: handler}``; ``ID`` stands for a thread id.
+ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
+    ("threads",): {"GET": HttpApi.list_threads},
+    ("threads", ID): {"GET": HttpApi.thread_info, "DELETE": HttpApi.delete},
+    ("threads", ID, "events"): {"GET": HttpApi.events},
+    ("threads", ID, "messages"): {"POST": HttpApi.post_message},
+    ("threads", ID, "cancel"): {"POST": HttpApi.cancel},
+}
+
+
+def _route(method: str, path: str) -> tuple[Handler, str | None]:
+    """The handler and the thread id of ``path`` (under ``/v1/``); ``Refused`` if none."""
+    parts = path.removeprefix("/v1/").split("/")
+    thread_id = None
+    if len(parts) >= 2 and parts[0] == "threads":
+        try:
+            thread_id, parts[1] = unquote(parts[1], errors="strict"), ID
+        except UnicodeDecodeError:
+            raise Refused(BAD_FRAME, "the thread id is not UTF-8") from None
+    methods = ROUTES.get(tuple(parts))
+    if methods is None:
+        raise Refused(NOT_FOUND, "no such route")
+    handler = methods.get(method)
+    if handler is None:
+        raise _not_allowed(*methods)
+    if thread_id is not None and not is_thread_id(thread_id):
+        raise Refused(BAD_FRAME, "thread_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return handler, thread_id
+
+
+def _not_allowed(*methods: str) -> Refused:
+    return Refused(METHOD_NOT_ALLOWED, f"use {' or '.join(methods)}",
+                   (("Allow", ", ".join(methods)),))
+
+
+def _query(target: str) -> dict[str, str]:
+    query = target.partition("?")[2]
+    try:
+        fields = parse_qs(query, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise Refused(BAD_FRAME, "malformed query string") from None
+    for name, values in fields.items():
+        if len(values) > 1:
+            raise Refused(BAD_FRAME, f"{name} given more than once")
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _int(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise Refused(BAD_FRAME, f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _parse(call: Call, kind: str) -> Send | Cancel:
+    """The body as the WebSocket frame ``kind`` on the URL's thread (its rules, its errors)."""
+    body = call.body
+    try:
+        obj = json.loads(body) if body.strip() else {}
+    except ValueError:
+        raise BadFrame("the body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadFrame("the body must be a JSON object")
+    assert call.thread is not None
+    return parse_request({**obj, "ref": None, "type": kind,  # type: ignore[return-value]
+                          "thread_id": call.thread.thread_id})
+
+
+async def _existing(call: Call) -> ThreadInfo:
+    assert call.thread is not None
+    info = await call.thread.stored_info()
+    if info is None:
+        raise Refused(NOT_FOUND, f"no thread {call.thread.thread_id!r}")
+    return info
