@@ -66,7 +66,7 @@ async def test_language_model_example_runs_as_documented():
 def test_readme_starts_with_the_two_commands():
     first_block = README.read_text().split("```sh\n", 1)[1].split("```", 1)[0]
     assert first_block.splitlines() == [
-        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/threadline serve",
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/threadline serve --demo",
         "bash tests/run.sh",
     ]
     ci = (README.parent / ".ci" / "run").read_text()

@@ -1,0 +1,141 @@
+"""The JavaScript client (``transport/static/client.js``) under Node against a real server on
+loopback: answers laid from ``agent_delta`` by offset in code points, a connection cut in the
+middle of an answer (a relay's sockets reset) resumed with ``since`` with no gap and no
+duplicate, a send made while the connection is down, a thread deleted while joined, a bad
+token reported with the server's reason, and ``client.d.ts`` declaring exactly what ``client.js`` exports.
+
+Node is Debian's (``tests/run.sh`` installs it when missing); these tests skip without it
+only outside CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.servers import SECRET, serving, token
+from threadline import open_runtime
+from threadline.server import open_server
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE.parents[1] / "transport" / "static"
+NODE = shutil.which("node")
+
+
+def websocket_flags() -> list[str] | None:
+    """What Node needs for a global WebSocket: nothing (Node 22), --experimental-websocket
+    (Node 20.10 and later 20s), or None: it has none (older)."""
+    for flags in ([], ["--experimental-websocket"]):
+        probe = subprocess.run([NODE, *flags, "-p", "typeof WebSocket"], capture_output=True,
+                               text=True, timeout=30)
+        if probe.stdout.strip() == "function":
+            return flags
+    return None
+
+
+FLAGS = websocket_flags() if NODE else None
+if FLAGS is None:
+    why = "node is not installed" if NODE is None else "this node has no WebSocket (< 20.10)"
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{why}, in CI: tests/run.sh installs Node.js")
+    pytest.skip(why, allow_module_level=True)
+
+
+async def scenario(name: str, url: str, user_token: str, *args: str) -> dict:
+    result = await trio.run_process(
+        [NODE, *FLAGS, str(HERE / "scenarios.mjs"), name, url, user_token, *args],
+        capture_stdout=True, capture_stderr=True, check=False)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, f"{name} failed:\n{stderr}"
+    return json.loads(result.stdout.decode().splitlines()[-1])
+
+
+def assert_resumed_without_gap(seen: dict, whole: str) -> None:
+    assert seen["cuts"] >= 1, "nothing was cut"
+    assert "reconnecting" in seen["states"] and seen["states"][-1] == "open"
+    # the first connection joined from 0; the next one from the last seq it had seen
+    assert seen["joins"][0] == [0] and len(seen["joins"]) >= 2
+    assert seen["joins"][1][0] > 0
+    assert seen["seqs"] == list(range(1, len(seen["seqs"]) + 1)), "a gap or a duplicate"
+    offset = 0
+    for piece_offset, length in seen["pieces"]:  # each piece once, laid end to end
+        assert piece_offset == offset
+        offset += length
+    assert seen["assembled"] == whole == seen["completed_text"] == seen["text"]
+    assert seen["status"] == "completed" and seen["run"] == seen["accepted_run"]
+
+
+async def test_an_answer_cut_in_the_middle_resumes_with_since_and_is_whole():
+    whole = " ".join(map(str, range(1, 301)))
+    async with serving() as server:
+        seen = await scenario("stream", server.url, token("ada"), "300")
+    assert_resumed_without_gap(seen, whole)
+    assert len(seen["pieces"]) > 3  # it was cut in the middle
+
+
+PIECES = [f"{i}: h\u00e9 \u4e2d\U0001f600\U0001f469\u200d\U0001f4bb " for i in range(30)]
+
+
+async def writes_astral_pieces(run) -> None:
+    """Answers with pieces of 1-, 2-, 3- and 4-byte characters (UTF-16 surrogate pairs in JS)."""
+    for piece in PIECES:
+        await run.write(piece)
+        await trio.sleep(0.02)
+
+
+async def test_offsets_count_code_points_not_utf16_units():
+    async with open_runtime(agent=writes_astral_pieces) as rt:
+        async with open_server(rt, port=0, secret=SECRET) as server:
+            seen = await scenario("unicode", server.url, token("ada"))
+    assert_resumed_without_gap(seen, "".join(PIECES))
+
+
+async def test_a_send_while_the_connection_is_down_is_written_once_it_is_back():
+    async with serving() as server:
+        seen = await scenario("sendWhileDown", server.url, token("ada"))
+    assert seen["states"].count("open") >= 2
+    assert seen["again"]["message_id"] == seen["accepted"]["message_id"]  # client_msg_id
+    assert seen["messages"] == ["hello"]
+
+
+async def test_a_thread_deleted_while_joined_is_dropped_and_not_joined_again():
+    async with serving() as server:
+        seen = await scenario("deleted", server.url, token("ada"))
+    assert seen["status"] in (200, 204)
+    assert seen["leftWith"]["reason"] == "deleted" and seen["afterLeft"]
+    assert seen["joins"][0] == [0]
+    assert seen["joins"][1] == [0]  # after the reconnect: only the new join, from 0
+    assert seen["again"]["last_seq"] == 0  # the id is free again, from seq 1
+
+
+async def test_a_bad_token_is_reported_with_the_servers_reason():
+    async with serving() as server:
+        seen = await scenario("unauthorized", server.url, token("ada", ttl=-60))
+    assert seen["state"] == "closed" and seen["states"][-1] == "closed"
+    (error,) = seen["errors"]
+    assert error["code"] == "unauthorized" and "expired" in error["message"]
+    assert seen["joinError"] == error
+
+
+def exported(source: str, pattern: str) -> set[str]:
+    return set(re.findall(pattern, source, re.MULTILINE))
+
+
+def test_the_type_declarations_name_exactly_what_the_module_exports():
+    js = (STATIC / "client.js").read_text()
+    dts = (STATIC / "client.d.ts").read_text()
+    in_js = exported(js, r"^export (?:async )?(?:function|class|const) (\w+)")
+    in_dts = exported(dts, r"^export declare (?:function|class|const) (\w+)")
+    assert in_js == in_dts
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e",
+         f"const m = await import({json.dumps((STATIC / 'client.js').as_uri())});"
+         "console.log(JSON.stringify(Object.keys(m)))"],
+        capture_output=True, text=True, timeout=30, check=True)
+    assert set(json.loads(result.stdout)) == in_js

@@ -1,0 +1,166 @@
+// Types of threadline's JavaScript client (/v1/client.js), protocol v1 over JSON.
+// Kept in step with client.js: tests/node/test_client_types.py checks that every name this
+// file declares as exported is exported by client.js, and the reverse.
+
+export declare const SUBPROTOCOL: "threadline.v1.json";
+export declare const TERMINAL_EVENTS: readonly ["agent_completed", "agent_failed", "agent_cancelled"];
+
+/** closed is for good: close(), an unauthorized or expired token, or a close code that
+ * reconnecting would only repeat (1000, 1007, 1008, 1009). */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+export interface StateDetail {
+  /** reconnecting: failed attempts since the last open, and the wait before the next (ms) */
+  attempt?: number;
+  delay?: number;
+  /** reconnecting: the close code and reason of the connection that ended */
+  code?: number;
+  reason?: string;
+  /** closed: why */
+  error?: ThreadlineError;
+}
+
+/** The protocol's error codes, and the client's own. */
+export type ErrorCode =
+  | "bad_frame" | "not_joined" | "busy" | "unknown_run" | "rate_limited" | "limit_reached"
+  | "internal" | "unauthorized"
+  /** a request written before the connection was lost, not repeated (cancel) */
+  | "disconnected"
+  /** no answer within `timeout` ms */
+  | "timeout"
+  /** the server closed the connection with 4001 */
+  | "token_expired"
+  /** the server closed with 1000, 1007, 1008 or 1009 */
+  | "connection_closed"
+  /** the client was closed */
+  | "closed"
+  | (string & {});
+
+export declare class ThreadlineError extends Error {
+  readonly name: "ThreadlineError";
+  readonly code: ErrorCode;
+  /** the server's error frame (or auth-check body), when there was one */
+  readonly frame: ErrorFrame | null;
+}
+
+export type EventName =
+  | "user_message" | "agent_started" | "agent_thinking" | "agent_delta" | "tool_executing"
+  | "tool_completed" | "agent_completed" | "agent_failed" | "agent_cancelled";
+
+export interface EventFrame {
+  type: "event";
+  thread_id: string;
+  seq: number;
+  event: EventName;
+  run_id: string;
+  ts: number;
+  data: Record<string, unknown>;
+}
+
+export interface ErrorFrame { type: "error"; code: ErrorCode; message: string; ref?: number }
+export interface Joined { type: "joined"; thread_id: string; last_seq: number; ref: number }
+export interface Left { type: "left"; thread_id: string; ref: number }
+export interface Accepted { type: "accepted"; thread_id: string; message_id: string; run_id: string; seq: number; ref: number }
+export interface Ok { type: "ok"; thread_id: string; run_id: string; ref: number }
+export interface Pong { type: "pong"; ref: number }
+export interface ThreadInfo { thread_id: string; last_seq: number; created_at: number; updated_at: number }
+export interface ThreadsPage { type: "threads"; threads: ThreadInfo[]; next_cursor: string | null; ref: number }
+
+export interface ToolCall {
+  callId: string;
+  tool: string;
+  args?: Record<string, unknown>;
+  result?: unknown;
+  error?: string;
+  /** tool_completed seen */
+  done: boolean;
+}
+
+export type RunStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
+
+/** One run of a thread, as its events built it. */
+export declare class Run {
+  readonly id: string;
+  readonly status: RunStatus;
+  /** a terminal event was seen */
+  readonly done: boolean;
+  /** the user_message that started it: {message_id, text, client_msg_id?} */
+  readonly message: { message_id: string; text: string; client_msg_id?: string } | null;
+  /** the answer so far: agent_delta pieces laid at their offsets; agent_completed's text at the end */
+  readonly text: string;
+  /** text's length in code points */
+  readonly length: number;
+  readonly thinking: readonly string[];
+  readonly tools: ReadonlyMap<string, ToolCall>;
+  readonly error: string | null;
+  readonly reason: string | null;
+}
+
+/** A joined thread. */
+export declare class Thread {
+  readonly id: string;
+  /** the last seq seen, null until joined */
+  readonly lastSeq: number | null;
+  /** in the order of their first event (a run's user_message) */
+  readonly runs: ReadonlyMap<string, Run>;
+  /** the last run that is running, if any */
+  readonly activeRun: Run | null;
+}
+
+export interface JoinOptions {
+  /** replay every stored event with seq > since first (0: the whole history); default: live only */
+  since?: number;
+  /** each new event, once, in seq order, after it was applied to its run */
+  onevent?: (frame: EventFrame, run: Run, thread: Thread) => void;
+  /** the server ended the subscription; reason "deleted": the thread was deleted (not rejoined) */
+  onleft?: (reason: string, thread: Thread) => void;
+}
+
+export interface SendOptions {
+  /** idempotency key; made up when not given (so a send written again after a loss is one message) */
+  clientMsgId?: string;
+  strategy?: "enqueue" | "interrupt" | "reject";
+}
+
+export interface ConnectOptions {
+  /** the server's token (sent as ?token=) */
+  token: string;
+  /** ws://HOST:PORT/v1/ws; default: the page's own host */
+  url?: string;
+  /** the WebSocket class; default globalThis.WebSocket (Node 20: run with --experimental-websocket) */
+  WebSocket?: typeof WebSocket;
+  /** reconnect backoff, ms: min * 2^attempt, capped at max, with jitter (half to all of it) */
+  minDelay?: number;
+  maxDelay?: number;
+  /** ms a request may wait for its answer, including while reconnecting (default 30000) */
+  timeout?: number;
+  onstate?: (state: ConnectionState, detail: StateDetail) => void;
+  /** errors that belong to no request: an unauthorized token (checked with /v1/auth/check when a
+   * handshake fails), a close for good, an error frame without a ref, a failed rejoin */
+  onerror?: (error: ThreadlineError) => void;
+}
+
+export declare class Client {
+  readonly url: string;
+  readonly state: ConnectionState;
+  readonly attempt: number;
+  timeout: number;
+  thread(threadId: string): Thread | undefined;
+  join(threadId: string, options?: JoinOptions): Promise<Joined>;
+  leave(threadId: string): Promise<Left>;
+  send(threadId: string, text: string, options?: SendOptions): Promise<Accepted>;
+  /** the active run, or runId */
+  cancel(threadId: string, runId?: string): Promise<Ok>;
+  threads(options?: { limit?: number; cursor?: string | null }): Promise<ThreadsPage>;
+  ping(): Promise<Pong>;
+  close(): void;
+}
+
+/** A client that connects at once and stays connected (reconnecting) until close(). */
+export declare function connect(options: ConnectOptions): Client;
+
+/** GET /v1/auth/check: null when the token is accepted or the server cannot be asked. */
+export declare function checkToken(url: string, token: string): Promise<ThreadlineError | null>;
+
+/** Length in Unicode code points (PROTOCOL.md's offsets). */
+export declare function codePoints(text: string): number;

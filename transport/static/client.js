@@ -1,0 +1,365 @@
+// threadline's JavaScript client: one dependency-free ES module (no build step), served by the
+// server at /v1/client.js; its types are in client.d.ts beside it (/v1/client.d.ts).
+//
+//   import { connect } from "/v1/client.js";
+//   const client = connect({ token, onstate: (state) => ..., onerror: (err) => ... });
+//   await client.join("main", { since: 0, onevent: (frame, run) => show(run.text) });
+//   await client.send("main", "/stream 50");
+//
+// Invariants:
+// - Requests (join, leave, send, cancel, threads, ping) carry a fresh integer `ref` and settle
+//   with the frame that answers it; an `error` answer rejects with a ThreadlineError carrying
+//   the protocol's `code`. A request made while no connection is open waits for one.
+// - The connection is opened again after any loss except a close that would only repeat
+//   (1000, 1007, 1008, 1009; 4001: token expired), with exponential backoff and jitter,
+//   bounded by `maxDelay`. Every joined thread is joined again with `since` = the last seq seen,
+//   and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
+//   before a loss are written again (send is idempotent by its client_msg_id, which the client
+//   makes up when not given) except `cancel`, which rejects with code "disconnected".
+// - A connection that fails before it opens is checked with GET /v1/auth/check (browsers hide
+//   the handshake's HTTP status): a 401 ends the client with code "unauthorized" and the
+//   server's message; anything else is retried.
+// - A run's answer is laid from `agent_delta` pieces: a piece is applied only when its
+//   `offset` (in code points) equals the code points held, so a replay never duplicates text;
+//   `agent_completed.text` is the final answer.
+// - JSON only (subprotocol threadline.v1.json): browsers parse JSON natively and fast, and a
+//   chat's frames are mostly text, which msgpack would not make smaller.
+
+export const SUBPROTOCOL = "threadline.v1.json";
+export const TERMINAL_EVENTS = Object.freeze(["agent_completed", "agent_failed", "agent_cancelled"]);
+const NO_RECONNECT = new Set([1000, 1007, 1008, 1009, 4001]);
+const CLOSE_TOKEN_EXPIRED = 4001;
+
+// state -> the states it may go to
+const TRANSITIONS = Object.freeze({
+  connecting: ["open", "reconnecting", "closed"],
+  open: ["reconnecting", "closed"],
+  reconnecting: ["open", "reconnecting", "closed"],
+  closed: [],
+});
+
+export class ThreadlineError extends Error {
+  constructor(code, message, frame = null) {
+    super(message);
+    this.name = "ThreadlineError";
+    this.code = code;
+    this.frame = frame;
+  }
+}
+
+/** The length of `text` in Unicode code points, as PROTOCOL.md counts offsets. */
+export function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+export class Run {
+  constructor(id) {
+    this.id = id;
+    this.status = "queued";  // queued -> running -> completed | failed | cancelled
+    this.message = null;     // the user_message's data
+    this.text = "";          // the answer so far
+    this.length = 0;         // codePoints(this.text)
+    this.thinking = [];
+    this.tools = new Map();  // call_id -> {callId, tool, args, result?, error?, done}
+    this.error = null;       // agent_failed's error
+    this.reason = null;      // agent_cancelled's reason
+  }
+
+  get done() { return this.status !== "queued" && this.status !== "running"; }
+
+  apply(event, data) {
+    switch (event) {
+      case "user_message": this.message = data; break;
+      case "agent_started": this.status = "running"; break;
+      case "agent_thinking": this.thinking.push(data.text); break;
+      case "agent_delta":
+        if (data.offset === this.length) {
+          this.text += data.text;
+          this.length += codePoints(data.text);
+        }
+        break;
+      case "tool_executing":
+        this.tools.set(data.call_id, { callId: data.call_id, tool: data.tool, args: data.args, done: false });
+        break;
+      case "tool_completed":
+        this.tools.set(data.call_id, { ...this.tools.get(data.call_id), callId: data.call_id, tool: data.tool,
+                                       result: data.result, error: data.error, done: true });
+        break;
+      case "agent_completed":
+        this.status = "completed";
+        this.text = data.text;
+        this.length = codePoints(data.text);
+        break;
+      case "agent_failed": this.status = "failed"; this.error = data.error; break;
+      case "agent_cancelled": this.status = "cancelled"; this.reason = data.reason; break;
+    }
+  }
+}
+
+export class Thread {
+  constructor(id, since, onevent, onleft) {
+    this.id = id;
+    this.lastSeq = null;   // the last seq seen; null until the first `joined`
+    this.since = since;    // what the app asked for, until lastSeq is known
+    this.runs = new Map(); // run_id -> Run, in the order their first event came
+    this.onevent = onevent;
+    this.onleft = onleft;
+    this.joining = false;  // a join request is pending
+  }
+
+  get activeRun() {
+    for (const run of [...this.runs.values()].reverse()) if (run.status === "running") return run;
+    return null;
+  }
+
+  /** Apply an event frame; its Run, or undefined when it was seen already (a replay meeting
+   * what was had) and is dropped. */
+  take(frame) {
+    if (frame.seq <= this.lastSeq) return undefined;
+    this.lastSeq = frame.seq;
+    let run = this.runs.get(frame.run_id);
+    if (run === undefined) this.runs.set(frame.run_id, run = new Run(frame.run_id));
+    run.apply(frame.event, frame.data);
+    return run;
+  }
+}
+
+function randomId() {  // crypto.randomUUID needs a secure context; getRandomValues does not
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function defaultUrl() {
+  if (typeof location === "undefined") throw new TypeError("connect: give a url (ws://host:port/v1/ws)");
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
+}
+
+/** GET /v1/auth/check with `token`: null when the token is accepted or the check cannot tell,
+ * else the ThreadlineError the server gave. */
+export async function checkToken(url, token) {
+  const check = new URL(url);
+  check.protocol = check.protocol === "wss:" ? "https:" : "http:";
+  check.pathname = check.pathname.replace(/\/ws$/, "/auth/check");
+  check.search = "";
+  check.searchParams.set("token", token);
+  try {
+    const response = await fetch(check, { cache: "no-store" });
+    if (response.status !== 401) return null;
+    const body = await response.json();
+    return new ThreadlineError(body.code || "unauthorized", body.message || "unauthorized", body);
+  } catch {
+    return null;  // the server is unreachable (or speaks no auth check): retry the connection
+  }
+}
+
+export class Client {
+  constructor({ url = defaultUrl(), token, WebSocket: Socket = globalThis.WebSocket, minDelay = 250,
+                maxDelay = 10000, timeout = 30000, onstate = () => {}, onerror = (e) => console.error(e) }) {
+    if (typeof token !== "string" || token === "") throw new TypeError("connect: token is required");
+    if (typeof Socket !== "function") throw new TypeError("connect: no WebSocket here; pass one as `WebSocket`");
+    this.url = url;
+    this._token = token;
+    this._Socket = Socket;
+    this._delays = { min: minDelay, max: maxDelay };
+    this.timeout = timeout;
+    this.onstate = onstate;
+    this.onerror = onerror;
+    this.state = "connecting";
+    this.attempt = 0;          // connection attempts that failed since the last open
+    this._threads = new Map(); // thread_id -> Thread
+    this._pending = new Map(); // ref -> {make, resolve, reject, timer, repeat, written, join}
+    this._refs = 0;
+    this._ws = null;
+    this._retryTimer = null;
+    this._open();
+  }
+
+  thread(threadId) { return this._threads.get(threadId); }
+
+  join(threadId, { since, onevent = () => {}, onleft = () => {} } = {}) {
+    const thread = new Thread(threadId, since, onevent, onleft);
+    this._threads.set(threadId, thread);
+    return this._join(thread);
+  }
+
+  leave(threadId) {
+    this._threads.delete(threadId);
+    return this._request(() => ({ type: "leave", thread_id: threadId }));
+  }
+
+  send(threadId, text, { clientMsgId = randomId(), strategy } = {}) {
+    const frame = { type: "send", thread_id: threadId, text, client_msg_id: clientMsgId };
+    if (strategy !== undefined) frame.strategy = strategy;
+    return this._request(() => frame);
+  }
+
+  cancel(threadId, runId) {
+    const frame = { type: "cancel", thread_id: threadId };
+    if (runId !== undefined) frame.run_id = runId;
+    return this._request(() => frame, { repeat: false });
+  }
+
+  threads({ limit, cursor } = {}) {
+    const frame = { type: "threads" };
+    if (limit !== undefined) frame.limit = limit;
+    if (cursor != null) frame.cursor = cursor;
+    return this._request(() => frame);
+  }
+
+  ping() { return this._request(() => ({ type: "ping" })); }
+
+  close() {
+    this._end(new ThreadlineError("closed", "the client was closed"), false);
+  }
+
+  // -- requests ----------------------------------------------------------------------------
+
+  _join(thread) {
+    thread.joining = true;
+    const frame = () => {
+      const since = thread.lastSeq ?? thread.since;
+      return since === undefined ? { type: "join", thread_id: thread.id } : { type: "join", thread_id: thread.id, since };
+    };
+    return this._request(frame, { join: true }).then((answer) => {
+      thread.joining = false;
+      if (this._threads.get(thread.id) === thread) {
+        const since = thread.lastSeq ?? thread.since;  // as the server counts it (replay_start)
+        thread.lastSeq = since === undefined ? answer.last_seq : Math.min(since, answer.last_seq);
+      }
+      return answer;
+    }, (error) => { thread.joining = false; throw error; });
+  }
+
+  _request(make, { repeat = true, join = false } = {}) {
+    if (this.state === "closed") return Promise.reject(new ThreadlineError("closed", "the client is closed"));
+    const ref = ++this._refs;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(ref);
+        reject(new ThreadlineError("timeout", `no answer in ${this.timeout} ms`));
+      }, this.timeout);
+      this._pending.set(ref, { make, resolve, reject, timer, repeat, join, written: false });
+      if (this.state === "open") this._write(ref);
+    });
+  }
+
+  _write(ref) {
+    const pending = this._pending.get(ref);
+    pending.written = true;
+    this._ws.send(JSON.stringify({ ...pending.make(), ref }));
+  }
+
+  _settle(ref, frame) {
+    const pending = this._pending.get(ref);
+    this._pending.delete(ref);
+    clearTimeout(pending.timer);
+    if (frame.type === "error") pending.reject(new ThreadlineError(frame.code, frame.message, frame));
+    else pending.resolve(frame);
+  }
+
+  // -- the connection ----------------------------------------------------------------------
+
+  _setState(next, detail = {}) {
+    if (!TRANSITIONS[this.state].includes(next)) throw new Error(`threadline client: ${this.state} -> ${next}`);
+    this.state = next;
+    this.onstate(next, detail);
+  }
+
+  _open() {
+    const url = new URL(this.url);
+    url.searchParams.set("token", this._token);
+    const ws = this._ws = new this._Socket(url.href, [SUBPROTOCOL]);
+    let opened = false;
+    ws.onopen = () => { opened = true; this._onopen(); };
+    ws.onmessage = (message) => this._onmessage(message.data);
+    ws.onclose = (event) => { if (ws === this._ws) this._onclose(event, opened); };
+    // A refused handshake fires error, then close (1006) in browsers; Node 20's WebSocket fires
+    // only the error: that ends the attempt too.
+    ws.onerror = () => { if (ws === this._ws && !opened) this._onclose({ code: 1006, reason: "" }, false); };
+  }
+
+  _onopen() {
+    this.attempt = 0;
+    for (const thread of this._threads.values()) {
+      if (!thread.joining) this._join(thread).catch((error) => this.onerror(error));
+    }
+    // Joins first: a thread's send written again must come after its join (the server keeps
+    // each thread's requests in order).
+    const refs = [...this._pending.keys()];
+    for (const ref of refs) if (this._pending.get(ref)?.join) this._write(ref);
+    for (const ref of refs) if (this._pending.has(ref) && !this._pending.get(ref).written) this._write(ref);
+    this._setState("open");  // last: what the app asks from onstate goes after the above
+  }
+
+  _onmessage(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      this.onerror(new ThreadlineError("bad_frame", "the server sent a frame that is not JSON"));
+      return;
+    }
+    if (frame.type === "event") {
+      const thread = this._threads.get(frame.thread_id);
+      const run = thread?.take(frame);
+      if (run !== undefined) thread.onevent(frame, run, thread);
+    } else if (frame.ref !== undefined && this._pending.has(frame.ref)) {
+      this._settle(frame.ref, frame);
+    } else if (frame.type === "left" && frame.reason !== undefined) {
+      const thread = this._threads.get(frame.thread_id);
+      this._threads.delete(frame.thread_id);
+      thread?.onleft(frame.reason, thread);
+    } else if (frame.type === "error") {
+      this.onerror(new ThreadlineError(frame.code, frame.message, frame));
+    }
+  }
+
+  async _onclose(event, opened) {
+    this._ws = null;
+    for (const [ref, pending] of this._pending) {
+      if (!pending.written) continue;
+      if (pending.repeat) pending.written = false;
+      else this._settle(ref, { type: "error", code: "disconnected", message: "the connection was lost before the answer" });
+    }
+    if (NO_RECONNECT.has(event.code)) {
+      const code = event.code === CLOSE_TOKEN_EXPIRED ? "token_expired" : "connection_closed";
+      this._end(new ThreadlineError(code, `closed by the server (${event.code}): ${event.reason}`), true);
+      return;
+    }
+    const delay = this._nextDelay();
+    this._setState("reconnecting", { attempt: this.attempt, delay, code: event.code, reason: event.reason });
+    if (!opened) {  // refused in the handshake: the browser cannot tell why, the server can
+      const refused = await checkToken(this.url, this._token);
+      if (this.state === "closed") return;
+      if (refused !== null) {
+        this._end(refused, true);
+        return;
+      }
+    }
+    this._retryTimer = setTimeout(() => { this._retryTimer = null; this._open(); }, delay);
+  }
+
+  _nextDelay() {
+    const ceiling = Math.min(this._delays.max, this._delays.min * 2 ** this.attempt);
+    this.attempt++;
+    return ceiling / 2 + Math.random() * ceiling / 2;
+  }
+
+  _end(error, report) {
+    if (this.state === "closed") return;
+    clearTimeout(this._retryTimer);
+    const ws = this._ws;
+    this._ws = null;
+    ws?.close(1000);
+    for (const ref of [...this._pending.keys()]) this._settle(ref, { type: "error", code: error.code, message: error.message });
+    this._setState("closed", { error });
+    if (report) this.onerror(error);
+  }
+}
+
+/** Open a client: it connects at once and keeps connected until close(). */
+export function connect(options) {
+  return new Client(options);
+}
