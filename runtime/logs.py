@@ -10,7 +10,9 @@ fields, before any formatter runs, replacing:
 - ``token=...`` / ``access_token=...`` in query strings, ``password=...`` in key=value DSNs;
 - ``Authorization:`` and ``Cookie:`` header values (the scheme stays: ``Bearer ***``);
 - the password of a URL (``postgresql://u:***@h``);
-- JWT-shaped strings: a base64url JSON header (``eyJ``/``ew``) and two more dotted parts.
+- JWT-shaped strings: a base64url JSON header (``eyJ``/``ew``) and two more dotted parts (the
+  dots perhaps percent-encoded);
+- the value of a query parameter whose name is percent-encoded (``?%74oken=...``).
 
 Patterns rather than a list of known tokens: a client's wrong token, or one from another
 issuer, is a credential too, and the server never learns it in advance.
@@ -35,7 +37,9 @@ _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "as
 _B64 = r"[A-Za-z0-9_\-]"
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # A JWT's header is a JSON object, so its base64url starts with "ey" or "ew".
-    (re.compile(rf"\be[yw]{_B64}+\.{_B64}+\.{_B64}*"), MASK),
+    (re.compile(rf"\be[yw]{_B64}+(?:\.|%2[eE]){_B64}+(?:\.|%2[eE]){_B64}*"), MASK),
+    # A query parameter whose name is percent-encoded (``%74oken=``): its value, whatever it is.
+    (re.compile(r"(?i)([?&][^=&\s]*%[0-9a-f]{2}[^=&\s]*=)[^&\s\"',;]*"), rf"\1{MASK}"),
     (re.compile(r"(?i)\b(\w*(?:token|password|passwd|pwd|secret))=[^&\s\"',;]*"),
      rf"\1={MASK}"),
     (re.compile(r"(?i)\b((?:proxy-)?authorization\s*[:=]\s*)(?:([A-Za-z][\w.+-]*)\s+)?"

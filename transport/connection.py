@@ -30,6 +30,7 @@ class WebSocketConnection:
         self._pong: trio.Event | None = None
         self.message_bytes = 0  # payload size of the last message ``assemble`` completed
         self._ping_data = b""
+        self._held: list[object] = []  # events parsed before anyone asked (``hold``)
 
     async def flush(self) -> None:
         """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
@@ -50,9 +51,18 @@ class WebSocketConnection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
 
+    def hold(self, events: list[object]) -> None:
+        """Events already parsed (frames a client sent in the same packet as its handshake):
+        the next ``receive`` returns them first, without reading."""
+        self._held.extend(events)
+
     async def receive(self) -> list[object]:
         """Read once from the stream and return the protocol's new events (a ``Request`` or
         ``Response`` during the handshake, then ``Frame``s). Answers pings and closes."""
+        if self._held:
+            held, self._held = self._held, []
+            await trio.lowlevel.checkpoint()
+            return held
         try:
             data = await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

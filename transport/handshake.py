@@ -61,8 +61,9 @@ async def handshake_request(conn: WebSocketConnection, raw: bytes,
     events = protocol.events_received()
     with trio.CancelScope(deadline=deadline):
         while True:
-            for event in events:
+            for i, event in enumerate(events):
                 if isinstance(event, Request):
+                    conn.hold(events[i + 1:])  # frames sent with the handshake: not lost
                     return event
             if protocol.handshake_exc is not None:
                 await conn.stream.send_all(

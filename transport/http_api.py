@@ -268,7 +268,7 @@ def _int(query: dict[str, str], name: str, default: int, low: int, high: int) ->
     text = query.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit() and len(text) <= 18) or not low <= int(text) <= high:
         raise Refused(BAD_FRAME, f"{name} must be an integer from {low} to {high}")
     return int(text)
 
@@ -278,7 +278,7 @@ def _parse(call: Call, kind: str) -> Send | Cancel:
     body = call.body
     try:
         obj = json.loads(body) if body.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can
         raise BadFrame("the body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise BadFrame("the body must be a JSON object")

@@ -120,11 +120,20 @@ async def read_head(reader: RequestReader, deadline: float, linger: float) -> Re
     return None
 
 
+#: Seconds an answer may take to be written: a client that does not read cannot hold the
+#: answer (up to a page of 1,000 events) in the server's memory for longer.
+WRITE_TIMEOUT = 10.0
+
+
 async def answer_plainly(stream: trio.abc.Stream, answer: Response, linger: float) -> None:
-    """Write one HTTP answer, then close gently: the client may still be sending (a body not
-    read, e.g. after a 413), and closing with unread data would reset the connection and lose
-    the answer; so half-close, and read and drop what comes, for at most ``linger`` seconds."""
-    await stream.send_all(answer.serialize())
+    """Write one HTTP answer (within ``WRITE_TIMEOUT``, else the connection is dropped), then
+    close gently: the client may still be sending (a body not read, e.g. after a 413), and
+    closing with unread data would reset the connection and lose the answer; so half-close, and
+    read and drop what comes, for at most ``linger`` seconds."""
+    with trio.move_on_after(WRITE_TIMEOUT) as writing:
+        await stream.send_all(answer.serialize())
+    if writing.cancelled_caught:
+        return  # the caller closes the stream
     with trio.move_on_after(linger):
         try:
             if isinstance(stream, trio.abc.HalfCloseableStream):

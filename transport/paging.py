@@ -22,14 +22,19 @@ def encode_cursor(info: ThreadInfo) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+MAX_CURSOR = 512  # characters: the cursors this server gives are far shorter
+
+
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         updated_at, thread_id = json.loads(raw)
         if isinstance(updated_at, bool) or not isinstance(updated_at, (int, float)) \
                 or not isinstance(thread_id, str):
             raise ValueError
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise BadFrame("cursor is not one this server gave") from None
     return float(updated_at), thread_id
 
