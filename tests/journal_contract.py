@@ -185,6 +185,16 @@ class JournalContract:
         assert runs == [(A, "r2", True), (A, "r3", False)]
         await journal.append([ev(A, 7, "agent_cancelled", "r2", reason="shutdown")])
         assert [(r.run_id, r.started) for r in await journal.open_runs()] == [("r3", False)]
+        # Opened in one write, started in the next, started and closed in one more.
+        await journal.append([msg(B, 4, run_id="r5")])
+        await journal.append([ev(B, 5, "agent_started", "r5")])
+        await journal.append([msg(B, 6, run_id="r6")])
+        assert sorted((r.run_id, r.started) for r in await journal.open_runs()) == [
+            ("r3", False), ("r5", True), ("r6", False)]
+        await journal.append([ev(B, 7, "agent_completed", "r5", text="ok"),
+                              ev(B, 8, "agent_started", "r6"),
+                              ev(B, 9, "agent_failed", "r6", error="x")])
+        assert [(r.run_id, r.started) for r in await journal.open_runs()] == [("r3", False)]
 
     # -- thread_info and delete_thread ------------------------------------------------------
 

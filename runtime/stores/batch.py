@@ -83,8 +83,11 @@ class _Writes:
         self.threads: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         self.client_ids: list[tuple[Any, ...]] = []
-        self.runs_opened: list[tuple[Any, ...]] = []
-        self.runs_started: list[tuple[Any, ...]] = []
+        # Open runs, netted within the batch: a run opened here is inserted already started if
+        # it starts here, and not at all if it also closes here; a start before a close here
+        # is dropped (the close deletes the row). One statement less per turn, or three.
+        self.runs_opened: dict[tuple[str, str, str], list[Any]] = {}
+        self.runs_started: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self.runs_closed: list[tuple[Any, ...]] = []
         self.touched: set[ThreadKey] = set()
 
@@ -93,16 +96,24 @@ class _Writes:
         for ev in events:
             self.events.append((u, t, ev.seq, ev.event, ev.run_id, ev.ts, dumps(ev.data)))
             transition = run_transition(ev)
+            if transition is None:
+                continue
+            run = (u, t, ev.run_id)
             if transition == "open":
-                self.runs_opened.append((u, t, ev.run_id, ev.seq))
+                self.runs_opened[run] = [u, t, ev.run_id, 0, ev.seq]
                 cid = ev.data.get("client_msg_id")
                 if cid is not None:
                     self.client_ids.append((u, t, cid, ev.data["message_id"], ev.run_id,
                                             ev.seq))
             elif transition == "start":
-                self.runs_started.append((u, t, ev.run_id))
-            elif transition == "close":
-                self.runs_closed.append((u, t, ev.run_id))
+                opened = self.runs_opened.get(run)
+                if opened is not None:
+                    opened[3] = 1
+                else:
+                    self.runs_started[run] = run
+            elif self.runs_opened.pop(run, None) is None:  # close of a run opened earlier
+                self.runs_started.pop(run, None)
+                self.runs_closed.append(run)
         self.touched.add(key)
 
     def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None],
@@ -120,11 +131,11 @@ class _Writes:
                             "ON CONFLICT DO NOTHING", self.client_ids)
         if self.runs_opened:
             cur.executemany("INSERT INTO open_runs (user_id, thread_id, run_id, started, "
-                            "opened_seq) VALUES (%s, %s, %s, 0, %s) ON CONFLICT DO NOTHING",
-                            self.runs_opened)
+                            "opened_seq) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            [tuple(r) for r in self.runs_opened.values()])
         if self.runs_started:
             cur.executemany("UPDATE open_runs SET started = 1 WHERE user_id = %s AND "
-                            "thread_id = %s AND run_id = %s", self.runs_started)
+                            "thread_id = %s AND run_id = %s", list(self.runs_started.values()))
         if self.runs_closed:
             cur.executemany("DELETE FROM open_runs WHERE user_id = %s AND thread_id = %s AND "
                             "run_id = %s", self.runs_closed)
