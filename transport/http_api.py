@@ -34,14 +34,14 @@ from threadline.actors.messages import ThreadInfo, is_thread_id
 
 from .answers import answer_for
 from .auth import AuthError, Authenticator, token_of
-from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame, event_frame, parse_request
+from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame, parse_request
 from .http import json_response, path_of
 from .http_front import Malformed, RequestReader
 from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_RUN, BadFrame,
                        Cancel, Send)
-from .paging import threads_page
+from .paging import events_page, threads_page
 from .quotas import UserQuota, UserQuotas
 from .stats import ServerStats
 
@@ -186,10 +186,9 @@ class HttpApi:
         limit = _int(call.query, "limit", EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
         info = await _existing(call)
         assert call.thread is not None
-        page = await call.thread.history(after, limit=limit)
+        frames, next_after = events_page(await call.thread.history(after, limit=limit), limit)
         return 200, {"type": "events", "thread_id": call.thread.thread_id,
-                     "last_seq": info.last_seq, "events": [event_frame(e) for e in page],
-                     "next_after": page[-1].seq if len(page) == limit else None}
+                     "last_seq": info.last_seq, "events": frames, "next_after": next_after}
 
     async def post_message(self, call: Call) -> tuple[int, dict[str, Any]]:
         request = _parse(call, "send")

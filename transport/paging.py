@@ -1,4 +1,6 @@
-"""Pages of a user's thread list (``threads`` with ``limit`` and ``cursor``; PROTOCOL.md).
+"""Pages: of a user's thread list (``threads`` with ``limit`` and ``cursor``; PROTOCOL.md), and
+of a thread's events over HTTP (``events_page``: at most ``PAGE_BYTES`` of JSON, so that a page
+of large events is cut short rather than built whole in memory; HTTP.md).
 
 The list is ordered newest first by ``(updated_at, thread_id)``, both descending. A cursor is
 opaque to clients: the position of the last thread of the previous page, so that a page never
@@ -12,9 +14,12 @@ import base64
 import json
 from typing import Any, Sequence
 
-from threadline.actors.messages import ThreadInfo
+from threadline.actors.messages import Event, ThreadInfo
 
+from .codec import event_frame
 from .messages import BadFrame
+
+PAGE_BYTES = 4 * 1024 * 1024  # of events' JSON in one HTTP answer (at least one event)
 
 
 def encode_cursor(info: ThreadInfo) -> str:
@@ -55,3 +60,18 @@ def threads_page(infos: Sequence[ThreadInfo], limit: int,
     page = [{"thread_id": i.key.thread_id, "last_seq": i.last_seq, "created_at": i.created_at,
              "updated_at": i.updated_at} for i in chosen]
     return page, encode_cursor(chosen[-1]) if more and chosen else None
+
+
+def events_page(events: Sequence[Event], limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """``(event frames, next_after or None)`` for ``events`` read with ``limit``: the frames
+    up to ``PAGE_BYTES`` of JSON (at least one); ``next_after`` when more may follow."""
+    frames: list[dict[str, Any]] = []
+    size = 0
+    for event in events:
+        frame = event_frame(event)
+        size += len(json.dumps(frame))
+        if frames and size > PAGE_BYTES:
+            break
+        frames.append(frame)
+    more = len(frames) < len(events) or len(events) == limit
+    return frames, frames[-1]["seq"] if more and frames else None

@@ -15,7 +15,7 @@ import trio
 
 from tests.servers import http, serving, token
 from threadline.logs import Redactor
-from threadline.transport import http_front
+from threadline.transport import http_front, paging
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -91,3 +91,28 @@ def test_a_percent_encoded_token_is_redacted_from_logs():
     redacted = Redactor().redact(line)
     assert "eyJ" not in redacted and "sig" not in redacted
     assert Redactor().redact("GET /v1/ws?token=%65%79%4a%68 HTTP/1.1").count("%65") == 0
+
+
+async def test_a_page_of_large_events_is_cut_short_and_the_walk_gets_every_event(monkeypatch):
+    monkeypatch.setattr(paging, "PAGE_BYTES", 3000)
+    async with serving() as server:
+        tok = token("ada")
+        for i in range(5):
+            status, _, _ = await http(server, "POST", "/v1/threads/big/messages", tok=tok,
+                                      body={"text": str(i) * 1000, "client_msg_id": f"m{i}"})
+            assert status == 200
+        with trio.fail_after(10):  # the echo runs end: 4 events a turn
+            while True:
+                _, _, info = await http(server, "GET", "/v1/threads/big", tok=tok)
+                if info["last_seq"] == 20:
+                    break
+                await trio.sleep(0.02)
+        seqs, after, pages = [], 0, 0
+        while after is not None:
+            status, _, page = await http(server, "GET",
+                                         f"/v1/threads/big/events?after={after}&limit=1000",
+                                         tok=tok)
+            assert status == 200 and len(json.dumps(page["events"])) <= 3000 + 2200
+            seqs += [e["seq"] for e in page["events"]]
+            after, pages = page["next_after"], pages + 1
+        assert seqs == list(range(1, 21)) and pages > 2
