@@ -205,9 +205,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the WebSocket server")
     for option in SERVE_OPTIONS:
         option.add_to(s)
-    d = sub.add_parser("delete-user", help="erase every thread of a user from the store (run "
-                       "it while no server uses the store; a running server: DELETE over HTTP "
-                       "or Runtime.delete_user)")
+    d = sub.add_parser("delete-user", help="erase every thread of a user from the store; only "
+                       "while no server uses the store (a running server would go on writing "
+                       "the deleted threads: delete through it, DELETE over HTTP or "
+                       "Runtime.delete_user)")
     d.add_argument("user")
     d.add_argument("--store", metavar="URL", help="the store (default: env THREADLINE_STORE, "
                    f"else {DEFAULT_STORE})")
