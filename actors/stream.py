@@ -53,9 +53,8 @@ Submit = Callable[[dict[str, Any], Done], None]
 class AnswerStream:
     """One run's streamed answer (see the module header)."""
 
-    __slots__ = ("interval", "offset", "error", "_submit", "_pending", "_pending_len",
-                 "_unstored", "_stored_pieces", "_parts", "_last", "_paced", "_closed", "_room",
-                 "_pacer")
+    __slots__ = ("interval", "offset", "error", "_submit", "_pending", "_unstored",
+                 "_stored_pieces", "_parts", "_last", "_paced", "_closed", "_room", "_pacer")
 
     def __init__(self, submit: Submit, *, interval: float = DEFAULT_INTERVAL,
                  pacer: Pacer | None = None) -> None:
@@ -64,7 +63,6 @@ class AnswerStream:
         self.error: BaseException | None = None
         self._submit = submit
         self._pending: list[str] = []
-        self._pending_len = 0
         self._unstored = 0           # code points written and not yet stored (pending too)
         self._stored_pieces = 0      # progress, for telling a slow store from a wedged one
         self._parts: list[str] = []  # everything written: the answer, for agent_completed
@@ -98,7 +96,6 @@ class AnswerStream:
             else:
                 self._pending.extend(text[i:i + PIECE_BYTES]
                                      for i in range(0, len(text), PIECE_BYTES))
-            self._pending_len += len(text)
             self._unstored += len(text)
             self._parts.append(text)
             if not self._paced:
@@ -176,7 +173,6 @@ class AnswerStream:
             self._failed(exc)
             raise
         self.offset += len(piece)
-        self._pending_len -= len(piece)
         if taken:
             del self._pending[:taken]
         else:
