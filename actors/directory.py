@@ -71,19 +71,23 @@ class Directory(Generic[K]):
         self.passivations = 0
         self.failures = 0
         self.backlog = Backlog()  # messages waiting in its actors' mailboxes, all together
+        # Which keys may be activated here (a cluster node: those of shards it owns); None: all.
+        self.admit: Callable[[K], bool] | None = None
         if passivate_after is not None:
             nursery.start_soon(self._sweep, passivate_after)
 
     def get_or_spawn(self, key: K) -> ActorRef:
         """The actor for ``key``, activating it if needed. Never blocks.
 
-        Raises ``ActorStopped`` once the directory is closing.
+        Raises ``ActorStopped`` once the directory is closing, or for a key ``admit`` refuses.
         """
         entry = self._entries.get(key)
         if entry is not None and not entry.ref.mailbox.closed:
             return entry.ref
         if self._closing:
             raise ActorStopped("the runtime is shutting down")
+        if self.admit is not None and not self.admit(key):
+            raise ActorStopped("this thread is not activated here (another node owns it)")
         actor = self._spawn(key)
         mailbox = Mailbox(self._capacity, self.backlog)
         entry = _Entry(ActorRef(key, mailbox), actor)

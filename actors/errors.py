@@ -76,6 +76,12 @@ class JournalUnavailable(ActorError):
     """
 
 
+class Fenced(JournalUnavailable):
+    """In cluster mode, the store refused a write because this node no longer holds the lease
+    of the thread's shard (another node took it over). Nothing of the write was stored; the
+    thread lives on another node now, and a request that got this is safe to send there."""
+
+
 class Unstorable(ActorError, ValueError):
     """An event the stores cannot hold (a lone surrogate, a NUL character): refused before it
     is queued, by every store alike, and nothing of it is stored. Bad data, not an outage."""

@@ -9,7 +9,7 @@ passivation and restarts.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 import attrs
 import trio
@@ -36,10 +36,20 @@ from .messages import (
     is_user_id,
 )
 from .subscription import Subscription
-from .stats import RuntimeStatistics, ThreadStats
+from .stats import ClusterStatistics, RuntimeStatistics, ThreadStats
 from .thread import Subscriber
 
 T = TypeVar("T")
+
+
+class Router(Protocol):
+    """Where requests go when the thread may live in another process (``threadline.cluster``):
+    the same three calls as ``Gateway``'s own, answered with the same values and errors."""
+
+    async def ask(self, key: ThreadKey, make: Callable[[Reply[Any]], Any]) -> Any: ...
+    async def subscribe(self, key: ThreadKey, subscriber: Subscriber, since: int | None,
+                        tag: object) -> int: ...
+    async def unsubscribe(self, key: ThreadKey, subscriber: Subscriber) -> None: ...
 
 
 class Gateway:
@@ -54,6 +64,8 @@ class Gateway:
         self.ask_timeout = ask_timeout
         self.subscriber_capacity = subscriber_capacity
         self.closing = False
+        self.router: Router | None = None  # set by a cluster node: it decides where each goes
+        self.cluster_statistics: Callable[[], ClusterStatistics] | None = None  # and this
 
     def statistics(self) -> RuntimeStatistics:
         d, t = self.directory, self.stats
@@ -61,7 +73,8 @@ class Gateway:
             actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations, passivations=d.passivations,
             failures=d.failures, runs_active=t.runs_active, runs_started=t.runs_started,
             runs_ended=dict(t.runs_ended), events_stored=t.events, run_seconds=t.run_seconds,
-            store=self.journal.statistics())
+            store=self.journal.statistics(),
+            cluster=self.cluster_statistics() if self.cluster_statistics is not None else None)
 
     def user(self, user_id: str) -> UserHandle:
         if not is_user_id(user_id):
@@ -69,6 +82,19 @@ class Gateway:
         return UserHandle(self, user_id)
 
     async def ask(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
+        """Ask the thread's actor: here, or through the router where the thread lives."""
+        if self.router is not None:
+            return await self.router.ask(key, make)
+        return await self.ask_local(key, make)
+
+    async def subscribe(self, key: ThreadKey, subscriber: Subscriber, since: int | None,
+                        tag: object = None) -> int:
+        if self.router is not None:
+            return await self.router.subscribe(key, subscriber, since, tag)
+        return await self.ask_local(key, lambda r: Subscribe(subscriber, since, tag, r))
+
+    async def ask_local(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
+        """Ask the actor in this process's directory (activating it)."""
         # A mailbox closed under us (passivation won the race) never handled the request, so
         # asking the fresh activation is safe; a crash mid-request (ActorCrashed) is not retried.
         for attempt in range(3):
@@ -85,6 +111,12 @@ class Gateway:
     async def unsubscribe(self, key: ThreadKey, subscriber: Subscriber) -> None:
         """Remove ``subscriber`` from the thread, if the thread is live. Shielded and bounded
         by the ask timeout, so it can run in cleanup code."""
+        if self.router is not None:
+            await self.router.unsubscribe(key, subscriber)
+        else:
+            await self.unsubscribe_local(key, subscriber)
+
+    async def unsubscribe_local(self, key: ThreadKey, subscriber: Subscriber) -> None:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.ask_timeout
             ref = self.directory.lookup(key)
@@ -142,7 +174,7 @@ class ThreadHandle:
                         tag: object = None) -> int:
         """Add any ``Subscriber``; returns the thread's last seq at that moment. The subscriber
         gets ``Joined`` first; replaying ``since`` is its own business (see ``Subscription``)."""
-        return await self.gateway.ask(self.key, lambda r: Subscribe(subscriber, since, tag, r))
+        return await self.gateway.subscribe(self.key, subscriber, since, tag)
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
         await self.gateway.unsubscribe(self.key, subscriber)
@@ -202,7 +234,7 @@ class ThreadHandle:
         """
         sub = Subscription(self.key, self.gateway.journal, since,
                            capacity or self.gateway.subscriber_capacity)
-        sub.joined_at = await self.gateway.ask(self.key, lambda r: Subscribe(sub, since, None, r))
+        sub.joined_at = await self.gateway.subscribe(self.key, sub, since)
         try:
             yield sub
         finally:

@@ -129,19 +129,22 @@ async def open_runtime(
     agent: Agent | None = None,
     tools: ToolRegistry | None = None,
     config: RuntimeConfig | None = None,
+    recover: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its root nursery, its directory and its journal.
 
     Defaults: an in-memory journal, the built-in ``echo`` agent with its ``calculator`` tool.
     Before it returns, runs that a crash left open in the journal are closed (see
-    ``threadline.recovery``). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
+    ``threadline.recovery``; ``recover=False`` skips it: a cluster node recovers each shard as
+    it takes it). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
     also when the body raised or was cancelled.
     """
     if agent is None:
         agent = echo_agent
         tools = tools if tools is not None else echo_tools()
     journal = journal if journal is not None else MemoryJournal()
-    await close_open_runs(journal)
+    if recover:
+        await close_open_runs(journal)
     async with trio.open_nursery() as outer:
         # The actors live in a nursery of their own, hosted by a task: closing the runtime
         # cancels them, never the body of this context (the caller's code, e.g. a server

@@ -21,9 +21,12 @@ log = logging.getLogger("threadline.recovery")
 RESTARTED = {"error": "server restarted"}
 
 
-async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.time) -> int:
-    """Close every open run; returns how many. Runs before any thread actor is active."""
-    runs = await journal.open_runs()
+async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.time,
+                          only: Callable[[ThreadKey], bool] | None = None) -> int:
+    """Close every open run (of the threads ``only`` names, if given: a cluster node, those of
+    the shards it just took); returns how many. Runs before any of their thread actors is
+    active."""
+    runs = [r for r in await journal.open_runs() if only is None or only(r.key)]
     by_thread: dict[ThreadKey, list[OpenRun]] = defaultdict(list)
     for run in runs:
         by_thread[run.key].append(run)

@@ -14,6 +14,7 @@ import trio
 from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 
+from .batch import Fence
 from .durable import MAX_BATCH, DurableJournal
 from .errors import StoreError
 from .sql import Backend, SchemaTooNew, prepare
@@ -90,12 +91,12 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
 
 
 @asynccontextmanager
-async def open_durable_journal(backend: Backend, *, readers: int = 4,
-                               max_batch: int = MAX_BATCH) -> AsyncIterator[DurableJournal]:
+async def open_durable_journal(backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH,
+                               fence: Fence | None = None) -> AsyncIterator[DurableJournal]:
     """Connect, apply migrations, run the writer; on exit, flush what is queued and close the
     connections. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
     newer than this code), whose message is one line naming the store and the problem."""
-    journal = DurableJournal(backend, readers=readers, max_batch=max_batch)
+    journal = DurableJournal(backend, readers=readers, max_batch=max_batch, fence=fence)
     version = await trio.to_thread.run_sync(prepare, backend)
     log.info("%s ready (schema version %d)", backend.name, version)
     try:

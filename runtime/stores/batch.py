@@ -11,7 +11,8 @@ here is blocking and runs in the writer's worker thread, inside the caller's tra
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+import threading
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 from threadline.actors.journal import run_transition
 from threadline.actors.messages import Event, ThreadInfo, ThreadKey
@@ -46,15 +47,33 @@ def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
     return found
 
 
+def last_seqs(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, int]:
+    return {key: row[0] for key, row in load_threads(cur, keys).items()}
+
+
+class Fence(Protocol):
+    """What a cluster node adds to each transaction (``threadline.cluster.fence``)."""
+
+    def check(self, cur: Any, keys: Sequence[ThreadKey]) -> set[ThreadKey]: ...
+    def notify(self, cur: Any, keys: Collection[ThreadKey]) -> None: ...
+    def keeps(self, key: ThreadKey) -> bool: ...
+    def error(self, key: ThreadKey) -> Exception: ...
+
+
 class ThreadCache:
     """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at]``), so that a
-    batch need not read them back: the journal is the only writer of its store. Bounded; an
-    entry missing is read from the store. Rows change only when a batch commits, and a thread
-    actor is the only writer of its thread, so readers on the trio side see settled rows."""
+    batch need not read them back: the journal is the only writer of its store (in a cluster,
+    of the shards its node holds: only their rows are kept, see ``committed`` and ``forget``).
+    Bounded; an entry missing is read from the store. Rows change only when a batch commits,
+    and a thread actor is the only writer of its thread, so readers on the trio side see
+    settled rows."""
 
-    def __init__(self, size: int = 250_000) -> None:
+    def __init__(self, size: int = 250_000, keeps: Callable[[ThreadKey], bool] | None = None
+                 ) -> None:
         self.size = size
+        self.keeps = keeps  # None: every row (a store with one writer)
         self.rows: dict[ThreadKey, list[Any]] = {}
+        self._lock = threading.Lock()  # committed (writer's thread) against forget (trio's)
 
     def load(self, cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
         """Copies of the rows of ``keys`` that exist (the caller may change them)."""
@@ -67,13 +86,22 @@ class ThreadCache:
 
     def committed(self, state: dict[ThreadKey, list[Any] | None]) -> None:
         """Take the rows of a committed batch (None: the thread was deleted)."""
-        if len(self.rows) + len(state) > self.size:
-            self.rows.clear()  # simple and rare: the next batches read back what they need
-        for key, row in state.items():
-            if row is None:
-                self.rows.pop(key, None)
-            else:
-                self.rows[key] = row
+        keeps = self.keeps
+        with self._lock:
+            if len(self.rows) + len(state) > self.size:
+                self.rows.clear()  # simple and rare: the next batches read back what they need
+            for key, row in state.items():
+                if row is None or (keeps is not None and not keeps(key)):
+                    self.rows.pop(key, None)
+                else:
+                    self.rows[key] = row
+
+    def forget(self, drop: Callable[[ThreadKey], bool]) -> None:
+        """Drop the rows of the keys ``drop`` names (a cluster node, of shards it let go:
+        another node may change them now)."""
+        with self._lock:
+            for key in [k for k in self.rows if drop(k)]:
+                del self.rows[key]
 
 
 class _Writes:
@@ -152,7 +180,7 @@ DELETES = tuple(f"DELETE FROM {table} WHERE user_id = %s AND thread_id = %s"
 
 
 def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
-                insert: Callable[[Any, list[tuple[Any, ...]]], None],
+                insert: Callable[[Any, list[tuple[Any, ...]]], None], fence: Fence | None = None,
                 ) -> tuple[list[Any], dict[ThreadKey, list[Any] | None]]:
     """Apply ``ops`` in the caller's transaction, events by ``insert`` (the backend's
     ``insert_events``). Returns one result per op (a ``ThreadInfo`` for an ensure, None for an
@@ -160,15 +188,22 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
     skipped, the others are applied; for a delete, whether the thread existed), and the thread
     rows to give ``cache.committed`` once the transaction commits (None: deleted). Rows are
     gathered and written a statement per table; a delete first writes what was gathered, so
-    the batch's effect is that of its ops in their order."""
+    the batch's effect is that of its ops in their order. With a ``fence`` (a cluster node),
+    the ops on threads it refuses fail with its error and write nothing, and the threads
+    written are announced by one ``fence.notify``."""
     keys = list({op_key(op): None for op in ops})
-    state: dict[ThreadKey, list[Any] | None] = dict(cache.load(cur, keys))
+    fenced = fence.check(cur, keys) if fence is not None else set()
+    state: dict[ThreadKey, list[Any] | None] = dict(
+        cache.load(cur, [k for k in keys if k not in fenced] if fenced else keys))
     writes = _Writes()
     results: list[Any] = []
+    changed: set[ThreadKey] = set()
     for op in ops:
         key = op_key(op)
         row = state.get(key)
-        if isinstance(op, EnsureOp):
+        if key in fenced:
+            results.append(fence.error(key))  # type: ignore[union-attr]
+        elif isinstance(op, EnsureOp):
             if row is None:
                 row = state[key] = [0, op.now, op.now]
                 writes.threads.append((key.user_id, key.thread_id, op.now, op.now))
@@ -179,6 +214,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
             for statement in DELETES:
                 cur.execute(statement, (key.user_id, key.thread_id))
             state[key] = None
+            changed.add(key)
             results.append(row is not None)
         elif row is None:
             results.append(ValueError(f"unknown thread {key}"))
@@ -186,8 +222,11 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
             results.append(ValueError(f"events of {key} do not follow seq {row[0]}"))
         else:
             writes.add_events(key, op.events)
+            changed.add(key)
             row[0] = op.events[-1].seq
             row[2] = max(row[2], op.events[-1].ts)
             results.append(None)
     writes.flush(cur, state, insert)
+    if fence is not None:
+        fence.notify(cur, changed)
     return results, state

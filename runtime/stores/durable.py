@@ -58,15 +58,17 @@ class DurableJournal:
     """The ``Journal`` contract over ``backend``; ``run_writer`` must run (see
     ``threadline.stores.open_durable_journal``). The figures below are for ``/metrics``."""
 
-    def __init__(self, backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH,
+                 fence: batch.Fence | None = None) -> None:
         self.backend = backend
+        self.fence = fence  # a cluster node's (``threadline.cluster.fence``), else None
         self.max_batch = max_batch  # 1: one transaction per operation (the benchmark's baseline)
         self._pending: list[Pending] = []
         self._inflight: list[Pending] = []
         self._closed = False
         self._work = trio.Event()
         self._idle = trio.Event()
-        self._cache = batch.ThreadCache()
+        self._cache = batch.ThreadCache(keeps=fence.keeps if fence is not None else None)
         self._connections = Connections(backend, readers=readers)
         self._outage = Outage(backend.name)
         # Figures kept as things happen (``StoreStatistics`` says what each counts).
@@ -145,6 +147,11 @@ class DurableJournal:
         if not storable_key(key):
             return await _nothing(False)
         return await self._submit(DeleteOp(key))
+
+    async def last_seqs(self, keys: list[ThreadKey]) -> dict[ThreadKey, int]:
+        """The last seq of each of ``keys`` that exists, in one look-up per 400 keys (a cluster
+        node's poll of the threads it follows; not part of the ``Journal`` protocol)."""
+        return await self._read(batch.last_seqs, [k for k in keys if storable_key(k)])
 
     async def open_runs(self) -> list[OpenRun]:
         return await self._read(sql.open_runs)
@@ -258,7 +265,7 @@ class DurableJournal:
         """One transaction, in a worker thread: the results, and the seconds it took."""
         started = time.perf_counter()
         results, rows = self._connections.transaction_sync(
-            batch.apply_batch, ops, self._cache, self.backend.insert_events)
+            batch.apply_batch, ops, self._cache, self.backend.insert_events, self.fence)
         self._cache.committed(rows)
         return results, time.perf_counter() - started
 
@@ -267,6 +274,11 @@ class DurableJournal:
         with trio.move_on_after(timeout):
             while self._pending or not self._idle.is_set():
                 await self._idle.wait()
+
+    def forget(self, drop: Callable[[ThreadKey], bool]) -> None:
+        """Drop the cached rows of the threads ``drop`` names (a cluster node's shards let
+        go). Blocks only while a commit updates the cache."""
+        self._cache.forget(drop)
 
     @property
     def outages(self) -> int:

@@ -121,6 +121,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             Column("opened_seq", Type.BIGINT),
         ), key=("user_id", "thread_id", "run_id")),
     )),
+    # Cluster mode (``threadline.cluster``; PostgreSQL only, the tables stay empty elsewhere):
+    # one lease row per shard, one row per node, and settings such as the peers' secret.
+    Migration(2, (
+        Table("shard_leases", (
+            Column("shard", Type.INTEGER), Column("owner", Type.TEXT, null=True),
+            Column("epoch", Type.BIGINT), Column("expires_at", Type.REAL),
+        ), key=("shard",)),
+        Table("cluster_nodes", (
+            *_texts("node_id", "peer_address"), Column("http_url", Type.TEXT, null=True),
+            Column("started_at", Type.REAL), Column("heartbeat_at", Type.REAL),
+        ), key=("node_id",)),
+        Table("cluster_settings", _texts("name", "value"), key=("name",)),
+    )),
 )
 
 VERSION = MIGRATIONS[-1].version

@@ -11,7 +11,7 @@ import trio
 from threadline.actors.errors import JournalUnavailable
 from threadline.actors.messages import Event, ThreadKey
 from threadline import open_runtime
-from threadline.stores import SchemaTooNew, open_journal
+from threadline.stores import SchemaTooNew, open_journal, schema
 from tests.helpers import (assert_runs_well_formed, scripted_agent, store_refusal, test_tools,
                            until_terminal)
 
@@ -72,7 +72,7 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     exc = await refused(f"sqlite:///{path}")
-    assert "schema version 99, newer than the 1 this threadline knows" in str(exc)
+    assert f"schema version 99, newer than the {schema.VERSION} this threadline knows" in str(exc)
 
 
 async def test_postgres_refuses_a_newer_schema(pg_dsn):
