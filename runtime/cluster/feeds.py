@@ -1,0 +1,197 @@
+"""Events of threads another node owns, for this node's subscribers: read from the journal.
+
+A subscriber here of a thread owned elsewhere gets a ``Feed``: its position (the seq of the
+last event it was given) and nothing else. A feed is read from the journal, after its
+position, a page at a time (the replay code of a ``join`` with ``since``), whenever the owner's
+``NOTIFY`` (``fence.py``) names its thread or its shard, and by the slow poll that is the
+backstop for a notification lost (a listener that reconnected, a payload cut to shards).
+
+Invariants:
+
+- A feed's subscriber gets events in seq order, each once, only durable ones (the journal has
+  nothing else), with no gap: a read starts right after the position and the position moves
+  only by what was delivered. A feed is read by one task at a time (``reading``); a
+  notification meanwhile marks it to be read again.
+- A subscriber that cannot take an event (``MailboxFull``) is dropped with ``overflow``, as a
+  thread actor drops one; a thread that no longer exists, or whose last seq went below the
+  position (it was deleted, and maybe made again), drops its feeds with ``THREAD_DELETED``.
+- Reads are bounded: ``READERS`` at once for all feeds, a page each.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Iterable
+
+import trio
+
+from threadline.actors.errors import ActorStopped, JournalUnavailable, MailboxFull
+from threadline.actors.journal import REPLAY_PAGE
+from threadline.actors.messages import THREAD_DELETED, ThreadKey
+
+from .fence import decode_touched
+from .shards import key_hash, shard_of
+
+log = logging.getLogger("threadline.cluster")
+
+READERS = 4          # feeds read at once
+POLL_INTERVAL = 2.0  # seconds between two checks of every feed's thread against the journal
+
+
+class Feed:
+    __slots__ = ("key", "subscriber", "position", "hash", "dirty", "reading", "check")
+
+    def __init__(self, key: ThreadKey, subscriber: Any, position: int) -> None:
+        self.key = key
+        self.subscriber = subscriber
+        self.position = position
+        self.hash = key_hash(key)
+        self.dirty = self.reading = False
+        self.check = False  # a read that finds nothing asks whether the thread still exists
+
+
+class FeedHub:
+    """Every feed of this node. ``journal`` is a ``DurableJournal`` (``read``,
+    ``thread_info``, ``last_seqs``)."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self._feeds: dict[Any, Feed] = {}
+        self._by_hash: dict[int, list[Feed]] = collections.defaultdict(list)
+        self._queue: collections.deque[Feed] = collections.deque()
+        self._wake = trio.Event()
+        self.reads = self.delivered = self.notifications = 0
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def attach(self, key: ThreadKey, subscriber: Any, position: int) -> None:
+        """Give ``subscriber`` the events of ``key`` after ``position``, from now on."""
+        self.detach(subscriber)
+        feed = self._feeds[subscriber] = Feed(key, subscriber, position)
+        self._by_hash[feed.hash].append(feed)
+        self._mark(feed)  # what was stored between the position and now
+
+    def detach(self, subscriber: Any) -> bool:
+        feed = self._feeds.pop(subscriber, None)
+        if feed is None:
+            return False
+        same = self._by_hash[feed.hash]
+        same.remove(feed)
+        if not same:
+            del self._by_hash[feed.hash]
+        return True
+
+    # -- what marks feeds to be read -------------------------------------------------------------
+
+    def notified(self, payload: str) -> None:
+        """A ``threadline_events`` notification (called in trio's thread)."""
+        self.notifications += 1
+        try:
+            hashes, shards = decode_touched(payload)
+        except ValueError:
+            log.warning("ignoring a threadline_events notification that does not parse")
+            return
+        for h in hashes:
+            for feed in self._by_hash.get(h, ()):
+                self._mark(feed, check=True)
+        if shards:
+            for feed in self._feeds.values():
+                if shard_of(feed.key) in shards:
+                    self._mark(feed, check=True)
+
+    def mark_all(self) -> None:
+        """Notifications may have been lost (the listener reconnected): read every feed."""
+        for feed in self._feeds.values():
+            self._mark(feed)
+
+    def _mark(self, feed: Feed, check: bool = False) -> None:
+        feed.check = feed.check or check
+        if not feed.dirty:
+            feed.dirty = True
+            if not feed.reading:
+                self._queue.append(feed)
+                self._wake.set()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(READERS):
+                nursery.start_soon(self._reader)
+            nursery.start_soon(self._poll)
+            task_status.started()
+
+    async def _reader(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            feed = self._queue.popleft()
+            if self._feeds.get(feed.subscriber) is not feed:
+                continue  # detached while queued
+            feed.dirty, feed.reading = False, True
+            try:
+                await self._read(feed)
+            except JournalUnavailable as exc:
+                log.info("reading events of %s for a subscriber failed (%s): the poll retries",
+                         feed.key, exc)
+            finally:
+                feed.reading = False
+                if feed.dirty and self._feeds.get(feed.subscriber) is feed:
+                    self._queue.append(feed)
+                    self._wake.set()
+
+    async def _read(self, feed: Feed) -> None:
+        self.reads += 1
+        events = await self.journal.read(feed.key, feed.position, limit=REPLAY_PAGE)
+        if self._feeds.get(feed.subscriber) is not feed:
+            return
+        if not events:
+            if feed.check:
+                feed.check = False
+                info = await self.journal.thread_info(feed.key)
+                if info is None or info.last_seq < feed.position:
+                    self._drop(feed, THREAD_DELETED, overflow=False)
+            return
+        for event in events:
+            if event.seq != feed.position + 1:  # the thread was deleted and made again
+                self._drop(feed, THREAD_DELETED, overflow=False)
+                return
+            try:
+                feed.subscriber.deliver(event)
+            except MailboxFull:
+                self._drop(feed, f"mailbox full at seq {event.seq}", overflow=True)
+                return
+            except ActorStopped:
+                self.detach(feed.subscriber)
+                return
+            feed.position = event.seq
+            self.delivered += 1
+        if len(events) == REPLAY_PAGE:
+            self._mark(feed)
+
+    def _drop(self, feed: Feed, reason: str, *, overflow: bool) -> None:
+        if self.detach(feed.subscriber):
+            feed.subscriber.dropped(feed.key, reason, overflow=overflow)
+
+    async def _poll(self) -> None:
+        """The backstop: every ``POLL_INTERVAL`` seconds, one look-up of every feed's thread;
+        those behind, or gone, are read."""
+        while True:
+            await trio.sleep(POLL_INTERVAL)
+            keys = list({feed.key for feed in self._feeds.values()})
+            if not keys:
+                continue
+            try:
+                last = await self.journal.last_seqs(keys)
+            except JournalUnavailable:
+                continue
+            for feed in list(self._feeds.values()):
+                seq = last.get(feed.key)
+                if seq is None or seq != feed.position:
+                    self._mark(feed, check=True)
+
+    def subscribers(self) -> Iterable[Any]:
+        return list(self._feeds)

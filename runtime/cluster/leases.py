@@ -1,0 +1,171 @@
+"""The SQL of shard leases and of the ``cluster_nodes`` table (tables: ``stores/schema.py``,
+migration 2). Every function is blocking, runs in a worker thread on the node's own lease
+connection (never the journal's writer), and is one transaction the caller commits.
+
+Invariants:
+
+- Time is the database's (``clock_timestamp()``), never a node's: nodes on different machines
+  compare expiry times on one clock. A node keeps a local deadline on top (``ShardTable``), so
+  that a paused node stops on its own before the store gives its shards away.
+- A lease is taken only when it is free (``owner`` NULL) or expired, and every take bumps its
+  ``epoch``: the writer's fence (``fence.py``) refuses writes under an older epoch. Takes lock
+  the rows they take (``FOR UPDATE SKIP LOCKED``), so two nodes never take the same shard in
+  one moment, and a take waits for a writer's transaction that holds the row ``FOR SHARE``.
+- Renewal and release name the epoch they hold: a shard taken over meanwhile is neither
+  renewed nor released by its old owner.
+- Takes and releases ``NOTIFY threadline_shards`` (delivered at commit), so that the other
+  nodes look at the leases at once rather than at their next round.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+import psycopg
+import trio
+
+from .shards import SHARDS, Peer
+
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+SHARDS_CHANNEL = "threadline_shards"
+
+
+@attrs.frozen
+class Round:
+    """What one renewal saw, on the database's clock."""
+
+    now: float
+    kept: dict[int, int]          # our shards still ours, with their epochs
+    owners: dict[int, str]        # every shard with a lease not expired, and its owner
+    soonest_expiry: float | None  # the first lease of another node to run out
+    peers: dict[str, Peer]        # the live nodes (a heartbeat within the TTL), us included
+    free: list[int]               # shards free or expired
+
+
+def setup(cur: Any, secret: str) -> str:
+    """Make the 1,024 lease rows if they are not there, and the peers' secret if there is
+    none; the secret every node uses (the first node's)."""
+    cur.execute("INSERT INTO shard_leases (shard, owner, epoch, expires_at) "
+                "SELECT s, NULL, 0, 0 FROM generate_series(0, %s) AS s ON CONFLICT DO NOTHING",
+                (SHARDS - 1,))
+    cur.execute("INSERT INTO cluster_settings (name, value) VALUES ('peer_secret', %s) "
+                "ON CONFLICT DO NOTHING", (secret,))
+    cur.execute("SELECT value FROM cluster_settings WHERE name = 'peer_secret'")
+    return cur.fetchone()[0]
+
+
+def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: float,
+          ttl: float, held: Mapping[int, int]) -> Round:
+    """Heartbeat, renew the leases in ``held`` (shard: epoch) that are still ours, and read
+    who owns what and which nodes are alive."""
+    cur.execute(f"INSERT INTO cluster_nodes (node_id, peer_address, http_url, started_at, "
+                f"heartbeat_at) VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (node_id) DO UPDATE "
+                f"SET heartbeat_at = {NOW}, peer_address = EXCLUDED.peer_address, "
+                f"http_url = EXCLUDED.http_url", (node_id, peer_address, http_url, started_at))
+    cur.execute(f"UPDATE shard_leases SET expires_at = {NOW} + %s FROM unnest(%s::int[], "
+                f"%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
+                f"shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
+                f"RETURNING shard_leases.shard, shard_leases.epoch",
+                (ttl, list(held), list(held.values()), node_id))
+    kept = {shard: epoch for shard, epoch in cur.fetchall()}
+    cur.execute(f"SELECT {NOW}")
+    now = cur.fetchone()[0]
+    cur.execute("SELECT shard, owner, expires_at FROM shard_leases")
+    owners: dict[int, str] = {}
+    free: list[int] = []
+    soonest: float | None = None
+    for shard, owner, expires_at in cur.fetchall():
+        if owner is None or expires_at < now:
+            free.append(shard)
+            continue
+        owners[shard] = owner
+        if owner != node_id and (soonest is None or expires_at < soonest):
+            soonest = expires_at
+    cur.execute("SELECT node_id, peer_address FROM cluster_nodes WHERE heartbeat_at > %s",
+                (now - ttl,))
+    peers = {n: Peer(n, parse_address(a)) for n, a in cur.fetchall()}
+    # A node gone for a long while is forgotten (its row was only ever a heartbeat).
+    cur.execute("DELETE FROM cluster_nodes WHERE heartbeat_at < %s", (now - 100 * ttl,))
+    return Round(now, kept, owners, soonest, peers, free)
+
+
+def take(cur: Any, node_id: str, ttl: float, count: int) -> dict[int, int]:
+    """Take up to ``count`` free or expired shards (chosen at random, so that nodes taking at
+    once spread over different rows); ``{shard: new epoch}``."""
+    if count <= 0:
+        return {}
+    cur.execute(f"UPDATE shard_leases SET owner = %s, epoch = epoch + 1, expires_at = {NOW} + %s "
+                f"WHERE shard IN (SELECT shard FROM shard_leases WHERE owner IS NULL OR "
+                f"expires_at < {NOW} ORDER BY random() LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING shard, epoch", (node_id, ttl, count))
+    taken = {shard: epoch for shard, epoch in cur.fetchall()}
+    if taken:
+        cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"take {node_id}"))
+    return taken
+
+
+def release(cur: Any, node_id: str, held: Mapping[int, int]) -> list[int]:
+    """Let go of the leases in ``held`` (shard: epoch) that are still ours; the shards let go."""
+    if not held:
+        return []
+    cur.execute("UPDATE shard_leases SET owner = NULL, expires_at = 0 FROM unnest(%s::int[], "
+                "%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
+                "shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
+                "RETURNING shard_leases.shard", (list(held), list(held.values()), node_id))
+    released = [row[0] for row in cur.fetchall()]
+    if released:
+        cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"release {node_id}"))
+    return released
+
+
+def leave(cur: Any, node_id: str) -> None:
+    """The node stops: its row goes (its leases were released before)."""
+    cur.execute("DELETE FROM cluster_nodes WHERE node_id = %s", (node_id,))
+    cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"leave {node_id}"))
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class LeaseConnection:
+    """The node's own connection for lease rounds: one transaction per call, in a thread."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection | None = None
+        self._lock = trio.Lock()  # a round and a handover may both ask: one at a time
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._run_sync, fn, args)
+
+    def _run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, connect_timeout=5)
+        conn = self._conn
+        try:
+            with conn.cursor() as cur:
+                result = fn(cur, *args)
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            if conn.broken or conn.closed:
+                self._conn = None
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

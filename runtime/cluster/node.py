@@ -1,0 +1,272 @@
+"""A cluster node: the lease loop, and the wiring of the router, the feeds and the peer link.
+
+Every ``interval`` (a third of the TTL), and at once when woken (another node took or let go of
+shards, the fence refused a write, a peer did not answer), the node runs a round: heartbeat,
+renew the leases it holds, read who owns what; then take shards up to its fair share
+(``ceil(1024 / live nodes)``), or hand over those above it. When another node's lease is
+about to run out (its node died), the next round is timed just after that moment, so a dead
+node's shards move about one TTL after its last renewal.
+
+Invariants:
+
+- Actors run only for ``OWNED`` shards (the directory's ``admit``). A taken shard is
+  ``RECOVERING`` until the runs its last owner left open are closed (``agent_failed``, as
+  after a restart), and only then ``OWNED``.
+- A handover (``release``) stops the shard's actors first (their runs get the grace period,
+  then ``agent_cancelled``), then lets go of the lease: the next owner starts from a journal
+  nobody writes any more. A shard lost (the store says another node has it, or the local
+  deadline passed with no renewal) stops its actors at once; whatever they still try to write
+  is refused by the fence.
+- A shard is never ``OWNED`` without its epoch in ``table.epochs``, and the writer's cache
+  never keeps rows of a shard the node does not hold (``DurableJournal.forget``).
+- Leaving (a graceful stop) hands every shard over and deletes the node's row, so the others
+  take its shards at once rather than after the TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import trio
+
+from threadline.actors.errors import ActorStopped, MailboxFull
+from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.stats import ClusterStatistics
+from threadline.recovery import close_open_runs
+
+from . import leases
+from .fence import EVENTS_CHANNEL, Fence
+from .feeds import FeedHub
+from .leases import LeaseConnection
+from .router import Router
+from .shards import ShardState, ShardTable, fair_share, shard_of
+
+if TYPE_CHECKING:
+    from .start import ClusterConfig
+
+log = logging.getLogger("threadline.cluster")
+
+
+class Node:
+    def __init__(self, config: "ClusterConfig", table: ShardTable, runtime: Any, journal: Any,
+                 fence: Fence, http_url: str) -> None:
+        self.config = config
+        self.table = table
+        self.runtime = runtime
+        self.journal = journal
+        self.fence = fence
+        self.http_url = http_url
+        self.leases = LeaseConnection(config.dsn)
+        self.hub = FeedHub(journal)
+        self.router: Router | None = None
+        self.peer_address = ""
+        self.started_at = time.time()
+        self._wake = trio.Event()
+        self._loop_scope = trio.CancelScope()
+        self._loop_done = trio.Event()
+        self._round_lock = trio.Lock()
+        self.leaving = False
+        self.handing_over = False
+        self.nursery: trio.Nursery | None = None  # for handovers, which outlast a round
+        self._free_before: set[int] = set()
+        self._soonest: float | None = None
+        self.rounds = self.failures = self.taken = self.released = self.lost = 0
+        self.nodes_live = 1
+
+    # -- waking ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            self.hub.notified(payload)
+        else:
+            self.wake()
+
+    def on_listening(self) -> None:
+        self.hub.mark_all()  # notifications sent while we were not listening are lost
+        self.wake()
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    async def run_loop(self) -> None:
+        """Rounds until ``leave``. A round that fails with a bug is logged; the next one runs."""
+        try:
+            with self._loop_scope:
+                while True:
+                    delay = self.config.interval
+                    if self._soonest is not None:
+                        delay = max(0.05, min(delay, self._soonest + 0.05))
+                    with trio.move_on_after(delay):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    try:
+                        await self.round()
+                    except Exception:
+                        log.exception("a lease round failed")
+        finally:
+            self._loop_done.set()
+
+    async def round(self) -> None:
+        async with self._round_lock:
+            await self._round()
+
+    async def _round(self) -> None:
+        table, config = self.table, self.config
+        expired = table.expired(trio.current_time())
+        if expired:
+            log.warning("no lease renewal for %.0f s: dropping %d shards", config.lease_ttl,
+                        len(expired))
+            self._gone(expired)
+        began = trio.current_time()
+        try:
+            rnd = await self.leases.run(leases.renew, table.node_id, self.peer_address,
+                                        self.http_url, self.started_at, config.lease_ttl,
+                                        dict(table.epochs))
+        except psycopg.Error as exc:
+            self.failures += 1
+            log.warning("lease round failed: %s", type(exc).__name__)
+            return
+        self.rounds += 1
+        lost = table.renewed(rnd.kept, began, config.lease_ttl)
+        if lost:
+            log.warning("lost %d shards to another node", len(lost))
+            self._gone(lost)
+        table.seen(rnd.owners, rnd.peers)
+        self.nodes_live = max(1, len(rnd.peers))
+        self._soonest = None if rnd.soonest_expiry is None else rnd.soonest_expiry - rnd.now
+        assert self.router is not None
+        self.router.table_changed()
+        if self.leaving:
+            return  # renew what is still held while it is handed over; take nothing
+        fair = fair_share(self.nodes_live)
+        held = len(table.held())
+        orphans = self._free_before & set(rnd.free)
+        self._free_before = set(rnd.free)
+        want = max(fair - held, len(orphans))
+        if want > 0 and rnd.free:
+            await self._take(want)
+        elif held > fair and not self.handing_over and self.nursery is not None:
+            # In a task of its own: stopping actors takes up to the grace period, and rounds
+            # must go on renewing meanwhile.
+            self.handing_over = True
+            self.nursery.start_soon(self._hand_over, self._choose(
+                table.in_state(ShardState.OWNED), held - fair))
+
+    async def _hand_over(self, shards: list[int]) -> None:
+        try:
+            await self._release(shards, self.config.handover_grace)
+        finally:
+            self.handing_over = False
+
+    async def _take(self, count: int) -> None:
+        try:
+            taken = await self.leases.run(leases.take, self.table.node_id,
+                                          self.config.lease_ttl, count)
+        except psycopg.Error as exc:
+            self.failures += 1
+            log.warning("taking shards failed: %s", type(exc).__name__)
+            return
+        if not taken:
+            return
+        shards = set(taken)
+        self.table.taken(taken)
+        self.taken += len(taken)
+        self.journal.forget(lambda key: shard_of(key) in shards)
+        closed = await close_open_runs(self.journal, only=lambda key: shard_of(key) in shards)
+        self.table.move([s for s in shards if self.table.states[s] is ShardState.RECOVERING],
+                        "recovered")
+        log.info("took %d shards (%d runs left open by their last owner closed); own %d",
+                 len(taken), closed, self.table.owned)
+        assert self.router is not None
+        self.router.table_changed()
+
+    def _choose(self, owned: list[int], count: int) -> list[int]:
+        """The ``count`` shards with the fewest live actors: the cheapest to hand over."""
+        live = Counter(shard_of(ref.key) for ref in self.runtime.directory.refs())
+        return sorted(owned, key=lambda s: (live[s], s))[:count]
+
+    async def _release(self, shards: list[int], grace: float) -> None:
+        """Hand ``shards`` (``OWNED``, or already ``RELEASING``) over."""
+        if not shards:
+            return
+        table = self.table
+        chosen = set(shards)
+        held = {s: table.epochs[s] for s in shards}
+        table.move([s for s in shards if table.states[s] is ShardState.OWNED], "release")
+        assert self.router is not None
+        self.router.table_changed()
+        await self._stop_actors(chosen, grace)
+        try:
+            await self.leases.run(leases.release, table.node_id, held)
+        except psycopg.Error as exc:
+            log.warning("releasing shards failed (%s): they expire", type(exc).__name__)
+        for shard in shards:
+            if table.states[shard] is ShardState.RELEASING:
+                table.move([shard], "released")
+        self.journal.forget(lambda key: shard_of(key) in chosen)
+        self.released += len(shards)
+        self.router.table_changed()
+        log.info("handed over %d shards; own %d", len(shards), table.owned)
+
+    def _gone(self, shards: list[int]) -> None:
+        """Shards lost: forget their rows, stop their actors now (no grace: they cannot write)."""
+        chosen = set(shards)
+        self.lost += len(shards)
+        self.journal.forget(lambda key: shard_of(key) in chosen)
+        self._tell_stop(chosen, 0.0)
+        if self.router is not None:
+            self.router.table_changed()
+
+    def _tell_stop(self, shards: set[int], grace: float) -> list[ThreadKey]:
+        keys = []
+        for ref in self.runtime.directory.refs():
+            if shard_of(ref.key) in shards:
+                keys.append(ref.key)
+                try:
+                    ref.tell(Shutdown(grace))
+                except (ActorStopped, MailboxFull):
+                    pass  # gone already, or busy: the mailbox closes when the actor stops
+        return keys
+
+    async def _stop_actors(self, shards: set[int], grace: float) -> None:
+        keys = self._tell_stop(shards, grace)
+        directory = self.runtime.directory
+        with trio.move_on_after(grace + 10.0):
+            while any(key in directory for key in keys):
+                await trio.sleep(0.05)
+
+    async def leave(self, grace: float) -> None:
+        """Hand every shard over and leave the cluster (a graceful stop); runs get ``grace``
+        seconds. Rounds go on renewing what is still held meanwhile, and take nothing more.
+        Calling it again does nothing more."""
+        self.leaving = True
+        async with self._round_lock:
+            pass  # a round under way (a take, with its recovery) ends first
+        table = self.table
+        await self._release(table.in_state(ShardState.OWNED, ShardState.RELEASING), grace)
+        self._loop_scope.cancel()
+        if self.router is not None and not self._loop_done.is_set():
+            await self._loop_done.wait()
+        try:
+            await self.leases.run(leases.leave, self.table.node_id)
+        except psycopg.Error:
+            pass
+
+    def statistics(self) -> ClusterStatistics:
+        router, hub = self.router, self.hub
+        assert router is not None
+        return ClusterStatistics(
+            node_id=self.table.node_id, shards_owned=self.table.owned,
+            nodes_live=self.nodes_live, lease_rounds=self.rounds, lease_failures=self.failures,
+            shards_taken=self.taken, shards_released=self.released, shards_lost=self.lost,
+            forwarded=router.forwarded, forward_seconds=router.forward_seconds,
+            retries=router.retries, fenced_writes=self.fence.refused,
+            notifications_sent=self.fence.notifications,
+            notifications_received=hub.notifications, feeds=len(hub), feed_reads=hub.reads,
+            feed_events=hub.delivered, peers=tuple(sorted(self.table.peers)))

@@ -1,0 +1,126 @@
+"""Starting a cluster node: its settings, its journal (fenced), and joining.
+
+``threadline serve --cluster`` does, in this order: ``open_cluster_journal`` (the PostgreSQL
+journal whose every transaction is fenced by this node's leases), ``open_runtime`` without the
+start-up recovery (each shard is recovered when it is taken), the server, then ``open_node``,
+which runs the first lease round before the server says it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import attrs
+import trio
+
+from threadline.stores import open_durable_journal
+from threadline.stores.durable import DurableJournal
+
+from . import leases
+from .fence import EVENTS_CHANNEL, Fence
+from .listen import listen
+from .node import Node
+from .peers import PeerServer, open_peer_clients
+from .router import Router
+from .shards import ShardTable
+
+log = logging.getLogger("threadline.cluster")
+
+def made_up_node_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@attrs.frozen
+class ClusterConfig:
+    dsn: str
+    node_id: str = attrs.Factory(made_up_node_id)
+    peer_listen: tuple[str, int] = ("127.0.0.1", 0)
+    peer_advertise: tuple[str, int] | None = None  # default: the address listened on
+    lease_ttl: float = 10.0
+    handover_grace: float = 5.0  # runs of a shard handed over get this long to finish
+
+    @property
+    def interval(self) -> float:
+        return self.lease_ttl / 3
+
+
+def shared_token_secret(dsn: str) -> str:
+    """The HS256 secret every node of the cluster checks tokens with when none is given: made
+    up by the first node and kept in the store (whoever reads the store reads every
+    conversation already). Blocks; a store that cannot be used raises ``StoreError``."""
+    from threadline.stores.errors import StoreError, first_line
+    from threadline.stores.postgres import PostgresBackend
+    from threadline.stores.sql import prepare
+
+    backend = PostgresBackend(dsn)
+    prepare(backend)  # the tables exist (a StoreError in one line if the store is unusable)
+    try:
+        with backend.connect(writer=True) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO cluster_settings (name, value) VALUES ('token_secret', %s) "
+                        "ON CONFLICT DO NOTHING", (secrets.token_urlsafe(32),))
+            cur.execute("SELECT value FROM cluster_settings WHERE name = 'token_secret'")
+            return cur.fetchone()[0]
+    except Exception as exc:
+        raise StoreError(first_line(f"{backend.name}: {backend.explain(exc)}")) from exc
+
+
+@asynccontextmanager
+async def open_cluster_journal(config: ClusterConfig, table: ShardTable
+                               ) -> AsyncIterator[tuple[DurableJournal, Fence]]:
+    """The PostgreSQL journal of ``config.dsn``, every transaction fenced by ``table``'s
+    epochs; a store that cannot be used raises ``StoreError`` (one line)."""
+    from threadline.stores.postgres import PostgresBackend
+
+    fence = Fence(table, on_fenced=lambda shards: None)  # ``open_node`` wires it to the node
+    async with open_durable_journal(PostgresBackend(config.dsn), fence=fence) as journal:
+        yield journal, fence
+
+
+@asynccontextmanager
+async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, journal: Any,
+                    fence: Fence, *, http_url: str = "") -> AsyncIterator[Node]:
+    """Join the cluster: listen for peers, run the first lease round (so the node owns its
+    first shards before it says it is ready), then the loop. Leaving the context leaves the
+    cluster, handing over every shard still held (``Node.leave`` first, with a grace, is the
+    graceful stop)."""
+    node = Node(config, table, runtime, journal, fence, http_url)
+    token = trio.lowlevel.current_trio_token()
+    fence.on_fenced = lambda shards: token.run_sync_soon(node.wake)
+    secret = await node.leases.run(leases.setup, secrets.token_urlsafe(32))
+    host, port = config.peer_listen
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    advertise = config.peer_advertise or (host, bound)
+    node.peer_address = leases.format_address(advertise)
+    try:
+        async with open_peer_clients(table.node_id, secret.encode()) as clients, \
+                trio.open_nursery() as nursery:
+            router = node.router = Router(runtime.gateway, table, clients, node.hub, node.wake)
+            server = PeerServer(table.node_id, secret.encode(), router.ask_owned)
+            await nursery.start(server.serve, listeners)
+            await nursery.start(node.hub.run)
+            node.nursery = nursery
+            runtime.directory.admit = table.is_local
+            runtime.gateway.router = router
+            runtime.gateway.cluster_statistics = node.statistics
+            nursery.start_soon(listen, config.dsn, (EVENTS_CHANNEL, leases.SHARDS_CHANNEL),
+                               node.on_notify, node.on_listening)
+            await node.round()
+            nursery.start_soon(node.run_loop)
+            await trio.lowlevel.checkpoint()  # the loop is on before anyone can leave
+            log.info("node %s in the cluster: peers on %s, %d shards, %d nodes live",
+                     table.node_id, node.peer_address, table.owned, node.nodes_live)
+            try:
+                yield node
+            finally:
+                with trio.CancelScope(shield=True):
+                    router.closing = True
+                    await node.leave(0.0)
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(node.leases.close)

@@ -1,0 +1,299 @@
+"""The node-to-node protocol, sans-IO: frames, messages, values, errors and handshake proofs.
+
+A frame is a 4-byte big-endian length and that much msgpack: a list, the message's tag first.
+``FrameDecoder.feed`` takes bytes as they come (split anywhere, several frames at once) and
+returns whole messages, every field's type checked exactly, a ``Result``'s value included (on
+both sides an ``Accepted``, a run id, a ``ThreadInfo`` or None). Anything else, or a length over
+``MAX_FRAME``, raises ``WireError``: the link must be closed, nothing past it can be trusted.
+
+Handshake, client first: ``Hello``, ``Challenge``, ``Proof``. A proof is an HMAC-SHA256 under the
+shared secret over both 16-byte nonces, prefixed with the prover's role: neither proof can be
+replayed as the other, nor on another connection.
+
+A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`` and the error's
+message, raised again as the same class by ``error_of``). Any other exception is a bug there,
+sent as ``internal`` with a fixed message (never its text: it may hold user data), raised here as
+``PeerError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import struct
+from typing import Any, Callable, Final
+
+import attrs
+import msgpack
+
+from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Busy,
+                                      JournalUnavailable, LimitReached, MailboxFull, RateLimited,
+                                      UnknownRun, Unstorable)
+from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteThread, GetInfo,
+                                        PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
+from threadline.actors.reply import Reply
+
+MAX_FRAME: Final = 8 * 1024 * 1024  # bytes of one body
+NONCE_BYTES: Final = 16
+_LENGTH = struct.Struct(">I")
+
+
+class WireError(ValueError):
+    """Bytes that are not a frame of this protocol: the link must be closed."""
+
+
+class NotOwner(ActorStopped):
+    """The node asked does not own this thread's shard now: it never handled the request; ask
+    again where the thread lives."""
+
+
+class PeerUnreachable(ActorStopped):
+    """No link to the peer could be made: the request was never sent, so it is safe to retry."""
+
+
+class PeerLost(ActorCrashed):
+    """The link broke after the request was sent: it may have been handled. Only a send with a
+    ``client_msg_id`` is safe to retry."""
+
+
+class PeerError(ActorCrashed):
+    """The peer failed with an error it does not name (a bug there): it may be partly done."""
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+@attrs.frozen(slots=True)
+class Hello:
+    node_id: str
+    nonce: bytes
+
+
+@attrs.frozen(slots=True)
+class Challenge:
+    node_id: str
+    nonce: bytes
+    proof: bytes
+
+
+@attrs.frozen(slots=True)
+class Proof:
+    proof: bytes
+
+
+@attrs.frozen(slots=True)
+class Post:
+    text: str
+    client_msg_id: str | None
+    strategy: str
+
+
+@attrs.frozen(slots=True)
+class Cancel:
+    run_id: str | None
+
+
+@attrs.frozen(slots=True)
+class Info:
+    """Answered with the thread's ``ThreadInfo``."""
+
+
+@attrs.frozen(slots=True)
+class Delete:
+    """Answered None once the thread's erasure is durable."""
+
+
+@attrs.frozen(slots=True)
+class Call:
+    id: int
+    user_id: str
+    thread_id: str
+    request: Post | Cancel | Info | Delete
+
+
+@attrs.frozen(slots=True)
+class Result:
+    id: int
+    value: Any  # Accepted | str | ThreadInfo | None
+
+
+@attrs.frozen(slots=True)
+class Failure:
+    id: int
+    code: str
+    message: str
+
+
+CallRequest = Post | Cancel | Info | Delete
+Message = Hello | Challenge | Proof | Call | Result | Failure
+
+
+# -- proofs --------------------------------------------------------------------------------------
+
+def server_proof(secret: bytes, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    return hmac.digest(secret, b"server" + client_nonce + server_nonce, hashlib.sha256)
+
+
+def client_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.digest(secret, b"client" + server_nonce + client_nonce, hashlib.sha256)
+
+
+# -- encoding and decoding -----------------------------------------------------------------------
+# A field's kind is a tuple of exact types (a bool is not an int here) or a decoding function.
+
+_STR, _BYTES, _INT, _OPT_STR, _NUMBER = (str,), (bytes,), (int,), (str, type(None)), (int, float)
+
+
+def _fields(values: Any, kinds: tuple[Any, ...]) -> list[Any]:
+    if type(values) is not list or len(values) != len(kinds):
+        raise WireError("not the fields expected")
+    for value, kind in zip(values, kinds):
+        if not callable(kind) and type(value) not in kind:
+            raise WireError(f"a field of type {type(value).__name__}")
+    return [kind(value) if callable(kind) else value for value, kind in zip(values, kinds)]
+
+
+def _decode(obj: Any, tags: frozenset[str]) -> Any:
+    """Only the ``tags`` allowed where ``obj`` is: nesting is never deeper than the shapes'."""
+    if type(obj) is not list or not obj or type(obj[0]) is not str or obj[0] not in tags:
+        raise WireError("not a tagged message")
+    cls, kinds = _SHAPES[obj[0]]
+    return cls(*_fields(obj[1:], kinds))
+
+
+def decode_value(data: Any) -> Any:
+    return data if data is None or type(data) is str else _decode(data, _VALUES)
+
+
+def encode_value(value: Any) -> Any:
+    """An answer as msgpack-friendly data; ``TypeError`` for what no forwarded request returns."""
+    if value is None or type(value) in (str, Accepted, ThreadInfo):
+        return _plain(value)
+    raise TypeError(f"no wire encoding for a {type(value).__name__}")
+
+
+_MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "result", "failure"})
+_REQUESTS: Final = frozenset({"post", "cancel", "info", "delete"})
+_VALUES: Final = frozenset({"accepted", "thread_info"})
+_KEY = functools.partial(_decode, tags=frozenset({"key"}))
+_SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
+    "hello": (Hello, (_STR, _BYTES)),
+    "challenge": (Challenge, (_STR, _BYTES, _BYTES)),
+    "proof": (Proof, (_BYTES,)),
+    "call": (Call, (_INT, _STR, _STR, functools.partial(_decode, tags=_REQUESTS))),
+    "result": (Result, (_INT, decode_value)),
+    "failure": (Failure, (_INT, _STR, _STR)),
+    "post": (Post, (_STR, _OPT_STR, _STR)),
+    "cancel": (Cancel, (_OPT_STR,)),
+    "info": (Info, ()),
+    "delete": (Delete, ()),
+    "accepted": (Accepted, (_KEY, _STR, _STR, _INT)),
+    "thread_info": (ThreadInfo, (_KEY, _INT, _NUMBER, _NUMBER)),
+    "key": (ThreadKey, (_STR, _STR)),
+}
+_TAGS: Final = {cls: tag for tag, (cls, _) in _SHAPES.items()}
+
+
+def _plain(obj: Any) -> Any:
+    kind = type(obj)
+    if kind is Result:
+        return ["result", obj.id, encode_value(obj.value)]
+    if kind in _TAGS:
+        return [_TAGS[kind], *map(_plain, attrs.astuple(obj, recurse=False))]
+    return obj
+
+
+def encode(message: Message) -> bytes:
+    """One whole frame. ``TypeError`` for a ``Result`` whose value has no encoding."""
+    body = msgpack.packb(_plain(message), use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise WireError(f"a frame of {len(body)} bytes is over {MAX_FRAME}")
+    return _LENGTH.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Bytes in, whole messages out; keeps the unfinished rest for the next ``feed``."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        buffer = self._buffer
+        buffer += data
+        messages, start = [], 0
+        while len(buffer) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            if size > MAX_FRAME:
+                raise WireError(f"a frame of {size} bytes is over {MAX_FRAME}")
+            end = start + _LENGTH.size + size
+            if len(buffer) < end:
+                break
+            try:
+                obj = msgpack.unpackb(buffer[start + _LENGTH.size:end], raw=False)
+            except Exception as exc:  # msgpack raises several kinds for bad bytes
+                raise WireError("a frame body that is not msgpack") from exc
+            messages.append(_decode(obj, _MESSAGES))
+            start = end
+        del buffer[:start]
+        return messages
+
+
+# -- actor requests ------------------------------------------------------------------------------
+
+def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
+    """The call for one of the four requests that can be forwarded (its ``reply`` stays here)."""
+    kind = type(msg)
+    if kind is PostMessage:
+        request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy)
+    elif kind is CancelRun:
+        request = Cancel(msg.run_id)
+    elif kind is GetInfo or kind is DeleteThread:
+        request = Info() if kind is GetInfo else Delete()
+    else:
+        raise TypeError(f"a {kind.__name__} cannot be forwarded")
+    return Call(id, key.user_id, key.thread_id, request)
+
+
+def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
+    """The far side of ``call_of``: the key, and what builds the actor request with a reply.
+    ``ValueError`` for a strategy this node does not know."""
+    r = call.request
+    make: Callable[[Reply], ThreadRequest]
+    if type(r) is Post:
+        if r.strategy not in STRATEGIES:  # bad input for this call, not a broken link
+            raise ValueError(f"unknown strategy {r.strategy!r}")
+        make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy)
+    elif type(r) is Cancel:
+        make = functools.partial(CancelRun, r.run_id)
+    else:
+        make = GetInfo if type(r) is Info else DeleteThread
+    return ThreadKey(call.user_id, call.thread_id), make
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+INTERNAL: Final = "internal"
+INTERNAL_MESSAGE: Final = "the node that owns this thread failed to handle the request"
+
+#: First match wins: a subclass comes before its base (ActorCrashed before ActorStopped).
+ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (Busy, "busy"), (UnknownRun, "unknown_run"),
+    (JournalUnavailable, "journal_unavailable"), (Unstorable, "unstorable"),
+    (ActorCrashed, "actor_crashed"), (NotOwner, "not_owner"), (ActorStopped, "actor_stopped"),
+    (AskTimeout, "ask_timeout"), (MailboxFull, "mailbox_full"),
+    (LimitReached, "limit_reached"), (RateLimited, "rate_limited"),
+    (ValueError, "bad_input"),
+)
+_BY_CODE: Final = {code: kind for kind, code in ERRORS}
+
+
+def failure_of(id: int, exc: BaseException) -> Failure:
+    for kind, code in ERRORS:
+        if isinstance(exc, kind):
+            return Failure(id, code, str(exc))
+    return Failure(id, INTERNAL, INTERNAL_MESSAGE)
+
+
+def error_of(failure: Failure) -> Exception:
+    """The exception to raise for ``failure``; a code this node does not know is ``PeerError``."""
+    return _BY_CODE.get(failure.code, PeerError)(failure.message)

@@ -1,0 +1,143 @@
+"""Cluster nodes for the tests: ``threadline serve --cluster`` processes on one PostgreSQL, and
+what the tests ask the store and the nodes (who owns a thread, the nodes' own figures)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import psycopg
+import trio
+
+from tests.servers import ROOT, SECRET
+from threadline.actors.messages import Event, ThreadKey
+from threadline.cluster.shards import SHARDS, shard_of
+
+SCRIPTED = ("--agent", "tests.helpers:scripted_agent")
+
+
+class Node:
+    """One ``threadline serve --cluster`` on a free port; its log goes to a file (a pipe left
+    unread would fill and stop the process)."""
+
+    def __init__(self, dsn: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+        env["THREADLINE_SECRET"] = SECRET
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "threadline", "serve", "--cluster", "--store", dsn,
+             "--port", "0", *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+            stderr=self.log)
+        self.url = ""
+        self.port = 0
+        self.node_id = ""
+
+    async def ready(self) -> Node:
+        with trio.fail_after(60):
+            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+        assert line.startswith("ready: "), line + self.logs()
+        self.url = line.strip().removeprefix("ready: ")
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        self.node_id = (await self.health())["cluster"]["node"]
+        return self
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """One ``GET`` on the node's port, HTTP/1.0: status and body."""
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with stream:
+            await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    async def health(self) -> dict[str, Any]:
+        return json.loads((await self.get("/healthz"))[1])
+
+    async def metric(self, name: str) -> float:
+        _, body = await self.get("/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no {name} on /metrics")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 30) -> int:
+        with trio.fail_after(timeout):
+            return await trio.to_thread.run_sync(self.proc.wait)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot die of SIGKILL late
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
+@asynccontextmanager
+async def open_nodes(dsn: str, count: int, *args: str) -> AsyncIterator[list[Node]]:
+    """``count`` nodes, started one after the other, once they have shared the shards out."""
+    nodes: list[Node] = []
+    try:
+        for _ in range(count):
+            nodes.append(await Node(dsn, *args).ready())
+        await balanced(nodes)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+async def balanced(nodes: list[Node], timeout: float = 60) -> None:
+    """Wait until every shard is owned by one of ``nodes``, each owning some."""
+    with trio.fail_after(timeout):
+        while True:
+            owned = [(await n.health())["cluster"]["shards_owned"] for n in nodes]
+            if sum(owned) == SHARDS and all(owned):
+                return
+            await trio.sleep(0.2)
+
+
+def owner(dsn: str, key: ThreadKey) -> str | None:
+    """The node id the store names as the owner of ``key``'s shard."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT owner FROM shard_leases WHERE shard = %s",
+                           (shard_of(key),)).fetchone()
+    return row[0]
+
+
+def threads_owned_by(dsn: str, node: Node, user: str, count: int, prefix: str = "t") -> list[str]:
+    """``count`` thread ids of ``user`` whose shards ``node`` owns now."""
+    with psycopg.connect(dsn) as conn:
+        mine = {s for (s,) in conn.execute("SELECT shard FROM shard_leases WHERE owner = %s",
+                                           (node.node_id,))}
+    found = []
+    for i in itertools.count():
+        thread = f"{prefix}{i}"
+        if shard_of(ThreadKey(user, thread)) in mine:
+            found.append(thread)
+            if len(found) == count:
+                return found
+    raise AssertionError("unreachable")
+
+
+def stored(dsn: str, key: ThreadKey) -> list[Event]:
+    """The thread's events as the store holds them, in seq order."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s "
+                            "AND thread_id = %s ORDER BY seq", (key.user_id, key.thread_id))
+        return [Event(key, *row) for row in rows]
