@@ -12,6 +12,7 @@ go to stderr through ``threadline.logs``, which masks every token and password; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 from typing import Sequence
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -33,7 +35,7 @@ from threadline.transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileEr
 from threadline.transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
-from .logs import setup_logging
+from .logs import mask, setup_logging
 from .options import SERVE_OPTIONS, TOKEN_TTL, fill_from_environment, parser
 from .server import open_server
 from .stores import DEFAULT_STORE, StoreError, describe_store, open_journal
@@ -100,6 +102,23 @@ def load_openai_agent(model: str | None, system_prompt: str | None) -> Agent:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.cluster and urlsplit(args.store).scheme not in ("postgresql", "postgres"):
+        raise Refusal(f"--cluster needs a PostgreSQL store (--store postgresql://...), not "
+                      f"{describe_store(args.store)}")
+    if args.cluster and args.peer_address[0] in ("0.0.0.0", "::", "") and \
+            not args.peer_advertise:
+        raise Refusal("--peer-address on every interface needs --peer-advertise HOST:PORT, "
+                      "the address the other nodes reach this one at")
+    if args.made_up and args.cluster:
+        from threadline.cluster.start import shared_token_secret
+
+        args.secret = shared_token_secret(args.store)
+        mask(args.secret)
+        log.warning("no --secret or THREADLINE_SECRET: using the cluster's own, made up by its "
+                    "first node and kept in the store, so that every node takes the same tokens")
+    elif args.made_up:
+        log.warning("no --secret or THREADLINE_SECRET: made one for this run only; tokens "
+                    "will not survive a restart")
     if args.secret:
         check_secret(args.secret)
     try:
@@ -110,9 +129,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except (KeyFileError, ValueError, TypeError) as exc:
         raise Refusal(str(exc)) from None
     agent, tools = load_agent(args.agent, args.model, args.system_prompt)
-    if args.made_up:
-        log.warning("no --secret or THREADLINE_SECRET: made one for this run only; tokens "
-                    "will not survive a restart")
     return trio.run(serve, args, auth, agent, tools, limits)
 
 
@@ -140,28 +156,8 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)
                 with starting:
-                    async with open_journal(args.store) as journal, \
-                            open_runtime(journal=journal, agent=agent, tools=tools,
-                                         config=RuntimeConfig(shutdown_grace=args.grace,
-                                                              delta_interval=args.delta_interval)
-                                         ) as rt, \
-                            open_server(rt, host=args.host, port=args.port, auth=auth,
-                                        limits=limits, metrics_token=args.metrics_token,
-                                        metrics_address=args.metrics_address,
-                                        demo=args.demo) as server:
-                        ready.set()
-                        log.info("agent %s", args.agent)
-                        print(f"ready: {server.url}", flush=True)
-                        token = None
-                        if args.made_up:
-                            token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
-                            print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
-                                  f"connect:  {server.url}?token={token}", flush=True)
-                        if args.demo:
-                            query = f"?token={token}" if token else ""
-                            print(f"open:     {server.http_url}{query}", flush=True)
-                        await stop.wait()
-                        await server.shutdown(args.grace)
+                    async with contextlib.AsyncExitStack() as stack:
+                        await _serve_until(stack, args, auth, agent, tools, limits, ready, stop)
                 nursery.cancel_scope.cancel()
         finally:  # an agent that holds resources (the openai one: its HTTP client) lets go
             if (aclose := getattr(agent, "aclose", None)) is not None:
@@ -169,6 +165,55 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
                     await aclose()
     log.info("stopped")
     return 0
+
+
+async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespace,
+                       auth: Authenticator, agent: Agent, tools: ToolRegistry, limits: Limits,
+                       ready: trio.Event, stop: trio.Event) -> None:
+    """Open the store (fenced, for a cluster node), the runtime, the server and the node;
+    say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
+    cluster = table = fence = None
+    if args.cluster:
+        from threadline.cluster.shards import ShardTable
+        from threadline.cluster.start import ClusterConfig, made_up_node_id, open_cluster_journal
+
+        cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
+                                peer_listen=args.peer_address,
+                                peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
+                                handover_grace=args.grace)
+        table = ShardTable(cluster.node_id)
+        journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
+    else:
+        journal = await stack.enter_async_context(open_journal(args.store))
+    config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval)
+    rt = await stack.enter_async_context(open_runtime(
+        journal=journal, agent=agent, tools=tools, config=config, recover=cluster is None))
+    server = await stack.enter_async_context(open_server(
+        rt, host=args.host, port=args.port, auth=auth, limits=limits,
+        metrics_token=args.metrics_token, metrics_address=args.metrics_address,
+        demo=args.demo))
+    node = None
+    if cluster is not None:
+        from threadline.cluster.start import open_node
+
+        node = await stack.enter_async_context(open_node(cluster, table, rt, journal, fence,
+                                                         http_url=server.http_url))
+    ready.set()
+    log.info("agent %s", args.agent)
+    print(f"ready: {server.url}", flush=True)
+    token = None
+    if args.made_up:
+        token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
+        print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
+              f"connect:  {server.url}?token={token}", flush=True)
+    if args.demo:
+        query = f"?token={token}" if token else ""
+        print(f"open:     {server.http_url}{query}", flush=True)
+    await stop.wait()
+    if node is not None:  # its threads move to the other nodes before its clients are closed
+        server.server.drain()
+        await node.leave(args.grace)
+    await server.shutdown(args.grace)
 
 
 def run_token(args: argparse.Namespace) -> int:

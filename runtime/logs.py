@@ -143,3 +143,13 @@ def setup_logging(level: str = "info", fmt: str = "text", *, secrets: Iterable[s
     logging.getLogger("threadline.wire").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING)
     return handler
+
+
+def mask(secret: str) -> None:
+    """Mask ``secret`` too in what the installed handler writes from now on (a secret learnt
+    after logging started: a cluster's shared one, read from the store)."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "threadline":
+            for f in handler.filters:
+                if isinstance(f, Redactor) and secret and len(secret) >= 4:
+                    f.secrets = sorted({*f.secrets, secret}, key=len, reverse=True)

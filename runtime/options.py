@@ -14,6 +14,7 @@ import argparse
 import importlib.metadata
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +71,12 @@ def address(text: str) -> tuple[str, int]:
     if not host:
         raise ValueError("HOST:PORT, e.g. 127.0.0.1:9100 or [::1]:9100")
     return host.removeprefix("[").removesuffix("]"), port(number)
+
+
+def node_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,100}", text):
+        raise ValueError("1-100 characters of A-Z a-z 0-9 _ . : @ -")
+    return text
 
 
 def origin(text: str) -> str:
@@ -184,6 +191,18 @@ SERVE_OPTIONS = [
            shown="PROTOCOL.md's", metavar="NAME=VALUE"),
     Option("--demo", "DEMO", False, "serve the chat page at / (and print its address to "
            "open)", boolean, shown="off", switch=True),
+    Option("--cluster", "CLUSTER", False, "one node of a cluster over the --store PostgreSQL: "
+           "several processes, one owner per thread", boolean, shown="off", switch=True),
+    Option("--node-id", "NODE_ID", None, "this node's name in the cluster", node_id,
+           shown="made up: host-pid-random", metavar="NAME"),
+    Option("--peer-address", "PEER_ADDRESS", ("127.0.0.1", 0), "where this node listens for "
+           "requests other nodes forward to it", address, shown="127.0.0.1:0, a free port",
+           metavar="HOST:PORT"),
+    Option("--peer-advertise", "PEER_ADVERTISE", None, "the address other nodes reach this "
+           "one at", address, shown="the --peer-address bound", metavar="HOST:PORT"),
+    Option("--lease-ttl", "LEASE_TTL", 10.0, "seconds a node's shard leases last without "
+           "renewal: how soon a dead node's threads move", lambda t: seconds(t, positive=True),
+           metavar="SECONDS"),
     Option("--log", "LOG", "info", "log level: debug, info, warning, error", parse_level,
            metavar="LEVEL"),
     Option("--log-format", "LOG_FORMAT", "text", "text, or json (one object a line)",

@@ -29,7 +29,8 @@ from prometheus_client.core import (
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from threadline.actors.gateway import Gateway
-from threadline.actors.stats import Histogram, RuntimeStatistics, StoreStatistics
+from threadline.actors.stats import (ClusterStatistics, Histogram, RuntimeStatistics,
+                                    StoreStatistics)
 
 from .stats import ServerStats
 
@@ -102,6 +103,7 @@ class _Collector:
         snapshot = self._gateway.statistics()
         yield from _actors(snapshot)
         yield from _store(snapshot.store)
+        yield from _cluster(snapshot.cluster)
 
 
 def _edge(s: ServerStats) -> Iterator[Metric]:
@@ -168,6 +170,43 @@ def _store(s: StoreStatistics | None) -> Iterator[Metric]:
                      unit="seconds")
     yield _histogram("threadline_store_batch_operations", "Writes per group-commit "
                      "transaction [operations].", s.batch_operations)
+
+
+def _cluster(c: ClusterStatistics | None) -> Iterator[Metric]:
+    if c is None:
+        return  # not a cluster node
+    yield GaugeMetricFamily("threadline_cluster_shards_owned", "Shards this node owns now "
+                            "[shards].", value=c.shards_owned)
+    yield GaugeMetricFamily("threadline_cluster_nodes_live", "Nodes alive in the cluster, "
+                            "this one included [nodes].", value=c.nodes_live)
+    yield _counter("threadline_cluster_lease_rounds", "Lease rounds run [rounds].",
+                   c.lease_rounds)
+    yield _counter("threadline_cluster_lease_failures", "Lease rounds the store did not "
+                   "answer [rounds].", c.lease_failures)
+    yield _counter("threadline_cluster_shards_taken", "Shard leases taken [shards].",
+                   c.shards_taken)
+    yield _counter("threadline_cluster_shards_released", "Shard leases handed over [shards].",
+                   c.shards_released)
+    yield _counter("threadline_cluster_shards_lost", "Shard leases lost to expiry or a "
+                   "takeover [shards].", c.shards_lost)
+    yield _counter("threadline_cluster_forwarded_requests", "Requests forwarded to the "
+                   "owner on another node and answered [requests].", c.forwarded)
+    yield _histogram("threadline_cluster_forward_seconds", "Round trip of a forwarded "
+                     "request [seconds].", c.forward_seconds, unit="seconds")
+    yield _counter("threadline_cluster_request_retries", "Requests asked again after an "
+                   "owner change [requests].", c.retries)
+    yield _counter("threadline_cluster_fenced_writes", "Writes the lease fence refused "
+                   "[operations].", c.fenced_writes)
+    yield _counter("threadline_cluster_notifications_sent", "NOTIFYs sent, one per "
+                   "transaction that wrote [notifications].", c.notifications_sent)
+    yield _counter("threadline_cluster_notifications_received", "threadline_events "
+                   "notifications received [notifications].", c.notifications_received)
+    yield GaugeMetricFamily("threadline_cluster_feeds", "Subscribers here of threads read "
+                            "from the journal [subscribers].", value=c.feeds)
+    yield _counter("threadline_cluster_feed_reads", "Journal reads for those subscribers "
+                   "[reads].", c.feed_reads)
+    yield _counter("threadline_cluster_feed_events", "Events delivered to them [events].",
+                   c.feed_events)
 
 
 def _counter(name: str, doc: str, value: float, unit: str = "") -> CounterMetricFamily:

@@ -220,9 +220,12 @@ class Server:
     def _operator(self, request: Request) -> Response:
         """``/healthz`` and ``/metrics`` (behind the metrics token, if one is set)."""
         if path_of(request.path) == "/healthz":
-            if self.draining:
-                return json_response(503, {"status": "draining"})
-            return json_response(200, {"status": "ok"})
+            body: dict[str, object] = {"status": "draining" if self.draining else "ok"}
+            if self.gateway.cluster_statistics is not None:
+                c = self.gateway.cluster_statistics()
+                body["cluster"] = {"node": c.node_id, "shards_owned": c.shards_owned,
+                                   "peers": list(c.peers)}
+            return json_response(503 if self.draining else 200, body)
         if self.metrics_token is not None:
             given = header(request.headers, "Authorization") or ""
             expected = f"Bearer {self.metrics_token}"
