@@ -8,7 +8,7 @@ import trio
 
 from tests.cluster.nodes import SCRIPTED, open_nodes, owner, stored, threads_owned_by
 from tests.helpers import assert_runs_well_formed
-from tests.servers import token
+from tests.servers import http, token
 from threadline.actors.messages import ThreadKey
 from threadline.transport.client import UnknownRun, open_client
 
@@ -105,3 +105,20 @@ async def test_users_stay_apart_across_nodes(pg_dsn):
             events = stored(pg_dsn, ThreadKey(user, "main"))
             assert [e.seq for e in events] == [1, 2, 3, 4]
             assert events[0].data["text"] == f"think:{user}'s secret"
+
+
+async def test_a_thread_deleted_through_one_node_leaves_every_tab_on_every_node(pg_dsn):
+    async with open_nodes(pg_dsn, 3, *SCRIPTED, *TTL) as (a, b, c):
+        (thread,) = threads_owned_by(pg_dsn, b, "ada", 1)
+        async with open_client(a.url, token("ada")) as far, \
+                open_client(b.url, token("ada")) as near:
+            await far.join(thread)
+            await near.join(thread)
+            await far.send(thread, "think:soon gone")
+            await until(far, "agent_completed")
+            status, _, _ = await http(c, "DELETE", f"/v1/threads/{thread}", tok=token("ada"))
+            assert status == 200
+            for tab in (far, near):
+                left = await tab.next_unsolicited(15)
+                assert left == {"type": "left", "thread_id": thread, "reason": "deleted"}
+        assert stored(pg_dsn, ThreadKey("ada", thread)) == []

@@ -1,0 +1,70 @@
+"""The README's three-node cluster, run as written (the store and the ports swapped for the
+test's): every node up, the shards shared out, and a token one node printed taken by another."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+
+from tests.cluster.nodes import Node, balanced
+from tests.pg import free_port
+from threadline.transport.client import open_client
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def cluster_block() -> list[str]:
+    section = README.read_text().split("## Several processes: a cluster", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+class ReadmeNode(Node):
+    """A node started from one of the README's lines, with the environment it sets."""
+
+    def __init__(self, line: str, store: str, port: int) -> None:
+        args = line.removeprefix(".venv/bin/threadline ").removesuffix(" &").split()
+        args[args.index("--port") + 1] = str(port)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+        env["THREADLINE_STORE"] = store
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
+        self.proc = subprocess.Popen([sys.executable, "-m", "threadline", *args], env=env,
+                                     text=True, stdout=subprocess.PIPE, stderr=self.log)
+        self.url, self.port, self.node_id = "", 0, ""
+
+
+async def test_the_readme_cluster_runs_as_written(pg_dsn):
+    lines = cluster_block()
+    assert lines[0].startswith("export THREADLINE_STORE=postgresql://")
+    serves = [line for line in lines if line.startswith(".venv/bin/threadline serve")]
+    assert serves == [f".venv/bin/threadline serve --cluster --port 800{i} &" for i in (1, 2, 3)]
+    health = next(line for line in lines if line.startswith("curl "))
+    assert re.fullmatch(r"curl -s 127\.0\.0\.1:8002/healthz", health)
+    nodes: list[Node] = []
+    try:
+        tokens = []
+        for line in serves:
+            node = ReadmeNode(line, pg_dsn, free_port())
+            nodes.append(await node.ready())
+            with trio.fail_after(10):
+                demo = await trio.to_thread.run_sync(node.proc.stdout.readline)
+            tokens.append(demo.split(": ", 1)[1].strip())
+        await balanced(nodes)
+        health = await nodes[1].health()
+        assert health["status"] == "ok" and health["cluster"]["shards_owned"] > 0
+        assert sorted(health["cluster"]["peers"]) == sorted(n.node_id for n in nodes
+                                                            if n is not nodes[1])
+        async with open_client(nodes[2].url, tokens[0]) as client:
+            await client.join("main")
+            await client.send("main", "hello from the README")  # the token of node 1, on 3
+            with trio.fail_after(10):
+                while (await client.next_event())["event"] != "agent_completed":
+                    pass
+    finally:
+        for node in nodes:
+            node.kill()
