@@ -54,7 +54,7 @@ from .engine import RunContext
 from .execution import RunControl, execute
 from .journal import Done
 from .history import read_history
-from .errors import Busy, JournalUnavailable, UnknownRun
+from .errors import Busy, Fenced, JournalUnavailable, UnknownRun
 from .messages import AGENT_FAILED, AGENT_STARTED, Event, Strategy, ThreadKey
 
 if TYPE_CHECKING:
@@ -273,7 +273,8 @@ async def close_lost_run(control: RunControl, append: Append) -> None:
     """The store failed under a run: once it is back, end the run with ``agent_failed``
     (after its ``agent_started``, if that is what failed), retrying with a backoff from
     ``LOST_RUN_FIRST_DELAY`` to ``LOST_RUN_MAX_DELAY``. Blocks until written; a shutdown
-    meanwhile leaves the run to the next start's recovery."""
+    meanwhile leaves the run to the next start's recovery, and a ``Fenced`` write (a cluster
+    node that lost the thread) to the new owner's."""
     run_id, delay = control.context.run_id, LOST_RUN_FIRST_DELAY
     while True:
         try:
@@ -282,6 +283,8 @@ async def close_lost_run(control: RunControl, append: Append) -> None:
                 control.started = True
             await append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
             return
+        except Fenced:
+            return  # another node owns the thread now: its recovery ends the run
         except JournalUnavailable:
             await trio.sleep(delay)
             delay = min(delay * 2, LOST_RUN_MAX_DELAY)

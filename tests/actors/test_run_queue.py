@@ -8,7 +8,7 @@ import trio
 
 from threadline.actors.engine import RunContext
 from threadline.actors.execution import RunControl
-from threadline.actors.errors import Busy, JournalUnavailable, UnknownRun
+from threadline.actors.errors import Busy, Fenced, JournalUnavailable, UnknownRun
 from threadline.actors.run_queue import (
     RUNNER_ON,
     SHUTTING_DOWN,
@@ -241,3 +241,16 @@ async def test_a_lost_run_that_had_started_gets_only_its_terminal_event():
 
     await close_lost_run(c, append)
     assert written == ["agent_failed"]
+
+
+async def test_a_lost_run_of_a_thread_another_node_took_is_left_to_that_node(autojump_clock):
+    attempts = []
+    c = control("a")
+    c.started = True
+
+    async def append(name, run_id, data):
+        attempts.append(name)
+        raise Fenced("another node owns the thread now")
+
+    await close_lost_run(c, append)  # returns at once: no retrying a write that cannot land
+    assert attempts == ["agent_failed"] and trio.current_time() == 0
