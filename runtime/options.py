@@ -74,8 +74,8 @@ def address(text: str) -> tuple[str, int]:
 
 
 def node_id(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,100}", text):
-        raise ValueError("1-100 characters of A-Z a-z 0-9 _ . : @ -")
+    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,50}", text):
+        raise ValueError("1-50 characters of A-Z a-z 0-9 _ . : @ -")
     return text
 
 

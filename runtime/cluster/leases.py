@@ -25,6 +25,8 @@ import attrs
 import psycopg
 import trio
 
+from threadline.stores.postgres import stuck_options
+
 from .shards import SHARDS, Peer
 
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
@@ -41,6 +43,7 @@ class Round:
     soonest_expiry: float | None  # the first lease of another node to run out
     peers: dict[str, Peer]        # the live nodes (a heartbeat within the TTL), us included
     free: list[int]               # shards free or expired
+    expired_owners: list[str]     # nodes named by leases that ran out
 
 
 def setup(cur: Any, secret: str) -> str:
@@ -74,10 +77,13 @@ def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: 
     cur.execute("SELECT shard, owner, expires_at FROM shard_leases")
     owners: dict[int, str] = {}
     free: list[int] = []
+    expired: set[str] = set()
     soonest: float | None = None
     for shard, owner, expires_at in cur.fetchall():
         if owner is None or expires_at < now:
             free.append(shard)
+            if owner is not None and owner != node_id:
+                expired.add(owner)
             continue
         owners[shard] = owner
         if owner != node_id and (soonest is None or expires_at < soonest):
@@ -87,7 +93,7 @@ def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: 
     peers = {n: Peer(n, parse_address(a)) for n, a in cur.fetchall()}
     # A node gone for a long while is forgotten (its row was only ever a heartbeat).
     cur.execute("DELETE FROM cluster_nodes WHERE heartbeat_at < %s", (now - 100 * ttl,))
-    return Round(now, kept, owners, soonest, peers, free)
+    return Round(now, kept, owners, soonest, peers, free, sorted(expired))
 
 
 def take(cur: Any, node_id: str, ttl: float, count: int) -> dict[int, int]:
@@ -103,6 +109,26 @@ def take(cur: Any, node_id: str, ttl: float, count: int) -> dict[int, int]:
     if taken:
         cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"take {node_id}"))
     return taken
+
+
+def application_name(node_id: str) -> str:
+    """What a node's connections call themselves in ``pg_stat_activity``."""
+    return f"threadline {node_id}"[:63]
+
+
+def end_stuck(cur: Any, owners: list[str], stuck_after: float) -> int:
+    """End the transactions of ``owners`` (nodes whose leases ran out) that have been open
+    more than ``stuck_after`` seconds; how many. A paused or cut-off node can hold lease rows
+    locked in its writer's transaction (``FOR SHARE``), and a ``COPY`` it stopped in the
+    middle of is never timed out by the server: its shards could not be taken until then.
+    Its writes are refused by the fence anyway; this frees the rows."""
+    if not owners:
+        return 0
+    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "application_name = ANY(%s) AND pid <> pg_backend_pid() AND xact_start < "
+                "clock_timestamp() - make_interval(secs => %s)",
+                ([application_name(o) for o in owners], stuck_after))
+    return sum(1 for (ended,) in cur.fetchall() if ended)
 
 
 def release(cur: Any, node_id: str, held: Mapping[int, int]) -> list[int]:
@@ -138,8 +164,10 @@ def format_address(address: tuple[str, int]) -> str:
 class LeaseConnection:
     """The node's own connection for lease rounds: one transaction per call, in a thread."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, stuck_after: float, name: str) -> None:
         self.dsn = dsn
+        self.name = name  # application_name
+        self.stuck_after = stuck_after  # see ``PostgresBackend.writer_stuck_after``
         self._conn: psycopg.Connection | None = None
         self._lock = trio.Lock()  # a round and a handover may both ask: one at a time
 
@@ -149,7 +177,8 @@ class LeaseConnection:
 
     def _run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, connect_timeout=5)
+            self._conn = psycopg.connect(self.dsn, connect_timeout=5, application_name=self.name,
+                                         options=stuck_options(self.stuck_after))
         conn = self._conn
         try:
             with conn.cursor() as cur:

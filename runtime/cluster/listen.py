@@ -26,7 +26,7 @@ SLICE = 0.5  # seconds the worker waits for notifications before it looks whethe
 
 
 async def listen(dsn: str, channels: tuple[str, ...], on_notify: Callable[[str, str], None],
-                 on_listening: Callable[[], None]) -> None:
+                 on_listening: Callable[[], None], name: str = "threadline") -> None:
     """Run until cancelled: ``on_notify(channel, payload)`` for each notification."""
     token = trio.lowlevel.current_trio_token()
     stop = threading.Event()
@@ -43,7 +43,8 @@ async def listen(dsn: str, channels: tuple[str, ...], on_notify: Callable[[str, 
         while not stop.is_set():
             conn = None
             try:
-                conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+                conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5,
+                                       application_name=name)
                 for channel in channels:
                     conn.execute(f"LISTEN {channel}")
                 if not hand(on_listening):

@@ -60,7 +60,8 @@ class Node:
         self.journal = journal
         self.fence = fence
         self.http_url = http_url
-        self.leases = LeaseConnection(config.dsn)
+        self.leases = LeaseConnection(config.dsn, config.stuck_after,
+                                      leases.application_name(table.node_id))
         self.hub = FeedHub(journal)
         self.router: Router | None = None
         self.peer_address = ""
@@ -150,7 +151,7 @@ class Node:
         self._free_before = set(rnd.free)
         want = max(fair - held, len(orphans))
         if want > 0 and rnd.free:
-            await self._take(want)
+            await self._take(want, rnd.expired_owners)
         elif held > fair and not self.handing_over and self.nursery is not None:
             # In a task of its own: stopping actors takes up to the grace period, and rounds
             # must go on renewing meanwhile.
@@ -164,10 +165,18 @@ class Node:
         finally:
             self.handing_over = False
 
-    async def _take(self, count: int) -> None:
+    async def _take(self, count: int, expired_owners: list[str]) -> None:
         try:
             taken = await self.leases.run(leases.take, self.table.node_id,
                                           self.config.lease_ttl, count)
+            if len(taken) < count and expired_owners:
+                # Some expired leases are locked by their old owner's stuck transaction.
+                ended = await self.leases.run(leases.end_stuck, expired_owners,
+                                              self.config.stuck_after)
+                if ended:
+                    log.warning("ended %d stuck transactions of nodes whose leases ran out "
+                                "(%s)", ended, ", ".join(expired_owners))
+                    self.wake()
         except psycopg.Error as exc:
             self.failures += 1
             log.warning("taking shards failed: %s", type(exc).__name__)
@@ -178,6 +187,10 @@ class Node:
         self.table.taken(taken)
         self.taken += len(taken)
         self.journal.forget(lambda key: shard_of(key) in shards)
+        # Actors of ours from an earlier hold of these shards (lost, then taken back) are
+        # stopping: the new ones start only after them.
+        await self._until_stopped([r.key for r in self.runtime.directory.refs()
+                                   if shard_of(r.key) in shards], 10.0)
         closed = await close_open_runs(self.journal, only=lambda key: shard_of(key) in shards)
         self.table.move([s for s in shards if self.table.states[s] is ShardState.RECOVERING],
                         "recovered")
@@ -235,9 +248,11 @@ class Node:
         return keys
 
     async def _stop_actors(self, shards: set[int], grace: float) -> None:
-        keys = self._tell_stop(shards, grace)
+        await self._until_stopped(self._tell_stop(shards, grace), grace + 10.0)
+
+    async def _until_stopped(self, keys: list[ThreadKey], timeout: float) -> None:
         directory = self.runtime.directory
-        with trio.move_on_after(grace + 10.0):
+        with trio.move_on_after(timeout):
             while any(key in directory for key in keys):
                 await trio.sleep(0.05)
 

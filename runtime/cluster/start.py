@@ -32,7 +32,7 @@ from .shards import ShardTable
 log = logging.getLogger("threadline.cluster")
 
 def made_up_node_id() -> str:
-    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(2)}"
+    return f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @attrs.frozen
@@ -47,6 +47,12 @@ class ClusterConfig:
     @property
     def interval(self) -> float:
         return self.lease_ttl / 3
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds after which the server ends a node's transaction that is stuck (a paused
+        node): its locks on lease rows must not outlive its lease by much."""
+        return max(1.0, self.lease_ttl / 2)
 
 
 def shared_token_secret(dsn: str) -> str:
@@ -77,7 +83,9 @@ async def open_cluster_journal(config: ClusterConfig, table: ShardTable
     from threadline.stores.postgres import PostgresBackend
 
     fence = Fence(table, on_fenced=lambda shards: None)  # ``open_node`` wires it to the node
-    async with open_durable_journal(PostgresBackend(config.dsn), fence=fence) as journal:
+    backend = PostgresBackend(config.dsn, writer_stuck_after=config.stuck_after,
+                              application_name=leases.application_name(config.node_id))
+    async with open_durable_journal(backend, fence=fence) as journal:
         yield journal, fence
 
 
@@ -109,7 +117,8 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
             runtime.gateway.router = router
             runtime.gateway.cluster_statistics = node.statistics
             nursery.start_soon(listen, config.dsn, (EVENTS_CHANNEL, leases.SHARDS_CHANNEL),
-                               node.on_notify, node.on_listening)
+                               node.on_notify, node.on_listening,
+                               leases.application_name(config.node_id))
             await node.round()
             nursery.start_soon(node.run_loop)
             await trio.lowlevel.checkpoint()  # the loop is on before anyone can leave

@@ -41,6 +41,15 @@ DIALECT = schema.Dialect(
 )
 
 
+def stuck_options(seconds: float) -> str:
+    """libpq ``options`` that make the server end a transaction, and free its locks, once it
+    is stuck for ``seconds``: idle inside the transaction (the client stopped between two
+    statements), or one statement running that long (the client stopped in the middle of a
+    ``COPY``, which the server waits on as a running statement)."""
+    ms = max(1000, int(seconds * 1000))
+    return f"-c idle_in_transaction_session_timeout={ms} -c statement_timeout={ms}"
+
+
 # libpq prefixes what the server said with where it tried: cut that, keep the reason.
 _WHERE = re.compile(r'^(connection failed: )?connection to server (at|on socket) "[^"]*"'
                     r'(, port \d+)? failed: ')
@@ -50,15 +59,28 @@ _FATAL = re.compile(r"^(FATAL|ERROR):\s+")
 class PostgresBackend(sql.Backend):
     dialect = DIALECT
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0,
+                 writer_stuck_after: float | None = None,
+                 application_name: str | None = None) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
+        # A cluster node's writer holds lease rows FOR SHARE in every transaction: one left
+        # open by a paused process would keep other nodes from taking those shards, so the
+        # server ends a transaction stuck that long (seconds; see ``stuck_options``).
+        self.writer_stuck_after = writer_stuck_after
+        self.application_name = application_name  # a cluster node's: others may end its
+                                                  # transactions once its leases expired
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self.name = f"PostgreSQL {info.get('host', '')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
     def connect(self, *, writer: bool) -> psycopg.Connection:
+        extra = {}
+        if self.application_name is not None:
+            extra["application_name"] = self.application_name
+        if writer and self.writer_stuck_after is not None:
+            extra["options"] = stuck_options(self.writer_stuck_after)
         return psycopg.connect(self.dsn, autocommit=not writer,
-                               connect_timeout=max(1, int(self.connect_timeout)))
+                               connect_timeout=max(1, int(self.connect_timeout)), **extra)
 
     def close(self, conn: psycopg.Connection) -> None:
         conn.close()

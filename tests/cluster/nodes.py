@@ -97,6 +97,11 @@ async def open_nodes(dsn: str, count: int, *args: str) -> AsyncIterator[list[Nod
             nodes.append(await Node(dsn, *args).ready())
         await balanced(nodes)
         yield nodes
+    except BaseException:
+        for node in nodes:  # what each node said, for the failure's report
+            print(f"--- log of node {node.node_id or '?'} (port {node.port}) ---")
+            print(node.logs()[-6000:])
+        raise
     finally:
         for node in nodes:
             node.kill()

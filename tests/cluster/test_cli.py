@@ -37,7 +37,7 @@ def test_peers_on_every_interface_need_an_advertised_address(pg_dsn):
 
 
 @pytest.mark.parametrize("flag, value, says", [
-    ("--node-id", "no spaces", "--node-id: 'no spaces': 1-100 characters"),
+    ("--node-id", "no spaces", "--node-id: 'no spaces': 1-50 characters"),
     ("--lease-ttl", "0", "--lease-ttl: '0': a number of seconds > 0"),
     ("--peer-address", "nowhere", "--peer-address: 'nowhere': HOST:PORT"),
 ])
