@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import trio
 
-from .errors import JournalUnavailable, JournalWedged
+from .errors import Fenced, JournalUnavailable, JournalWedged
 from .journal import Done, Journal, check_storable
 from .messages import Event, ThreadKey
 from .pacer import current_pacer
@@ -50,7 +50,7 @@ APPEND_TIMEOUT = 60.0
 
 class Sequencer:
     __slots__ = ("key", "journal", "clock", "on_stored", "seq", "_next", "_chain", "_waiting",
-                 "_watched", "_answers", "_mismatch")
+                 "_watched", "_answers", "_mismatch", "_fenced")
 
     def __init__(self, key: ThreadKey, journal: Journal, clock: Callable[[], float],
                  on_stored: Callable[[Event], None]) -> None:
@@ -65,6 +65,7 @@ class Sequencer:
         self._watched = False  # a ``_watch`` is in the pacer
         self._answers = 0      # writes the journal answered, stored or failed: progress
         self._mismatch: BaseException | None = None  # numbering disagrees with the journal
+        self._fenced = False   # the last chain broke on ``Fenced``: the thread is elsewhere
 
     def start(self, last_seq: int) -> None:
         """Number from ``last_seq``, the journal's last seq for the thread (at every start of
@@ -134,10 +135,14 @@ class Sequencer:
         """A write failed; returns the error its writer gets (see the header)."""
         self._answers += 1
         if chain != self._chain:
-            lost = JournalUnavailable("an earlier event of this thread was not stored")
+            # Fenced too when the write that broke the chain was: it is why, and it tells a
+            # cluster's router that the thread's new owner may be asked.
+            kind = Fenced if self._fenced else JournalUnavailable
+            lost = kind("an earlier event of this thread was not stored")
             lost.__cause__ = error
             return lost
         # Answers come in order: everything before this write is stored.
+        self._fenced = isinstance(error, Fenced)
         self._chain += 1
         self._next = self.seq
         if type(error) is ValueError:  # "does not follow": not bad data, a wrong count

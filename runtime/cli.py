@@ -181,7 +181,7 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
                                 peer_listen=args.peer_address,
                                 peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
                                 handover_grace=args.grace)
-        table = ShardTable(cluster.node_id)
+        table = ShardTable(cluster.node_id, margin=cluster.margin)
         journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
     else:
         journal = await stack.enter_async_context(open_journal(args.store))

@@ -73,6 +73,13 @@ def address(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), port(number)
 
 
+def lease_ttl(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 1):
+        raise ValueError("a number of seconds >= 1")
+    return value
+
+
 def node_id(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,50}", text):
         raise ValueError("1-50 characters of A-Z a-z 0-9 _ . : @ -")
@@ -201,7 +208,7 @@ SERVE_OPTIONS = [
     Option("--peer-advertise", "PEER_ADVERTISE", None, "the address other nodes reach this "
            "one at", address, shown="the --peer-address bound", metavar="HOST:PORT"),
     Option("--lease-ttl", "LEASE_TTL", 10.0, "seconds a node's shard leases last without "
-           "renewal: how soon a dead node's threads move", lambda t: seconds(t, positive=True),
+           "renewal: how soon a dead node's threads move; at least 1", lease_ttl,
            metavar="SECONDS"),
     Option("--log", "LOG", "info", "log level: debug, info, warning, error", parse_level,
            metavar="LEVEL"),

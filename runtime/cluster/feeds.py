@@ -15,7 +15,9 @@ Invariants:
 - A subscriber that cannot take an event (``MailboxFull``) is dropped with ``overflow``, as a
   thread actor drops one; a thread that no longer exists, or whose last seq went below the
   position (it was deleted, and maybe made again), drops its feeds with ``THREAD_DELETED``.
-- Reads are bounded: ``READERS`` at once for all feeds, a page each.
+- Reads are bounded and batched: ``READERS`` at once for all feeds, each one query for up
+  to ``BATCH`` feeds (a page of ``PAGE`` events each), so a notification naming many threads
+  costs one round trip, not one per subscriber.
 """
 
 from __future__ import annotations
@@ -27,16 +29,34 @@ from typing import Any, Iterable
 import trio
 
 from threadline.actors.errors import ActorStopped, JournalUnavailable, MailboxFull
-from threadline.actors.journal import REPLAY_PAGE
-from threadline.actors.messages import THREAD_DELETED, ThreadKey
+from threadline.actors.messages import THREAD_DELETED, Event, ThreadKey
 
 from .fence import decode_touched
 from .shards import key_hash, shard_of
 
 log = logging.getLogger("threadline.cluster")
 
-READERS = 4          # feeds read at once
+READERS = 4          # reads at once (the journal's read pool has 4 connections)
+BATCH = 64           # feeds per read
+PAGE = 200           # events per feed per read; a feed with more is read again
 POLL_INTERVAL = 2.0  # seconds between two checks of every feed's thread against the journal
+
+
+def read_feeds(cur: Any, wanted: list[tuple[ThreadKey, int]], limit: int
+               ) -> list[list[Event]]:
+    """For each ``(key, after)``: its events ``seq > after``, at most ``limit``, in seq order;
+    one query for all (PostgreSQL: ``LATERAL``). Blocking: runs on the journal's read pool."""
+    rows = ",".join(["(%s::int, %s::text, %s::text, %s::bigint)"] * len(wanted))
+    params = [x for i, (key, after) in enumerate(wanted)
+              for x in (i, key.user_id, key.thread_id, after)]
+    cur.execute(f"WITH f(i, u, t, after) AS (VALUES {rows}) SELECT f.i, e.seq, e.event, "
+                f"e.run_id, e.ts, e.data FROM f CROSS JOIN LATERAL (SELECT seq, event, run_id, "
+                f"ts, data FROM events WHERE user_id = f.u AND thread_id = f.t AND seq > f.after "
+                f"ORDER BY seq LIMIT {int(limit)}) AS e ORDER BY f.i, e.seq", params)
+    out: list[list[Event]] = [[] for _ in wanted]
+    for i, seq, name, run_id, ts, data in cur.fetchall():
+        out[i].append(Event(wanted[i][0], seq, name, run_id, ts, data))
+    return out
 
 
 class Feed:
@@ -60,7 +80,7 @@ class FeedHub:
         self._feeds: dict[Any, Feed] = {}
         self._by_hash: dict[int, list[Feed]] = collections.defaultdict(list)
         self._queue: collections.deque[Feed] = collections.deque()
-        self._wake = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()  # readers with nothing to read
         self.reads = self.delivered = self.notifications = 0
 
     def __len__(self) -> int:
@@ -112,7 +132,7 @@ class FeedHub:
             feed.dirty = True
             if not feed.reading:
                 self._queue.append(feed)
-                self._wake.set()
+                self._idle.unpark()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -126,35 +146,49 @@ class FeedHub:
     async def _reader(self) -> None:
         while True:
             while not self._queue:
-                self._wake = trio.Event()
-                await self._wake.wait()
-            feed = self._queue.popleft()
-            if self._feeds.get(feed.subscriber) is not feed:
-                continue  # detached while queued
-            feed.dirty, feed.reading = False, True
+                await self._idle.park()
+            feeds: list[Feed] = []
+            while self._queue and len(feeds) < BATCH:
+                feed = self._queue.popleft()
+                if self._feeds.get(feed.subscriber) is feed:  # else detached while queued
+                    feed.dirty, feed.reading = False, True
+                    feeds.append(feed)
+            if not feeds:
+                continue
             try:
-                await self._read(feed)
+                await self._read(feeds)
             except JournalUnavailable as exc:
-                log.info("reading events of %s for a subscriber failed (%s): the poll retries",
-                         feed.key, exc)
+                log.info("reading events for %d subscribers failed (%s): the poll retries",
+                         len(feeds), exc)
             finally:
-                feed.reading = False
-                if feed.dirty and self._feeds.get(feed.subscriber) is feed:
-                    self._queue.append(feed)
-                    self._wake.set()
+                for feed in feeds:
+                    feed.reading = False
+                    if feed.dirty and self._feeds.get(feed.subscriber) is feed:
+                        self._queue.append(feed)
+                        self._idle.unpark()
 
-    async def _read(self, feed: Feed) -> None:
+    async def _read(self, feeds: list[Feed]) -> None:
         self.reads += 1
-        events = await self.journal.read(feed.key, feed.position, limit=REPLAY_PAGE)
-        if self._feeds.get(feed.subscriber) is not feed:
-            return
-        if not events:
-            if feed.check:
+        pages = await self.journal.read_with(read_feeds, [(f.key, f.position) for f in feeds],
+                                             PAGE)
+        empty = []
+        for feed, events in zip(feeds, pages):
+            if self._feeds.get(feed.subscriber) is not feed:
+                continue
+            if events:
+                self._deliver(feed, events)
+            elif feed.check:
                 feed.check = False
-                info = await self.journal.thread_info(feed.key)
-                if info is None or info.last_seq < feed.position:
+                empty.append(feed)
+        if empty:  # nothing new though the thread was named: was it deleted?
+            last = await self.journal.last_seqs([f.key for f in empty])
+            for feed in empty:
+                seq = last.get(feed.key)
+                if self._feeds.get(feed.subscriber) is feed and (seq is None or
+                                                                 seq < feed.position):
                     self._drop(feed, THREAD_DELETED, overflow=False)
-            return
+
+    def _deliver(self, feed: Feed, events: list[Event]) -> None:
         for event in events:
             if event.seq != feed.position + 1:  # the thread was deleted and made again
                 self._drop(feed, THREAD_DELETED, overflow=False)
@@ -169,7 +203,7 @@ class FeedHub:
                 return
             feed.position = event.seq
             self.delivered += 1
-        if len(events) == REPLAY_PAGE:
+        if len(events) == PAGE:
             self._mark(feed)
 
     def _drop(self, feed: Feed, reason: str, *, overflow: bool) -> None:

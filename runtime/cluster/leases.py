@@ -65,7 +65,8 @@ def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: 
     cur.execute(f"INSERT INTO cluster_nodes (node_id, peer_address, http_url, started_at, "
                 f"heartbeat_at) VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (node_id) DO UPDATE "
                 f"SET heartbeat_at = {NOW}, peer_address = EXCLUDED.peer_address, "
-                f"http_url = EXCLUDED.http_url", (node_id, peer_address, http_url, started_at))
+                f"http_url = EXCLUDED.http_url, started_at = EXCLUDED.started_at",
+                (node_id, peer_address, http_url, started_at))
     cur.execute(f"UPDATE shard_leases SET expires_at = {NOW} + %s FROM unnest(%s::int[], "
                 f"%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
                 f"shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
@@ -145,9 +146,20 @@ def release(cur: Any, node_id: str, held: Mapping[int, int]) -> list[int]:
     return released
 
 
-def leave(cur: Any, node_id: str) -> None:
-    """The node stops: its row goes (its leases were released before)."""
-    cur.execute("DELETE FROM cluster_nodes WHERE node_id = %s", (node_id,))
+def in_use(cur: Any, node_id: str, ttl: float) -> float | None:
+    """Seconds since the last heartbeat of a live node named ``node_id``, or None: two live
+    nodes must not share a name (they would share a row, and leases)."""
+    cur.execute(f"SELECT {NOW} - heartbeat_at FROM cluster_nodes WHERE node_id = %s AND "
+                f"heartbeat_at > {NOW} - %s", (node_id, ttl))
+    row = cur.fetchone()
+    return None if row is None else max(0.0, row[0])
+
+
+def leave(cur: Any, node_id: str, started_at: float) -> None:
+    """The node stops: its row goes (its leases were released before); not the row of
+    another start of the same name."""
+    cur.execute("DELETE FROM cluster_nodes WHERE node_id = %s AND started_at = %s",
+                (node_id, started_at))
     cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"leave {node_id}"))
 
 
@@ -161,8 +173,14 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class LeaseTimeout(psycopg.OperationalError):
+    """A lease call got no answer within its bound: the connection is dropped."""
+
+
 class LeaseConnection:
-    """The node's own connection for lease rounds: one transaction per call, in a thread."""
+    """The node's own connection for lease rounds: one transaction per call, in a thread,
+    one call at a time, each bounded by ``stuck_after`` seconds (a connection that stops
+    answering is left to its thread and dropped: the next call opens a fresh one)."""
 
     def __init__(self, dsn: str, stuck_after: float, name: str) -> None:
         self.dsn = dsn
@@ -173,7 +191,11 @@ class LeaseConnection:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         async with self._lock:
-            return await trio.to_thread.run_sync(self._run_sync, fn, args)
+            with trio.move_on_after(self.stuck_after):
+                return await trio.to_thread.run_sync(self._run_sync, fn, args,
+                                                     abandon_on_cancel=True)
+            self._conn = None  # its thread closes it when (if ever) the call returns
+            raise LeaseTimeout(f"no answer within {self.stuck_after:g} s")
 
     def _run_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if self._conn is None or self._conn.closed:
@@ -184,14 +206,18 @@ class LeaseConnection:
             with conn.cursor() as cur:
                 result = fn(cur, *args)
             conn.commit()
+            if self._conn is not conn:  # abandoned meanwhile: dropped
+                conn.close()
             return result
         except BaseException:
             try:
                 conn.rollback()
             except psycopg.Error:
                 pass
-            if conn.broken or conn.closed:
-                self._conn = None
+            if conn.broken or conn.closed or self._conn is not conn:
+                if self._conn is conn:
+                    self._conn = None
+                conn.close()
             raise
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -33,12 +34,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import trio
 
-from threadline.actors.errors import ActorStopped, MailboxFull
-from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.errors import JournalUnavailable
 from threadline.actors.stats import ClusterStatistics
 from threadline.recovery import close_open_runs
 
-from . import leases
+from . import handover, leases
 from .fence import EVENTS_CHANNEL, Fence
 from .feeds import FeedHub
 from .leases import LeaseConnection
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from .start import ClusterConfig
 
 log = logging.getLogger("threadline.cluster")
+
+MIN_GAP = 0.2  # seconds between two rounds, however often the node is woken
 
 
 class Node:
@@ -75,6 +77,7 @@ class Node:
         self.nursery: trio.Nursery | None = None  # for handovers, which outlast a round
         self._free_before: set[int] = set()
         self._soonest: float | None = None
+        self._backoff = 0.0  # seconds to wait after a failed round (0: the last one worked)
         self.rounds = self.failures = self.taken = self.released = self.lost = 0
         self.nodes_live = 1
 
@@ -82,6 +85,10 @@ class Node:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def changed(self) -> None:
+        if self.router is not None:
+            self.router.table_changed()
 
     def on_notify(self, channel: str, payload: str) -> None:
         if channel == EVENTS_CHANNEL:
@@ -96,15 +103,21 @@ class Node:
     # -- rounds ------------------------------------------------------------------------------
 
     async def run_loop(self) -> None:
-        """Rounds until ``leave``. A round that fails with a bug is logged; the next one runs."""
+        """Rounds until ``leave``: every ``interval``, sooner when woken (at most one per
+        ``MIN_GAP``), later after a failure (a backoff up to ``interval``). A round that fails
+        with a bug is logged; the next one runs."""
         try:
             with self._loop_scope:
                 while True:
                     delay = self.config.interval
                     if self._soonest is not None:
-                        delay = max(0.05, min(delay, self._soonest + 0.05))
-                    with trio.move_on_after(delay):
-                        await self._wake.wait()
+                        delay = max(MIN_GAP, min(delay, self._soonest + 0.05))
+                    if self._backoff:
+                        await trio.sleep(self._backoff)
+                    else:
+                        with trio.move_on_after(delay):
+                            await self._wake.wait()
+                    await trio.sleep(MIN_GAP if self._wake.is_set() else 0)
                     self._wake = trio.Event()
                     try:
                         await self.round()
@@ -113,17 +126,27 @@ class Node:
         finally:
             self._loop_done.set()
 
+    async def watch_expiry(self) -> None:
+        """Drop every shard when the local deadline passes with no renewal, whatever a round
+        is doing (one can hang on a connection that stopped answering)."""
+        while True:
+            deadline = self.table.valid_until
+            if math.isinf(deadline):
+                await trio.sleep(self.config.interval)
+                continue
+            await trio.sleep_until(deadline + 0.01)
+            expired = self.table.expired(trio.current_time())
+            if expired:
+                log.warning("no lease renewal for %g s: dropping %d shards",
+                            self.config.lease_ttl, len(expired))
+                handover.gone(self, expired)
+
     async def round(self) -> None:
         async with self._round_lock:
             await self._round()
 
     async def _round(self) -> None:
         table, config = self.table, self.config
-        expired = table.expired(trio.current_time())
-        if expired:
-            log.warning("no lease renewal for %.0f s: dropping %d shards", config.lease_ttl,
-                        len(expired))
-            self._gone(expired)
         began = trio.current_time()
         try:
             rnd = await self.leases.run(leases.renew, table.node_id, self.peer_address,
@@ -131,20 +154,26 @@ class Node:
                                         dict(table.epochs))
         except psycopg.Error as exc:
             self.failures += 1
-            log.warning("lease round failed: %s", type(exc).__name__)
+            if not self._backoff:
+                log.warning("lease round failed (%s); trying again with a backoff",
+                            type(exc).__name__)
+            self._backoff = min(config.interval, max(0.5, self._backoff * 2))
             return
+        if self._backoff:
+            log.info("lease rounds work again")
+            self._backoff = 0.0
         self.rounds += 1
         lost = table.renewed(rnd.kept, began, config.lease_ttl)
         if lost:
             log.warning("lost %d shards to another node", len(lost))
-            self._gone(lost)
+            handover.gone(self, lost)
         table.seen(rnd.owners, rnd.peers)
         self.nodes_live = max(1, len(rnd.peers))
         self._soonest = None if rnd.soonest_expiry is None else rnd.soonest_expiry - rnd.now
-        assert self.router is not None
-        self.router.table_changed()
+        self.changed()
         if self.leaving:
             return  # renew what is still held while it is handed over; take nothing
+        await self._recover(table.in_state(ShardState.RECOVERING))  # a recovery that failed
         fair = fair_share(self.nodes_live)
         held = len(table.held())
         orphans = self._free_before & set(rnd.free)
@@ -161,7 +190,7 @@ class Node:
 
     async def _hand_over(self, shards: list[int]) -> None:
         try:
-            await self._release(shards, self.config.handover_grace)
+            await handover.release(self, shards, self.config.handover_grace)
         finally:
             self.handing_over = False
 
@@ -181,95 +210,60 @@ class Node:
             self.failures += 1
             log.warning("taking shards failed: %s", type(exc).__name__)
             return
-        if not taken:
+        if taken:
+            self.table.taken(taken)
+            self.taken += len(taken)
+            shards = set(taken)
+            self.journal.forget(lambda key: shard_of(key) in shards)
+            self.changed()
+            await self._recover(sorted(shards))
+
+    async def _recover(self, shards: list[int]) -> None:
+        """Close the runs the last owner of ``shards`` (``RECOVERING``) left open, then own
+        them. A store that fails meanwhile leaves them ``RECOVERING``: the next round tries
+        again (their leases are renewed meanwhile; their requests wait)."""
+        if not shards:
             return
-        shards = set(taken)
-        self.table.taken(taken)
-        self.taken += len(taken)
-        self.journal.forget(lambda key: shard_of(key) in shards)
+        chosen = set(shards)
         # Actors of ours from an earlier hold of these shards (lost, then taken back) are
         # stopping: the new ones start only after them.
-        await self._until_stopped([r.key for r in self.runtime.directory.refs()
-                                   if shard_of(r.key) in shards], 10.0)
-        closed = await close_open_runs(self.journal, only=lambda key: shard_of(key) in shards)
+        await handover.until_stopped(self, [r.key for r in self.runtime.directory.refs()
+                                            if shard_of(r.key) in chosen], 10.0)
+        try:
+            closed = await close_open_runs(self.journal, only=lambda k: shard_of(k) in chosen)
+        except JournalUnavailable as exc:
+            log.warning("recovering %d shards failed (%s): the next round tries again",
+                        len(shards), exc)
+            return
         self.table.move([s for s in shards if self.table.states[s] is ShardState.RECOVERING],
                         "recovered")
-        log.info("took %d shards (%d runs left open by their last owner closed); own %d",
-                 len(taken), closed, self.table.owned)
-        assert self.router is not None
-        self.router.table_changed()
+        log.info("took %d shards (%d runs their last owner left open closed); own %d",
+                 len(shards), closed, self.table.owned)
+        self.changed()
 
     def _choose(self, owned: list[int], count: int) -> list[int]:
         """The ``count`` shards with the fewest live actors: the cheapest to hand over."""
         live = Counter(shard_of(ref.key) for ref in self.runtime.directory.refs())
         return sorted(owned, key=lambda s: (live[s], s))[:count]
 
-    async def _release(self, shards: list[int], grace: float) -> None:
-        """Hand ``shards`` (``OWNED``, or already ``RELEASING``) over."""
-        if not shards:
-            return
-        table = self.table
-        chosen = set(shards)
-        held = {s: table.epochs[s] for s in shards}
-        table.move([s for s in shards if table.states[s] is ShardState.OWNED], "release")
-        assert self.router is not None
-        self.router.table_changed()
-        await self._stop_actors(chosen, grace)
-        try:
-            await self.leases.run(leases.release, table.node_id, held)
-        except psycopg.Error as exc:
-            log.warning("releasing shards failed (%s): they expire", type(exc).__name__)
-        for shard in shards:
-            if table.states[shard] is ShardState.RELEASING:
-                table.move([shard], "released")
-        self.journal.forget(lambda key: shard_of(key) in chosen)
-        self.released += len(shards)
-        self.router.table_changed()
-        log.info("handed over %d shards; own %d", len(shards), table.owned)
-
-    def _gone(self, shards: list[int]) -> None:
-        """Shards lost: forget their rows, stop their actors now (no grace: they cannot write)."""
-        chosen = set(shards)
-        self.lost += len(shards)
-        self.journal.forget(lambda key: shard_of(key) in chosen)
-        self._tell_stop(chosen, 0.0)
-        if self.router is not None:
-            self.router.table_changed()
-
-    def _tell_stop(self, shards: set[int], grace: float) -> list[ThreadKey]:
-        keys = []
-        for ref in self.runtime.directory.refs():
-            if shard_of(ref.key) in shards:
-                keys.append(ref.key)
-                try:
-                    ref.tell(Shutdown(grace))
-                except (ActorStopped, MailboxFull):
-                    pass  # gone already, or busy: the mailbox closes when the actor stops
-        return keys
-
-    async def _stop_actors(self, shards: set[int], grace: float) -> None:
-        await self._until_stopped(self._tell_stop(shards, grace), grace + 10.0)
-
-    async def _until_stopped(self, keys: list[ThreadKey], timeout: float) -> None:
-        directory = self.runtime.directory
-        with trio.move_on_after(timeout):
-            while any(key in directory for key in keys):
-                await trio.sleep(0.05)
-
     async def leave(self, grace: float) -> None:
         """Hand every shard over and leave the cluster (a graceful stop); runs get ``grace``
         seconds. Rounds go on renewing what is still held meanwhile, and take nothing more.
         Calling it again does nothing more."""
         self.leaving = True
-        async with self._round_lock:
-            pass  # a round under way (a take, with its recovery) ends first
+        with trio.move_on_after(self.config.lease_ttl):
+            async with self._round_lock:
+                pass  # a round under way (a take, with its recovery) ends first
         table = self.table
-        await self._release(table.in_state(ShardState.OWNED, ShardState.RELEASING), grace)
+        # Shards not yet recovered go too: their next owner recovers them.
+        table.move(table.in_state(ShardState.RECOVERING), "recovered")
+        await handover.release(self, table.in_state(ShardState.OWNED, ShardState.RELEASING),
+                               grace)
         self._loop_scope.cancel()
         if self.router is not None and not self._loop_done.is_set():
             await self._loop_done.wait()
         try:
-            await self.leases.run(leases.leave, self.table.node_id)
+            await self.leases.run(leases.leave, self.table.node_id, self.started_at)
         except psycopg.Error:
             pass
 

@@ -1,4 +1,5 @@
-"""The node-to-node link on trio sockets: ``PeerServer`` answers calls, ``PeerClients`` makes them.
+"""The node-to-node link on trio sockets: ``PeerClients`` makes calls (``peer_server.py``
+answers them), and what both sides share: ``Link`` and ``write_frames``.
 
 One TCP connection per pair of nodes carries every call between them, each with its id, answered
 in any order, once each side has proved it holds the cluster secret (a server closes a peer that
@@ -29,16 +30,16 @@ from threadline.actors.messages import ThreadKey, ThreadRequest
 from threadline.actors.reply import Reply
 from threadline.actors.stats import SECONDS_BUCKETS, Histogram
 
-from .wire import (INTERNAL, INTERNAL_MESSAGE, NONCE_BYTES, Call, Challenge, Failure,
-                   FrameDecoder, Hello, Message, PeerLost, PeerUnreachable, Proof, Result,
-                   WireError, call_of, client_proof, encode, error_of, failure_of, make_of,
-                   server_proof)
+from .wire import (MAX_FRAME, NONCE_BYTES, Challenge, Failure, FrameDecoder, Hello, Message,
+                   PeerLost, PeerUnreachable, Proof, Result, WireError, call_of, client_proof,
+                   encode, error_of, server_proof)
 
 log = logging.getLogger("threadline.cluster.peers")
 
 HANDSHAKE_SECONDS = 5.0     # the server's bound on a peer's handshake
 CONNECT_SECONDS = 2.0       # the client's bound on connecting and its handshake
 MAX_IN_FLIGHT = 1024        # calls running at once per connection, on the server
+MAX_HANDSHAKING = 64        # connections not yet proved, at once, on the server
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 #: The node's local-only ask: runs the request ``make(reply)`` builds on the thread's actor.
@@ -46,13 +47,16 @@ Handle = Callable[[ThreadKey, Callable[[Reply], ThreadRequest]], Awaitable[Any]]
 Address = tuple[str, int]
 
 
-class _Link:
+class Link:
     """A stream and the messages read from it but not yet taken."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, max_frame: int = MAX_FRAME) -> None:
         self.stream = stream
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_frame)
         self._ready: deque[Message] = deque()
+
+    def allow(self, max_frame: int) -> None:
+        self._decoder.max_frame = max_frame
 
     async def receive(self) -> Message | None:
         """The next message; None once the peer has closed. Raises ``WireError``, ``_BROKEN``."""
@@ -64,7 +68,7 @@ class _Link:
         return self._ready.popleft()
 
 
-async def _write(stream: trio.SocketStream, frames: trio.MemoryReceiveChannel[bytes]) -> None:
+async def write_frames(stream: trio.SocketStream, frames: trio.MemoryReceiveChannel[bytes]) -> None:
     """Send the queued frames, in order, one whole frame at a time."""
     try:
         async for frame in frames:
@@ -73,88 +77,10 @@ async def _write(stream: trio.SocketStream, frames: trio.MemoryReceiveChannel[by
         await trio.aclose_forcefully(stream)  # so that its reader sees the end
 
 
-def _address(stream: trio.SocketStream) -> str:
+def address_of(stream: trio.SocketStream) -> str:
     with contextlib.suppress(OSError):
         return "%s:%s" % stream.socket.getpeername()[:2]
     return "an address already gone"
-
-
-class PeerServer:
-    """Answers other nodes' calls with ``handle``; ``serve`` runs until cancelled."""
-
-    def __init__(self, node_id: str, secret: bytes, handle: Handle, *,
-                 handshake_timeout: float = HANDSHAKE_SECONDS) -> None:
-        self.node_id = node_id
-        self._secret = secret
-        self._handle = handle
-        self._handshake_timeout = handshake_timeout
-
-    async def serve(self, listeners: list[trio.SocketListener], *,
-                    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Like ``trio.serve_listeners``: ``task_status.started(listeners)`` once listening."""
-        await trio.serve_listeners(self._connection, listeners, task_status=task_status)
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        peer, link = _address(stream), _Link(stream)
-        async with stream:
-            refused: str | None = f"no handshake within {self._handshake_timeout} s"
-            with trio.move_on_after(self._handshake_timeout):
-                refused = await self._handshake(link)
-            if refused is not None:
-                log.warning("peer link from %s refused: %s", peer, refused)
-                return
-            send, frames = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
-            slots = trio.Semaphore(MAX_IN_FLIGHT)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write, stream, frames)
-                try:
-                    while (message := await link.receive()) is not None:
-                        if type(message) is not Call:
-                            raise WireError(f"a {type(message).__name__} after the handshake")
-                        await slots.acquire()  # at MAX_IN_FLIGHT: read no more until one is done
-                        nursery.start_soon(self._answer, message, send, slots)
-                except WireError as exc:
-                    log.warning("peer link from %s closed: %s", peer, exc)
-                except _BROKEN:
-                    pass
-                nursery.cancel_scope.cancel()  # the link is gone: nobody is left to answer
-
-    async def _handshake(self, link: _Link) -> str | None:
-        """None once the peer has proved it holds the secret, else why it has not."""
-        try:
-            hello = await link.receive()
-            if type(hello) is not Hello or len(hello.nonce) != NONCE_BYTES:
-                what = "nothing" if hello is None else f"a {type(hello).__name__}"
-                return f"it sent {what}, not a hello with a {NONCE_BYTES}-byte nonce"
-            nonce = os.urandom(NONCE_BYTES)
-            proof = server_proof(self._secret, hello.nonce, nonce)
-            await link.stream.send_all(encode(Challenge(self.node_id, nonce, proof)))
-            answer = await link.receive()
-        except WireError as exc:
-            return f"not this protocol ({exc})"
-        except _BROKEN:
-            return "the connection broke during the handshake"
-        expected = client_proof(self._secret, nonce, hello.nonce)
-        if type(answer) is not Proof or not hmac.compare_digest(answer.proof, expected):
-            return f"node {hello.node_id[:64]!r} gave no proof or a wrong one (another secret?)"
-        return None
-
-    async def _answer(self, call: Call, send: trio.MemorySendChannel[bytes],
-                      slots: trio.Semaphore) -> None:
-        """Run the call and queue its answer (cancelled only with its connection: no finally)."""
-        try:
-            key, make = make_of(call)
-            frame = encode(Result(call.id, await self._handle(key, make)))
-        except Exception as exc:
-            failure = failure_of(call.id, exc)
-            if failure.code == INTERNAL:
-                log.error("a call from a peer failed", exc_info=exc)
-            try:
-                frame = encode(failure)
-            except ValueError:  # a message msgpack cannot hold (a lone surrogate)
-                frame = encode(Failure(call.id, INTERNAL, INTERNAL_MESSAGE))
-        await send.send(frame)  # waits while the writer is MAX_IN_FLIGHT frames behind
-        slots.release()  # (and the slot is held meanwhile: a slow reader slows our reading)
 
 
 class _Connection:
@@ -162,7 +88,7 @@ class _Connection:
 
     def __init__(self) -> None:
         self.opened = trio.Event()
-        self.link: _Link | None = None
+        self.link: Link | None = None
         self.outbox, self.frames = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
         self.waiting: dict[int, Reply[Result | Failure]] = {}
         self.reason = "the peer clients were closed"
@@ -227,7 +153,7 @@ class PeerClients:
                 connection.link = await self._open(address)
             finally:
                 connection.opened.set()
-            self._nursery.start_soon(_write, connection.link.stream, connection.frames)
+            self._nursery.start_soon(write_frames, connection.link.stream, connection.frames)
             while (message := await connection.link.receive()) is not None:
                 if type(message) is not Result and type(message) is not Failure:
                     raise WireError(f"a {type(message).__name__} as an answer")
@@ -248,13 +174,13 @@ class PeerClients:
             if connection.link is not None:
                 await trio.aclose_forcefully(connection.link.stream)
 
-    async def _open(self, address: Address) -> _Link:
+    async def _open(self, address: Address) -> Link:
         """Connect and do the handshake within ``connect_timeout``, or ``PeerUnreachable``."""
         try:
             with trio.fail_after(self._connect_timeout):
                 stream = await trio.open_tcp_stream(*address)
                 try:
-                    link = _Link(stream)
+                    link = Link(stream)
                     nonce = os.urandom(NONCE_BYTES)
                     await stream.send_all(encode(Hello(self.node_id, nonce)))
                     challenge = await link.receive()

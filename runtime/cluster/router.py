@@ -33,8 +33,8 @@ import trio
 
 from threadline.actors.errors import ActorCrashed, ActorStopped, AskTimeout, Fenced
 from threadline.actors.gateway import Gateway
-from threadline.actors.messages import (THREAD_DELETED, GetInfo, Joined, PostMessage, Subscribe,
-                                        ThreadKey)
+from threadline.actors.messages import (THREAD_DELETED, CancelRun, GetInfo, Joined, PostMessage,
+                                        Subscribe, ThreadKey)
 from threadline.actors.reply import Reply
 from threadline.actors.stats import SECONDS_BUCKETS, Histogram
 
@@ -48,11 +48,16 @@ RETRY_AFTER = 0.25  # seconds to wait for the table to change before asking agai
 
 
 def _repeatable(make: Callable[[Reply[Any]], Any]) -> bool:
-    """Whether asking twice does what asking once does: all but a ``send`` without a
-    ``client_msg_id`` (an info, a cancel and a delete are idempotent; a send with one is
-    answered from the journal the second time)."""
+    """Whether asking twice does what asking once does: an info, a delete, a cancel that names
+    its run, and a send with a ``client_msg_id`` (answered from the journal the second time);
+    not a send without one, nor a cancel of "the active run" (which may be the next one by
+    the second time)."""
     msg = make(Reply())
-    return not isinstance(msg, PostMessage) or msg.client_msg_id is not None
+    if isinstance(msg, PostMessage):
+        return msg.client_msg_id is not None
+    if isinstance(msg, CancelRun):
+        return msg.run_id is not None
+    return True
 
 
 class Relay:
@@ -113,7 +118,7 @@ class Router:
                     with trio.move_on_at(deadline) as scope:
                         return await self._forward(where, key, make)
                     if scope.cancelled_caught:
-                        raise AskTimeout(f"node {where.node_id} did not answer in time")
+                        raise AskTimeout("the thread's owner did not answer in time")
             except (NotOwner, PeerUnreachable, Fenced) as exc:
                 self._retrying(where, exc)
             except PeerLost as exc:

@@ -86,6 +86,7 @@ class ShardTable:
     """This node's view of every shard: its own states and epochs, and who owns the rest."""
 
     def __init__(self, node_id: str, margin: float = 1.0) -> None:
+        # ``margin``: ``ClusterConfig.margin``, a quarter of the TTL, at most 1 s.
         self.node_id = node_id
         self.margin = margin  # seconds of the TTL not counted on (clock drift, slow renewal)
         self.states = [S.FREE] * SHARDS

@@ -18,14 +18,15 @@ from typing import Any, AsyncIterator
 import attrs
 import trio
 
-from threadline.stores import open_durable_journal
+from threadline.stores import StoreError, open_durable_journal
 from threadline.stores.durable import DurableJournal
 
 from . import leases
 from .fence import EVENTS_CHANNEL, Fence
 from .listen import listen
 from .node import Node
-from .peers import PeerServer, open_peer_clients
+from .peer_server import PeerServer
+from .peers import open_peer_clients
 from .router import Router
 from .shards import ShardTable
 
@@ -49,10 +50,19 @@ class ClusterConfig:
         return self.lease_ttl / 3
 
     @property
+    def margin(self) -> float:
+        """Seconds of each lease the node does not count on (a renewal's own time, clocks)."""
+        return min(1.0, self.lease_ttl / 4)
+
+    @property
     def stuck_after(self) -> float:
         """Seconds after which the server ends a node's transaction that is stuck (a paused
         node): its locks on lease rows must not outlive its lease by much."""
         return max(1.0, self.lease_ttl / 2)
+
+
+class NodeIdInUse(StoreError):
+    """Another live node has this node's id (said in one line, as a store problem is)."""
 
 
 def shared_token_secret(dsn: str) -> str:
@@ -100,6 +110,10 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
     token = trio.lowlevel.current_trio_token()
     fence.on_fenced = lambda shards: token.run_sync_soon(node.wake)
     secret = await node.leases.run(leases.setup, secrets.token_urlsafe(32))
+    since = await node.leases.run(leases.in_use, table.node_id, config.lease_ttl)
+    if since is not None:
+        raise NodeIdInUse(f"node id {table.node_id} is in use by a live node (its last "
+                          f"heartbeat {since:.1f} s ago): give each node its own --node-id")
     host, port = config.peer_listen
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
@@ -121,6 +135,7 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
                                leases.application_name(config.node_id))
             await node.round()
             nursery.start_soon(node.run_loop)
+            nursery.start_soon(node.watch_expiry)
             await trio.lowlevel.checkpoint()  # the loop is on before anyone can leave
             log.info("node %s in the cluster: peers on %s, %d shards, %d nodes live",
                      table.node_id, node.peer_address, table.owned, node.nodes_live)

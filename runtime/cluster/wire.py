@@ -4,7 +4,7 @@ A frame is a 4-byte big-endian length and that much msgpack: a list, the message
 ``FrameDecoder.feed`` takes bytes as they come (split anywhere, several frames at once) and
 returns whole messages, every field's type checked exactly, a ``Result``'s value included (on
 both sides an ``Accepted``, a run id, a ``ThreadInfo`` or None). Anything else, or a length over
-``MAX_FRAME``, raises ``WireError``: the link must be closed, nothing past it can be trusted.
+``max_frame`` (``HANDSHAKE_FRAME`` until the handshake is done), raises ``WireError``: close.
 
 Handshake, client first: ``Hello``, ``Challenge``, ``Proof``. A proof is an HMAC-SHA256 under the
 shared secret over both 16-byte nonces, prefixed with the prover's role: neither proof can be
@@ -34,8 +34,8 @@ from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteT
                                         PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
 from threadline.actors.reply import Reply
 
-MAX_FRAME: Final = 8 * 1024 * 1024  # bytes of one body
-NONCE_BYTES: Final = 16
+MAX_FRAME: Final = 8 * 1024 * 1024  # bytes of one body; before the handshake, HANDSHAKE_FRAME
+HANDSHAKE_FRAME, NONCE_BYTES = 1024, 16
 _LENGTH = struct.Struct(">I")
 
 
@@ -214,8 +214,9 @@ def encode(message: Message) -> bytes:
 class FrameDecoder:
     """Bytes in, whole messages out; keeps the unfinished rest for the next ``feed``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = bytearray()
+        self.max_frame = max_frame  # raised once the handshake is done
 
     def feed(self, data: bytes) -> list[Message]:
         buffer = self._buffer
@@ -223,8 +224,8 @@ class FrameDecoder:
         messages, start = [], 0
         while len(buffer) - start >= _LENGTH.size:
             (size,) = _LENGTH.unpack_from(buffer, start)
-            if size > MAX_FRAME:
-                raise WireError(f"a frame of {size} bytes is over {MAX_FRAME}")
+            if size > self.max_frame:
+                raise WireError(f"a frame of {size} bytes is over {self.max_frame}")
             end = start + _LENGTH.size + size
             if len(buffer) < end:
                 break

@@ -156,6 +156,11 @@ class DurableJournal:
     async def open_runs(self) -> list[OpenRun]:
         return await self._read(sql.open_runs)
 
+    async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(cursor, *args)``, a blocking read of the caller's (a cluster node's batched
+        feed reads), on the read pool with the store's outage handling (see ``_read``)."""
+        return await self._read(fn, *args)
+
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
         (and starts the backoff); any other error is raised as it is, without backoff."""

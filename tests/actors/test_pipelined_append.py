@@ -204,3 +204,24 @@ async def test_a_subscriber_that_raises_harms_no_other_thread(tmp_path):
             for key in [ThreadKey("mallory", "t"), *(ThreadKey("bob", f"t{k}") for k in range(5))]:
                 names = [e.event for e in await journal.read(key, 0)]
                 assert names == ["user_message", "agent_started", "agent_completed"] * 3, key
+
+
+async def test_writes_queued_behind_a_fenced_one_fail_as_fenced_too():
+    # A cluster node whose lease was taken over: the router sends a request that got Fenced to
+    # the thread's new owner, so the writes that fail because of it must say so too.
+    from threadline.actors.errors import Fenced
+    from threadline.actors.reply import Reply
+    from threadline.actors.sequencer import Sequencer
+
+    key = ThreadKey("ada", "main")
+    journal = HoldingJournal(lambda events: True)
+    await journal.ensure_thread(key, 0.0)
+    seq = Sequencer(key, journal, lambda: 1.0, lambda event: None)
+    seq.start(0)
+    first, second = Reply(), Reply()
+    seq.submit("user_message", "r1", {"message_id": "m1", "text": "a"}, first)
+    seq.submit("agent_started", "r1", {}, second)
+    journal.fail_held(Fenced("another node owns the thread now"))
+    for reply in (first, second):
+        with pytest.raises(Fenced):
+            await reply.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from tests.pg import free_port
 from tests.runtime.test_cli_errors import cli, refused
@@ -38,10 +39,23 @@ def test_peers_on_every_interface_need_an_advertised_address(pg_dsn):
 
 @pytest.mark.parametrize("flag, value, says", [
     ("--node-id", "no spaces", "--node-id: 'no spaces': 1-50 characters"),
-    ("--lease-ttl", "0", "--lease-ttl: '0': a number of seconds > 0"),
+    ("--lease-ttl", "0.5", "--lease-ttl: '0.5': a number of seconds >= 1"),
     ("--peer-address", "nowhere", "--peer-address: 'nowhere': HOST:PORT"),
 ])
 def test_bad_cluster_flags_are_one_line(flag, value, says):
     out = serve("--cluster", "--store", "postgresql://x@127.0.0.1:1/db", flag, value)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, \
         out.stderr
+
+
+async def test_a_node_id_a_live_node_has_is_refused(pg_dsn):
+    from tests.cluster.nodes import Node
+
+    first = await Node(pg_dsn, "--node-id", "n1").ready()
+    try:
+        out = await trio.to_thread.run_sync(lambda: serve("--cluster", "--store", pg_dsn,
+                                                          "--node-id", "n1"))
+        refused(out, "node id n1 is in use by a live node")
+        assert (await first.health())["cluster"]["node"] == "n1"  # untouched
+    finally:
+        first.kill()

@@ -192,3 +192,23 @@ async def test_a_node_paused_past_its_lease_writes_nothing_for_the_shards_it_los
         assert texts.count("sent to the paused node") == (1 if isinstance(answers[0], dict)
                                                           else 0)
         assert texts.count("sent to the new owner") == 1
+
+
+async def test_a_long_run_on_a_stopping_node_holds_back_only_its_own_thread(pg_dsn):
+    async with open_nodes(pg_dsn, 2, *SCRIPTED, "--lease-ttl", "3", "--grace", "20") as (a, b):
+        busy, idle = threads_owned_by(pg_dsn, a, "ada", 2, prefix="h")
+        async with open_client(b.url, token("ada")) as client:
+            await client.join(busy)
+            await client.join(idle)
+            await client.send(busy, "sleep:60")
+            a.signal(signal.SIGTERM)  # its busy thread's run gets 20 s
+            await trio.sleep(0.5)
+            with trio.fail_after(8):  # well within the grace: the idle thread moved at once
+                accepted = await client.send(idle, "think:elsewhere")
+            assert accepted["seq"] == 1
+            with trio.fail_after(40):  # the run ends with the grace, as on one node
+                while (frame := await client.next_event(40))["thread_id"] != busy or \
+                        frame["event"] != "agent_cancelled":
+                    pass
+            assert frame["data"] == {"reason": "shutdown"}
+        assert await a.wait(40) == 0

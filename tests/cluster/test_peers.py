@@ -16,7 +16,8 @@ from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Bu
 from threadline.actors.messages import (Accepted, CancelRun, DeleteThread, GetInfo, PostMessage,
                                         ThreadInfo, ThreadKey)
 from threadline.actors.reply import Reply
-from threadline.cluster.peers import MAX_IN_FLIGHT, PeerServer, open_peer_clients
+from threadline.cluster.peer_server import PeerServer
+from threadline.cluster.peers import MAX_IN_FLIGHT, open_peer_clients
 from threadline.cluster.wire import (NONCE_BYTES, Call, Challenge, FrameDecoder, Hello, Info,
                                      NotOwner, PeerError, PeerLost, PeerUnreachable, Proof,
                                      encode)
@@ -297,3 +298,29 @@ async def test_a_peer_without_a_good_handshake_is_closed_with_a_warning(caplog, 
     [record] = caplog.records
     text = record.getMessage()
     assert record.levelno == logging.WARNING and warning in text and "from 127.0.0.1:" in text
+
+
+async def test_a_stranger_gets_small_frames_and_few_slots_before_the_handshake():
+    from threadline.cluster import peer_server
+    from threadline.cluster.wire import HANDSHAKE_FRAME
+
+    server = PeerServer("owner", SECRET, Owner().handle, handshake_timeout=5)
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(server.serve, await trio.open_tcp_listeners(
+            0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        # A frame announced larger than a handshake needs: closed at once, before its body.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all((HANDSHAKE_FRAME + 1).to_bytes(4, "big"))
+        with trio.fail_after(5):
+            assert await stream.receive_some(10) == b""
+        # Past MAX_HANDSHAKING connections still in their handshake, the next is closed.
+        idle = [await trio.open_tcp_stream("127.0.0.1", port)
+                for _ in range(peer_server.MAX_HANDSHAKING)]
+        await trio.sleep(0.2)
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await extra.receive_some(10) == b""
+        for s in [stream, extra, *idle]:
+            await s.aclose()
+        nursery.cancel_scope.cancel()
