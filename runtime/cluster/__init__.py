@@ -3,7 +3,8 @@
 ``shards``: which shard a thread is in and the sans-IO table of this node's shards; ``leases``:
 the SQL of shard leases and the ``nodes`` table; ``fence``: the checks and the one ``NOTIFY``
 every group-commit transaction makes; ``feeds``: events of threads other nodes own, read from
-the journal; ``wire`` and ``peers``: the link requests are forwarded on; ``node``: the loop that
-takes, renews and releases leases and routes requests. ``docs/architecture.md`` tells the
-whole story.
+the journal; ``wire``, ``peers`` and ``peer_server``: the link requests are forwarded on;
+``router``: where each request goes; ``node``: the loop that takes and renews leases, and
+``handover``: shards leaving the node; ``start``: settings and joining.
+``docs/architecture.md`` tells the whole story.
 """

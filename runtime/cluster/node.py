@@ -1,7 +1,8 @@
-"""A cluster node: the lease loop, and the wiring of the router, the feeds and the peer link.
+"""A cluster node: its lease rounds, its deadline, and its shards' recovery.
 
-Every ``interval`` (a third of the TTL), and at once when woken (another node took or let go of
-shards, the fence refused a write, a peer did not answer), the node runs a round: heartbeat,
+Every ``interval`` (a third of the TTL), and soon when woken (another node took or let go of
+shards, the fence refused a write, a peer did not answer; at most one round per ``MIN_GAP``,
+and after a failed round a backoff), the node runs a round: heartbeat,
 renew the leases it holds, read who owns what; then take shards up to its fair share
 (``ceil(1024 / live nodes)``), or hand over those above it. When another node's lease is
 about to run out (its node died), the next round is timed just after that moment, so a dead
@@ -11,12 +12,11 @@ Invariants:
 
 - Actors run only for ``OWNED`` shards (the directory's ``admit``). A taken shard is
   ``RECOVERING`` until the runs its last owner left open are closed (``agent_failed``, as
-  after a restart), and only then ``OWNED``.
-- A handover (``release``) stops the shard's actors first (their runs get the grace period,
-  then ``agent_cancelled``), then lets go of the lease: the next owner starts from a journal
-  nobody writes any more. A shard lost (the store says another node has it, or the local
-  deadline passed with no renewal) stops its actors at once; whatever they still try to write
-  is refused by the fence.
+  after a restart), and only then ``OWNED``; a recovery the store failed is tried again at
+  the next round.
+- The local deadline is kept by its own task (``watch_expiry``), not by the rounds: a round
+  can hang on a connection that stopped answering, and a node past its deadline must stop
+  acting as owner whatever it is doing. Handing over and losing shards: ``handover.py``.
 - A shard is never ``OWNED`` without its epoch in ``table.epochs``, and the writer's cache
   never keeps rows of a shard the node does not hold (``DurableJournal.forget``).
 - Leaving (a graceful stop) hands every shard over and deletes the node's row, so the others
