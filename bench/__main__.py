@@ -18,6 +18,7 @@ from typing import Any
 from threadline.tuning import raise_fd_limit, tune_gc
 
 from . import actors as actors_bench
+from . import cluster as cluster_bench
 from . import journal as journal_bench
 from . import scale as scale_bench
 from . import streaming as streaming_bench
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": quick}
 
-    progress("1/6 in-process actors")
+    progress("1/7 in-process actors")
     results["actors"] = {
         "ask": actors_bench.bench_ask(20_000 if quick else 100_000, 3),
         "memory": actors_bench.bench_memory(10_000 if quick else 100_000),
@@ -164,28 +165,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     gc.collect()
 
-    progress("2/6 server throughput: threadline and the FastAPI peer on memory, SQLite and "
+    progress("2/7 server throughput: threadline and the FastAPI peer on memory, SQLite and "
              "PostgreSQL, and the bare echo server")
     levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
     results["throughput"] = ws_bench.throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2,
                                                 ("bare", "threadline", "peer"))
 
-    progress("3/6 latency under open-loop load, 100 connections (durable stores at half)")
+    progress("3/7 latency under open-loop load, 100 connections (durable stores at half)")
     max_events = results["throughput"]["100"]["threadline"]["events_per_s"]
     results["latency"] = latency(max_events, [0.25, 0.5, 0.75, 1.0], 100, 2.0 if quick else 4.0)
 
-    progress("4/6 scale: many connections, many threads")
+    progress("4/7 scale: many connections, many threads")
     results["scale"] = {
         "connections": scale_bench.connections(1000 if quick else 10_000),
         "passivation": scale_bench.passivation(10_000 if quick else 100_000),
     }
 
-    progress("5/6 journal: SQLite and PostgreSQL, group commit and a transaction per event")
+    progress("5/7 journal: SQLite and PostgreSQL, group commit and a transaction per event")
     results["journal"] = journal_bench.run(2.0 if quick else 4.0, [200] if quick else [200, 1000])
 
-    progress("6/6 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
+    progress("6/7 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
     results["streaming"] = streaming_bench.run(
         [50, 100] if quick else streaming_bench.LEVELS, 400 if quick else 1000, list(STORES))
+
+    progress("7/7 cluster: 1, 2 and 3 nodes on one PostgreSQL (its own table, cluster.json)")
+    cluster_bench.main(["--rounds", "1" if quick else "2", "--seconds", "2" if quick else "4",
+                        "--latency-seconds", "3" if quick else "6"])
 
     results["seconds"] = time.perf_counter() - t0
     path = write_results("suite", results)

@@ -117,10 +117,11 @@ def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
     """The table rows of this scenario, for whichever baselines were run."""
     out: list[Row] = []
     for n, r in results.items():
-        t = r["threadline"]["events_per_s"]
+        memory = r.get("threadline")  # absent when the memory store was not run
+        t = memory["events_per_s"] if memory is not None else None
         for kind, label, target in (("bare", "bare echo", BARE_TARGET),
                                     ("peer", "FastAPI peer", PEER_TARGET)):
-            if kind in r:
+            if kind in r and t is not None:
                 base = r[kind]["events_per_s"]
                 out.append((f"events/s, {n} connections", f"{t:,.0f}", f"{base:,.0f} {label}",
                             f"{t / base:.2f}", f">= {target:g} x {kind}",
@@ -130,10 +131,11 @@ def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
             if mine is None:
                 continue
             d = mine["events_per_s"]
-            target = f">= {DURABLE_TARGET:g} x memory" if n == DURABLE_AT else "-"
-            out.append((f"events/s, {n} connections, {label} store", f"{d:,.0f}",
-                        f"{t:,.0f} memory store", f"{d / t:.2f}", target,
-                        met(d / t >= DURABLE_TARGET) if n == DURABLE_AT else "-"))
+            if t is not None:
+                target = f">= {DURABLE_TARGET:g} x memory" if n == DURABLE_AT else "-"
+                out.append((f"events/s, {n} connections, {label} store", f"{d:,.0f}",
+                            f"{t:,.0f} memory store", f"{d / t:.2f}", target,
+                            met(d / t >= DURABLE_TARGET) if n == DURABLE_AT else "-"))
             peer = r.get(f"peer-{store}")
             if peer is not None:
                 base = peer["events_per_s"]
