@@ -1,7 +1,8 @@
 """The ``threadline`` command: ``serve``, ``token``, ``delete-user`` and ``--version``.
 
 The options (each from a flag or a ``THREADLINE_*`` variable, a flag winning) are declared in
-``threadline.options``; this module runs the commands and says what went wrong. What an operator can
+``threadline.options``; this module checks them, runs the commands (what ``serve`` runs once
+started is ``threadline.serving``) and says what went wrong. What an operator can
 fix (a port in use, a store that cannot be opened, an unreadable key file, a short secret, a bad
 value) is said in one line with exit status 2, never as a traceback: tracebacks are for bugs. Logs
 go to stderr through ``threadline.logs``, which masks every token and password; stdout has only the
@@ -12,13 +13,11 @@ go to stderr through ``threadline.logs``, which masks every token and password; 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import importlib
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
 from typing import Sequence
@@ -34,18 +33,15 @@ from threadline.actors.tools import ToolRegistry
 from threadline.transport.auth import MIN_SECRET_BYTES, Authenticator, KeyFileError, mint
 from threadline.transport.limits import Limits
 
-from .api import RuntimeConfig, open_runtime
 from .logs import mask, setup_logging
-from .options import SERVE_OPTIONS, TOKEN_TTL, fill_from_environment, parser
-from .server import open_server
+from .options import SERVE_OPTIONS, fill_from_environment, parser
+from .serving import serve
 from .stores import DEFAULT_STORE, StoreError, describe_store, open_journal
-from .tuning import raise_fd_limit, tune_gc
 
 # SERVE_OPTIONS is re-exported: tests and tools read the option table from here.
 __all__ = ["SERVE_OPTIONS", "Refusal", "main", "problem_of", "load_agent", "check_secret"]
 
 log = logging.getLogger("threadline")
-DEMO_USER = "demo"
 
 
 class Refusal(Exception):
@@ -130,90 +126,6 @@ def run_serve(args: argparse.Namespace) -> int:
         raise Refusal(str(exc)) from None
     agent, tools = load_agent(args.agent, args.model, args.system_prompt)
     return trio.run(serve, args, auth, agent, tools, limits)
-
-
-async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
-                tools: ToolRegistry, limits: Limits) -> int:
-    """Open the store, the runtime and the server; print ``ready:``; on SIGINT or SIGTERM drain
-    and stop (runs get ``--grace`` seconds). A signal while starting (say, a store that does
-    not answer) abandons the start."""
-    tune_gc()
-    log.info("open files limit %d", raise_fd_limit())
-    log.info("store %s", describe_store(args.store))
-    stop, ready, starting = trio.Event(), trio.Event(), trio.CancelScope()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-        async def watch() -> None:
-            async for signum in signals:
-                log.info("%s: shutting down (runs get %ss)", signal.Signals(signum).name,
-                         args.grace)
-                stop.set()
-                if not ready.is_set():
-                    starting.cancel()
-                return
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                with starting:
-                    async with contextlib.AsyncExitStack() as stack:
-                        await _serve_until(stack, args, auth, agent, tools, limits, ready, stop)
-                nursery.cancel_scope.cancel()
-        finally:  # an agent that holds resources (the openai one: its HTTP client) lets go
-            if (aclose := getattr(agent, "aclose", None)) is not None:
-                with trio.CancelScope(shield=True):
-                    await aclose()
-    log.info("stopped")
-    return 0
-
-
-async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespace,
-                       auth: Authenticator, agent: Agent, tools: ToolRegistry, limits: Limits,
-                       ready: trio.Event, stop: trio.Event) -> None:
-    """Open the store (fenced, for a cluster node), the runtime, the server and the node;
-    say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
-    cluster = table = fence = None
-    if args.cluster:
-        from threadline.cluster.shards import ShardTable
-        from threadline.cluster.start import ClusterConfig, made_up_node_id, open_cluster_journal
-
-        cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
-                                peer_listen=args.peer_address,
-                                peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
-                                handover_grace=args.grace)
-        table = ShardTable(cluster.node_id, margin=cluster.margin)
-        journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
-    else:
-        journal = await stack.enter_async_context(open_journal(args.store))
-    config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval)
-    rt = await stack.enter_async_context(open_runtime(
-        journal=journal, agent=agent, tools=tools, config=config, recover=cluster is None))
-    server = await stack.enter_async_context(open_server(
-        rt, host=args.host, port=args.port, auth=auth, limits=limits,
-        metrics_token=args.metrics_token, metrics_address=args.metrics_address,
-        demo=args.demo))
-    node = None
-    if cluster is not None:
-        from threadline.cluster.start import open_node
-
-        node = await stack.enter_async_context(open_node(cluster, table, rt, journal, fence,
-                                                         http_url=server.http_url))
-    ready.set()
-    log.info("agent %s", args.agent)
-    print(f"ready: {server.url}", flush=True)
-    token = None
-    if args.made_up:
-        token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
-        print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
-              f"connect:  {server.url}?token={token}", flush=True)
-    if args.demo:
-        query = f"?token={token}" if token else ""
-        print(f"open:     {server.http_url}{query}", flush=True)
-    await stop.wait()
-    if node is not None:  # its threads move to the other nodes before its clients are closed
-        server.server.drain()
-        await node.leave(args.grace)
-    await server.shutdown(args.grace)
 
 
 def run_token(args: argparse.Namespace) -> int:

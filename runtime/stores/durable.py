@@ -122,25 +122,25 @@ class DurableJournal:
                    limit: int = 1000) -> list[Event]:
         if not storable_key(key):
             return await _nothing([])
-        return await self._read(sql.read, key, after, upto, limit, self.backend.load_data)
+        return await self.read_with(sql.read, key, after, upto, limit, self.backend.load_data)
 
     async def last_seq(self, key: ThreadKey) -> int:
-        return await self._read(sql.last_seq, key) if storable_key(key) else await _nothing(0)
+        return await self.read_with(sql.last_seq, key) if storable_key(key) else await _nothing(0)
 
     async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
         if not storable_key(key) or unstorable_reason(client_msg_id) is not None:
             return await _nothing(None)
-        return await self._read(sql.find_message, key, client_msg_id)
+        return await self.read_with(sql.find_message, key, client_msg_id)
 
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         if unstorable_reason(user_id) is not None:
             return await _nothing([])
-        return await self._read(sql.threads, user_id)
+        return await self.read_with(sql.threads, user_id)
 
     async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
         if not storable_key(key):
             return await _nothing(None)
-        return await self._read(sql.get_thread, key)
+        return await self.read_with(sql.get_thread, key)
 
     async def delete_thread(self, key: ThreadKey) -> bool:
         # Through the writer: after the writes queued before it, and out of its cache.
@@ -151,18 +151,14 @@ class DurableJournal:
     async def last_seqs(self, keys: list[ThreadKey]) -> dict[ThreadKey, int]:
         """The last seq of each of ``keys`` that exists, in one look-up per 400 keys (a cluster
         node's poll of the threads it follows; not part of the ``Journal`` protocol)."""
-        return await self._read(batch.last_seqs, [k for k in keys if storable_key(k)])
+        return await self.read_with(batch.last_seqs, [k for k in keys if storable_key(k)])
 
     async def open_runs(self) -> list[OpenRun]:
-        return await self._read(sql.open_runs)
+        return await self.read_with(sql.open_runs)
 
     async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(cursor, *args)``, a blocking read of the caller's (a cluster node's batched
-        feed reads), on the read pool with the store's outage handling (see ``_read``)."""
-        return await self._read(fn, *args)
-
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(cursor, *args)`` in a worker thread. An outage raises ``JournalUnavailable``
+        """``fn(cursor, *args)`` (a blocking read: the queries here, a cluster node's batched
+        feed reads) in a worker thread on the read pool. An outage raises ``JournalUnavailable``
         (and starts the backoff); any other error is raised as it is, without backoff."""
         if self._outage.waiting():
             raise self._outage.unavailable()

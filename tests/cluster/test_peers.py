@@ -1,7 +1,6 @@
 """The node-to-node link over real loopback sockets: a PeerServer and PeerClients."""
 
 import logging
-import os
 import random
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable
@@ -18,9 +17,7 @@ from threadline.actors.messages import (Accepted, CancelRun, DeleteThread, GetIn
 from threadline.actors.reply import Reply
 from threadline.cluster.peer_server import PeerServer
 from threadline.cluster.peers import MAX_IN_FLIGHT, open_peer_clients
-from threadline.cluster.wire import (NONCE_BYTES, Call, Challenge, FrameDecoder, Hello, Info,
-                                     NotOwner, PeerError, PeerLost, PeerUnreachable, Proof,
-                                     encode)
+from threadline.cluster.wire import NotOwner, PeerError, PeerLost, PeerUnreachable
 
 SECRET = b"cluster-secret-" + b"k" * 32
 KEY = ThreadKey("ada", "t-1")
@@ -257,70 +254,3 @@ async def test_closing_the_clients_loses_waiting_calls_and_refuses_new_ones():
             await clients.aclose()
         with pytest.raises(PeerUnreachable):
             await clients.call(served.address, KEY, post("hi"))
-
-
-# -- the server's side of the handshake, spoken by hand -------------------------------------------
-
-async def call_first(stream: trio.SocketStream) -> None:
-    await stream.send_all(encode(Call(1, "ada", "t-1", Info())))
-
-
-async def wrong_proof(stream: trio.SocketStream) -> None:
-    await stream.send_all(encode(Hello("forger", os.urandom(NONCE_BYTES))))
-    decoder, messages = FrameDecoder(), []
-    with trio.fail_after(10):
-        for _ in range(100):
-            messages += decoder.feed(await stream.receive_some(65536))
-            if messages:
-                break
-    assert type(messages[0]) is Challenge and messages[0].node_id == "owner"
-    await stream.send_all(encode(Proof(os.urandom(32))))
-
-
-@pytest.mark.parametrize("speak, timeout, warning", [
-    (call_first, 5.0, "it sent a Call, not a hello"),
-    (wrong_proof, 5.0, "node 'forger' gave no proof or a wrong one"),
-    (None, 0.2, "no handshake within 0.2 s"),
-], ids=["call-first", "wrong-proof", "silent"])
-async def test_a_peer_without_a_good_handshake_is_closed_with_a_warning(caplog, speak, timeout,
-                                                                         warning):
-    caplog.set_level(logging.WARNING, LOGGER)
-    async with serving(Owner(), handshake_timeout=timeout) as served:
-        async with await trio.open_tcp_stream(*served.address) as stream:
-            if speak is not None:
-                await speak(stream)
-            with trio.fail_after(10):  # the server closes it: an end, or a reset
-                try:
-                    assert await stream.receive_some(65536) == b""
-                except trio.BrokenResourceError:
-                    pass
-        await wait_for(lambda: caplog.records, "a warning")
-    [record] = caplog.records
-    text = record.getMessage()
-    assert record.levelno == logging.WARNING and warning in text and "from 127.0.0.1:" in text
-
-
-async def test_a_stranger_gets_small_frames_and_few_slots_before_the_handshake():
-    from threadline.cluster import peer_server
-    from threadline.cluster.wire import HANDSHAKE_FRAME
-
-    server = PeerServer("owner", SECRET, Owner().handle, handshake_timeout=5)
-    async with trio.open_nursery() as nursery:
-        (listener,) = await nursery.start(server.serve, await trio.open_tcp_listeners(
-            0, host="127.0.0.1"))
-        port = listener.socket.getsockname()[1]
-        # A frame announced larger than a handshake needs: closed at once, before its body.
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all((HANDSHAKE_FRAME + 1).to_bytes(4, "big"))
-        with trio.fail_after(5):
-            assert await stream.receive_some(10) == b""
-        # Past MAX_HANDSHAKING connections still in their handshake, the next is closed.
-        idle = [await trio.open_tcp_stream("127.0.0.1", port)
-                for _ in range(peer_server.MAX_HANDSHAKING)]
-        await trio.sleep(0.2)
-        extra = await trio.open_tcp_stream("127.0.0.1", port)
-        with trio.fail_after(5):
-            assert await extra.receive_some(10) == b""
-        for s in [stream, extra, *idle]:
-            await s.aclose()
-        nursery.cancel_scope.cancel()

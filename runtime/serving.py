@@ -1,0 +1,113 @@
+"""What ``threadline serve`` runs once ``cli.py`` has checked its settings: the store (fenced,
+for a cluster node), the runtime, the server and, in a cluster, the node; the ``ready:`` line
+(and the demo token and the chat page's address); and, on SIGINT or SIGTERM, the graceful stop:
+drain, hand a cluster node's shards over, let runs finish within the grace period, close the
+connections with 1001.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+
+import trio
+
+from threadline.actors.engine import Agent
+from threadline.actors.tools import ToolRegistry
+from threadline.transport.auth import Authenticator, mint
+from threadline.transport.limits import Limits
+
+from .api import RuntimeConfig, open_runtime
+from .options import TOKEN_TTL
+from .server import open_server
+from .stores import describe_store, open_journal
+from .tuning import raise_fd_limit, tune_gc
+
+log = logging.getLogger("threadline")
+DEMO_USER = "demo"
+
+
+async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
+                tools: ToolRegistry, limits: Limits) -> int:
+    """Open the store, the runtime and the server; print ``ready:``; on SIGINT or SIGTERM drain
+    and stop (runs get ``--grace`` seconds). A signal while starting (say, a store that does
+    not answer) abandons the start."""
+    tune_gc()
+    log.info("open files limit %d", raise_fd_limit())
+    log.info("store %s", describe_store(args.store))
+    stop, ready, starting = trio.Event(), trio.Event(), trio.CancelScope()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def watch() -> None:
+            async for signum in signals:
+                log.info("%s: shutting down (runs get %ss)", signal.Signals(signum).name,
+                         args.grace)
+                stop.set()
+                if not ready.is_set():
+                    starting.cancel()
+                return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                with starting:
+                    async with contextlib.AsyncExitStack() as stack:
+                        await _serve_until(stack, args, auth, agent, tools, limits, ready, stop)
+                nursery.cancel_scope.cancel()
+        finally:  # an agent that holds resources (the openai one: its HTTP client) lets go
+            if (aclose := getattr(agent, "aclose", None)) is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+    log.info("stopped")
+    return 0
+
+
+async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespace,
+                       auth: Authenticator, agent: Agent, tools: ToolRegistry, limits: Limits,
+                       ready: trio.Event, stop: trio.Event) -> None:
+    """Open the store (fenced, for a cluster node), the runtime, the server and the node;
+    say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
+    cluster = table = fence = None
+    if args.cluster:
+        from threadline.cluster.shards import ShardTable
+        from threadline.cluster.start import ClusterConfig, made_up_node_id, open_cluster_journal
+
+        cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
+                                peer_listen=args.peer_address,
+                                peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
+                                handover_grace=args.grace)
+        table = ShardTable(cluster.node_id, margin=cluster.margin)
+        journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
+    else:
+        journal = await stack.enter_async_context(open_journal(args.store))
+    config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval)
+    rt = await stack.enter_async_context(open_runtime(
+        journal=journal, agent=agent, tools=tools, config=config, recover=cluster is None))
+    server = await stack.enter_async_context(open_server(
+        rt, host=args.host, port=args.port, auth=auth, limits=limits,
+        metrics_token=args.metrics_token, metrics_address=args.metrics_address,
+        demo=args.demo))
+    node = None
+    if cluster is not None:
+        from threadline.cluster.start import open_node
+
+        node = await stack.enter_async_context(open_node(cluster, table, rt, journal, fence,
+                                                         http_url=server.http_url))
+    ready.set()
+    log.info("agent %s", args.agent)
+    print(f"ready: {server.url}", flush=True)
+    token = None
+    if args.made_up:
+        token = mint(DEMO_USER, args.secret, ttl=TOKEN_TTL)
+        print(f"demo token (user {DEMO_USER!r}, 24 h): {token}\n"
+              f"connect:  {server.url}?token={token}", flush=True)
+    if args.demo:
+        query = f"?token={token}" if token else ""
+        print(f"open:     {server.http_url}{query}", flush=True)
+    await stop.wait()
+    if node is not None:  # its threads move to the other nodes before its clients are closed
+        server.server.drain()
+        await node.leave(args.grace)
+    await server.shutdown(args.grace)
