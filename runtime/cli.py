@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise Refusal("--peer-address on every interface needs --peer-advertise HOST:PORT, "
                       "the address the other nodes reach this one at")
     if args.made_up and args.cluster:
-        from threadline.cluster.start import shared_token_secret
+        from threadline.cluster.admission import shared_token_secret
 
         args.secret = shared_token_secret(args.store)
         mask(args.secret)
@@ -125,7 +125,24 @@ def run_serve(args: argparse.Namespace) -> int:
     except (KeyFileError, ValueError, TypeError) as exc:
         raise Refusal(str(exc)) from None
     agent, tools = load_agent(args.agent, args.model, args.system_prompt)
+    admit(args)
     return trio.run(serve, args, auth, agent, tools, limits)
+
+
+def admit(args: argparse.Namespace) -> None:
+    """A cluster node: its id free and its tokens checked as the live nodes check them. A
+    server without ``--cluster`` on PostgreSQL: no live node on that store (``admission``)."""
+    if args.cluster:
+        from threadline.cluster.admission import auth_fingerprint, check_node
+        from threadline.cluster.start import made_up_node_id
+
+        args.node_id = args.node_id or made_up_node_id()
+        check_node(args.store, args.node_id, args.lease_ttl,
+                   auth_fingerprint(args.secret, args.jwt_public_key, args.jwks))
+    elif urlsplit(args.store).scheme in ("postgresql", "postgres"):
+        from threadline.cluster.admission import check_standalone
+
+        check_standalone(args.store)
 
 
 def run_token(args: argparse.Namespace) -> int:
@@ -148,6 +165,10 @@ def run_delete_user(args: argparse.Namespace) -> int:
         raise Refusal(f"invalid user id {args.user!r}: 1-128 characters of "
                       "A-Z a-z 0-9 _ . : @ -")
     url = args.store or os.environ.get("THREADLINE_STORE") or DEFAULT_STORE
+    if urlsplit(url).scheme in ("postgresql", "postgres"):
+        from threadline.cluster.admission import check_standalone
+
+        check_standalone(url)  # live cluster nodes would go on writing the deleted threads
 
     async def delete() -> int:
         async with open_journal(url) as journal:

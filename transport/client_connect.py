@@ -87,8 +87,8 @@ async def reconnect(url: str, token: str | None, subprotocol: str,
             except HandshakeRejected as exc:
                 if exc.status != 503:
                     raise
-            except (OSError, ConnectionClosed):
-                pass
+            except (OSError, ConnectionClosed, trio.BrokenResourceError):
+                pass  # refused, reset (trio's own error for a reset during the handshake)
         await trio.sleep(delay)
         delay = min(delay * 2, 2.0)
     return None

@@ -5,6 +5,7 @@ the SQL of shard leases and the ``nodes`` table; ``fence``: the checks and the o
 every group-commit transaction makes; ``feeds``: events of threads other nodes own, read from
 the journal; ``wire``, ``peers`` and ``peer_server``: the link requests are forwarded on;
 ``router``: where each request goes; ``node``: the loop that takes and renews leases, and
-``handover``: shards leaving the node; ``start``: settings and joining.
+``handover``: shards leaving the node; ``admission``: what must hold before a process serves a
+cluster's store; ``start``: settings and joining.
 ``docs/architecture.md`` tells the whole story.
 """

@@ -87,7 +87,7 @@ async def release(node: Node, shards: list[int], grace: float) -> None:
                 del busy[s]
             await let_go(node, done, held)
     await let_go(node, list(busy), held)  # stragglers: fenced from now on
-    log.info("handed over %d shards; own %d", len(shards), table.owned)
+    log.info("handed over %d shard(s); own %d", len(shards), table.owned)
 
 
 async def let_go(node: Node, shards: list[int], held: dict[int, int]) -> None:

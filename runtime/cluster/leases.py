@@ -52,21 +52,22 @@ def setup(cur: Any, secret: str) -> str:
     cur.execute("INSERT INTO shard_leases (shard, owner, epoch, expires_at) "
                 "SELECT s, NULL, 0, 0 FROM generate_series(0, %s) AS s ON CONFLICT DO NOTHING",
                 (SHARDS - 1,))
-    cur.execute("INSERT INTO cluster_settings (name, value) VALUES ('peer_secret', %s) "
-                "ON CONFLICT DO NOTHING", (secret,))
-    cur.execute("SELECT value FROM cluster_settings WHERE name = 'peer_secret'")
-    return cur.fetchone()[0]
+    return setting(cur, "peer_secret", secret)
 
 
 def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: float,
-          ttl: float, held: Mapping[int, int]) -> Round:
-    """Heartbeat, renew the leases in ``held`` (shard: epoch) that are still ours, and read
-    who owns what and which nodes are alive."""
-    cur.execute(f"INSERT INTO cluster_nodes (node_id, peer_address, http_url, started_at, "
-                f"heartbeat_at) VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (node_id) DO UPDATE "
-                f"SET heartbeat_at = {NOW}, peer_address = EXCLUDED.peer_address, "
-                f"http_url = EXCLUDED.http_url, started_at = EXCLUDED.started_at",
-                (node_id, peer_address, http_url, started_at))
+          ttl: float, held: Mapping[int, int], present: bool = True) -> Round:
+    """Heartbeat (or, not ``present``: a node leaving, take its row away, so that the others
+    share the shards out without it), renew the leases in ``held`` (shard: epoch) that are
+    still ours, and read who owns what and which nodes are alive."""
+    if not present:
+        leave(cur, node_id, started_at)
+    else:
+            cur.execute(f"INSERT INTO cluster_nodes (node_id, peer_address, http_url, started_at, "
+                    f"heartbeat_at) VALUES (%s, %s, %s, %s, {NOW}) ON CONFLICT (node_id) DO "
+                    f"UPDATE SET heartbeat_at = {NOW}, peer_address = EXCLUDED.peer_address, "
+                    f"http_url = EXCLUDED.http_url, started_at = EXCLUDED.started_at",
+                    (node_id, peer_address, http_url, started_at))
     cur.execute(f"UPDATE shard_leases SET expires_at = {NOW} + %s FROM unnest(%s::int[], "
                 f"%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
                 f"shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
@@ -144,6 +145,32 @@ def release(cur: Any, node_id: str, held: Mapping[int, int]) -> list[int]:
     if released:
         cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"release {node_id}"))
     return released
+
+
+def setting(cur: Any, name: str, default: str) -> str:
+    """The cluster setting ``name``, made ``default`` if there is none (the first one wins)."""
+    cur.execute("INSERT INTO cluster_settings (name, value) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING", (name, default))
+    cur.execute("SELECT value FROM cluster_settings WHERE name = %s", (name,))
+    return cur.fetchone()[0]
+
+
+def live_nodes(cur: Any, within: float) -> list[str]:
+    cur.execute(f"SELECT node_id FROM cluster_nodes WHERE heartbeat_at > {NOW} - %s "
+                "ORDER BY node_id", (within,))
+    return [n for (n,) in cur.fetchall()]
+
+
+def same_auth(cur: Any, fingerprint: str, within: float) -> bool:
+    """Whether ``fingerprint`` is the one the live nodes check tokens with; with no live node,
+    it becomes the one (the cluster restarted with a new secret)."""
+    if setting(cur, "auth_fingerprint", fingerprint) == fingerprint:
+        return True
+    if live_nodes(cur, within):
+        return False
+    cur.execute("UPDATE cluster_settings SET value = %s WHERE name = 'auth_fingerprint'",
+                (fingerprint,))
+    return True
 
 
 def in_use(cur: Any, node_id: str, ttl: float) -> float | None:

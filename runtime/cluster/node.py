@@ -151,7 +151,7 @@ class Node:
         try:
             rnd = await self.leases.run(leases.renew, table.node_id, self.peer_address,
                                         self.http_url, self.started_at, config.lease_ttl,
-                                        dict(table.epochs))
+                                        dict(table.epochs), not self.leaving)
         except psycopg.Error as exc:
             self.failures += 1
             if not self._backoff:
@@ -176,9 +176,11 @@ class Node:
         await self._recover(table.in_state(ShardState.RECOVERING))  # a recovery that failed
         fair = fair_share(self.nodes_live)
         held = len(table.held())
-        orphans = self._free_before & set(rnd.free)
+        # Shards free for two rounds in a row (rounding, a node that cannot take its share):
+        # each node takes its part of them, over its fair share if need be.
+        orphans = len(self._free_before & set(rnd.free))
         self._free_before = set(rnd.free)
-        want = max(fair - held, len(orphans))
+        want = max(fair - held, math.ceil(orphans / self.nodes_live))
         if want > 0 and rnd.free:
             await self._take(want, rnd.expired_owners)
         elif held > fair and not self.handing_over and self.nursery is not None:
@@ -237,7 +239,7 @@ class Node:
             return
         self.table.move([s for s in shards if self.table.states[s] is ShardState.RECOVERING],
                         "recovered")
-        log.info("took %d shards (%d runs their last owner left open closed); own %d",
+        log.info("took %d shard(s); closed %d run(s) left open by their last owner; own %d",
                  len(shards), closed, self.table.owned)
         self.changed()
 
@@ -252,8 +254,9 @@ class Node:
         Calling it again does nothing more."""
         self.leaving = True
         with trio.move_on_after(self.config.lease_ttl):
-            async with self._round_lock:
-                pass  # a round under way (a take, with its recovery) ends first
+            # A round under way (a take, with its recovery) ends first; then one that takes
+            # this node's row away: the others share its shards out among themselves.
+            await self.round()
         table = self.table
         # Shards not yet recovered go too: their next owner recovers them.
         table.move(table.in_state(ShardState.RECOVERING), "recovered")

@@ -149,10 +149,14 @@ class ShardTable:
 
     def seen(self, owners: Mapping[int, str | None], peers: Mapping[str, Peer]) -> None:
         """The store's current owners of every shard (None: free or expired) and the live
-        nodes; our own states are not changed by this (only ``renewed`` and ``move`` do)."""
+        nodes; our own states are not changed by this (only ``renewed`` and ``move`` do). A
+        peer that left (its row gone) stays known while it still holds leases: it is
+        handing them over, and answers for them meanwhile."""
         for shard in range(SHARDS):
             self.owners[shard] = owners.get(shard)
-        self.peers = {n: p for n, p in peers.items() if n != self.node_id}
+        holding = set(self.owners)
+        leaving = {n: p for n, p in self.peers.items() if n in holding}
+        self.peers = {n: p for n, p in {**leaving, **peers}.items() if n != self.node_id}
 
     def forget_peer(self, node_id: str) -> None:
         """A peer that did not answer: wait for the store's next word on its shards."""

@@ -18,10 +18,11 @@ from typing import Any, AsyncIterator
 import attrs
 import trio
 
-from threadline.stores import StoreError, open_durable_journal
+from threadline.stores import open_durable_journal
 from threadline.stores.durable import DurableJournal
 
 from . import leases
+from .admission import ClusterRefusal, node_in_use
 from .fence import EVENTS_CHANNEL, Fence
 from .listen import listen
 from .node import Node
@@ -61,30 +62,6 @@ class ClusterConfig:
         return max(1.0, self.lease_ttl / 2)
 
 
-class NodeIdInUse(StoreError):
-    """Another live node has this node's id (said in one line, as a store problem is)."""
-
-
-def shared_token_secret(dsn: str) -> str:
-    """The HS256 secret every node of the cluster checks tokens with when none is given: made
-    up by the first node and kept in the store (whoever reads the store reads every
-    conversation already). Blocks; a store that cannot be used raises ``StoreError``."""
-    from threadline.stores.errors import StoreError, first_line
-    from threadline.stores.postgres import PostgresBackend
-    from threadline.stores.sql import prepare
-
-    backend = PostgresBackend(dsn)
-    prepare(backend)  # the tables exist (a StoreError in one line if the store is unusable)
-    try:
-        with backend.connect(writer=True) as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO cluster_settings (name, value) VALUES ('token_secret', %s) "
-                        "ON CONFLICT DO NOTHING", (secrets.token_urlsafe(32),))
-            cur.execute("SELECT value FROM cluster_settings WHERE name = 'token_secret'")
-            return cur.fetchone()[0]
-    except Exception as exc:
-        raise StoreError(first_line(f"{backend.name}: {backend.explain(exc)}")) from exc
-
-
 @asynccontextmanager
 async def open_cluster_journal(config: ClusterConfig, table: ShardTable
                                ) -> AsyncIterator[tuple[DurableJournal, Fence]]:
@@ -112,8 +89,7 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
     secret = await node.leases.run(leases.setup, secrets.token_urlsafe(32))
     since = await node.leases.run(leases.in_use, table.node_id, config.lease_ttl)
     if since is not None:
-        raise NodeIdInUse(f"node id {table.node_id} is in use by a live node (its last "
-                          f"heartbeat {since:.1f} s ago): give each node its own --node-id")
+        raise ClusterRefusal(node_in_use(table.node_id, since))
     host, port = config.peer_listen
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]

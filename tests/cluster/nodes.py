@@ -27,9 +27,9 @@ class Node:
     """One ``threadline serve --cluster`` on a free port; its log goes to a file (a pipe left
     unread would fill and stop the process)."""
 
-    def __init__(self, dsn: str, *args: str) -> None:
+    def __init__(self, dsn: str, *args: str, env_secret: str = SECRET) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-        env["THREADLINE_SECRET"] = SECRET
+        env["THREADLINE_SECRET"] = env_secret
         self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "threadline", "serve", "--cluster", "--store", dsn,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import trio
 
+from tests.cluster.nodes import Node
 from tests.pg import free_port
 from tests.runtime.test_cli_errors import cli, refused
 from tests.servers import SECRET
@@ -49,7 +52,6 @@ def test_bad_cluster_flags_are_one_line(flag, value, says):
 
 
 async def test_a_node_id_a_live_node_has_is_refused(pg_dsn):
-    from tests.cluster.nodes import Node
 
     first = await Node(pg_dsn, "--node-id", "n1").ready()
     try:
@@ -59,3 +61,45 @@ async def test_a_node_id_a_live_node_has_is_refused(pg_dsn):
         assert (await first.health())["cluster"]["node"] == "n1"  # untouched
     finally:
         first.kill()
+
+
+async def test_a_server_without_cluster_on_a_live_cluster_store_is_refused(pg_dsn):
+
+    node = await Node(pg_dsn).ready()
+    try:
+        out = await trio.to_thread.run_sync(lambda: serve("--store", pg_dsn))
+        refused(out, f"cluster nodes use this store ({node.node_id}): start this server with "
+                "--cluster too, or give it another store")
+        out = await trio.to_thread.run_sync(lambda: cli("delete-user", "ada", "--store", pg_dsn))
+        refused(out, "cluster nodes use this store")
+    finally:
+        node.kill()
+
+
+async def test_a_node_with_another_secret_than_the_live_nodes_is_refused(pg_dsn):
+
+    node = await Node(pg_dsn).ready()  # the tests' secret
+    try:
+        out = await trio.to_thread.run_sync(lambda: cli(
+            "serve", "--port", "0", "--cluster", "--store", pg_dsn,
+            env={"THREADLINE_SECRET": "another-secret-" + "x" * 32}))
+        refused(out, "this node checks tokens with another secret (or key) than the cluster's "
+                "live nodes")
+        node.signal(signal.SIGTERM)  # it leaves the cluster: no live node is left
+        assert await node.wait() == 0
+    finally:
+        node.kill()
+    # With no live node left, a new secret is the cluster's from now on (a full restart).
+    node = await Node(pg_dsn, env_secret="another-secret-" + "x" * 32).ready()
+    node.kill()
+
+
+async def test_a_node_killed_and_started_again_with_its_id_waits_its_old_heartbeat_out(pg_dsn):
+
+    first = await Node(pg_dsn, "--node-id", "n1", "--lease-ttl", "3").ready()
+    first.kill()  # kill -9: its row keeps a fresh heartbeat for a while
+    again = await Node(pg_dsn, "--node-id", "n1", "--lease-ttl", "3").ready()
+    try:
+        assert (await again.health())["cluster"]["node"] == "n1"
+    finally:
+        again.kill()
