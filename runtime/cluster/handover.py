@@ -68,9 +68,11 @@ async def until_stopped(node: Node, keys: list[ThreadKey], timeout: float) -> No
 async def release(node: Node, shards: list[int], grace: float) -> None:
     """Hand ``shards`` (``OWNED``, or already ``RELEASING``) over; their runs get ``grace``
     seconds, then ``agent_cancelled``."""
+    table = node.table
+    # Only those still held: a round may have lost some since they were chosen.
+    shards = [s for s in shards if table.states[s] in (ShardState.OWNED, ShardState.RELEASING)]
     if not shards:
         return
-    table = node.table
     held = {s: table.epochs[s] for s in shards}
     table.move([s for s in shards if table.states[s] is ShardState.OWNED], "release")
     node.changed()
@@ -100,10 +102,11 @@ async def let_go(node: Node, shards: list[int], held: dict[int, int]) -> None:
         log.warning("releasing %d shards failed (%s): their leases run out instead",
                     len(shards), type(exc).__name__)
     table = node.table
-    table.move([s for s in shards if table.states[s] is ShardState.RELEASING], "released")
+    moved = table.move([s for s in shards if table.states[s] is ShardState.RELEASING],
+                       "released")
     chosen = set(shards)
     node.journal.forget(lambda key: shard_of(key) in chosen)
-    node.released += len(shards)
+    node.released += len(moved)
     node.changed()
 
 

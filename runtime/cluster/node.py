@@ -131,15 +131,14 @@ class Node:
         is doing (one can hang on a connection that stopped answering)."""
         while True:
             deadline = self.table.valid_until
-            if math.isinf(deadline):
-                await trio.sleep(self.config.interval)
-                continue
-            await trio.sleep_until(deadline + 0.01)
+            if deadline > trio.current_time():
+                await trio.sleep_until(deadline + 0.01)
             expired = self.table.expired(trio.current_time())
             if expired:
                 log.warning("no lease renewal for %g s: dropping %d shards",
                             self.config.lease_ttl, len(expired))
                 handover.gone(self, expired)
+            await trio.sleep(MIN_GAP)  # past the deadline, nothing held: until a renewal
 
     async def round(self) -> None:
         async with self._round_lock:
@@ -228,12 +227,14 @@ class Node:
             return
         chosen = set(shards)
         # Actors of ours from an earlier hold of these shards (lost, then taken back) are
-        # stopping: the new ones start only after them.
+        # stopping: the new ones start only after them. Bounded well within a round, so that
+        # the renewals go on; one still stopping after that is refused by the seq check.
         await handover.until_stopped(self, [r.key for r in self.runtime.directory.refs()
-                                            if shard_of(r.key) in chosen], 10.0)
+                                            if shard_of(r.key) in chosen],
+                                     self.config.interval / 2)
         try:
             closed = await close_open_runs(self.journal, only=lambda k: shard_of(k) in chosen)
-        except JournalUnavailable as exc:
+        except (JournalUnavailable, ValueError) as exc:  # ValueError: a seq that moved meanwhile
             log.warning("recovering %d shards failed (%s): the next round tries again",
                         len(shards), exc)
             return
