@@ -46,6 +46,20 @@ class Round:
     expired_owners: list[str]     # nodes named by leases that ran out
 
 
+#: The lease rows of ``held`` still ours at their epochs, locked in shard order. Every
+#: transaction that locks lease rows and waits for them locks them in shard order (the
+#: writer's fence too): two of them can then never wait for each other (a deadlock aborted
+#: whole group commits). Takes do not wait (``SKIP LOCKED``).
+HELD_IN_ORDER = ("SELECT l.shard FROM shard_leases l JOIN unnest(%s::int[], %s::bigint[]) AS "
+                 "h(shard, epoch) ON l.shard = h.shard AND l.epoch = h.epoch WHERE l.owner = %s "
+                 "ORDER BY l.shard FOR NO KEY UPDATE OF l")
+
+
+def _held(held: Mapping[int, int], node_id: str) -> tuple[list[int], list[int], str]:
+    shards = sorted(held)
+    return shards, [held[s] for s in shards], node_id
+
+
 def setup(cur: Any, secret: str) -> str:
     """Make the 1,024 lease rows if they are not there, and the peers' secret if there is
     none; the secret every node uses (the first node's)."""
@@ -68,11 +82,8 @@ def renew(cur: Any, node_id: str, peer_address: str, http_url: str, started_at: 
                     f"UPDATE SET heartbeat_at = {NOW}, peer_address = EXCLUDED.peer_address, "
                     f"http_url = EXCLUDED.http_url, started_at = EXCLUDED.started_at",
                     (node_id, peer_address, http_url, started_at))
-    cur.execute(f"UPDATE shard_leases SET expires_at = {NOW} + %s FROM unnest(%s::int[], "
-                f"%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
-                f"shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
-                f"RETURNING shard_leases.shard, shard_leases.epoch",
-                (ttl, list(held), list(held.values()), node_id))
+    cur.execute(f"UPDATE shard_leases SET expires_at = {NOW} + %s WHERE shard IN "
+                f"({HELD_IN_ORDER}) RETURNING shard, epoch", (ttl, *_held(held, node_id)))
     kept = {shard: epoch for shard, epoch in cur.fetchall()}
     cur.execute(f"SELECT {NOW}")
     now = cur.fetchone()[0]
@@ -137,10 +148,8 @@ def release(cur: Any, node_id: str, held: Mapping[int, int]) -> list[int]:
     """Let go of the leases in ``held`` (shard: epoch) that are still ours; the shards let go."""
     if not held:
         return []
-    cur.execute("UPDATE shard_leases SET owner = NULL, expires_at = 0 FROM unnest(%s::int[], "
-                "%s::bigint[]) AS h(shard, epoch) WHERE shard_leases.shard = h.shard AND "
-                "shard_leases.epoch = h.epoch AND shard_leases.owner = %s "
-                "RETURNING shard_leases.shard", (list(held), list(held.values()), node_id))
+    cur.execute(f"UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE shard IN "
+                f"({HELD_IN_ORDER}) RETURNING shard", _held(held, node_id))
     released = [row[0] for row in cur.fetchall()]
     if released:
         cur.execute("SELECT pg_notify(%s, %s)", (SHARDS_CHANNEL, f"release {node_id}"))
@@ -162,14 +171,18 @@ def live_nodes(cur: Any, within: float) -> list[str]:
 
 
 def same_auth(cur: Any, fingerprint: str, within: float) -> bool:
-    """Whether ``fingerprint`` is the one the live nodes check tokens with; with no live node,
-    it becomes the one (the cluster restarted with a new secret)."""
-    if setting(cur, "auth_fingerprint", fingerprint) == fingerprint:
+    """Whether ``fingerprint`` is the one the live nodes check tokens with. With no live node
+    and none set in the last ``within`` seconds it becomes the one (the cluster restarted with
+    a new secret); set more recently, another node is starting with it, not yet live."""
+    cur.execute(f"SELECT {NOW}")
+    now = cur.fetchone()[0]
+    stored, _, since = setting(cur, "auth_fingerprint", f"{fingerprint}@{now}").partition("@")
+    if stored == fingerprint:
         return True
-    if live_nodes(cur, within):
+    if live_nodes(cur, within) or now - float(since or 0) < within:
         return False
     cur.execute("UPDATE cluster_settings SET value = %s WHERE name = 'auth_fingerprint'",
-                (fingerprint,))
+                (f"{fingerprint}@{now}",))
     return True
 
 
