@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Iterable
+from typing import Any
 
 import trio
 
@@ -72,8 +72,8 @@ class Feed:
 
 
 class FeedHub:
-    """Every feed of this node. ``journal`` is a ``DurableJournal`` (``read``,
-    ``thread_info``, ``last_seqs``)."""
+    """Every feed of this node. ``journal`` is a ``DurableJournal`` (``read_with``,
+    ``last_seqs``)."""
 
     def __init__(self, journal: Any) -> None:
         self.journal = journal
@@ -226,6 +226,3 @@ class FeedHub:
                 seq = last.get(feed.key)
                 if seq is None or seq != feed.position:
                     self._mark(feed, check=True)
-
-    def subscribers(self) -> Iterable[Any]:
-        return list(self._feeds)
