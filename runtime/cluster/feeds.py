@@ -2,7 +2,8 @@
 
 A subscriber here of a thread owned elsewhere gets a ``Feed``: its position (the seq of the
 last event it was given) and nothing else. A feed is read from the journal, after its
-position, a page at a time (the replay code of a ``join`` with ``since``), whenever the owner's
+position, a page at a time (a ``join`` with ``since`` replays the same way; here one query
+reads a page for many feeds at once), whenever the owner's
 ``NOTIFY`` (``fence.py``) names its thread or its shard, and by the slow poll that is the
 backstop for a notification lost (a listener that reconnected, a payload cut to shards).
 
