@@ -92,6 +92,22 @@ class Runtime:
         """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
         return self.gateway.statistics()
 
+    def stop_actor(self, ref: ActorRef, grace: float) -> None:
+        """Tell one thread actor to stop (its runs get ``grace`` seconds); never blocks: a
+        full mailbox gets the ``Shutdown`` from a background task once there is room."""
+        try:
+            ref.tell(Shutdown(grace))
+        except ActorStopped:
+            pass  # it stopped by itself meanwhile
+        except MailboxFull:
+            self._nursery.start_soon(self._stop_when_room, ref, grace)
+
+    async def _stop_when_room(self, ref: ActorRef, grace: float) -> None:
+        try:
+            await ref.send(Shutdown(grace))
+        except ActorStopped:
+            pass
+
     async def aclose(self, grace: float | None = None) -> None:
         """Stop: refuse new work, give active runs ``grace`` seconds (default from the config),
         cancel them with ``agent_cancelled`` (reason ``shutdown``), stop every actor."""
@@ -101,21 +117,8 @@ class Runtime:
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down %d live thread actors (grace %ss)", len(self.directory), grace)
 
-        async def stop_when_room(ref: ActorRef) -> None:
-            try:
-                await ref.send(Shutdown(grace))
-            except ActorStopped:
-                pass  # it stopped by itself meanwhile
-
-        def stop(ref: ActorRef) -> None:
-            try:
-                ref.tell(Shutdown(grace))
-            except ActorStopped:
-                pass
-            except MailboxFull:  # wait for room in the background
-                self._nursery.start_soon(stop_when_room, ref)
-
-        left = await self.directory.aclose(stop, timeout=grace + 10.0)
+        left = await self.directory.aclose(lambda ref: self.stop_actor(ref, grace),
+                                           timeout=grace + 10.0)
         if left:
             log.warning("%d thread actors did not stop in time; cancelling them", left)
         self._nursery.cancel_scope.cancel()

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Iterable
 import psycopg
 import trio
 
-from threadline.actors.errors import ActorStopped, MailboxFull
-from threadline.actors.messages import Shutdown, ThreadKey
+from threadline.actors.messages import ThreadKey
 
 from . import leases
 from .shards import ShardState, shard_of
@@ -50,12 +49,8 @@ def tell_stop(node: Node, keys: Iterable[ThreadKey], grace: float) -> None:
     directory = node.runtime.directory
     for key in keys:
         ref = directory.lookup(key)
-        if ref is None:
-            continue
-        try:
-            ref.tell(Shutdown(grace))
-        except (ActorStopped, MailboxFull):
-            pass  # gone already, or busy: the mailbox closes when the actor stops
+        if ref is not None:
+            node.runtime.stop_actor(ref, grace)  # a full mailbox gets it once there is room
 
 
 async def until_stopped(node: Node, keys: list[ThreadKey], timeout: float) -> None:
