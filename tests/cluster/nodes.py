@@ -4,7 +4,6 @@ what the tests ask the store and the nodes (who owns a thread, the nodes' own fi
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any, AsyncIterator
 import psycopg
 import trio
 
-from tests.servers import ROOT, SECRET
+from tests.servers import ROOT, SECRET, http
 from threadline.actors.messages import Event, ThreadKey
 from threadline.cluster.shards import SHARDS, shard_of
 
@@ -27,14 +26,19 @@ class Node:
     """One ``threadline serve --cluster`` on a free port; its log goes to a file (a pipe left
     unread would fill and stop the process)."""
 
-    def __init__(self, dsn: str, *args: str, env_secret: str = SECRET) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-        env["THREADLINE_SECRET"] = env_secret
+    def __init__(self, dsn: str, *args: str, env_secret: str = SECRET,
+                 argv: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``threadline serve --cluster --store dsn --port 0 *args``, or ``threadline *argv``
+        with ``env`` (beside the environment without its ``THREADLINE_*`` variables)."""
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+        if env is None:
+            env = {"THREADLINE_SECRET": env_secret}
+        if argv is None:
+            argv = ["serve", "--cluster", "--store", dsn, "--port", "0", *args]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "threadline", "serve", "--cluster", "--store", dsn,
-             "--port", "0", *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-            stderr=self.log)
+            [sys.executable, "-m", "threadline", *argv], cwd=ROOT, env={**clean, **env},
+            text=True, stdout=subprocess.PIPE, stderr=self.log)
         self.url = ""
         self.port = 0
         self.node_id = ""
@@ -48,23 +52,11 @@ class Node:
         self.node_id = (await self.health())["cluster"]["node"]
         return self
 
-    async def get(self, path: str) -> tuple[int, bytes]:
-        """One ``GET`` on the node's port, HTTP/1.0: status and body."""
-        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-        async with stream:
-            await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-            data = b""
-            with trio.fail_after(10):
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body
-
     async def health(self) -> dict[str, Any]:
-        return json.loads((await self.get("/healthz"))[1])
+        return (await http(self, "GET", "/healthz"))[2]  # type: ignore[arg-type]
 
     async def metric(self, name: str) -> float:
-        _, body = await self.get("/metrics")
+        body = (await http(self, "GET", "/metrics"))[2]  # type: ignore[arg-type]
         for line in body.decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -146,3 +138,14 @@ def stored(dsn: str, key: ThreadKey) -> list[Event]:
         rows = conn.execute("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s "
                             "AND thread_id = %s ORDER BY seq", (key.user_id, key.thread_id))
         return [Event(key, *row) for row in rows]
+
+
+def stored_well_formed(dsn: str, key: ThreadKey) -> list[Event]:
+    """``stored``, checked: seq 1, 2, 3, ... with no gap, and every run with its
+    ``user_message`` first and exactly one terminal event, last."""
+    from tests.helpers import assert_runs_well_formed
+
+    events = stored(dsn, key)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert_runs_well_formed(events)
+    return events

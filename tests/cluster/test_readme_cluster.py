@@ -3,11 +3,7 @@ test's): every node up, the shards shared out, and a token one node printed take
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import trio
@@ -24,18 +20,11 @@ def cluster_block() -> list[str]:
     return section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
 
 
-class ReadmeNode(Node):
+def readme_node(line: str, store: str, port: int) -> Node:
     """A node started from one of the README's lines, with the environment it sets."""
-
-    def __init__(self, line: str, store: str, port: int) -> None:
-        args = line.removeprefix(".venv/bin/threadline ").removesuffix(" &").split()
-        args[args.index("--port") + 1] = str(port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-        env["THREADLINE_STORE"] = store
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
-        self.proc = subprocess.Popen([sys.executable, "-m", "threadline", *args], env=env,
-                                     text=True, stdout=subprocess.PIPE, stderr=self.log)
-        self.url, self.port, self.node_id = "", 0, ""
+    args = line.removeprefix(".venv/bin/threadline ").removesuffix(" &").split()
+    args[args.index("--port") + 1] = str(port)
+    return Node(store, argv=args, env={"THREADLINE_STORE": store})
 
 
 async def test_the_readme_cluster_runs_as_written(pg_dsn):
@@ -49,7 +38,7 @@ async def test_the_readme_cluster_runs_as_written(pg_dsn):
     try:
         tokens = []
         for line in serves:
-            node = ReadmeNode(line, pg_dsn, free_port())
+            node = readme_node(line, pg_dsn, free_port())
             nodes.append(await node.ready())
             with trio.fail_after(10):
                 demo = await trio.to_thread.run_sync(node.proc.stdout.readline)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.cluster.nodes import SCRIPTED, open_nodes, owner, stored, threads_owned_by
-from tests.helpers import assert_runs_well_formed
+from tests.cluster.nodes import (SCRIPTED, open_nodes, owner, stored, stored_well_formed,
+                                 threads_owned_by)
 from tests.servers import http, token
 from threadline.actors.messages import ThreadKey
 from threadline.transport.client import UnknownRun, open_client
@@ -50,9 +50,7 @@ async def test_a_client_on_one_node_uses_a_thread_another_node_owns(pg_dsn):
         assert await b.metric("threadline_actor_activations_total") >= 1
         assert await a.metric("threadline_actor_activations_total") == 0
         assert await a.metric("threadline_cluster_forwarded_requests_total") >= 4
-        events = stored(pg_dsn, ThreadKey("ada", thread))
-        assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        assert_runs_well_formed(events)
+        stored_well_formed(pg_dsn, ThreadKey("ada", thread))
 
 
 async def test_two_tabs_on_different_nodes_see_the_same_events_in_the_same_order(pg_dsn):
