@@ -36,7 +36,7 @@ from threadline.transport.limits import Limits
 from .logs import mask, setup_logging
 from .options import SERVE_OPTIONS, fill_from_environment, parser
 from .serving import serve
-from .stores import DEFAULT_STORE, StoreError, describe_store, open_journal
+from .stores import DEFAULT_STORE, StoreError, StoreInUse, describe_store, open_journal
 
 # SERVE_OPTIONS is re-exported: tests and tools read the option table from here.
 __all__ = ["SERVE_OPTIONS", "Refusal", "main", "problem_of", "load_agent", "check_secret"]
@@ -159,8 +159,9 @@ def run_token(args: argparse.Namespace) -> int:
 
 def run_delete_user(args: argparse.Namespace) -> int:
     """Erase every thread of ``args.user`` from the store, straight through the journal (no
-    runtime: no recovery of other users' runs). A server using the store keeps a cache of its
-    threads: delete through it instead (HTTP ``DELETE``, ``Runtime.delete_user``)."""
+    runtime: no recovery of other users' runs). A store a server uses is refused (its SQLite
+    file is locked; a live cluster on PostgreSQL is checked): the server keeps a cache of its
+    threads, so delete through it instead (HTTP ``DELETE``, ``Runtime.delete_user``)."""
     if not is_user_id(args.user):
         raise Refusal(f"invalid user id {args.user!r}: 1-128 characters of "
                       "A-Z a-z 0-9 _ . : @ -")
@@ -178,7 +179,12 @@ def run_delete_user(args: argparse.Namespace) -> int:
                     nursery.start_soon(journal.delete_thread, info.key)
             return len(infos)
 
-    count = trio.run(delete)
+    try:
+        count = trio.run(delete)
+    except StoreInUse as exc:
+        raise Refusal(f"{exc}. A running server deletes a user's threads itself: DELETE "
+                      "/v1/threads/THREAD_ID over its HTTP API with the user's token, or "
+                      "Runtime.delete_user in a program that embeds it") from None
     print(f"deleted {count} thread{'' if count == 1 else 's'} of user {args.user}")
     return 0
 

@@ -61,11 +61,19 @@ class RunningServer:
         await self.server.close_sessions(self.server.limits.close_timeout + 1.0)
 
 
+async def bind(host: str, port: int) -> list[trio.SocketListener]:
+    """Listening sockets on ``host:port`` (port 0: a free one); ``OSError`` if it cannot be
+    bound. Nothing is accepted until ``open_server`` serves them."""
+    return await trio.open_tcp_listeners(port, host=host)
+
+
 @asynccontextmanager
 async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 8765,
                       secret: str | None = None, auth: Authenticator | None = None,
                       limits: Limits = Limits(), metrics_token: str | None = None,
                       metrics_address: tuple[str, int] | None = None, demo: bool = False,
+                      listeners: list[trio.SocketListener] | None = None,
+                      metrics_listeners: list[trio.SocketListener] | None = None,
                       ) -> AsyncIterator[RunningServer]:
     """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``.
 
@@ -73,6 +81,9 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
     ``metrics_token``: scrapes of ``/metrics`` need ``Authorization: Bearer`` it.
     ``metrics_address``: serve ``/metrics`` (and ``/healthz``) there instead of on the main port.
     ``demo``: serve the chat page at ``/`` (``/v1/client.js`` and the HTTP API always).
+    ``listeners`` (and ``metrics_listeners``): sockets already bound, from ``bind``, instead
+    of ``host:port`` (and ``metrics_address``): ``threadline serve`` binds before it opens the
+    store, so that a start that cannot listen has touched nothing.
     Raises ``OSError`` when an address cannot be bound (e.g. in use).
     """
     if auth is None:
@@ -81,14 +92,16 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
         auth = Authenticator(secret=secret)
     server = Server(runtime.gateway, auth=auth, limits=limits, metrics_token=metrics_token,
                     metrics_here=metrics_address is None, demo=demo)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await bind(host, port)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
         running = RunningServer(server, runtime, host, bound)
         if metrics_address is not None:
             mhost, mport = metrics_address
-            metrics_listeners = await trio.open_tcp_listeners(mport, host=mhost)
+            if metrics_listeners is None:
+                metrics_listeners = await bind(mhost, mport)
             running.metrics_port = metrics_listeners[0].socket.getsockname()[1]
             await nursery.start(server.serve_metrics, metrics_listeners)
             log.info("metrics on http://%s:%d/metrics", mhost, running.metrics_port)

@@ -21,7 +21,7 @@ from threadline.transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
 from .options import TOKEN_TTL
-from .server import open_server
+from .server import bind, open_server
 from .stores import describe_store, open_journal
 from .tuning import raise_fd_limit, tune_gc
 
@@ -67,8 +67,17 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
 async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespace,
                        auth: Authenticator, agent: Agent, tools: ToolRegistry, limits: Limits,
                        ready: trio.Event, stop: trio.Event) -> None:
-    """Open the store (fenced, for a cluster node), the runtime, the server and the node;
+    """Bind the ports, open the store (fenced, for a cluster node), the runtime, the server
+    and the node;
     say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
+    # The ports first: a start that cannot listen (say, one already in use) has touched no
+    # store, and in particular has not run the start-up recovery on a live server's threads.
+    listeners = await bind(args.host, args.port)
+    metrics_listeners = None
+    if args.metrics_address is not None:
+        metrics_listeners = await bind(*args.metrics_address)
+    for listener in [*listeners, *(metrics_listeners or ())]:  # closed also if a start fails
+        stack.push_async_callback(listener.aclose)
     cluster = table = fence = None
     if args.cluster:
         from threadline.cluster.shards import ShardTable
@@ -88,7 +97,7 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
     server = await stack.enter_async_context(open_server(
         rt, host=args.host, port=args.port, auth=auth, limits=limits,
         metrics_token=args.metrics_token, metrics_address=args.metrics_address,
-        demo=args.demo))
+        demo=args.demo, listeners=listeners, metrics_listeners=metrics_listeners))
     node = None
     if cluster is not None:
         from threadline.cluster.start import open_node

@@ -17,6 +17,7 @@ from threadline.actors.memory_journal import MemoryJournal
 from .batch import Fence
 from .durable import MAX_BATCH, DurableJournal
 from .errors import StoreError
+from .owner import StoreInUse
 from .sql import Backend, SchemaTooNew, prepare
 
 log = logging.getLogger("threadline.store")
@@ -24,7 +25,7 @@ log = logging.getLogger("threadline.store")
 DEFAULT_STORE = "sqlite:///threadline.db"
 
 __all__ = ["DEFAULT_STORE", "MAX_BATCH", "DurableJournal", "SchemaTooNew", "StoreError",
-           "StoreURLError", "describe_store", "open_durable_journal", "open_journal"]
+           "StoreInUse", "StoreURLError", "describe_store", "open_durable_journal", "open_journal"]
 
 
 class StoreURLError(StoreError, ValueError):
@@ -93,20 +94,23 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
 @asynccontextmanager
 async def open_durable_journal(backend: Backend, *, readers: int = 4, max_batch: int = MAX_BATCH,
                                fence: Fence | None = None) -> AsyncIterator[DurableJournal]:
-    """Connect, apply migrations, run the writer; on exit, flush what is queued and close the
-    connections. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
+    """Claim the store (one owner, or cluster nodes: ``StoreInUse`` otherwise), connect, apply
+    migrations, run the writer; on exit, flush what is queued, close the connections and let
+    the claim go. A store that cannot be used raises ``StoreError`` (``SchemaTooNew`` for one
     newer than this code), whose message is one line naming the store and the problem."""
-    journal = DurableJournal(backend, readers=readers, max_batch=max_batch, fence=fence)
-    version = await trio.to_thread.run_sync(prepare, backend)
-    log.info("%s ready (schema version %d)", backend.name, version)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(journal.run_writer)
-            try:
-                yield journal
-            finally:
-                with trio.CancelScope(shield=True):
-                    await journal.flush()
-                nursery.cancel_scope.cancel()
-    finally:
-        await trio.to_thread.run_sync(journal.close_connections)
+    async with backend.claim(shared=fence is not None):  # a second owner is refused here
+        journal = DurableJournal(backend, readers=readers, max_batch=max_batch, fence=fence)
+        version = await trio.to_thread.run_sync(prepare, backend)
+        log.info("%s ready (schema version %d)", backend.name, version)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run_writer)
+                try:
+                    yield journal
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await journal.flush()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(journal.close_connections)

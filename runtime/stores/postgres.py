@@ -19,11 +19,15 @@ refused, no such database or user; never with the password.
 from __future__ import annotations
 
 import re
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 import psycopg
+import trio
 
 from . import schema, sql
+from .errors import StoreError, first_line
+from .owner import StoreInUse
 from .schema import Type
 
 DIALECT = schema.Dialect(
@@ -39,6 +43,9 @@ DIALECT = schema.Dialect(
                  "INSERT INTO threadline_schema (version) VALUES ({version})"),
     probes=(),  # the server checks its own pages
 )
+
+
+OWNER_LOCK = 7405212  # the advisory lock a store's owner (or its cluster nodes, shared) holds
 
 
 def stuck_options(seconds: float) -> str:
@@ -84,6 +91,50 @@ class PostgresBackend(sql.Backend):
 
     def close(self, conn: psycopg.Connection) -> None:
         conn.close()
+
+    @asynccontextmanager
+    async def claim(self, *, shared: bool) -> AsyncIterator[None]:
+        """An advisory lock on a connection of its own, held while the store is open:
+        exclusive for a server without ``--cluster`` (one per store), shared for cluster nodes
+        (whose writes are fenced). The server lets it go when the connection ends, the
+        process's death included. A database restart ends it too, until the next start: a
+        second server started in that window is not refused (see the README)."""
+        try:
+            conn = await trio.to_thread.run_sync(self._claim_sync, shared)
+        except psycopg.Error as exc:
+            raise StoreError(first_line(f"{self.name}: {self.explain(exc)}")) from None
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(conn.close)
+
+    def _claim_sync(self, shared: bool) -> psycopg.Connection:
+        conn = psycopg.connect(self.dsn, autocommit=True,
+                               connect_timeout=max(1, int(self.connect_timeout)))
+        try:
+            take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            if conn.execute(f"SELECT {take}(%s)", (OWNER_LOCK,)).fetchone()[0]:
+                return conn
+            holders = conn.execute(
+                "SELECT a.pid, a.client_addr::text, l.mode FROM pg_locks l JOIN "
+                "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+                "l.classid = 0 AND l.objid = %s AND l.granted", (OWNER_LOCK,)).fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()
+        who = ", ".join(f"backend pid {pid}" + (f" from {addr}" if addr else "")
+                        for pid, addr, _ in holders[:3]) or "another server"
+        if shared:
+            raise StoreInUse(f"{self.name}: a threadline server without --cluster uses this "
+                             f"store ({who}): stop it, or start it with --cluster too")
+        nodes = any(mode == "ShareLock" for _, _, mode in holders)
+        raise StoreInUse(f"{self.name}: " + (
+            f"cluster nodes use this store ({who}): start this server with --cluster too, "
+            "or give it another store" if nodes else
+            f"another threadline server uses this store ({who}); one server per store "
+            "without --cluster: stop it first, or run every server with --cluster"))
 
     def cursor(self, conn: psycopg.Connection) -> psycopg.Cursor[Any]:
         return conn.cursor()

@@ -10,7 +10,8 @@ differs between the databases is the backend's: its ``Dialect`` (data) and the m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, AsyncContextManager, AsyncIterator, Callable, Protocol, Sequence
 
 import attrs
 
@@ -67,6 +68,13 @@ class Backend(Protocol):
     def is_outage(self, exc: BaseException) -> bool: ...  # the store failed, not the data
     def explain(self, exc: BaseException) -> str: ...  # why it cannot be opened, plain words
 
+    def claim(self, *, shared: bool) -> AsyncContextManager[None]:
+        """Held from before the store is first touched until its connections are closed: a
+        second owner is refused here with ``StoreInUse`` (``owner.py``). ``shared``: the
+        opener is a cluster node, whose writes are fenced, and shares the store with other
+        nodes, never with an exclusive owner."""
+        return _no_claim()
+
     def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
@@ -105,6 +113,11 @@ class Backend(Protocol):
                 pass  # the error that stopped the migration is the one to tell
             raise
         return schema.VERSION
+
+
+@asynccontextmanager
+async def _no_claim() -> AsyncIterator[None]:
+    yield
 
 
 def prepare(backend: Backend) -> int:

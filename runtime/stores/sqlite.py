@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
-from . import schema, sql
+from . import owner, schema, sql
+from .errors import StoreError
 from .schema import Type
 
 
@@ -102,6 +104,19 @@ class SQLiteBackend(sql.Backend):
 
     def close(self, conn: sqlite3.Connection) -> None:
         conn.close()
+
+    @asynccontextmanager
+    async def claim(self, *, shared: bool) -> AsyncIterator[None]:
+        """The store's lock (``owner.py``): one process at a time opens this file (SQLite
+        has no cluster mode: ``shared`` changes nothing)."""
+        try:
+            fd = owner.acquire(self.path, self.name)
+        except OSError as exc:  # no folder, a read-only one: in the words of a failed open
+            raise StoreError(f"{self.name}: {self.explain(exc)}") from None
+        try:
+            yield
+        finally:
+            owner.release(fd)
 
     def cursor(self, conn: sqlite3.Connection) -> _Cursor:
         return _Cursor(conn.cursor())
