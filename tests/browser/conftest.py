@@ -43,11 +43,13 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 
 class Page:
-    """The chat page's address behind the relay: ``url(token)``."""
+    """The chat page's address behind the relay: ``url(token)``; ``direct``: the server's own
+    address (HTTP past the relay, also while it refuses)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, server_port: int) -> None:
         self.relay = relay
         self.base = f"http://127.0.0.1:{relay.port}"
+        self.direct = f"http://127.0.0.1:{server_port}"
 
     def url(self, token: str) -> str:
         return f"{self.base}/?token={token}"
@@ -58,9 +60,10 @@ def page() -> Iterator[Page]:
     server = ServeProcess("--demo", "--store", "memory", "--log", "warning")  # stderr: a pipe nobody reads
     try:
         url = trio.run(server.ready)
-        relay = Relay(int(url.rsplit(":", 1)[1].split("/", 1)[0]))
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        relay = Relay(port)
         try:
-            yield Page(relay)
+            yield Page(relay, port)
         finally:
             relay.close()
     finally:

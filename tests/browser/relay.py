@@ -2,8 +2,9 @@
 
 A cut shuts both sockets of every relayed connection down with no WebSocket closing handshake,
 as a network that drops does: the browser sees close code 1006 and its client reconnects (through
-the relay again, which goes on accepting), while the server's runs go on. Two threads per
-connection copy the bytes; every thread ends when its sockets close.
+the relay again, which goes on accepting), while the server's runs go on. While ``refusing``
+is set, a new connection is closed as soon as it is accepted: a network that stays down. Two
+threads per connection copy the bytes; every thread ends when its sockets close.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Relay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.accepted = 0  # connections relayed so far
+        self.refusing = False  # close new connections at once
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -26,6 +28,9 @@ class Relay:
         while True:
             try:
                 client, _ = self._listener.accept()
+                if self.refusing:
+                    client.close()
+                    continue
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             except OSError:
                 return  # closed

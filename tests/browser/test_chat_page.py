@@ -1,6 +1,7 @@
 """The chat page (``threadline serve --demo``, ``/``) in headless Chromium: it sends a message and
 shows the answer as it streams, tool calls and thinking included; its cancel button ends the
-active run; a connection cut in the middle of an answer ends with exactly the whole answer; two
+active run; a connection cut in the middle of an answer ends with exactly the whole answer; a
+thread deleted and created again while the page was away shows only the new thread; two
 users in two browser contexts never see each other's threads; a refused token is reported with
 the server's reason; and what Chromium does with the subprotocols it offers."""
 
@@ -117,6 +118,42 @@ def test_a_connection_cut_in_the_middle_of_an_answer_ends_with_exactly_the_whole
     seen = browser.execute_script("return seenStates")
     assert "reconnecting" in seen and seen[-1] == "open"
     assert len(turns(browser)) == 1
+
+
+def http(page, method: str, path: str, user: str, body: dict | None = None) -> int:
+    """A request of the HTTP API straight to the server (past the relay); its status."""
+    request = urllib.request.Request(
+        f"{page.direct}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token(user)}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def test_a_thread_replaced_while_the_page_was_away_shows_only_the_new_thread(page, browser):
+    """Deleted and created again while the page cannot connect: the client's join with since
+    is answered with a lower last_seq, it resets (onreset) and joins from 0; the page clears
+    what it showed and shows the new thread's turns."""
+    open_page(browser, page.url(token("rex")))
+    send(browser, "old one")
+    send(browser, "old two")
+    wait(browser, lambda d: [t["answer"] for t in turns(d)] == ["old one", "old two"],
+         "the old thread's answers")
+    page.relay.refusing = True
+    try:
+        page.relay.cut()
+        wait(browser, lambda d: state(d) == "reconnecting", "the page away")
+        assert http(page, "DELETE", "/v1/threads/main", "rex") in (200, 204)
+        assert http(page, "POST", "/v1/threads/main/messages", "rex", {"text": "new one"}) == 200
+    finally:
+        page.relay.refusing = False
+    wait(browser, lambda d: turns(d) == [{"status": "completed", "user": "new one", "thinking":
+                                          ["echoing"], "tools": [], "answer": "new one"}],
+         "only the new thread shown")
+    screenshot(browser, "replaced-thread")
+    send(browser, "new two")
+    assert last_done(browser)["answer"] == "new two"
+    assert [t["user"] for t in turns(browser)] == ["new one", "new two"]
 
 
 def test_two_users_in_two_browser_contexts_never_see_each_others_threads(page, open_browser):

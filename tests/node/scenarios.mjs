@@ -28,6 +28,34 @@ function within(promise, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** Poll `check` every 10 ms until it is truthy (at most `ms`); its value. */
+async function until(check, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (let value = check(); ; value = check()) {
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A client straight to the server (no relay): joins `threadId` from 0 and records its events. */
+async function directClient(threadId) {
+  const client = connect({ url, token, onerror: (e) => console.error("onerror", e.code, e.message) });
+  const events = [];
+  await client.join(threadId, { since: 0, onevent: (frame) => events.push(frame) });
+  return { client, events };
+}
+
+/** `text` sent by `client` on `threadId`, once its run completed in `events`. */
+async function exchange(client, events, threadId, text) {
+  const { run_id: runId } = await client.send(threadId, text);
+  await until(() => events.some((f) => f.run_id === runId && f.event === "agent_completed"),
+              `the answer to ${text}`);
+}
+
+const joinsOf = (connections) =>
+  connections.map((sent) => sent.filter((f) => f.type === "join").map((f) => f.since ?? null));
+
 /** Send `text` to thread "main" (joined from seq 0) through a relay; cut every connection at
  * the `cutAt`-th agent_delta; wait for the run's end. */
 async function streamWithCut(text, cutAt) {
@@ -62,7 +90,7 @@ async function streamWithCut(text, cutAt) {
   const report = {
     accepted_run: accepted.run_id, run: run.id, status: run.status, text: run.text,
     completed_text: frame.data.text, assembled, pieces, seqs, cuts, states: [...states],
-    joins: connections.map((sent) => sent.filter((f) => f.type === "join").map((f) => f.since ?? null)),
+    joins: joinsOf(connections),
   };
   return { client, relay, report, connections };
 }
@@ -138,9 +166,110 @@ const scenarios = {
     client.close();
     relay.close();
     return {
-      status: deleted.status, leftWith, afterLeft, again,
-      joins: connections.map((sent) => sent.filter((f) => f.type === "join").map((f) => f.since ?? null)),
+      status: deleted.status, leftWith, afterLeft, again, joins: joinsOf(connections),
     };
+  },
+
+  // `joined`, the replay and live events reach the client in one read (the relay holds what
+  // the server writes, then hands it over in one write): the seq the client counts from must be
+  // the last it applied, not the `joined`'s last_seq, or its next join repeats events.
+  async batched() {
+    const writer = await directClient("main");
+    await exchange(writer.client, writer.events, "main", "one");  // seq 1-4
+    const relay = await openRelay(Number(new URL(url).port));
+    const connections = [];
+    const client = connect({
+      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+      minDelay: 20, maxDelay: 200, onerror: (e) => console.error("onerror", e.code, e.message),
+    });
+    await within(client.ping(), "connected");
+    relay.hold();
+    const seqs = [];
+    const joining = client.join("main", { since: 0, onevent: (frame) => seqs.push(frame.seq) });
+    await until(() => relay.heldText().includes('"type":"joined"'), "joined held by the relay");
+    await exchange(writer.client, writer.events, "main", "two");  // seq 5-8, live
+    await until(() => relay.heldText().includes('"seq":8,'), "seq 8 held by the relay");
+    relay.release();
+    const joined = await within(joining, "joined");
+    const lastSeqAfterJoin = client.thread("main").lastSeq;
+    relay.cut();
+    await exchange(writer.client, writer.events, "main", "three");  // seq 9-12
+    await until(() => seqs.includes(12), "seq 12 after the reconnect");
+    const lastSeq = client.thread("main").lastSeq;
+    client.close();
+    writer.client.close();
+    relay.close();
+    return { joinedLastSeq: joined.last_seq, lastSeqAfterJoin, seqs, lastSeq, joins: joinsOf(connections) };
+  },
+
+  // The thread is deleted and created again while the client is away (the relay refuses it):
+  // joined again with since 8, the server answers last_seq 4; the client resets its copy, tells
+  // the app, joins from 0 and gets the new thread's events from seq 1.
+  async replaced() {
+    const writer = await directClient("main");
+    await exchange(writer.client, writer.events, "main", "old one");
+    await exchange(writer.client, writer.events, "main", "old two");  // seq 1-8
+    const relay = await openRelay(Number(new URL(url).port));
+    const connections = [];
+    const states = [];
+    const client = connect({
+      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
+      onerror: (e) => console.error("onerror", e.code, e.message),
+    });
+    const seen = [];    // [seq, event, user text] of each event, and "reset" where it was reset
+    const resets = [];
+    await client.join("main", {
+      since: 0,
+      onevent: (frame) => seen.push([frame.seq, frame.event, frame.data.text ?? null]),
+      onreset(reason, thread) {
+        resets.push({ reason, lastSeq: thread.lastSeq, runs: thread.runs.size,
+                      same: thread === client.thread("main") });
+        seen.push("reset");
+      },
+      onleft: (reason) => console.error("onleft", reason),
+    });
+    await until(() => seen.length === 8, "the old thread's 8 events");
+    relay.refuse(true);
+    relay.cut();
+    await until(() => states.includes("reconnecting"), "the client away");
+    const base = new URL(url);
+    const deleted = await fetch(`http://${base.host}/v1/threads/main`, {
+      method: "DELETE", headers: { Authorization: `Bearer ${token}` },
+    });
+    writer.client.close();
+    const creator = await directClient("main");  // the id is free: a new thread from seq 1
+    await exchange(creator.client, creator.events, "main", "new one");  // seq 1-4
+    relay.refuse(false);
+    await until(() => seen.some((e) => e[2] === "new one" && e[1] === "agent_completed"),
+                "the new thread's first answer");
+    await exchange(creator.client, creator.events, "main", "new two");  // seq 5-8, live
+    await until(() => seen.some((e) => e[2] === "new two" && e[1] === "agent_completed"),
+                "the new thread's second answer");
+    const thread = client.thread("main");
+    const report = {
+      status: deleted.status, resets, seen, joins: joinsOf(connections), lastSeq: thread.lastSeq,
+      runs: [...thread.runs.values()].map((run) => [run.message?.text, run.status, run.text]),
+    };
+    client.close();
+    creator.client.close();
+    relay.close();
+    return report;
+  },
+
+  // The app's own `since` is beyond what the server has (it kept a copy of a thread the server
+  // no longer has): the same reset, and join() settles with the join from 0.
+  async sinceAhead() {
+    const resets = [];
+    const connections = [];
+    const client = connect({ url, token, WebSocket: recordingSocket(connections),
+                             onerror: (e) => console.error("onerror", e.code, e.message) });
+    const joined = await within(client.join("fresh", {
+      since: 5, onreset: (reason, thread) => resets.push({ reason, lastSeq: thread.lastSeq }),
+    }), "joined");
+    const lastSeq = client.thread("fresh").lastSeq;
+    client.close();
+    return { joined, resets, lastSeq, joins: joinsOf(connections) };
   },
 
   async unauthorized() {

@@ -1,8 +1,11 @@
 """The JavaScript client (``transport/static/client.js``) under Node against a real server on
 loopback: answers laid from ``agent_delta`` by offset in code points, a connection cut in the
 middle of an answer (a relay's sockets reset) resumed with ``since`` with no gap and no
-duplicate, a send made while the connection is down, a thread deleted while joined, a bad
-token reported with the server's reason, and ``client.d.ts`` declaring exactly what ``client.js`` exports.
+duplicate, ``joined`` and the events after it read in one go (the seq counted from never goes
+down), a send made while the connection is down, a thread deleted while joined, a thread
+deleted and created again while the client was away (reset, joined again from 0), a bad token
+reported with the server's reason, and ``client.d.ts`` declaring exactly what ``client.js``
+exports.
 
 Node is Debian's (``tests/run.sh`` installs it when missing); these tests skip without it
 only outside CI."""
@@ -112,6 +115,44 @@ async def test_a_thread_deleted_while_joined_is_dropped_and_not_joined_again():
     assert seen["joins"][0] == [0]
     assert seen["joins"][1] == [0]  # after the reconnect: only the new join, from 0
     assert seen["again"]["last_seq"] == 0  # the id is free again, from seq 1
+
+
+async def test_joined_and_events_in_one_read_never_lower_the_seq_counted_from():
+    """The relay hands ``joined``, the replay (seq 1-4) and live events (5-8) over in one write:
+    the client counts from 8, so after a cut it joins with since 8 and repeats nothing."""
+    async with serving() as server:
+        seen = await scenario("batched", server.url, token("ada"))
+    assert seen["joinedLastSeq"] == 4
+    assert seen["lastSeqAfterJoin"] == 8
+    assert seen["seqs"] == list(range(1, 13)), "an event repeated or missed"
+    assert seen["joins"][0] == [0] and seen["joins"][1] == [8]
+    assert seen["lastSeq"] == 12
+
+
+async def test_a_thread_replaced_while_away_is_reset_and_joined_again_from_0():
+    """Deleted and created again while the client was away (PROTOCOL.md, "join with since"):
+    the join with since 8 answers last_seq 4; the client drops its copy, tells the app with
+    onreset, joins from 0 and shows only the new thread, from seq 1."""
+    async with serving() as server:
+        seen = await scenario("replaced", server.url, token("ada"))
+    assert seen["status"] in (200, 204)
+    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "same": True}]
+    reset_at = seen["seen"].index("reset")
+    assert reset_at == 8 and [e[0] for e in seen["seen"][:8]] == list(range(1, 9))
+    after = seen["seen"][reset_at + 1:]
+    assert [e[0] for e in after] == list(range(1, 9)), "the new thread's events, once each"
+    assert [e[2] for e in after if e[1] == "user_message"] == ["new one", "new two"]
+    assert seen["joins"][0] == [0] and seen["joins"][-1] == [8, 0]
+    assert seen["lastSeq"] == 8
+    assert seen["runs"] == [["new one", "completed", "new one"], ["new two", "completed", "new two"]]
+
+
+async def test_an_apps_since_beyond_the_servers_thread_is_reset_too():
+    async with serving() as server:
+        seen = await scenario("sinceAhead", server.url, token("ada"))
+    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0}]
+    assert seen["joins"] == [[5, 0]]
+    assert seen["joined"]["last_seq"] == 0 and seen["lastSeq"] == 0
 
 
 async def test_a_bad_token_is_reported_with_the_servers_reason():

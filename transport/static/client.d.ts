@@ -1,6 +1,6 @@
 // Types of threadline's JavaScript client (/v1/client.js), protocol v1 over JSON.
-// Kept in step with client.js: tests/node/test_client_types.py checks that every name this
-// file declares as exported is exported by client.js, and the reverse.
+// Kept in step with client.js: tests/node/test_client.py checks that every name this file
+// declares as exported is exported by client.js, and the reverse.
 
 export declare const SUBPROTOCOL: "threadline.v1.json";
 export declare const TERMINAL_EVENTS: readonly ["agent_completed", "agent_failed", "agent_cancelled"];
@@ -99,7 +99,7 @@ export declare class Run {
 /** A joined thread. */
 export declare class Thread {
   readonly id: string;
-  /** the last seq seen, null until joined */
+  /** the last seq seen, null until joined; it only rises, except to 0 by a reset (onreset) */
   readonly lastSeq: number | null;
   /** in the order of their first event (a run's user_message) */
   readonly runs: ReadonlyMap<string, Run>;
@@ -114,6 +114,13 @@ export interface JoinOptions {
   onevent?: (frame: EventFrame, run: Run, thread: Thread) => void;
   /** the server ended the subscription; reason "deleted": the thread was deleted (not rejoined) */
   onleft?: (reason: string, thread: Thread) => void;
+  /** what the client held of the thread is void, and the thread stays joined. Reason
+   * "replaced": a join with `since` (the last seq seen, or the app's own `since`) was answered
+   * with a lower `last_seq`: the thread was deleted and created again while the client was away
+   * (or the server's store was replaced). The client has already emptied `thread` (no runs,
+   * lastSeq 0) and joined again with since 0: clear what the app shows of it; the new thread's
+   * events follow through onevent from seq 1. (PROTOCOL.md, "`join` with `since`".) */
+  onreset?: (reason: "replaced" | (string & {}), thread: Thread) => void;
 }
 
 export interface SendOptions {
@@ -146,6 +153,7 @@ export declare class Client {
   readonly attempt: number;
   timeout: number;
   thread(threadId: string): Thread | undefined;
+  /** settles with the `joined` answer; after a reset (onreset), with that of the join from 0 */
   join(threadId: string, options?: JoinOptions): Promise<Joined>;
   leave(threadId: string): Promise<Left>;
   send(threadId: string, text: string, options?: SendOptions): Promise<Accepted>;

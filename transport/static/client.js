@@ -16,6 +16,21 @@
 //   and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
 //   before a loss are written again (send is idempotent by its client_msg_id, which the client
 //   makes up when not given) except `cancel`, which rejects with code "disconnected".
+// - A thread's last seen seq (Thread.lastSeq) only rises, but for one deliberate reset. A
+//   `joined` is handled when its frame is read, before the frames read after it (not in a
+//   promise callback, which would run after the rest of the same batch: a Node WebSocket hands
+//   over every message of one TCP read in one go), and while a thread's join is unanswered its
+//   events are dropped: those are of an earlier subscription, and the join's replay from
+//   `since` brings them again. So the events that follow a `joined` are counted from its
+//   answer, never before it.
+// - The reset: a `joined` whose `last_seq` is below the `since` asked means the server's thread
+//   is not the one the client held (deleted and created again while it was away, or a store
+//   replaced). PROTOCOL.md ("`join` with `since`"): drop the copy and join again from 0. The
+//   client empties the Thread (runs gone, lastSeq 0), writes the join with `since: 0`, then
+//   calls `onreset("replaced", thread)` so the app clears its view; the new thread's events
+//   follow through `onevent` from seq 1. `join()` settles with that second `joined`. Told
+//   apart from `onleft("deleted")`, which ends the subscription: after a reset the thread
+//   stays joined.
 // - A connection that fails before it opens is checked with GET /v1/auth/check (browsers hide
 //   the handshake's HTTP status): a 401 ends the client with code "unauthorized" and the
 //   server's message; anything else is retried.
@@ -99,14 +114,15 @@ export class Run {
 }
 
 export class Thread {
-  constructor(id, since, onevent, onleft) {
+  constructor(id, since, onevent, onleft, onreset) {
     this.id = id;
     this.lastSeq = null;   // the last seq seen; null until the first `joined`
     this.since = since;    // what the app asked for, until lastSeq is known
     this.runs = new Map(); // run_id -> Run, in the order their first event came
     this.onevent = onevent;
     this.onleft = onleft;
-    this.joining = false;  // a join request is pending
+    this.onreset = onreset;
+    this.joining = false;  // a join request is pending: events are dropped until its answer
   }
 
   get activeRun() {
@@ -117,12 +133,23 @@ export class Thread {
   /** Apply an event frame; its Run, or undefined when it was seen already (a replay meeting
    * what was had) and is dropped. */
   take(frame) {
-    if (frame.seq <= this.lastSeq) return undefined;
+    if (this.joining || frame.seq <= this.lastSeq) return undefined;
     this.lastSeq = frame.seq;
     let run = this.runs.get(frame.run_id);
     if (run === undefined) this.runs.set(frame.run_id, run = new Run(frame.run_id));
     run.apply(frame.event, frame.data);
     return run;
+  }
+
+  /** Count seen events from `seq` on (a `joined`'s answer); never lowers lastSeq. */
+  countFrom(seq) {
+    if (this.lastSeq === null || seq > this.lastSeq) this.lastSeq = seq;
+  }
+
+  /** The one way down: what was held is void (see the header); nothing seen, no run. */
+  reset() {
+    this.lastSeq = 0;
+    this.runs.clear();
   }
 }
 
@@ -169,7 +196,7 @@ export class Client {
     this.state = "connecting";
     this.attempt = 0;          // connection attempts that failed since the last open
     this._threads = new Map(); // thread_id -> Thread
-    this._pending = new Map(); // ref -> {make, resolve, reject, timer, repeat, written, join}
+    this._pending = new Map(); // ref -> {make, resolve, reject, timer, repeat, written, join, settled}
     this._refs = 0;
     this._ws = null;
     this._retryTimer = null;
@@ -178,8 +205,8 @@ export class Client {
 
   thread(threadId) { return this._threads.get(threadId); }
 
-  join(threadId, { since, onevent = () => {}, onleft = () => {} } = {}) {
-    const thread = new Thread(threadId, since, onevent, onleft);
+  join(threadId, { since, onevent = () => {}, onleft = () => {}, onreset = () => {} } = {}) {
+    const thread = new Thread(threadId, since, onevent, onleft, onreset);
     this._threads.set(threadId, thread);
     return this._join(thread);
   }
@@ -218,29 +245,46 @@ export class Client {
 
   _join(thread) {
     thread.joining = true;
+    let since;  // of the frame written last (a join lost with its connection is written again)
     const frame = () => {
-      const since = thread.lastSeq ?? thread.since;
+      since = thread.lastSeq ?? thread.since;
       return since === undefined ? { type: "join", thread_id: thread.id } : { type: "join", thread_id: thread.id, since };
     };
-    return this._request(frame, { join: true }).then((answer) => {
+    let again = null;  // the join from 0 after a reset
+    const settled = (answer) => {  // as the answer is read, before the frames after it
       thread.joining = false;
-      if (this._threads.get(thread.id) === thread) {
-        const since = thread.lastSeq ?? thread.since;  // as the server counts it (replay_start)
-        thread.lastSeq = since === undefined ? answer.last_seq : Math.min(since, answer.last_seq);
-      }
-      return answer;
-    }, (error) => { thread.joining = false; throw error; });
+      if (answer.type === "joined") again = this._joined(thread, since, answer);
+    };
+    return this._request(frame, { join: true, settled }).then((answer) => again ?? answer);
   }
 
-  _request(make, { repeat = true, join = false } = {}) {
+  /** `thread`'s join with `since` is answered: count its events from there, or reset it and
+   * join again from 0 when the server's thread is behind what was asked (see the header).
+   * Returns that second join, or null. */
+  _joined(thread, since, answer) {
+    if (this._threads.get(thread.id) !== thread) return null;  // left, or joined anew since
+    if (since === undefined) {
+      thread.countFrom(answer.last_seq);  // live only: from what the server has
+      return null;
+    }
+    if (since <= answer.last_seq) {
+      thread.countFrom(since);  // the replay brings since + 1 .. last_seq, then live events
+      return null;
+    }
+    thread.reset();
+    const again = this._join(thread);
+    thread.onreset("replaced", thread);
+    return again;
+  }
+
+  _request(make, { repeat = true, join = false, settled = () => {} } = {}) {
     if (this.state === "closed") return Promise.reject(new ThreadlineError("closed", "the client is closed"));
     const ref = ++this._refs;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this._pending.delete(ref);
-        reject(new ThreadlineError("timeout", `no answer in ${this.timeout} ms`));
+        this._settle(ref, { type: "error", code: "timeout", message: `no answer in ${this.timeout} ms` });
       }, this.timeout);
-      this._pending.set(ref, { make, resolve, reject, timer, repeat, join, written: false });
+      this._pending.set(ref, { make, resolve, reject, timer, repeat, join, settled, written: false });
       if (this.state === "open") this._write(ref);
     });
   }
@@ -255,8 +299,12 @@ export class Client {
     const pending = this._pending.get(ref);
     this._pending.delete(ref);
     clearTimeout(pending.timer);
-    if (frame.type === "error") pending.reject(new ThreadlineError(frame.code, frame.message, frame));
-    else pending.resolve(frame);
+    try {
+      pending.settled(frame);  // an app callback it makes may throw: the request settles anyway
+    } finally {
+      if (frame.type === "error") pending.reject(new ThreadlineError(frame.code, frame.message, frame));
+      else pending.resolve(frame);
+    }
   }
 
   // -- the connection ----------------------------------------------------------------------
