@@ -82,6 +82,19 @@ class Fenced(JournalUnavailable):
     thread lives on another node now, and a request that got this is safe to send there."""
 
 
+class StoreConflict(JournalUnavailable):
+    """The store holds something other than what the thread's state in memory says (another
+    writer wrote the thread; a commit whose answer was lost did land): nothing of this write
+    was stored. Not the client's fault (answered ``internal``); the thread reloads its state
+    from the store at once (``ThreadReload``) and serves again."""
+
+
+class ThreadReload(RuntimeError):
+    """Raised by a thread actor whose numbering disagrees with its store: its supervisor
+    starts it again at once, from the store's state (``ThreadActor.run``). Logged as a
+    warning, without a traceback: it is not a bug."""
+
+
 class Unstorable(ActorError, ValueError):
     """An event the stores cannot hold (a lone surrogate, a NUL character): refused before it
     is queued, by every store alike, and nothing of it is stored. Bad data, not an outage."""

@@ -160,6 +160,11 @@ class RunQueue:
 
     # -- what the thread's requests do ----------------------------------------------------------
 
+    def run_ids(self) -> set[str]:
+        """The runs this queue holds, active and pending."""
+        held = [*self._pending, *([self.active] if self.active is not None else [])]
+        return {control.context.run_id for control in held}
+
     def admit(self, strategy: Strategy) -> None:
         """Raise ``Busy`` if ``strategy`` refuses a new run now."""
         if strategy == "reject" and (self.active is not None or self._pending):

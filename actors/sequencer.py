@@ -12,9 +12,11 @@ Invariants:
   journal refuses them too (their writers get ``JournalUnavailable``). The next event follows
   the last durable one: no failure leaves a gap. Data no store can hold is refused before a seq
   is taken (``check_storable``), so a refusal never breaks a chain.
-- A plain ``ValueError`` at the head of a chain (the journal's "does not follow") means the
-  numbering disagrees with the journal: every later ``submit`` raises, so the thread crashes and
-  restarts, reloading the last seq (``start``).
+- A plain ``ValueError`` at the head of a chain (the journal's "does not follow") or a
+  ``StoreConflict`` (the store holds that seq already: another writer, or a commit whose answer
+  was lost) means the numbering disagrees with the journal: ``mismatch`` is set and every later
+  ``submit`` raises, so the thread restarts at once (``ThreadReload``), reloading the last seq
+  (``start``) from the store, which forgot its cached copy of the thread's row.
 - Delivery runs in whatever task the journal answers from (a durable store's writer): a bug in
   it is logged and contained here, never handed to the journal, whose batch holds other
   threads' writes; the writer waiting on the event is answered all the same.
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 import trio
 
-from .errors import Fenced, JournalUnavailable, JournalWedged
+from .errors import Fenced, JournalUnavailable, JournalWedged, StoreConflict
 from .journal import Done, Journal, check_storable
 from .messages import Event, ThreadKey
 from .pacer import current_pacer
@@ -73,6 +75,11 @@ class Sequencer:
         self.seq = self._next = last_seq
         self._chain += 1
         self._mismatch = None
+
+    @property
+    def mismatch(self) -> BaseException | None:
+        """Why the numbering disagrees with the journal, or None (see the header)."""
+        return self._mismatch
 
     def submit(self, name: str, run_id: str | None, data: dict[str, Any],
                then: Reply[Event] | Done | None = None) -> Event:
@@ -145,7 +152,7 @@ class Sequencer:
         self._fenced = isinstance(error, Fenced)
         self._chain += 1
         self._next = self.seq
-        if type(error) is ValueError:  # "does not follow": not bad data, a wrong count
+        if type(error) is ValueError or isinstance(error, StoreConflict):  # a wrong count
             self._mismatch = error
         return error
 

@@ -20,7 +20,7 @@ import logging
 import attrs
 import trio
 
-from .errors import RestartIntensityExceeded
+from .errors import RestartIntensityExceeded, ThreadReload
 
 log = logging.getLogger("threadline.supervisor")
 
@@ -61,5 +61,9 @@ class RestartBudget:
                 f"{self.name} crashed more than {policy.intensity} times in {policy.period} s"
             ) from exc
         times.append(now)
-        log.warning("%s crashed; restarting (%d of %d in %ss)", self.name, len(times),
-                    policy.intensity, policy.period, exc_info=exc)
+        if isinstance(exc, ThreadReload):  # the store changed under the actor: no bug
+            log.warning("%s: %s; reloading from the store (%d of %d in %ss)", self.name, exc,
+                        len(times), policy.intensity, policy.period)
+        else:
+            log.warning("%s crashed; restarting (%d of %d in %ss)", self.name, len(times),
+                        policy.intensity, policy.period, exc_info=exc)

@@ -25,20 +25,23 @@ import trio
 
 from .engine import Agent, RunContext, ToolRegistry, new_id
 from .execution import RunControl
-from .errors import (ActorCrashed, ActorStopped, Busy, JournalUnavailable,
-                     MailboxFull, UnknownRun, Unstorable)
-from .journal import Journal
+from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
+                     MailboxFull, ThreadReload, UnknownRun, Unstorable)
+from .journal import Journal, replay_page
 from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
-from .messages import (TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
+from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
                        DeleteThread, Event, GetInfo, Joined, Passivate, PostMessage, Shutdown,
                        Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
                        Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
+
+CATCH_UP_PAGES = 4  # of events read back for subscribers after a reload (``_catch_up``)
+RELOAD_PATIENCE = 30.0  # seconds a restarting actor waits for its store (``_load``)
 
 
 
@@ -72,7 +75,7 @@ class ThreadEnv:
 
 class ThreadActor:
     __slots__ = ("key", "env", "_writes", "_created_at", "_updated_at", "_subscribers", "_runs",
-                 "_idle_since")
+                 "_idle_since", "_loaded")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
@@ -82,6 +85,7 @@ class ThreadActor:
         self._subscribers: dict[Subscriber, None] | None = None  # an ordered set, made lazily
         self._runs: RunQueue | None = None  # made for the first run: idle actors stay small
         self._idle_since = trio.current_time()
+        self._loaded = False  # started once: a restart compares the store with what it saw
 
     @property
     def phase(self) -> Phase:
@@ -109,9 +113,13 @@ class ThreadActor:
     # -- the actor loop -----------------------------------------------------------------------
 
     async def run(self, mailbox: Mailbox) -> None:
-        info = await self.env.journal.ensure_thread(self.key, self.env.clock())
+        had = self._writes.seq  # after a restart: the last seq this actor saw stored
+        info = await self._load()
         self._writes.start(info.last_seq)
         self._created_at, self._updated_at = info.created_at, info.updated_at
+        if self._loaded and info.last_seq != had:
+            await self._catch_up(had, info.last_seq)
+        self._loaded = True
         msg: Any = None
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
         try:
@@ -124,6 +132,8 @@ class ThreadActor:
                 mailbox.took()
                 if await self._handle(msg):
                     return
+                msg = None
+                self._check_numbering()
         except Exception:
             self._crashed(msg)
             raise
@@ -144,6 +154,7 @@ class ThreadActor:
                     if msg is not None and await self._handle(msg):
                         return True
                     msg = None
+                    self._check_numbering()
             except Exception:
                 self._crashed(msg)  # inside the nursery: before the runner is cancelled
                 raise
@@ -153,6 +164,60 @@ class ThreadActor:
             await run_queued(runs, self.key, self.env, self._writes.append, self._writes.submit)
         finally:
             self._idle_since = trio.current_time()
+
+    async def _load(self) -> ThreadInfo:
+        """The thread's row in the store. A restart (the store's copy changed, a commit's
+        answer was lost in an outage) waits an outage out, up to ``RELOAD_PATIENCE`` seconds,
+        rather than crash-loop and drop its subscribers; a first start fails at once."""
+        delay, deadline = 0.1, trio.current_time() + RELOAD_PATIENCE
+        while True:
+            try:
+                return await self.env.journal.ensure_thread(self.key, self.env.clock())
+            except Fenced:
+                raise  # the thread lives on another node now
+            except JournalUnavailable:
+                if not self._loaded or trio.current_time() + delay > deadline:
+                    raise
+            await trio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+    def _check_numbering(self) -> None:
+        """Restart from the store's state now if the numbering disagrees with it (a write of
+        this thread met a conflict), rather than at the next request's expense."""
+        if (why := self._writes.mismatch) is not None:
+            raise ThreadReload(f"the store's copy of the thread differs ({why})")
+
+    async def _catch_up(self, had: int, last_seq: int) -> None:
+        """After a restart, when the store holds more than this actor saw stored (a commit
+        whose answer was lost, another writer): read it back, at most ``CATCH_UP_PAGES``
+        pages. The subscribers get it; a user message among it whose run never started (its
+        ``accepted`` was lost with the commit's answer; a retry with its ``client_msg_id``
+        answers it) is queued to run, so that it is answered and its run ends. Past the
+        pages, or if the thread is shorter than what they had (erased and written anew), the
+        subscribers are dropped as fallen behind and resume with ``since`` (a WebSocket
+        client: close 1013, then ``join`` with ``since``)."""
+        after, pages = had, 0
+        unstarted: dict[str, Event] = {}
+        while last_seq > had and after < last_seq and pages < CATCH_UP_PAGES:
+            events = await replay_page(self.env.journal, self.key, after, last_seq)
+            for event in events:
+                self._deliver(event)
+                if event.event == USER_MESSAGE and event.run_id is not None:
+                    unstarted[event.run_id] = event
+                elif event.event == AGENT_STARTED:
+                    unstarted.pop(event.run_id or "", None)
+            after, pages = events[-1].seq, pages + 1
+        known = set() if self._runs is None else self._runs.run_ids()
+        for run_id, event in unstarted.items():
+            if run_id not in known:
+                context = RunContext(self.key.user_id, self.key.thread_id, run_id,
+                                     event.data["message_id"])
+                self._run_queue().add(RunControl(context, event.data["text"], event.seq),
+                                      "enqueue")
+        if after != last_seq:
+            subscribers, self._subscribers = self._subscribers, None
+            for sub in subscribers or ():
+                sub.dropped(self.key, "reloaded from the store", overflow=True)
 
     def _crashed(self, msg: Any) -> None:
         """A bug in this actor: the active run will record agent_failed as the nursery

@@ -16,7 +16,8 @@ Invariants:
   next use opens a fresh one. A read that finds a pooled connection broken is tried once more
   on a fresh connection (reads are idempotent); a write is not (the journal decides).
 - Nothing here retries with backoff or tells an outage from bad data: errors are raised as the
-  driver raises them.
+  driver raises them, those of the commit itself with a note (``commit_unknown``): whether the
+  transaction was stored is then unknown, and the journal must read back what it holds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import trio
 
 from .sql import Backend
 
-__all__ = ["Connections", "IDLE_PING"]
+__all__ = ["COMMIT_UNKNOWN", "Connections", "IDLE_PING", "commit_unknown"]
+
+#: The note on an error raised by the commit itself: the transaction may have been stored
+#: (the connection dropped after the server committed, before its answer came back).
+COMMIT_UNKNOWN = "threadline: raised by COMMIT; the transaction may be stored"
+
+
+def commit_unknown(exc: BaseException) -> bool:
+    return COMMIT_UNKNOWN in getattr(exc, "__notes__", ())
 
 T = TypeVar("T")
 
@@ -53,13 +62,17 @@ class Connections:
         broken connection dropped), and the error raised as it is."""
         backend = self.backend
         conn = self._writer_connection()
+        committing = False
         try:
             backend.begin(conn)
             result = fn(backend.cursor(conn), *args)
+            committing = True
             backend.commit(conn)
             self._writer_used = time.monotonic()
             return result
         except BaseException as exc:
+            if committing and isinstance(exc, Exception):
+                exc.add_note(COMMIT_UNKNOWN)
             try:
                 backend.rollback(conn)
             except Exception:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import trio
 
-from threadline.actors.errors import JournalUnavailable, Unstorable
+from threadline.actors.errors import JournalUnavailable, StoreConflict, Unstorable
 from threadline.actors.journal import (Done, OpenRun, check_storable, check_storable_key,
                                        storable_key, unstorable_reason)
 from threadline.actors.reply import Reply
@@ -40,7 +40,7 @@ from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
 from . import batch, sql
-from .connections import Connections
+from .connections import Connections, commit_unknown
 from .errors import first_line
 from .outage import Outage
 from .sql import AppendOp, Backend, DeleteOp, EnsureOp, Op
@@ -231,6 +231,17 @@ class DurableJournal:
         except Exception as exc:
             if self.backend.is_outage(exc):
                 self._outage.failed(exc)
+                if commit_unknown(exc):
+                    # The commit's answer is what was lost: the batch may be stored after all.
+                    # Its threads' rows are read back before they are written again, and each
+                    # thread reloads what the store holds (``StoreConflict``).
+                    self._forget(batch)
+                    for _, reply in batch:
+                        lost = StoreConflict("the store's answer to a commit was lost; the "
+                                             "write may be stored")
+                        lost.__cause__ = exc
+                        reply.fail(lost)
+                    return
                 for _, reply in batch:
                     reply.fail(self._outage.unavailable(exc))
             elif len(batch) == 1:
@@ -251,14 +262,32 @@ class DurableJournal:
             else:
                 reply.set(result)
 
+    def _forget(self, items: list[Pending]) -> None:
+        keys = {batch.op_key(op) for op, _ in items}
+        self._cache.forget(keys.__contains__)
+
     def _reject(self, item: Pending, exc: Exception) -> None:
+        """One operation the store refused on its own. A conflict (a key the store holds
+        already: another writer, a lost commit answer) is the server's, not the client's:
+        ``StoreConflict``, and the thread's cached row is dropped, so the thread reloads what
+        the store holds. Bad data is ``Unstorable``; anything else is a bug of ours."""
         op, reply = item
         self.rejected += 1
         key = batch.op_key(op)
+        kind, what = type(exc).__name__, first_line(exc)[:200]
         # The key and the error's first line: never the data, which may be anything a user sent.
-        log.warning("%s refused a write of %s: %s: %s", self.backend.name, key,
-                    type(exc).__name__, first_line(exc)[:200])
-        error = Unstorable(f"the store refused this data ({type(exc).__name__})")
+        error: Exception
+        if self.backend.is_conflict(exc):
+            self._forget([item])
+            log.warning("%s: a write of %s conflicts with what the store holds (%s: %s); the "
+                        "thread reloads from the store", self.backend.name, key, kind, what)
+            error = StoreConflict(f"the store's copy of this thread changed ({kind})")
+        elif self.backend.is_bad_data(exc):
+            log.warning("%s refused a write of %s: %s: %s", self.backend.name, key, kind, what)
+            error = Unstorable(f"the store refused this data ({kind})")
+        else:
+            log.error("%s failed a write of %s: %s: %s", self.backend.name, key, kind, what)
+            error = JournalUnavailable(f"the store failed this write ({kind})")
         error.__cause__ = exc
         reply.fail(error)
 

@@ -10,7 +10,9 @@ connection is unusable), ``InternalError`` (the server's own failure, such as a 
 standby after a failover or corrupted data) and a closed or broken connection. ``DataError``
 (a NUL in text, ``\\u0000`` or ``NaN`` in jsonb), ``IntegrityError``, ``ProgrammingError`` and
 Python's ``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one
-operation: no backoff.
+operation: no backoff. Of those, ``DataError`` and ``ValueError`` are the data's
+(``is_bad_data``), ``IntegrityError`` a conflict with what the store holds (``is_conflict``:
+the thread reloads), ``ProgrammingError`` a bug of ours.
 
 At start, a server that cannot be used is said in one line (``explain``): unreachable, login
 refused, no such database or user; never with the password.
@@ -165,6 +167,13 @@ class PostgresBackend(sql.Backend):
     def is_outage(self, exc: BaseException) -> bool:
         return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError,
                                 psycopg.InternalError))
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.IntegrityError)
+
+    def is_bad_data(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.DataError) or (
+            isinstance(exc, ValueError) and not isinstance(exc, psycopg.Error))
 
     def is_broken(self, conn: psycopg.Connection, exc: BaseException) -> bool:
         return conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError)

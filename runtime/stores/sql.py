@@ -67,6 +67,8 @@ class Backend(Protocol):
     def is_broken(self, conn: Any, exc: BaseException) -> bool: ...  # drop the connection
     def is_outage(self, exc: BaseException) -> bool: ...  # the store failed, not the data
     def explain(self, exc: BaseException) -> str: ...  # why it cannot be opened, plain words
+    def is_conflict(self, exc: BaseException) -> bool: ...  # a key the store holds already
+    def is_bad_data(self, exc: BaseException) -> bool: ...  # a value it cannot hold
 
     def claim(self, *, shared: bool) -> AsyncContextManager[None]:
         """Held from before the store is first touched until its connections are closed: a

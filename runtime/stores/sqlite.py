@@ -9,7 +9,10 @@ kinds: ``OperationalError`` (disk I/O error, disk full, database locked past the
 timeout, read-only, cannot open) and a damaged file (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``);
 the connection that met one is replaced. ``IntegrityError``, ``DataError``,
 ``ProgrammingError``, ``InterfaceError`` (a value it cannot bind) and Python's own
-``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one operation.
+``ValueError`` family (``UnicodeEncodeError`` of a lone surrogate) are about one operation,
+and of those only ``DataError``, ``InterfaceError`` and ``ValueError`` are the data's
+(``is_bad_data``); ``IntegrityError`` is a conflict with what the store holds
+(``is_conflict``: the thread reloads), ``ProgrammingError`` a bug of ours.
 
 At start, a file that cannot be used is said in one line (``explain``): not a database,
 damaged, a folder, a missing folder, read-only. The migrating transaction ends with a probe
@@ -140,6 +143,13 @@ class SQLiteBackend(sql.Backend):
     def is_outage(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
             exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError))
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def is_bad_data(self, exc: BaseException) -> bool:
+        return isinstance(exc, (sqlite3.DataError, sqlite3.InterfaceError)) or (
+            isinstance(exc, ValueError) and not isinstance(exc, sqlite3.Error))
 
     def is_broken(self, conn: sqlite3.Connection, exc: BaseException) -> bool:
         # Reopening is cheap, and finds the file again if it was replaced or remounted.

@@ -1,0 +1,217 @@
+"""A conflict in the store is not the client's fault: a thread whose events another writer
+(another connection to the same database, behind the server's back) wrote meanwhile answers
+``internal``, never ``bad_frame``, reloads from the store at once, gives its subscribers what
+the other writer stored, and serves again; never a wedge until restart. A real server on
+loopback over SQLite and PostgreSQL, written behind by a second real connection."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import psycopg
+import pytest
+import trio
+
+from tests.helpers import assert_runs_well_formed, scripted_agent, test_tools
+from tests.servers import SECRET, token
+from threadline import open_runtime
+from threadline.actors.messages import Event, ThreadKey
+from threadline.server import open_server
+from threadline.stores import open_journal
+from threadline.transport.client import ServerError, open_client
+from threadline.transport.limits import Limits
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        path = tmp_path / "t.db"
+        return f"sqlite:///{path}", lambda: sqlite3.connect(path, isolation_level=None)
+    dsn = request.getfixturevalue("pg_dsn")
+    return dsn, lambda: psycopg.connect(dsn, autocommit=True)
+
+
+def write_behind(connect, user: str, thread: str, events: int) -> int:
+    """Another writer appends ``events`` thinking events to the thread, as a second server
+    would (row and events in one transaction); the new last seq."""
+    conn = connect()
+    try:
+        mark = "?" if isinstance(conn, sqlite3.Connection) else "%s"
+        cur = conn.cursor()
+        cur.execute(f"SELECT last_seq FROM threads WHERE user_id = {mark} AND thread_id = {mark}",
+                    (user, thread))
+        last = cur.fetchone()[0]
+        cur.execute("BEGIN")
+        for seq in range(last + 1, last + events + 1):
+            cur.execute(f"INSERT INTO events (user_id, thread_id, seq, event, run_id, ts, data) "
+                        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}, {mark})",
+                        (user, thread, seq, "agent_thinking", "run-behind", time.time(),
+                         json.dumps({"text": f"behind {seq}"})))
+        cur.execute(f"UPDATE threads SET last_seq = {mark} WHERE user_id = {mark} AND "
+                    f"thread_id = {mark}", (last + events, user, thread))
+        cur.execute("COMMIT")
+        return last + events
+    finally:
+        conn.close()
+
+
+async def until_completed(client, run_id: str) -> list[dict]:
+    seen = []
+    while True:
+        event = await client.next_event(20)
+        seen.append(event)
+        if event["run_id"] == run_id and event["event"] in (
+                "agent_completed", "agent_failed", "agent_cancelled"):
+            return seen
+
+
+async def send_until_served(client, text: str) -> tuple[dict, list[str]]:
+    """Send until accepted, at most three times: the answer, and the codes of the failures."""
+    codes = []
+    for attempt in range(3):
+        try:
+            return await client.send("main", f"{text} {attempt}"), codes
+        except ServerError as exc:
+            codes.append(exc.code)
+    raise AssertionError(f"the thread never served again: {codes}")
+
+
+@pytest.mark.parametrize("behind", [1, 300])  # within a catch-up, and past it (resume)
+async def test_a_thread_written_behind_the_servers_back_recovers_at_once(store, behind):
+    url, connect = store
+    async with open_journal(url) as journal, open_runtime(
+            journal=journal, agent=scripted_agent, tools=test_tools()) as rt, open_server(
+            rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+        async with open_client(server.url, token("ada")) as client:
+            await client.join("main")
+            first = await client.send("main", "think:one")
+            await until_completed(client, first["run_id"])
+            last = await trio.to_thread.run_sync(write_behind, connect, "ada", "main", behind)
+            accepted, codes = await send_until_served(client, "think:after")
+            assert codes in ([], ["internal"]), codes  # never bad_frame; at most one failure
+            assert accepted["seq"] > last
+            await until_completed(client, accepted["run_id"])
+        # What a client that resumes from 0 sees: every event once, in order, well formed
+        # apart from the other writer's run, which never started.
+        async with open_client(server.url, token("ada")) as again:
+            joined = await again.join("main", since=0)
+            frames = [await again.next_event(10) for _ in range(joined["last_seq"])]
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert sum(f["run_id"] == "run-behind" for f in frames) == behind
+    ours = [Event(ThreadKey("ada", "main"), f["seq"], f["event"], f["run_id"], f["ts"], f["data"])
+            for f in frames if f["run_id"] != "run-behind"]
+    assert_runs_well_formed(ours)
+
+
+async def test_live_subscribers_get_what_the_other_writer_stored(store):
+    url, connect = store
+    async with open_journal(url) as journal, open_runtime(
+            journal=journal, agent=scripted_agent, tools=test_tools()) as rt:
+        thread = rt.thread("ada", "main")
+        async with thread.open_subscription() as events:
+            first = await thread.send("think:one")
+            async for event in events:
+                if event.run_id == first.run_id and event.event == "agent_completed":
+                    break
+            last = await trio.to_thread.run_sync(write_behind, connect, "ada", "main", 2)
+            for attempt in range(3):
+                try:
+                    accepted = await thread.send(f"think:after {attempt}")
+                    break
+                except Exception as exc:  # the one conflict: JournalUnavailable
+                    assert type(exc).__name__ == "StoreConflict", exc
+            seen = []
+            async for event in events:
+                seen.append(event)
+                if event.run_id == accepted.run_id and event.event == "agent_completed":
+                    break
+    assert [e.seq for e in seen] == list(range(first.seq + 4, seen[-1].seq + 1))
+    assert [e.data["text"] for e in seen if e.run_id == "run-behind"] == \
+        [f"behind {last - 1}", f"behind {last}"]
+
+
+# -- an ambiguous commit: PostgreSQL commits, the answer is lost --------------------------------
+
+class CommitCutter:
+    """Loopback TCP proxy to PostgreSQL that, once ``armed``, passes the next ``COMMIT`` to the
+    server, lets it commit, and cuts the connection before the server's answer comes back."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.armed = False
+        self.cuts = 0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._pair, listeners)
+
+    async def _pair(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target) as server:
+            async with trio.open_nursery() as nursery:
+                cut = trio.Event()
+                nursery.start_soon(self._pump, client, server, nursery.cancel_scope, cut, True)
+                nursery.start_soon(self._pump, server, client, nursery.cancel_scope, cut, False)
+
+    async def _pump(self, src, dst, scope, cut: trio.Event, upstream: bool) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                if cut.is_set():
+                    break
+                await dst.send_all(data)
+                if upstream and self.armed and b"COMMIT\x00" in data:
+                    self.armed = False
+                    cut.set()  # nothing more goes back to the client
+                    self.cuts += 1
+                    await trio.sleep(0.5)  # the server commits meanwhile
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
+async def test_a_commit_whose_answer_is_lost_is_read_back_and_its_message_runs(pg_dsn, pg_cluster):
+    cutter = CommitCutter(pg_cluster.port)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(cutter.serve)
+        dsn = pg_dsn.replace(f":{pg_cluster.port}/", f":{port}/")
+        async with open_journal(dsn) as journal, open_runtime(
+                journal=journal, agent=scripted_agent, tools=test_tools()) as rt, open_server(
+                rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+            async with open_client(server.url, token("ada")) as client:
+                await client.join("main")
+                first = await client.send("main", "think:one")
+                await until_completed(client, first["run_id"])
+                cutter.armed = True
+                with pytest.raises(ServerError) as lost:  # stored, but its answer was cut
+                    await client.send("main", "think:lost", client_msg_id="c-1")
+                assert lost.value.code == "internal" and cutter.cuts == 1
+                # The client retries, as the README says: the same accepted, which runs.
+                with trio.fail_after(20):
+                    while True:
+                        try:
+                            retried = await client.send("main", "think:lost",
+                                                        client_msg_id="c-1")
+                            break
+                        except ServerError as exc:
+                            assert exc.code == "internal", exc  # the store is reconnecting
+                            await trio.sleep(0.2)
+                after, codes = await send_until_served(client, "think:after")
+                assert codes == [] and after["seq"] > retried["seq"]
+            async with open_client(server.url, token("ada")) as again:
+                joined = await again.join("main", since=0)
+                frames = [await again.next_event(10) for _ in range(joined["last_seq"])]
+                while not any(f["run_id"] == after["run_id"] and f["event"] == "agent_completed"
+                              for f in frames):
+                    frames.append(await again.next_event(10))
+        nursery.cancel_scope.cancel()
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert sum(f["event"] == "user_message" and f["data"].get("client_msg_id") == "c-1"
+               for f in frames) == 1
+    events = [Event(ThreadKey("ada", "main"), f["seq"], f["event"], f["run_id"], f["ts"],
+                    f["data"]) for f in frames]
+    assert_runs_well_formed(events)  # the lost message's run ran, and ended once
+    assert [e.data["text"] for e in events if e.run_id == retried["run_id"]
+            and e.event == "agent_completed"] == ["think:lost"]
