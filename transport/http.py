@@ -1,6 +1,7 @@
 """Plain HTTP answers on the server's port: the WebSocket refusals (401, 403, 503...), /healthz,
 /metrics, the static files and the HTTP API's JSON. Every answer closes its connection (one
-request per connection) and is never cached."""
+request per connection) and is never cached. ``HEAD`` is answered wherever ``GET`` is, with the
+same status and headers (``Content-Length`` the GET's) and no body: ``without_body``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,23 @@ def text_response(status: int, text: str, extra: Sequence[tuple[str, str]] = ())
 def json_response(status: int, obj: Any, extra: Sequence[tuple[str, str]] = ()) -> Response:
     return response(status, json.dumps(obj, ensure_ascii=False, separators=(",", ":")
                                        ).encode(), "application/json", extra)
+
+
+def no_content(extra: Sequence[tuple[str, str]] = ()) -> Response:
+    """204, with neither a body nor ``Content-Length`` (RFC 9110 §8.6 forbids it there)."""
+    headers = Headers([("Connection", "close"), ("Cache-Control", "no-store"), *extra])
+    return Response(204, HTTPStatus(204).phrase, headers, b"")
+
+
+def without_body(answer: Response) -> Response:
+    """The answer to ``HEAD``: the GET's status and headers, no body."""
+    return Response(answer.status_code, answer.reason_phrase, answer.headers, b"")
+
+
+def methods_allowed(*methods: str) -> tuple[str, ...]:
+    """``methods`` with ``HEAD`` after ``GET``, when ``GET`` is one."""
+    return tuple(m for method in methods
+                 for m in ((method, "HEAD") if method == "GET" else (method,)))
 
 
 def method_not_allowed(*allowed: str) -> Response:

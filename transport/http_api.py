@@ -7,11 +7,14 @@ Invariants:
   it gets is the token's user's (``UserHandle``), so no request can name another user's thread.
 - A read never creates a thread: a thread that does not exist is 404 ``not_found`` (reads go to
   the journal, ``ThreadHandle.stored_info``). A message creates the thread, as a ``join`` does.
-- A user making requests holds one of the user's connections (``UserQuotas``) until idle for
-  as long as the send bucket takes to refill (``_quota``): a message counts against the user's
-  send rate and stored-thread quota, shared with the user's WebSockets, as a WebSocket ``send``
-  after a ``join`` does. Deleting a thread frees its place in the quota. Memory: one quota per
-  user active in the last seconds.
+- A request is routed, authenticated and counted against its user (``request_slot``: at most
+  ``user_http_requests`` in flight; one of the user's connections while any is) at its head;
+  only then is its body read. A refused one's body is never read. The slot is held until the
+  answer is written: one user holds at most ``user_http_requests`` bodies and answers. A
+  message counts against the user's send rate and stored threads, shared with the user's
+  WebSockets, as a WebSocket ``send`` does; deleting a thread frees its place.
+- ``HEAD`` is ``GET`` without the body; ``OPTIONS`` is a CORS preflight, and every answer
+  carries the CORS headers of its request's origin (``cors.py``).
 - Every failure is answered ``{"type": "error", "code", "message"}`` with the status of
   ``STATUS`` (the store or the runtime unavailable: 503 with ``Retry-After``); a bug is 500
   ``internal`` and logged. Nothing here ends the server's task.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote
 
@@ -35,8 +39,9 @@ from threadline.actors.messages import ThreadInfo, is_thread_id
 from .answers import answer_for
 from .auth import AuthError, Authenticator, token_of
 from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame, parse_request
-from .http import json_response, path_of
-from .http_front import Malformed, RequestReader
+from .cors import cors_headers, preflight
+from .http import json_response, methods_allowed, path_of, without_body
+from .http_front import Malformed, RequestReader, close_gently, write_answer
 from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_RUN, BadFrame,
@@ -55,6 +60,7 @@ STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404,
           LIMIT_REACHED: 429, INTERNAL: 500}
 UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
 ID = "{thread_id}"
+AUTH_CHECK = "/v1/auth/check"
 
 
 class Refused(Exception):
@@ -73,7 +79,7 @@ class Call:
     quota: UserQuota
     thread: ThreadHandle | None
     query: dict[str, str]
-    body: bytes
+    body: bytearray  # as read (``RequestReader.read_body``): the one copy
 
 
 Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]]]]
@@ -84,55 +90,54 @@ class HttpApi:
                  limits: Limits, stats: ServerStats) -> None:
         self.gateway, self.auth, self.quotas = gateway, auth, quotas
         self.limits, self.stats = limits, stats
-        self._held: dict[str, tuple[UserQuota, float]] = {}  # user id -> (quota, last use)
-        self._swept = 0.0
 
-    async def answer(self, method: str, request: Request, reader: RequestReader,
-                     deadline: float) -> Response:
-        """The answer to a request under ``/v1/`` (other than the WebSocket's path)."""
+    async def serve(self, stream: trio.abc.Stream, method: str, request: Request,
+                    reader: RequestReader, deadline: float) -> None:
+        """Answer a request under ``/v1/`` (other than the WebSocket's path) on ``stream``,
+        then close gently. The user's request slot is held until the answer is written."""
+        with ExitStack() as held:
+            answer = await self._answer(method, request, reader, deadline, held)
+            written = await write_answer(stream, without_body(answer) if method == "HEAD"
+                                         else answer)
+        if written:
+            await close_gently(stream, self.limits.close_timeout)
+
+    async def _answer(self, method: str, request: Request, reader: RequestReader,
+                      deadline: float, held: ExitStack) -> Response:
+        """The answer; the request's slot, once taken, is left in ``held``."""
+        path = path_of(request.path)
+        cors = cors_headers(self.auth, request.headers)
         user_id = "-"
         try:
-            if path_of(request.path) == "/v1/auth/check":
-                if method != "GET":
+            if path == AUTH_CHECK:
+                if method == "OPTIONS":
+                    return preflight(cors, methods_allowed("GET"))
+                if method not in ("GET", "HEAD"):
                     raise _not_allowed("GET")
                 user_id = self._user_id(request, query_token=True)
-                return json_response(200, {"type": "ok", "user_id": user_id})
-            handler, thread_id = _route(method, path_of(request.path))
+                return json_response(200, {"type": "ok", "user_id": user_id}, cors)
+            methods, thread_id = _resolve(path)
+            if method == "OPTIONS":
+                return preflight(cors, methods_allowed(*methods))
+            handler = _handler(method, methods, thread_id)
             user_id = self._user_id(request, query_token=False)
             user = self.gateway.user(user_id)
+            quota = held.enter_context(self.quotas.request_slot(user))  # before the body
             query = _query(request.path)
-            body = b""
-            with trio.CancelScope(deadline=deadline) as scope:
-                body = await reader.read_body(0 if method == "GET" else
-                                              self.limits.max_frame_bytes)
-            if scope.cancelled_caught:
-                raise Refused(TIMEOUT, "the request did not arrive in time")
-            call = Call(user, self._quota(user), user.thread(thread_id) if thread_id else None,
-                        query, body)
+            body = await self._body(method, reader, deadline)
+            call = Call(user, quota, user.thread(thread_id) if thread_id else None, query, body)
             status, answer = await handler(self, call)
         except Exception as exc:
             status, answer, extra = self._failure(exc, method, request, user_id)
-            return json_response(status, answer, extra)
-        log.debug("%s %s of %s: %d", method, path_of(request.path), user_id, status)
-        return json_response(status, answer)
+            return json_response(status, answer, extra + cors)
+        log.debug("%s %s of %s: %d", method, path, user_id, status)
+        return json_response(status, answer, cors)
 
-    def _quota(self, user: UserHandle) -> UserQuota:
-        """The user's quota, held open (one of the user's connections) while the user makes
-        requests, so that the send bucket and the thread count carry from one request to the
-        next and are shared with the user's WebSockets. Released once idle for as long as the
-        bucket takes to fill: forgetting it then loses nothing. Raises ``LimitReached``."""
-        now = trio.current_time()
-        idle = self.limits.user_send_burst / self.limits.user_send_rate
-        if now - self._swept >= 1.0:
-            self._swept = now
-            for user_id, (quota, last) in list(self._held.items()):
-                if now - last >= idle:
-                    del self._held[user_id]
-                    self.quotas.release(quota)
-        held = self._held.get(user.user_id)
-        quota = held[0] if held is not None else self.quotas.open(user)
-        self._held[user.user_id] = (quota, now)
-        return quota
+    async def _body(self, method: str, reader: RequestReader, deadline: float) -> bytearray:
+        with trio.CancelScope(deadline=deadline):
+            return await reader.read_body(0 if method in ("GET", "HEAD") else
+                                          self.limits.max_frame_bytes)
+        raise Refused(TIMEOUT, "the request did not arrive in time")
 
     def _user_id(self, request: Request, *, query_token: bool) -> str:
         target = request.path if query_token else path_of(request.path)
@@ -226,8 +231,9 @@ ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
 }
 
 
-def _route(method: str, path: str) -> tuple[Handler, str | None]:
-    """The handler and the thread id of ``path`` (under ``/v1/``); ``Refused`` if none."""
+def _resolve(path: str) -> tuple[dict[str, Handler], str | None]:
+    """The handlers and the thread id (not yet checked) of ``path`` (under ``/v1/``);
+    ``Refused`` if none."""
     parts = path.removeprefix("/v1/").split("/")
     thread_id = None
     if len(parts) >= 2 and parts[0] == "threads":
@@ -238,17 +244,24 @@ def _route(method: str, path: str) -> tuple[Handler, str | None]:
     methods = ROUTES.get(tuple(parts))
     if methods is None:
         raise Refused(NOT_FOUND, "no such route")
-    handler = methods.get(method)
+    return methods, thread_id
+
+
+def _handler(method: str, methods: dict[str, Handler], thread_id: str | None) -> Handler:
+    """The handler of ``method`` (``HEAD``: ``GET``'s); ``Refused`` 405, or 400 for a bad
+    thread id."""
+    handler = methods.get("GET" if method == "HEAD" else method)
     if handler is None:
         raise _not_allowed(*methods)
     if thread_id is not None and not is_thread_id(thread_id):
         raise Refused(BAD_FRAME, "thread_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    return handler, thread_id
+    return handler
 
 
 def _not_allowed(*methods: str) -> Refused:
+    allowed = (*methods_allowed(*methods), "OPTIONS")
     return Refused(METHOD_NOT_ALLOWED, f"use {' or '.join(methods)}",
-                   (("Allow", ", ".join(methods)),))
+                   (("Allow", ", ".join(allowed)),))
 
 
 def _query(target: str) -> dict[str, str]:
@@ -276,7 +289,7 @@ def _parse(call: Call, kind: str) -> Send | Cancel:
     """The body as the WebSocket frame ``kind`` on the URL's thread (its rules, its errors)."""
     body = call.body
     try:
-        obj = json.loads(body) if body.strip() else {}
+        obj = json.loads(body) if body and not body.isspace() else {}  # strip() would copy
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can
         raise BadFrame("the body is not valid JSON") from None
     if not isinstance(obj, dict):

@@ -17,8 +17,13 @@ Invariants:
 - The reader reads only when h11 needs data, ``RECEIVE_SIZE`` at a time; the caller bounds the
   whole request in time (``Limits.handshake_timeout``), so a client that trickles bytes (a
   slowloris) is cut off however it paces them.
-- ``raw`` is every byte read from the socket, in order: a WebSocket handshake reaches the
-  websockets engine exactly as it came, with whatever the client sent after it.
+- ``raw`` is every byte read from the socket until the head was whole, in order: a WebSocket
+  handshake reaches the websockets engine exactly as it came, with whatever the client sent
+  after it in those reads (the engine reads on from the socket itself). A body is never added
+  to it.
+- A body is held once: each piece h11 hands over is appended to one ``bytearray``, which is
+  what ``read_body`` returns (no copy into ``bytes``, no second buffer). With h11's own buffer
+  (one read at most) a request of an N-byte body holds about N bytes plus ``RECEIVE_SIZE``.
 - Nothing here raises but ``Malformed`` (answered with its status and reason, which never
   quote the request) and the stream's own errors.
 """
@@ -72,11 +77,12 @@ class RequestReader:
         self._length = int(lengths[0]) if lengths else None  # h11 checked it is one number
         return Request(event.target.decode("latin-1"), headers)
 
-    async def read_body(self, limit: int) -> bytes:
-        """The request's whole body (b"" if it has none); ``Malformed`` 413 past ``limit``
-        bytes."""
+    async def read_body(self, limit: int) -> bytearray:
+        """The request's whole body (empty if it has none), the one buffer it was read into;
+        ``Malformed`` 413 past ``limit`` bytes."""
         if self._length is not None and self._length > limit:
             raise Malformed(413, f"the body is larger than {limit} bytes")
+        self.raw = bytearray()  # a request with a body is no WebSocket handshake
         body = bytearray()
         while True:
             event = await self._next_event()
@@ -85,7 +91,7 @@ class RequestReader:
                 if len(body) > limit:
                     raise Malformed(413, f"the body is larger than {limit} bytes")
             elif isinstance(event, h11.EndOfMessage):
-                return bytes(body)
+                return body
             else:  # the peer closed mid-body (h11 says so as an error) or upgraded: no body
                 raise Malformed(400, "the request ended before its body")
 
@@ -104,7 +110,8 @@ class RequestReader:
                                                       HEAD_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 data = b""  # reset: as at EOF
-            self.raw += data
+            if not self.method:  # the head is not whole yet
+                self.raw += data
             self._h11.receive_data(data)
 
 
@@ -126,14 +133,23 @@ WRITE_TIMEOUT = 10.0
 
 
 async def answer_plainly(stream: trio.abc.Stream, answer: Response, linger: float) -> None:
-    """Write one HTTP answer (within ``WRITE_TIMEOUT``, else the connection is dropped), then
-    close gently: the client may still be sending (a body not read, e.g. after a 413), and
-    closing with unread data would reset the connection and lose the answer; so half-close, and
-    read and drop what comes, for at most ``linger`` seconds."""
+    """``write_answer``, then ``close_gently`` if it was written."""
+    if await write_answer(stream, answer):
+        await close_gently(stream, linger)
+
+
+async def write_answer(stream: trio.abc.Stream, answer: Response) -> bool:
+    """Write one HTTP answer within ``WRITE_TIMEOUT``; False if it could not be (the caller
+    closes the stream)."""
     with trio.move_on_after(WRITE_TIMEOUT) as writing:
         await stream.send_all(answer.serialize())
-    if writing.cancelled_caught:
-        return  # the caller closes the stream
+    return not writing.cancelled_caught
+
+
+async def close_gently(stream: trio.abc.Stream, linger: float) -> None:
+    """After the answer: the client may still be sending (a body not read, e.g. after a 413
+    or a 429), and closing with unread data would reset the connection and lose the answer; so
+    half-close, and read and drop (never keep) what comes, for at most ``linger`` seconds."""
     with trio.move_on_after(linger):
         try:
             if isinstance(stream, trio.abc.HalfCloseableStream):

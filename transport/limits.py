@@ -2,7 +2,8 @@
 
 The per-user limits bound what one account can hold however many connections it opens: one user
 could otherwise keep thousands of connections and live actors (about 4 GB at the sustained
-rate, measured) or create stored threads without end by joining and leaving.
+rate, measured) or create stored threads without end by joining and leaving, or keep
+thousands of HTTP requests with large bodies in flight (3 GB for 1,500, measured).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class Limits:
     user_threads: int = 10_000            # stored threads: joining one more is limit_reached
     user_send_rate: float = 50.0          # send frames per second ...
     user_send_burst: int = 100            # ... with bursts up to this many: rate_limited
+    # HTTP API requests of one user in flight at once (HTTP.md), from the head read to the
+    # answer written; one more is answered 429 limit_reached before its body is read. Bounds
+    # what one user's HTTP use holds: this many bodies of ``max_frame_bytes`` and answers.
+    user_http_requests: int = 16
 
 
 class TokenBucket:

@@ -6,8 +6,10 @@ One task per connection: read the opening request (``http_front``: h11, bounded 
 read (the Origin check, 403; the token, 401, or 400 for a malformed request, before any
 WebSocket opens; the subprotocol; the user's connection quota), then a ``Session``. Anything
 else gets one HTTP answer and the connection closes: the HTTP API (``http_api``, under
-``/v1/``), ``/healthz``, ``/metrics``, the static files (``static.asset``), else 404; a method a
-path does not take is 405.
+``/v1/``, which admits a request against its user's quota before reading its body), ``/healthz``,
+``/metrics``, the static files (``static.asset``), else 404; a method a path does not take is
+405. ``HEAD`` is answered wherever ``GET`` is (``http.without_body``), except the WebSocket's
+path, which only a ``GET`` upgrade reaches.
 
 Containment: each connection's task ends in ``handle``'s handler, which logs what escaped and
 closes that connection. No exception raised while serving one connection, in the handshake, an
@@ -34,7 +36,8 @@ from threadline.actors.gateway import Gateway
 from .auth import AuthError, Authenticator, Identity, token_of
 from .codec import Codec, error_frame
 from .connection import WebSocketConnection
-from .http import WS_PATH, json_response, method_not_allowed, path_of, response, text_response
+from .http import (WS_PATH, json_response, method_not_allowed, path_of, response, text_response,
+                   without_body)
 from .http_api import HttpApi
 from .handshake import BadRequest, handshake_request, header, select_subprotocol
 from .http_front import Malformed, RequestReader, answer_plainly, read_head
@@ -139,12 +142,16 @@ class Server:
             await self._websocket(conn, reader, peer, deadline)
             return
         if path.startswith("/v1/") and path != WS_PATH and path not in ASSETS:
-            answer = await self.api.answer(reader.method, request, reader, deadline)
-        else:
-            answer = self._plain(reader.method, request, path)
-            if answer.status_code >= 400:
-                self.stats.refused(answer.status_code)
-        await answer_plainly(conn.stream, answer, self.limits.close_timeout)
+            await self.api.serve(conn.stream, reader.method, request, reader, deadline)
+            return
+        answer = self._plain(reader.method, request, path)
+        if answer.status_code >= 400:
+            self.stats.refused(answer.status_code)
+        await self._answer(conn, reader.method, answer)
+
+    async def _answer(self, conn: WebSocketConnection, method: str, answer: Response) -> None:
+        await answer_plainly(conn.stream, without_body(answer) if method == "HEAD" else answer,
+                             self.limits.close_timeout)
 
     async def _websocket(self, conn: WebSocketConnection, reader: RequestReader, peer: str,
                          deadline: float) -> None:
@@ -199,14 +206,14 @@ class Server:
             return
         if path_of(request.path) not in ("/metrics", "/healthz"):
             answer = text_response(404, "not found")
-        elif reader.method != "GET":
-            answer = method_not_allowed("GET")
+        elif reader.method not in ("GET", "HEAD"):
+            answer = method_not_allowed("GET", "HEAD")
         else:
             try:
                 answer = self._operator(request)
             except BadRequest as exc:
                 answer = text_response(400, str(exc))
-        await answer_plainly(conn.stream, answer, self.limits.close_timeout)
+        await self._answer(conn, reader.method, answer)
 
     async def _head(self, reader: RequestReader, deadline: float) -> Request | None:
         try:
@@ -242,8 +249,8 @@ class Server:
         operator = path == "/healthz" or (path == "/metrics" and self.metrics_here)
         if found is None and not operator:
             return text_response(404, "not found")
-        if method != "GET":
-            return method_not_allowed("GET")
+        if method not in ("GET", "HEAD"):
+            return method_not_allowed("GET", "HEAD")
         if found is not None:
             return response(200, found[1], found[0])
         try:
