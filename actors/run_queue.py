@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import collections
 import enum
+from contextlib import asynccontextmanager
 from functools import partial
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -106,7 +107,7 @@ class RunQueue:
     """The runs of one thread and the phase of its runner. ``len()`` counts the pending runs
     (not the active one)."""
 
-    __slots__ = ("phase", "active", "wake", "_pending")
+    __slots__ = ("phase", "active", "wake", "queued", "_pending")
 
     def __init__(self) -> None:
         self.phase = Phase.IDLE
@@ -114,6 +115,9 @@ class RunQueue:
         # Whoever waits for the runner to end (the actor's busy loop, or ``drain``, never both
         # at once) waits in this scope; ``runner_ended`` cancels it.
         self.wake: trio.CancelScope | None = None
+        # The active run waits for one of its user's slots (``user_runs.py``) in this scope;
+        # cancelling the active run cancels the wait too (``_cancel``).
+        self.queued: trio.CancelScope | None = None
         self._pending: collections.deque[RunControl] = collections.deque()
 
     def __len__(self) -> int:
@@ -175,7 +179,7 @@ class RunQueue:
         if strategy == "interrupt":
             self._pending.appendleft(control)
             if self.active is not None:
-                self.active.cancel("interrupt")
+                self._cancel(self.active, "interrupt")
         else:
             self._pending.append(control)
 
@@ -185,8 +189,13 @@ class RunQueue:
         active = self.active
         if active is None or (run_id is not None and run_id != active.context.run_id):
             raise UnknownRun(f"no active run {run_id or ''}".rstrip())
-        active.cancel("cancel")
+        self._cancel(active, "cancel")
         return active.context.run_id
+
+    def _cancel(self, control: RunControl, reason: str) -> None:
+        control.cancel(reason)
+        if control is self.active and self.queued is not None:
+            self.queued.cancel()  # it waits for a slot: it ends without running
 
     def shutdown(self) -> bool:
         """Shutdown was asked: no new runs. True if a runner is on, with runs to drain."""
@@ -197,7 +206,7 @@ class RunQueue:
         """Cancel every run held, active and pending (shutdown, once the grace is over)."""
         for control in (self.active, *self._pending):
             if control is not None:
-                control.cancel(reason)
+                self._cancel(control, reason)
 
     def crashed(self) -> None:
         """The actor crashed: its active run will end with ``agent_failed`` as it unwinds."""
@@ -236,10 +245,11 @@ async def run_queued(runs: RunQueue, key: ThreadKey, env: ThreadEnv, append: App
             stats.runs_active += 1
             started = trio.current_time()
             try:
-                await execute(control, env.agent, env.tools, emit, submit=submit_nowait,
-                              history=partial(read_history, env.journal, key,
-                                              control.message_seq),
-                              interval=env.delta_interval)
+                async with _user_slot(runs, env, control):
+                    await execute(control, env.agent, env.tools, emit, submit=submit_nowait,
+                                  history=partial(read_history, env.journal, key,
+                                                  control.message_seq),
+                                  interval=env.delta_interval)
             except JournalUnavailable as exc:
                 ctx = control.context
                 log.error("run %s of user %s, thread %s lost its journal: %s", ctx.run_id,
@@ -251,6 +261,25 @@ async def run_queued(runs: RunQueue, key: ThreadKey, env: ThreadEnv, append: App
                 stats.run_seconds.observe(trio.current_time() - started)
     finally:
         runs.runner_ended()
+
+
+@asynccontextmanager
+async def _user_slot(runs: RunQueue, env: ThreadEnv, control: RunControl) -> AsyncIterator[None]:
+    """Hold one of the run's user's slots (``user_runs.py``) while it runs. A run cancelled
+    while it waits runs without one: ``execute`` ends it at once, its agent never called. The
+    run itself is outside the waiting scope, so a cancel that races with the slot being given
+    reaches the run through its own scope only."""
+    user_id, held = control.context.user_id, False
+    with trio.CancelScope() as runs.queued:
+        if control.cancel_reason is None:
+            await env.user_runs.acquire(user_id, control)
+            held = True
+    runs.queued = None
+    try:
+        yield
+    finally:
+        if held:
+            env.user_runs.release(user_id, control)
 
 
 async def _until_runner_ends(runs: RunQueue) -> None:

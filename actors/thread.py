@@ -33,6 +33,7 @@ from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
+from .user_runs import UserRuns
 from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
                        DeleteThread, Event, GetInfo, Joined, Passivate, PostMessage, Shutdown,
                        Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
@@ -71,6 +72,7 @@ class ThreadEnv:
     clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
     stats: ThreadStats = attrs.Factory(ThreadStats)
     delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
+    user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
 
 
 class ThreadActor:

@@ -34,6 +34,7 @@ from threadline.actors.stats import RuntimeStatistics
 from threadline.actors.stream import DEFAULT_INTERVAL
 from threadline.actors.supervisor import RestartPolicy
 from threadline.actors.thread import ThreadActor, ThreadEnv
+from threadline.actors.user_runs import USER_RUNS, UserRuns
 
 from .recovery import close_open_runs
 
@@ -54,6 +55,7 @@ class RuntimeConfig:
     ask_timeout: float = DEFAULT_ASK_TIMEOUT
     shutdown_grace: float = 5.0          # active runs get this long before agent_cancelled
     delta_interval: float = DEFAULT_INTERVAL  # PROTOCOL.md: at most one agent_delta a run per
+    user_runs: int | None = USER_RUNS    # runs of one user active at once; None: no bound
 
 
 class Runtime:
@@ -63,7 +65,8 @@ class Runtime:
                  tools: ToolRegistry, config: RuntimeConfig) -> None:
         self.config = config
         self.journal = journal
-        self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval)
+        self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval,
+                              user_runs=UserRuns(config.user_runs))
         self._nursery = nursery
         self.directory: Directory[ThreadKey] = Directory(
             nursery,

@@ -91,7 +91,8 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
         journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
     else:
         journal = await stack.enter_async_context(open_journal(args.store))
-    config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval)
+    config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval,
+                           user_runs=limits.user_runs)
     rt = await stack.enter_async_context(open_runtime(
         journal=journal, agent=agent, tools=tools, config=config, recover=cluster is None))
     server = await stack.enter_async_context(open_server(

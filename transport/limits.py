@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import attrs
 
+from threadline.actors.user_runs import USER_RUNS
+
 
 @attrs.frozen
 class Limits:
@@ -38,6 +40,9 @@ class Limits:
     # answer written; one more is answered 429 limit_reached before its body is read. Bounds
     # what one user's HTTP use holds: this many bodies of ``max_frame_bytes`` and answers.
     user_http_requests: int = 16
+    # Runs of one user active at once, across the user's threads (``user_runs.py``): the
+    # others wait their turn, accepted but not started. Given to the runtime by the server.
+    user_runs: int = USER_RUNS
 
 
 class TokenBucket:
