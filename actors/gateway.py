@@ -214,7 +214,8 @@ class ThreadHandle:
         await self.gateway.ask(self.key, DeleteThread)
 
     async def replay_page(self, after: int, upto: int) -> list[Event]:
-        """The next page of a replay (see ``threadline.actors.journal.replay_page``): never empty."""
+        """The next page of a replay (see ``threadline.actors.journal.replay_page``): empty only
+        when the thread was deleted meanwhile."""
         return await replay_page(self.gateway.journal, self.key, after, upto)
 
     async def history(self, after: int = 0, *, upto: int | None = None,

@@ -14,6 +14,7 @@ data never reaches a transaction it shares with other users' writes. Reads of a 
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -79,8 +80,12 @@ class Journal(Protocol):
         (``check_storable``), storing nothing."""
 
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
-                   limit: int = 1000) -> list[Event]:
-        """Events with ``after < seq <= upto`` in seq order, at most ``limit``."""
+                   limit: int = 1000, max_bytes: int | None = None) -> list[Event]:
+        """Events with ``after < seq <= upto`` in seq order, at most ``limit``; with
+        ``max_bytes``, only the first ones whose data adds up to at most ``max_bytes`` (its JSON
+        text as the store holds it, ``data_bytes`` in memory), and always the first one: a
+        page holds at most ``max(max_bytes, the first event's data)``, whatever the events'
+        sizes, and the store reads no more than that for it."""
 
     async def last_seq(self, key: ThreadKey) -> int:
         """The thread's last seq, 0 for a thread with no event or that does not exist."""
@@ -90,6 +95,13 @@ class Journal(Protocol):
 
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         """The user's threads, most recently updated first."""
+
+    async def threads_page(self, user_id: str, limit: int,
+                           before: tuple[float, str] | None = None) -> list[ThreadInfo]:
+        """At most ``limit + 1`` of the user's threads ordered by ``(updated_at, thread_id)``
+        descending, only those strictly below ``before`` if given (a keyset page: the ``+ 1``
+        says whether another page follows). Costs O(page), not O(the user's threads). A
+        ``before`` whose thread id could never have been stored answers nothing."""
 
     async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
         """The thread's info, None if it does not exist (never creates it)."""
@@ -108,7 +120,16 @@ class Journal(Protocol):
         """The store's figures (never blocks), or None for a store that keeps none."""
 
 
-REPLAY_PAGE = 500  # events read per page when a subscriber catches up
+REPLAY_PAGE = 500  # events read per page when a subscriber catches up...
+REPLAY_BYTES = 4 * 1024 * 1024  # ...and at most this much data (or one event): events are
+                                # up to 1 MiB, and a storm of replays must not hold 500 each
+
+
+def data_bytes(data: Any) -> int:
+    """The size of an event's data as the SQL stores write it: compact JSON in UTF-8 (what the
+    memory journal counts against ``read``'s ``max_bytes``)."""
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                          default=str).encode("utf-8", "surrogatepass"))
 
 
 def replay_start(since: int | None, last_seq: int) -> int:
@@ -120,11 +141,18 @@ def replay_start(since: int | None, last_seq: int) -> int:
 
 
 async def replay_page(journal: Journal, key: ThreadKey, after: int, upto: int) -> list[Event]:
-    """The next page of a replay: stored events ``after < seq <= upto``, never empty. Raises
-    ``JournalUnavailable`` if the journal has none: it lost events it acknowledged, and
-    going on would leave a gap."""
-    page = await journal.read(key, after, upto=upto, limit=REPLAY_PAGE)
+    """The next page of a replay: stored events ``after < seq <= upto``, at most
+    ``REPLAY_PAGE`` of them and ``REPLAY_BYTES`` of data (or one event). Empty only when the
+    thread was deleted meanwhile (it is gone, or was created again and is shorter than
+    ``upto``): the subscriber is being dropped with ``THREAD_DELETED``, and ends its replay
+    as that drop does. Raises ``JournalUnavailable`` if the thread still holds ``upto``
+    events and the journal has none of these: it lost events it acknowledged, and going on
+    would leave a gap."""
+    page = await journal.read(key, after, upto=upto, limit=REPLAY_PAGE, max_bytes=REPLAY_BYTES)
     if not page:
+        info = await journal.thread_info(key)
+        if info is None or info.last_seq < upto:
+            return []
         raise JournalUnavailable(f"events {after}..{upto} of {key} are missing")
     return page
 

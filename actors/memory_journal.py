@@ -13,7 +13,8 @@ from typing import Sequence
 
 import trio
 
-from .journal import Done, OpenRun, accepted_of, check_storable, check_storable_key, track_open_runs
+from .journal import (Done, OpenRun, accepted_of, check_storable, check_storable_key,
+                      data_bytes, track_open_runs)
 from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
 
 
@@ -76,14 +77,25 @@ class MemoryJournal:
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
 
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
-                   limit: int = 1000) -> list[Event]:
+                   limit: int = 1000, max_bytes: int | None = None) -> list[Event]:
         await trio.lowlevel.checkpoint()
         t = self._threads.get(key)
         if t is None:
             return []
         end = len(t.events) if upto is None else min(upto, len(t.events))
         start = max(after, 0)
-        return t.events[start:min(end, start + limit)] if start < end else []
+        end = min(end, start + max(limit, 0))
+        if max_bytes is not None and start < end:
+            # Sizes are measured as read (a JSON encode of the events of this page only),
+            # not as appended: appends stay as cheap as they were.
+            total, cut = data_bytes(t.events[start].data), start + 1  # the first always
+            while cut < end:
+                total += data_bytes(t.events[cut].data)
+                if total > max_bytes:
+                    break
+                cut += 1
+            end = cut
+        return t.events[start:end] if start < end else []
 
     async def last_seq(self, key: ThreadKey) -> int:
         await trio.lowlevel.checkpoint()
@@ -100,6 +112,15 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
         return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)
+
+    async def threads_page(self, user_id: str, limit: int,
+                           before: tuple[float, str] | None = None) -> list[ThreadInfo]:
+        # O(the user's threads): the memory journal serves tests and embedding, not 10,000
+        # threads a user; the SQL stores seek an index.
+        infos = await self.threads(user_id)
+        if before is not None:
+            infos = [i for i in infos if (i.updated_at, i.key.thread_id) < before]
+        return infos[:max(limit, 0) + 1]
 
     async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
         await trio.lowlevel.checkpoint()

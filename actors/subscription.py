@@ -3,7 +3,9 @@
 The thread actor delivers ``Joined(last_seq)`` first and then live events. A subscriber that
 joined with ``since`` must show the stored events ``since < seq <= last_seq`` before the live
 ones; this class reads them from the journal itself, a page at a time, at the consumer's pace,
-so a long replay never sits in the thread's memory nor slows the thread.
+so a long replay never sits in the thread's memory nor slows the thread. Each page is bounded
+in count and in bytes (``replay_page``). A thread deleted during the replay ends it as its
+drop does: ``SubscriberDropped`` with ``THREAD_DELETED``, never ``JournalUnavailable``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import trio
 from .errors import ActorStopped, SubscriberDropped
 from .journal import Journal, replay_page, replay_start
 from .mailbox import Mailbox
-from .messages import Event, Joined, ThreadKey
+from .messages import THREAD_DELETED, Event, Joined, ThreadKey
 
 
 class Subscription:
@@ -55,8 +57,12 @@ class Subscription:
             if self._page:
                 return self._take(self._page.popleft())
             if self.last_seq is not None and self.last_seq < self._replay_upto:
-                self._page.extend(await replay_page(self._journal, self.key, self.last_seq,
-                                                    self._replay_upto))
+                page = await replay_page(self._journal, self.key, self.last_seq,
+                                         self._replay_upto)
+                if not page:  # deleted during the replay: the thread drops us as deleted
+                    self._dropped = THREAD_DELETED
+                    raise SubscriberDropped(THREAD_DELETED)
+                self._page.extend(page)
                 continue
             try:
                 item = await self._inbox.receive()

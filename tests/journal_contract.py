@@ -325,3 +325,110 @@ class JournalContract:
         assert await journal.threads("alice") == []
         await journal.ensure_thread(A, 1.0)  # no outage
         assert [i.key for i in await journal.threads("alice")] == [A]
+
+    # -- reads bounded in bytes ----------------------------------------------------------------
+
+    async def fill(self, journal, key: ThreadKey, sizes: list[int]) -> None:
+        """Events 1..n whose data is about ``sizes[i]`` bytes of JSON (a string of that many
+        characters: the stores' measures differ by a few bytes of punctuation)."""
+        await journal.ensure_thread(key, 1.0)
+        await journal.append([ev(key, i + 1, text="x" * size) for i, size in enumerate(sizes)])
+
+    async def test_read_within_max_bytes(self, journal):
+        await self.fill(journal, A, [1000] * 10)
+        page = await journal.read(A, 0, max_bytes=2500)  # two of ~1010 bytes fit, not three
+        assert [e.seq for e in page] == [1, 2]
+        assert page[1].data == {"text": "x" * 1000}
+        page = await journal.read(A, 2, max_bytes=3100)
+        assert [e.seq for e in page] == [3, 4, 5]
+        assert [e.seq for e in await journal.read(A, 0, max_bytes=10**9)] == list(range(1, 11))
+        assert [e.seq for e in await journal.read(A, 0)] == list(range(1, 11))  # no bound
+
+    async def test_read_with_max_bytes_returns_at_least_one_event(self, journal):
+        await self.fill(journal, A, [5000, 10, 10])
+        assert [e.seq for e in await journal.read(A, 0, max_bytes=1)] == [1]
+        assert [e.seq for e in await journal.read(A, 0, max_bytes=4000)] == [1]
+        assert [e.seq for e in await journal.read(A, 1, max_bytes=1)] == [2]
+        assert await journal.read(A, 3, max_bytes=1) == []  # past the end: nothing
+        assert await journal.read(B, 0, max_bytes=1) == []  # no such thread
+
+    async def test_max_bytes_with_limit_and_upto(self, journal):
+        await self.fill(journal, A, [10] * 20)
+        assert [e.seq for e in await journal.read(A, 0, limit=3, max_bytes=10**6)] == [1, 2, 3]
+        assert [e.seq for e in await journal.read(A, 5, upto=7, max_bytes=10**6)] == [6, 7]
+        assert [e.seq for e in await journal.read(A, 0, upto=1, max_bytes=1)] == [1]
+        # the bound counts from ``after``, not from the thread's first event
+        assert [e.seq for e in await journal.read(A, 15, max_bytes=10**6)] == [16, 17, 18, 19,
+                                                                               20]
+
+    async def test_max_bytes_pages_walk_the_whole_thread_once(self, journal):
+        sizes = [3000, 10, 10, 4000, 2000, 2000, 10, 6000, 10, 10]
+        await self.fill(journal, A, sizes)
+        seen: list[int] = []
+        after = 0
+        for _ in range(len(sizes) + 1):  # bounded: at least one event a page
+            page = await journal.read(A, after, max_bytes=4500)
+            if not page:
+                break
+            assert len(page) == 1 or sum(sizes[e.seq - 1] + 20 for e in page) <= 4500 + 40
+            seen += [e.seq for e in page]
+            after = page[-1].seq
+        assert seen == list(range(1, len(sizes) + 1))
+
+    # -- keyset pages of a user's threads ------------------------------------------------------
+
+    async def test_threads_page_newest_first_with_ties_by_thread_id(self, journal):
+        for t in ("a", "c", "b", "d"):  # all created at 5.0: a tie, ordered by thread id
+            await journal.ensure_thread(ThreadKey("alice", t), 5.0)
+        await journal.ensure_thread(ThreadKey("alice", "old"), 1.0)
+        await journal.ensure_thread(ThreadKey("bob", "z"), 9.0)
+        await journal.append([ev(ThreadKey("alice", "b"), 1, ts=10.0)])  # updated at 11.0
+        page = await journal.threads_page("alice", 10)
+        assert [i.key.thread_id for i in page] == ["b", "d", "c", "a", "old"]
+        assert page[0].last_seq == 1 and page[0].updated_at == 11.0
+        assert all(i.key.user_id == "alice" for i in page)
+        assert [i.key.thread_id for i in await journal.threads("alice")] == \
+            [i.key.thread_id for i in page]  # the same order as the whole list
+        # limit + 1 rows: the extra one says a page follows
+        assert [i.key.thread_id for i in await journal.threads_page("alice", 2)] == \
+            ["b", "d", "c"]
+        # strictly below the position, within a tie too
+        below = await journal.threads_page("alice", 10, before=(5.0, "c"))
+        assert [i.key.thread_id for i in below] == ["a", "old"]
+        below = await journal.threads_page("alice", 1, before=(11.0, "b"))
+        assert [i.key.thread_id for i in below] == ["d", "c"]
+        assert await journal.threads_page("alice", 10, before=(1.0, "old")) == []
+        assert await journal.threads_page("carol", 10) == []
+
+    async def test_threads_page_walk_sees_every_thread_once(self, journal):
+        ids = [f"t{n:02d}" for n in range(23)]
+        for n, t in enumerate(ids):
+            await journal.ensure_thread(ThreadKey("alice", t), float(n % 4))  # many ties
+        seen: list[str] = []
+        before = None
+        for _ in range(len(ids)):  # bounded: every page but the last is full
+            page = await journal.threads_page("alice", 5, before)
+            seen += [i.key.thread_id for i in page[:5]]
+            if len(page) <= 5:
+                break
+            last = page[4]
+            before = (last.updated_at, last.key.thread_id)
+        expected = sorted(ids, key=lambda t: (int(t[1:]) % 4, t), reverse=True)
+        assert seen == expected
+
+    async def test_threads_page_after_deletions(self, journal):
+        keys = [ThreadKey("alice", f"t{n}") for n in range(6)]
+        for n, k in enumerate(keys):
+            await journal.ensure_thread(k, float(n))
+        first = await journal.threads_page("alice", 2)
+        assert [i.key.thread_id for i in first] == ["t5", "t4", "t3"]
+        # the thread the cursor points at, and one after it, are deleted between pages
+        assert await journal.delete_thread(keys[4])
+        assert await journal.delete_thread(keys[2])
+        position = (first[1].updated_at, first[1].key.thread_id)
+        rest = await journal.threads_page("alice", 2, before=position)
+        assert [i.key.thread_id for i in rest] == ["t3", "t1", "t0"]
+        assert [i.key.thread_id for i in await journal.threads_page("alice", 10)] == \
+            ["t5", "t3", "t1", "t0"]
+        await journal.ensure_thread(keys[4], 100.0)  # created again: at the front
+        assert [i.key.thread_id for i in await journal.threads_page("alice", 0)] == ["t4"]

@@ -46,7 +46,7 @@ from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_RUN, BadFrame,
                        Cancel, Send)
-from .paging import events_page, threads_page
+from .paging import CursorKey, read_events_page, read_threads_page
 from .quotas import UserQuota, UserQuotas
 from .stats import ServerStats
 
@@ -90,6 +90,7 @@ class HttpApi:
                  limits: Limits, stats: ServerStats) -> None:
         self.gateway, self.auth, self.quotas = gateway, auth, quotas
         self.limits, self.stats = limits, stats
+        self.cursors = CursorKey.of(auth)  # the WebSocket's sessions get the same key
 
     async def serve(self, stream: trio.abc.Stream, method: str, request: Request,
                     reader: RequestReader, deadline: float) -> None:
@@ -176,8 +177,8 @@ class HttpApi:
 
     async def list_threads(self, call: Call) -> tuple[int, dict[str, Any]]:
         limit = _int(call.query, "limit", THREADS_PAGE, 1, MAX_THREADS_PAGE)
-        page, next_cursor = threads_page(await call.user.threads(), limit,
-                                         call.query.get("before"))
+        page, next_cursor = await read_threads_page(call.user, limit, call.query.get("before"),
+                                                    self.cursors)
         return 200, {"type": "threads", "threads": page, "next_cursor": next_cursor}
 
     async def thread_info(self, call: Call) -> tuple[int, dict[str, Any]]:
@@ -191,7 +192,7 @@ class HttpApi:
         limit = _int(call.query, "limit", EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
         info = await _existing(call)
         assert call.thread is not None
-        frames, next_after = events_page(await call.thread.history(after, limit=limit), limit)
+        frames, next_after = await read_events_page(call.thread, after, limit, info.last_seq)
         return 200, {"type": "events", "thread_id": call.thread.thread_id,
                      "last_seq": info.last_seq, "events": frames, "next_after": next_after}
 

@@ -12,8 +12,11 @@ Invariants:
   client asked for no more of that thread.)
 - For a tap, the events written are gapless and in seq order: a ``Joined`` item writes
   ``joined``, then replays the stored events ``since < seq <= last_seq`` from the journal at
-  this client's pace (a page at a time), and live events queued meanwhile are skipped up to the
-  last one the replay wrote.
+  this client's pace (a page at a time, bounded in count and in bytes: ``replay_page``), and
+  live events queued meanwhile are skipped up to the last one the replay wrote.
+- A thread deleted while a tap replays it ends that tap as the thread's own drop does (``left``
+  {reason: deleted}); the connection stays. Only events a store lost, of a thread that still
+  has them, fail the replay (``JournalUnavailable``: the session closes with 1011).
 """
 
 from __future__ import annotations
@@ -149,6 +152,12 @@ class Outbox:
         after = replay_start(tap.since, upto)
         while after < upto and tap.active:
             page = await tap.thread.replay_page(after, upto)
+            if not page:
+                # The thread was deleted meanwhile, and is about to drop this tap as deleted:
+                # do it now (``left`` {reason: deleted}, the connection stays); its own drop
+                # then finds the tap inactive. Nothing more is written for the tap.
+                tap.dropped(tap.thread.key, THREAD_DELETED, overflow=False)
+                return
             for event in page:
                 self._send(event_frame(event))
             after = page[-1].seq

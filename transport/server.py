@@ -181,7 +181,8 @@ class Server:
             await conn.close(CLOSE_POLICY, str(exc), self.limits.close_timeout)
             return
         session = Session(conn, user, codec, self.limits, self.stats, lambda: self.draining,
-                          quota=quota, expires_at=identity.expires_at)
+                          quota=quota, expires_at=identity.expires_at,
+                          cursors=self.api.cursors)
         self.sessions.add(session)
         self.stats.connections_total += 1
         self.stats.connections_open += 1

@@ -37,7 +37,7 @@ from .messages import (BAD_FRAME, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOKEN_
 from .outbox import Outbox, Overflow, Tap
 from .policy import ConnectionState, Verdict
 from .quotas import UserQuota
-from .paging import threads_page
+from .paging import CursorKey, read_threads_page
 from .stats import ServerStats
 
 log = logging.getLogger("threadline.session")
@@ -48,8 +48,10 @@ OVERFLOW_REASON = "outgoing queue overflow: reconnect and join with since"
 class Session:
     def __init__(self, conn: WebSocketConnection, user: UserHandle, codec: Codec, limits: Limits,
                  stats: ServerStats, draining: Callable[[], bool], *,
-                 quota: UserQuota | None = None, expires_at: float | None = None) -> None:
+                 quota: UserQuota | None = None, expires_at: float | None = None,
+                 cursors: CursorKey | None = None) -> None:
         self.conn = conn
+        self.cursors = cursors  # of the threads pages' cursors: the HTTP API's
         self.user = user
         self.codec = codec
         self.limits = limits
@@ -138,7 +140,16 @@ class Session:
             self.close(CLOSE_INTERNAL, "keepalive ping timeout")
 
     async def _expire(self, expires_at: float) -> None:
-        await trio.sleep(max(0.0, expires_at - time.time()))
+        """Close with 4001 once the wall clock reaches ``expires_at``, the instant the token
+        stops being accepted (``Identity.expires_at``: exp plus the leeway), never before."""
+        # trio's clock is monotonic and the token's is the wall clock: sleep again if they
+        # drifted apart. Bounded: each pass sleeps what is left, and a pass that wakes early
+        # wakes close to the instant.
+        for _ in range(100):
+            left = expires_at - time.time()
+            if left <= 0:
+                break
+            await trio.sleep(left)
         self.close(CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a fresh token")
 
     # -- reading -----------------------------------------------------------------------------
@@ -269,8 +280,8 @@ class Session:
         self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id, run_id=run_id))
 
     async def _threads(self, request: Threads) -> None:
-        page, next_cursor = threads_page(await self.user.threads(), request.limit,
-                                         request.cursor)
+        page, next_cursor = await read_threads_page(self.user, request.limit, request.cursor,
+                                                    self.cursors)
         self._reply(reply_frame("threads", request.ref, threads=page, next_cursor=next_cursor))
 
     def _not_joined(self, request: Send | Cancel) -> None:

@@ -119,10 +119,11 @@ class DurableJournal:
     # "nothing" without asking the store (PostgreSQL would refuse the parameter).
 
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
-                   limit: int = 1000) -> list[Event]:
+                   limit: int = 1000, max_bytes: int | None = None) -> list[Event]:
         if not storable_key(key):
             return await _nothing([])
-        return await self.read_with(sql.read, key, after, upto, limit, self.backend.load_data)
+        return await self.read_with(sql.read, key, after, upto, limit, self.backend.load_data,
+                                    max_bytes, self.backend.dialect.data_bytes)
 
     async def last_seq(self, key: ThreadKey) -> int:
         return await self.read_with(sql.last_seq, key) if storable_key(key) else await _nothing(0)
@@ -136,6 +137,13 @@ class DurableJournal:
         if unstorable_reason(user_id) is not None:
             return await _nothing([])
         return await self.read_with(sql.threads, user_id)
+
+    async def threads_page(self, user_id: str, limit: int,
+                           before: tuple[float, str] | None = None) -> list[ThreadInfo]:
+        if unstorable_reason(user_id) is not None or (
+                before is not None and unstorable_reason(before[1]) is not None):
+            return await _nothing([])  # no thread id sorts there that could be stored
+        return await self.read_with(sql.threads_page, user_id, limit, before)
 
     async def thread_info(self, key: ThreadKey) -> ThreadInfo | None:
         if not storable_key(key):

@@ -44,6 +44,7 @@ DIALECT = schema.Dialect(
     set_version=("DELETE FROM threadline_schema",
                  "INSERT INTO threadline_schema (version) VALUES ({version})"),
     probes=(),  # the server checks its own pages
+    data_bytes="octet_length(data::text)",  # the JSONB as text: what the driver receives
 )
 
 

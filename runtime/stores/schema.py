@@ -13,7 +13,8 @@ Invariants:
   (``Dialect.get_version``) says once migrated; a store whose record says more was made by a
   newer threadline and is refused.
 - Only the dialect differs between the databases: the SQL type of each column ``Type``, what
-  follows a ``CREATE TABLE``, where the version is kept, and what is read at start.
+  follows a ``CREATE TABLE``, where the version is kept, what is read at start, and how a
+  read counts the bytes of an event's data.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Dialect:
     get_version: str                   # one row, one column: the version (NULL: 0)
     set_version: tuple[str, ...]       # after each migration's statements
     probes: tuple[str, ...]            # last in the migrating transaction, rows fetched
+    data_bytes: str                    # SQL for the bytes of an ``events`` row's ``data`` as
+                                       # a read fetches it (``read``'s ``max_bytes``)
 
 
 @attrs.frozen
@@ -85,13 +88,16 @@ class Index:
 
 @attrs.frozen
 class Migration:
-    """Version ``version``: creates ``creates``, in that order."""
+    """Version ``version``: creates ``creates``, in that order, then drops the indexes named
+    in ``drops`` (each replaced by one it creates)."""
 
     version: int
     creates: tuple[Table | Index, ...]
+    drops: tuple[str, ...] = ()
 
     def statements(self, dialect: Dialect) -> list[str]:
-        return [item.ddl(dialect) for item in self.creates]
+        return ([item.ddl(dialect) for item in self.creates]
+                + [f"DROP INDEX {name}" for name in self.drops])
 
 
 def _texts(*names: str) -> tuple[Column, ...]:
@@ -134,11 +140,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ), key=("node_id",)),
         Table("cluster_settings", _texts("name", "value"), key=("name",)),
     )),
+    # A page of a user's thread list is a keyset seek on (updated_at, thread_id), both
+    # descending (``sql.threads_page``): with thread_id in the index, a page reads only its own
+    # rows, ties on updated_at included (PostgreSQL could not order the ties of the old index
+    # without reading them all). The old index is a prefix of the new one: dropped, so an
+    # append still updates one index of ``threads``, not two.
+    Migration(3, (
+        Index("threads_by_user_update", "threads", ("user_id", "updated_at", "thread_id")),
+    ), drops=("threads_by_update",)),
 )
 
 VERSION = MIGRATIONS[-1].version
 
 
 def created() -> list[Table | Index]:
-    """Every table and index the migrations create, in the order they do."""
-    return [item for migration in MIGRATIONS for item in migration.creates]
+    """Every table and index the migrations leave in a store, in the order they create them."""
+    dropped = {name for migration in MIGRATIONS for name in migration.drops}
+    return [item for migration in MIGRATIONS for item in migration.creates
+            if item.name not in dropped]

@@ -149,11 +149,28 @@ def get_thread(cur: Any, key: ThreadKey) -> ThreadInfo | None:
 
 
 def read(cur: Any, key: ThreadKey, after: int, upto: int | None, limit: int,
-         load: Callable[[Any], dict[str, Any]]) -> list[Event]:
+         load: Callable[[Any], dict[str, Any]], max_bytes: int | None = None,
+         data_bytes: str = "") -> list[Event]:
+    """``Journal.read``. With ``max_bytes``, one statement: the sizes of the next ``limit``
+    events (``data_bytes``, the dialect's; no data leaves the database), their running sum,
+    and the rows up to the last that keeps the sum within ``max_bytes`` (or the first)."""
     bound = upto if upto is not None else 2**62
-    cur.execute("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND "
-                "thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
-                (key.user_id, key.thread_id, after, bound, limit))
+    where = "user_id = %s AND thread_id = %s AND seq > %s"
+    if max_bytes is None:
+        cur.execute(f"SELECT seq, event, run_id, ts, data FROM events WHERE {where} AND "
+                    "seq <= %s ORDER BY seq LIMIT %s",
+                    (key.user_id, key.thread_id, after, bound, limit))
+    else:
+        cur.execute(
+            f"SELECT seq, event, run_id, ts, data FROM events WHERE {where} AND seq <= ("
+            " SELECT MAX(seq) FROM ("
+            "  SELECT seq, SUM(size) OVER (ORDER BY seq) AS running,"
+            "   ROW_NUMBER() OVER (ORDER BY seq) AS n FROM ("
+            f"   SELECT seq, {data_bytes} AS size FROM events WHERE {where} AND seq <= %s"
+            "   ORDER BY seq LIMIT %s) AS page) AS sums"
+            " WHERE running <= %s OR n = 1) ORDER BY seq",
+            (key.user_id, key.thread_id, after,
+             key.user_id, key.thread_id, after, bound, limit, max_bytes))
     return [Event(key, seq, name, run_id, ts, load(data))
             for seq, name, run_id, ts, data in cur.fetchall()]
 
@@ -174,6 +191,22 @@ def find_message(cur: Any, key: ThreadKey, client_msg_id: str) -> Accepted | Non
 def threads(cur: Any, user_id: str) -> list[ThreadInfo]:
     cur.execute("SELECT thread_id, last_seq, created_at, updated_at FROM threads WHERE "
                 "user_id = %s ORDER BY updated_at DESC, thread_id DESC", (user_id,))
+    return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
+
+
+def threads_page(cur: Any, user_id: str, limit: int,
+                 before: tuple[float, str] | None) -> list[ThreadInfo]:
+    """``Journal.threads_page``: a seek on the index (user_id, updated_at, thread_id) (schema
+    migration 3), read backwards; ``limit + 1`` rows at most, whatever the user holds."""
+    columns = "SELECT thread_id, last_seq, created_at, updated_at FROM threads WHERE user_id = %s"
+    order = "ORDER BY updated_at DESC, thread_id DESC LIMIT %s"
+    if before is None:
+        cur.execute(f"{columns} {order}", (user_id, limit + 1))
+    else:
+        # A row value: both databases seek the index with it (an OR of two ranges they
+        # would not).
+        cur.execute(f"{columns} AND (updated_at, thread_id) < (%s, %s) {order}",
+                    (user_id, before[0], before[1], limit + 1))
     return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
 
 

@@ -50,6 +50,7 @@ DIALECT = schema.Dialect(
     get_version="PRAGMA user_version",
     set_version=("PRAGMA user_version = {version}",),
     probes=tuple(_probe(item) for item in schema.created()),
+    data_bytes="length(CAST(data AS BLOB))",  # bytes: length() of TEXT counts characters
 )
 
 
