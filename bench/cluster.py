@@ -10,7 +10,9 @@ Invariants: every cluster starts on an emptied database, and nothing is measured
 nodes' ``/healthz`` show 1,024 shards in all, none above its fair share; every load loop ends by
 ``stop_at + 5`` s; the nodes stop when their ``with`` block ends. CPU is from /proc over the
 measured window (each node, every PostgreSQL process, this process: the load generator, on the
-same cores); the store's figures from the nodes' ``/metrics``.
+same cores); the store's figures from the nodes' ``/metrics``, among them the notifying commits
+(``threadline_cluster_notifications_sent_total``: transactions that sent a ``NOTIFY``, which
+PostgreSQL commits one at a time, cluster-wide).
 
 Usage: ``python -m bench.cluster [--nodes 1,2,3] [--connections 100] [--seconds 4] [--rounds 3]``
 """
@@ -75,7 +77,8 @@ def measured(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "loadgen_cpu": (b["loadgen"] - a["loadgen"]) / wall,
             **{f"{name}_per_s": diff(f"threadline_{name}_total") / wall for name in (
                 "store_transactions", "store_operations", "cluster_forwarded_requests",
-                "cluster_notifications_received", "cluster_feed_reads")},
+                "cluster_notifications_sent", "cluster_notifications_received",
+                "cluster_feed_reads")},
             "commit_ms_mean": diff(COMMIT + "_sum") / commits * 1e3,
             "forward_ms_mean": diff(FORWARD + "_sum") / forwarded * 1e3}
 
@@ -230,7 +233,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 ("  cpu: each node | postgres | load generator; txn/s, commit ms", " ".join(
                     f"{c:.2f}" for c in r["node_cpu"]) + f" | {r['postgres_cpu']:.2f} | "
                  f"{r['loadgen_cpu']:.2f}; {r['store_transactions_per_s']:,.0f}, "
-                 f"{r['commit_ms_mean']:.0f}", "-", *dash)]
+                 f"{r['commit_ms_mean']:.0f}", "-", *dash),
+                ("  notifying commits/s (all nodes), notifications received/s",
+                 f"{r['cluster_notifications_sent_per_s']:,.1f}, "
+                 f"{r['cluster_notifications_received_per_s']:,.1f}", "-", *dash)]
     for fraction, lat in results["latency"].items():
         rem, loc, at = lat["remote"], lat["local"], f"{float(fraction):g} of the 2-node maximum"
         for w, name in (("accepted", "send->accepted"), ("completed", "send->agent_completed")):
@@ -290,8 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             databases, args.connections, args.latency_seconds, tp["2"]["events_per_s"] * f)
             for f in map(float, args.latency_at.split(","))}
     results["wall_seconds"] = time.perf_counter() - t0
-    path, png = write_results("cluster", results), plot(results)
+    path = write_results("cluster", results)
     print(table(rows(results)))
+    try:
+        png = plot(results)
+    except ImportError:  # no matplotlib here: the table and the JSON are the figures
+        png = "none (no matplotlib)"
     progress(f"done in {results['wall_seconds']:.0f} s; figures in {path}, plot {png}")
     return 0
 

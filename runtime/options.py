@@ -207,6 +207,17 @@ SERVE_OPTIONS = [
            metavar="HOST:PORT"),
     Option("--peer-advertise", "PEER_ADVERTISE", None, "the address other nodes reach this "
            "one at", address, shown="the --peer-address bound", metavar="HOST:PORT"),
+    Option("--peer-cert", "PEER_CERT", None, "PEM certificate this node presents on the peer "
+           "link (mutual TLS, with the key and CA flags below); it must name the host other "
+           "nodes reach it at (a DNS or IP subjectAltName)", shown="none", metavar="FILE"),
+    Option("--peer-key", "PEER_KEY", None, "PEM private key of --peer-cert, unencrypted",
+           shown="none", metavar="FILE"),
+    Option("--peer-ca", "PEER_CA", None, "PEM certificate(s) of the CA other nodes' "
+           "certificates are checked against, both ways (the only CA trusted)", shown="none",
+           metavar="FILE"),
+    Option("--peer-plaintext", "PEER_PLAINTEXT", False, "a peer link without TLS on a "
+           "non-loopback address (a network you trust)", boolean,
+           shown="off: plaintext only on loopback", switch=True),
     Option("--lease-ttl", "LEASE_TTL", 10.0, "seconds a node's shard leases last without "
            "renewal: how soon a dead node's threads move; at least 1", lease_ttl,
            metavar="SECONDS"),

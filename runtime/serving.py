@@ -82,11 +82,15 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
     if args.cluster:
         from threadline.cluster.shards import ShardTable
         from threadline.cluster.start import ClusterConfig, made_up_node_id, open_cluster_journal
+        from threadline.cluster.tls import load_peer_tls
 
+        peer_tls = load_peer_tls(args.peer_cert, args.peer_key, args.peer_ca,
+                                 args.peer_plaintext, [args.peer_address[0], *(
+                                     [args.peer_advertise[0]] if args.peer_advertise else [])])
         cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
                                 peer_listen=args.peer_address,
                                 peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
-                                handover_grace=args.grace)
+                                handover_grace=args.grace, peer_tls=peer_tls)
         table = ShardTable(cluster.node_id, margin=cluster.margin)
         journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
     else:
@@ -106,7 +110,9 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
         node = await stack.enter_async_context(open_node(cluster, table, rt, journal, fence,
                                                          http_url=server.http_url))
     ready.set()
-    log.info("agent %s", args.agent)
+    # The openai agent names its model and endpoint (never its key); others, their --agent.
+    describe = getattr(agent, "describe", None)
+    log.info("agent %s", describe() if callable(describe) else args.agent)
     print(f"ready: {server.url}", flush=True)
     token = None
     if args.made_up:

@@ -197,8 +197,8 @@ def _cluster(c: ClusterStatistics | None) -> Iterator[Metric]:
                    "owner change [requests].", c.retries)
     yield _counter("threadline_cluster_fenced_writes", "Writes the lease fence refused "
                    "[operations].", c.fenced_writes)
-    yield _counter("threadline_cluster_notifications_sent", "NOTIFYs sent, one per "
-                   "transaction that wrote [notifications].", c.notifications_sent)
+    yield _counter("threadline_cluster_notifications_sent", "Transactions that sent NOTIFYs "
+                   "to nodes following a shard they wrote [notifications].", c.notifications_sent)
     yield _counter("threadline_cluster_notifications_received", "threadline_events "
                    "notifications received [notifications].", c.notifications_received)
     yield GaugeMetricFamily("threadline_cluster_feeds", "Subscribers here of threads read "

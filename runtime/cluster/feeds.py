@@ -5,7 +5,10 @@ last event it was given) and nothing else. A feed is read from the journal, afte
 position, a page at a time (a ``join`` with ``since`` replays the same way; here one query
 reads a page for many feeds at once), whenever the owner's
 ``NOTIFY`` (``fence.py``) names its thread or its shard, and by the slow poll that is the
-backstop for a notification lost (a listener that reconnected, a payload cut to shards).
+backstop for a notification lost (a listener that reconnected, a payload cut to shards). The
+owner notifies only nodes that follow the shard: the hub counts its feeds per shard and calls
+``on_followed`` when the set of shards with a feed changes (``interest.py`` tells the peers);
+``mark_shards`` reads again the feeds of shards an owner was told of late.
 
 Invariants:
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -61,13 +64,14 @@ def read_feeds(cur: Any, wanted: list[tuple[ThreadKey, int]], limit: int
 
 
 class Feed:
-    __slots__ = ("key", "subscriber", "position", "hash", "dirty", "reading", "check")
+    __slots__ = ("key", "subscriber", "position", "hash", "shard", "dirty", "reading", "check")
 
     def __init__(self, key: ThreadKey, subscriber: Any, position: int) -> None:
         self.key = key
         self.subscriber = subscriber
         self.position = position
         self.hash = key_hash(key)
+        self.shard = shard_of(key)
         self.dirty = self.reading = False
         self.check = False  # a read that finds nothing asks whether the thread still exists
 
@@ -76,9 +80,11 @@ class FeedHub:
     """Every feed of this node. ``journal`` is a ``DurableJournal`` (``read_with``,
     ``last_seqs``)."""
 
-    def __init__(self, journal: Any) -> None:
+    def __init__(self, journal: Any, on_followed: Callable[[], None] = lambda: None) -> None:
         self.journal = journal
+        self.on_followed = on_followed  # the shards with a feed changed
         self._feeds: dict[Any, Feed] = {}
+        self._shards: collections.Counter[int] = collections.Counter()
         self._by_hash: dict[int, list[Feed]] = collections.defaultdict(list)
         self._queue: collections.deque[Feed] = collections.deque()
         self._idle = trio.lowlevel.ParkingLot()  # readers with nothing to read
@@ -93,6 +99,9 @@ class FeedHub:
         feed = self._feeds[subscriber] = Feed(key, subscriber, position)
         self._by_hash[feed.hash].append(feed)
         self._mark(feed)  # what was stored between the position and now
+        self._shards[feed.shard] += 1
+        if self._shards[feed.shard] == 1:
+            self.on_followed()
 
     def detach(self, subscriber: Any) -> bool:
         feed = self._feeds.pop(subscriber, None)
@@ -102,7 +111,15 @@ class FeedHub:
         same.remove(feed)
         if not same:
             del self._by_hash[feed.hash]
+        self._shards[feed.shard] -= 1
+        if not self._shards[feed.shard]:
+            del self._shards[feed.shard]
+            self.on_followed()
         return True
+
+    def followed(self) -> frozenset[int]:
+        """The shards this node has feeds of."""
+        return frozenset(self._shards)
 
     # -- what marks feeds to be read -------------------------------------------------------------
 
@@ -119,8 +136,14 @@ class FeedHub:
                 self._mark(feed, check=True)
         if shards:
             for feed in self._feeds.values():
-                if shard_of(feed.key) in shards:
+                if feed.shard in shards:
                     self._mark(feed, check=True)
+
+    def mark_shards(self, shards: frozenset[int]) -> None:
+        """Read the feeds of ``shards`` (their owners were told of them only now)."""
+        for feed in self._feeds.values():
+            if feed.shard in shards:
+                self._mark(feed)
 
     def mark_all(self) -> None:
         """Notifications may have been lost (the listener reconnected): read every feed."""

@@ -10,11 +10,14 @@ new epoch: no write lands under a lease its writer lost. A refused operation fai
 ``Fenced`` (nothing of it stored) and the others of the batch go on. The primary key of
 ``events`` ``(user_id, thread_id, seq)`` stays the last guard against a duplicate seq.
 
-The notification: at most one ``pg_notify`` per transaction, on ``threadline_events``, sent by
-the server at commit (only durable events are announced), under ``NOTIFY_LIMIT`` bytes. Its
-payload names the threads written, as 32-bit hashes (``h`` and comma-separated hex), or, when
-too many for the limit, the shards written (``s`` and a base64 bitmap of 1,024 bits, 172
-bytes). A listener treats a hash or a shard as "maybe new events": a false match costs a read.
+The notification (``interest.py``): only to the nodes that follow a shard the transaction
+wrote, as their peers told this node (``Followers.by_shard``, read once per transaction), one
+``pg_notify`` per such node on its own channel, all in one statement, sent by the server at
+commit (only durable events are announced), each under ``NOTIFY_LIMIT`` bytes; a transaction
+whose shards nobody follows elsewhere notifies nobody. A payload names the threads written
+that its node follows, as 32-bit hashes (``h`` and comma-separated hex), or, when too many
+for the limit, their shards (``s`` and a base64 bitmap of 1,024 bits, 172 bytes). A listener
+treats a hash or a shard as "maybe new events": a false match costs a read.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ from typing import Any, Callable, Collection, Iterable
 from threadline.actors.errors import Fenced
 from threadline.actors.messages import ThreadKey
 
+from .interest import Followers
 from .shards import SHARDS, ShardTable, key_hash, shard_of
-
-EVENTS_CHANNEL = "threadline_events"
 NOTIFY_LIMIT = 7900  # bytes; PostgreSQL's own limit is 8,000
 
 
@@ -61,11 +63,14 @@ class Fence:
     called (from the writer's thread: it must be thread-safe) with the shards a transaction
     found lost, so that the node looks at its leases at once."""
 
-    def __init__(self, table: ShardTable, on_fenced: Callable[[set[int]], None]) -> None:
+    def __init__(self, table: ShardTable, on_fenced: Callable[[set[int]], None],
+                 followers: Followers | None = None) -> None:
         self.table = table
         self.on_fenced = on_fenced
+        self.followers = followers if followers is not None else Followers()
         self.refused = 0        # operations refused by the fence
-        self.notifications = 0  # NOTIFYs sent (one per transaction that wrote events)
+        self.notifications = 0  # transactions that sent NOTIFYs (commits PostgreSQL serializes)
+        self.notified = 0       # NOTIFYs sent (one per node told, per transaction)
         self._lock = threading.Lock()
 
     def check(self, cur: Any, keys: Iterable[ThreadKey]) -> set[ThreadKey]:
@@ -92,9 +97,19 @@ class Fence:
         return {k for s in lost for k in by_shard[s]}
 
     def notify(self, cur: Any, keys: Collection[ThreadKey]) -> None:
-        if keys:
-            cur.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, encode_touched(keys)))
+        by_shard = self.followers.by_shard  # one reference, read once: replaced whole
+        if not keys or not by_shard:
+            return
+        told: dict[str, list[ThreadKey]] = {}
+        for key in keys:
+            for channel in by_shard.get(shard_of(key), ()):
+                told.setdefault(channel, []).append(key)
+        if told:
+            channels = sorted(told)
+            cur.execute("SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                        (channels, [encode_touched(told[c]) for c in channels]))
             self.notifications += 1
+            self.notified += len(channels)
 
     def keeps(self, key: ThreadKey) -> bool:
         """Whether the writer's cache may keep ``key``'s row: its shard is one we hold."""

@@ -39,8 +39,9 @@ from threadline.actors.stats import ClusterStatistics
 from threadline.recovery import close_open_runs
 
 from . import handover, leases
-from .fence import EVENTS_CHANNEL, Fence
+from .fence import Fence
 from .feeds import FeedHub
+from .interest import Announcer, events_channel
 from .leases import LeaseConnection
 from .router import Router
 from .shards import ShardState, ShardTable, fair_share, shard_of
@@ -64,7 +65,9 @@ class Node:
         self.http_url = http_url
         self.leases = LeaseConnection(config.dsn, config.stuck_after,
                                       leases.application_name(table.node_id))
-        self.hub = FeedHub(journal)
+        self.hub = FeedHub(journal, on_followed=self._followed_changed)
+        self.events_channel = events_channel(table.node_id)
+        self.announcer: Announcer | None = None  # once the peer link is up (``open_node``)
         self.router: Router | None = None
         self.peer_address = ""
         self.started_at = time.time()
@@ -76,6 +79,7 @@ class Node:
         self.handing_over = False
         self.nursery: trio.Nursery | None = None  # for handovers, which outlast a round
         self._free_before: set[int] = set()
+        self._peers_before: set[str] = set()
         self._soonest: float | None = None
         self._backoff = 0.0  # seconds to wait after a failed round (0: the last one worked)
         self.rounds = self.failures = self.taken = self.released = self.lost = 0
@@ -90,8 +94,12 @@ class Node:
         if self.router is not None:
             self.router.table_changed()
 
+    def _followed_changed(self) -> None:
+        if self.announcer is not None:
+            self.announcer.changed()
+
     def on_notify(self, channel: str, payload: str) -> None:
-        if channel == EVENTS_CHANNEL:
+        if channel == self.events_channel:
             self.hub.notified(payload)
         else:
             self.wake()
@@ -170,6 +178,9 @@ class Node:
         self.nodes_live = max(1, len(rnd.peers))
         self._soonest = None if rnd.soonest_expiry is None else rnd.soonest_expiry - rnd.now
         self.changed()
+        if self.announcer is not None and set(rnd.peers) - {table.node_id} - self._peers_before:
+            self.announcer.changed()  # a node new to us: tell it what we follow
+        self._peers_before = set(rnd.peers) - {table.node_id}
         if self.leaving:
             return  # renew what is still held while it is handed over; take nothing
         await self._recover(table.in_state(ShardState.RECOVERING))  # a recovery that failed

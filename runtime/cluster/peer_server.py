@@ -8,6 +8,15 @@ each call runs in its own task, at most ``MAX_IN_FLIGHT`` per connection (beyond
 more is read until one is answered), answered in any order through one writer task; a
 connection that ends cancels its calls. The answer is the handle's value, or its error mapped
 by ``wire.failure_of`` (an unexpected one is logged here, and sent without its text).
+
+With TLS (a ``tls.PeerTLS``'s server context) the TLS handshake comes first, inside the same
+bound and the same slot: a peer without a certificate from the cluster's CA (none, self-signed,
+another CA's, expired) is refused with one warning naming its address and the ``ssl`` reason,
+before it can send a frame. The HMAC handshake then runs inside TLS, as without it.
+
+A proved peer's ``Follow`` (the shards its node follows, ``interest.py``) goes to
+``followers`` under the node id its hello named, is answered at once, and is forgotten when
+the link ends.
 """
 
 from __future__ import annotations
@@ -15,15 +24,18 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import ssl
 from typing import Any
 
 import trio
 
 from .peers import _BROKEN, HANDSHAKE_SECONDS, MAX_HANDSHAKING, MAX_IN_FLIGHT, Handle, Link, \
     address_of, write_frames
+from .tls import tls_problem
+from .interest import Followers
 from .wire import (HANDSHAKE_FRAME, INTERNAL, INTERNAL_MESSAGE, MAX_FRAME, NONCE_BYTES, Call,
-                   Challenge, Failure, Hello, Proof, Result, WireError, client_proof, encode,
-                   failure_of, make_of, server_proof)
+                   Challenge, Failure, Follow, Hello, Proof, Result, WireError, bitmap_shards,
+                   client_proof, encode, failure_of, make_of, server_proof)
 
 log = logging.getLogger("threadline.cluster.peers")
 
@@ -32,8 +44,12 @@ class PeerServer:
     """Answers other nodes' calls with ``handle``; ``serve`` runs until cancelled."""
 
     def __init__(self, node_id: str, secret: bytes, handle: Handle, *,
-                 handshake_timeout: float = HANDSHAKE_SECONDS) -> None:
+                 handshake_timeout: float = HANDSHAKE_SECONDS,
+                 tls: ssl.SSLContext | None = None,
+                 followers: Followers | None = None) -> None:
         self.node_id = node_id
+        self.followers = followers if followers is not None else Followers()
+        self._tls = tls
         self._secret = secret
         self._handle = handle
         self._handshake_timeout = handshake_timeout
@@ -46,10 +62,15 @@ class PeerServer:
         """Like ``trio.serve_listeners``: ``task_status.started(listeners)`` once listening."""
         await trio.serve_listeners(self._connection, listeners, task_status=task_status)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        peer, link = address_of(stream), Link(stream, HANDSHAKE_FRAME)
-        async with stream:
+    async def _connection(self, transport: trio.SocketStream) -> None:
+        peer = address_of(transport)
+        stream: trio.abc.Stream = transport
+        if self._tls is not None:
+            stream = trio.SSLStream(transport, self._tls, server_side=True)
+        link = Link(stream, HANDSHAKE_FRAME)
+        async with transport:  # closed whatever happens; TLS's close_notify only once proved
             refused: str | None = f"no handshake within {self._handshake_timeout} s"
+            peer_id = ""
             try:
                 self._handshaking.acquire_nowait()
             except trio.WouldBlock:
@@ -58,48 +79,73 @@ class PeerServer:
                 return
             try:
                 with trio.move_on_after(self._handshake_timeout):
-                    refused = await self._handshake(link)
+                    refused, peer_id = await self._handshake(link)
             finally:
                 self._handshaking.release()
             if refused is not None:
                 log.warning("peer link from %s refused: %s", peer, refused)
                 return
-            link.allow(MAX_FRAME)
-            send, frames = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
-            slots = trio.Semaphore(MAX_IN_FLIGHT)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write_frames, stream, frames)
-                try:
-                    while (message := await link.receive()) is not None:
-                        if type(message) is not Call:
-                            raise WireError(f"a {type(message).__name__} after the handshake")
-                        await slots.acquire()  # at MAX_IN_FLIGHT: read no more until one is done
-                        nursery.start_soon(self._answer, message, send, slots)
-                except WireError as exc:
-                    log.warning("peer link from %s closed: %s", peer, exc)
-                except _BROKEN:
-                    pass
-                nursery.cancel_scope.cancel()  # the link is gone: nobody is left to answer
+            try:
+                await self._serve_link(peer, peer_id, link)
+            finally:
+                self.followers.forget(link)  # what it followed on this link
+                if stream is not transport:
+                    with trio.move_on_after(1.0):  # close_notify, unless the peer is stuck
+                        await stream.aclose()
 
-    async def _handshake(self, link: Link) -> str | None:
-        """None once the peer has proved it holds the secret, else why it has not."""
+    async def _serve_link(self, peer: str, peer_id: str, link: Link) -> None:
+        """The calls of a proved peer, until the link ends."""
+        stream = link.stream
+        link.allow(MAX_FRAME)
+        send, frames = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
+        slots = trio.Semaphore(MAX_IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_frames, stream, frames)
+            try:
+                while (message := await link.receive()) is not None:
+                    if type(message) is Follow:  # answered in order, at once: no task
+                        self.followers.follow(link, peer_id, bitmap_shards(message.shards))
+                        await send.send(encode(Result(message.id, None)))
+                        continue
+                    if type(message) is not Call:
+                        raise WireError(f"a {type(message).__name__} after the handshake")
+                    await slots.acquire()  # at MAX_IN_FLIGHT: read no more until one is done
+                    nursery.start_soon(self._answer, message, send, slots)
+            except WireError as exc:
+                log.warning("peer link from %s closed: %s", peer, exc)
+            except _BROKEN:
+                pass
+            nursery.cancel_scope.cancel()  # the link is gone: nobody is left to answer
+
+    async def _handshake(self, link: Link) -> tuple[str | None, str]:
+        """``(None, its node id)`` once the peer has proved it holds the secret, else why it
+        has not."""
+        if isinstance(link.stream, trio.SSLStream):
+            try:
+                await link.stream.do_handshake()
+            except _BROKEN as exc:
+                return tls_problem(exc) or "the connection broke during the TLS handshake", ""
         try:
             hello = await link.receive()
             if type(hello) is not Hello or len(hello.nonce) != NONCE_BYTES:
                 what = "nothing" if hello is None else f"a {type(hello).__name__}"
-                return f"it sent {what}, not a hello with a {NONCE_BYTES}-byte nonce"
+                return f"it sent {what}, not a hello with a {NONCE_BYTES}-byte nonce", ""
             nonce = os.urandom(NONCE_BYTES)
             proof = server_proof(self._secret, hello.nonce, nonce)
             await link.stream.send_all(encode(Challenge(self.node_id, nonce, proof)))
-            answer = await link.receive()
+            try:
+                answer = await link.receive()
+            except _BROKEN:  # over TLS, a peer that gives up closes without close_notify
+                answer = None
         except WireError as exc:
-            return f"not this protocol ({exc})"
+            return f"not this protocol ({exc})", ""
         except _BROKEN:
-            return "the connection broke during the handshake"
+            return "the connection broke during the handshake", ""
         expected = client_proof(self._secret, nonce, hello.nonce)
         if type(answer) is not Proof or not hmac.compare_digest(answer.proof, expected):
-            return f"node {hello.node_id[:64]!r} gave no proof or a wrong one (another secret?)"
-        return None
+            return (f"node {hello.node_id[:64]!r} gave no proof or a wrong one "
+                    "(another secret?)", "")
+        return None, hello.node_id
 
     async def _answer(self, call: Call, send: trio.MemorySendChannel[bytes],
                       slots: trio.Semaphore) -> None:

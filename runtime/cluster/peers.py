@@ -12,6 +12,12 @@ a connection that ends cancels its calls. Client: one task per address opens the
 first needed (callers meanwhile share its outcome) and again after a break. ``PeerUnreachable``:
 no link, never sent; ``PeerLost``: the link broke after the call was queued, it may have been
 handled. A caller cancelled by its own scope only forgets its id; a late answer is dropped.
+
+With TLS (``tls.py``: a ``PeerTLS``'s contexts) the stream under all of this is a
+``trio.SSLStream`` (``https_compatible=False``: an end without ``close_notify`` is a broken
+link), its handshake done before the HMAC one and within the same bound, the client checking
+the server's certificate against the address it connects to (the one the node advertises).
+A failed TLS handshake is refused like a failed HMAC one: one line, its ``ssl`` reason.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hmac
 import itertools
 import logging
 import os
+import ssl
 from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -30,9 +37,10 @@ from threadline.actors.messages import ThreadKey, ThreadRequest
 from threadline.actors.reply import Reply
 from threadline.actors.stats import SECONDS_BUCKETS, Histogram
 
-from .wire import (MAX_FRAME, NONCE_BYTES, Challenge, Failure, FrameDecoder, Hello, Message,
-                   PeerLost, PeerUnreachable, Proof, Result, WireError, call_of, client_proof,
-                   encode, error_of, server_proof)
+from .tls import tls_problem
+from .wire import (MAX_FRAME, NONCE_BYTES, Challenge, Failure, Follow, FrameDecoder, Hello,
+                   Message, PeerLost, PeerUnreachable, Proof, Result, WireError, call_of,
+                   client_proof, encode, error_of, server_proof, shards_bitmap)
 
 log = logging.getLogger("threadline.cluster.peers")
 
@@ -50,7 +58,7 @@ Address = tuple[str, int]
 class Link:
     """A stream and the messages read from it but not yet taken."""
 
-    def __init__(self, stream: trio.SocketStream, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_frame: int = MAX_FRAME) -> None:
         self.stream = stream
         self._decoder = FrameDecoder(max_frame)
         self._ready: deque[Message] = deque()
@@ -68,7 +76,7 @@ class Link:
         return self._ready.popleft()
 
 
-async def write_frames(stream: trio.SocketStream, frames: trio.MemoryReceiveChannel[bytes]) -> None:
+async def write_frames(stream: trio.abc.Stream, frames: trio.MemoryReceiveChannel[bytes]) -> None:
     """Send the queued frames, in order, one whole frame at a time."""
     try:
         async for frame in frames:
@@ -92,6 +100,7 @@ class _Connection:
         self.outbox, self.frames = trio.open_memory_channel[bytes](MAX_IN_FLIGHT)
         self.waiting: dict[int, Reply[Result | Failure]] = {}
         self.reason = "the peer clients were closed"
+        self.following: frozenset[int] = frozenset()  # what the peer took on this link
 
 
 class PeerClients:
@@ -100,8 +109,10 @@ class PeerClients:
     ``seconds`` (round trips of the calls answered, with a ``Result`` or a ``Failure``)."""
 
     def __init__(self, nursery: trio.Nursery, node_id: str, secret: bytes, *,
-                 connect_timeout: float = CONNECT_SECONDS) -> None:
+                 connect_timeout: float = CONNECT_SECONDS,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
+        self._tls = tls
         self._nursery = nursery
         self._secret = secret
         self._connect_timeout = connect_timeout
@@ -116,23 +127,44 @@ class PeerClients:
         frame = encode(call_of(call_id := next(self._ids), key, msg))
         self.calls += 1
         try:
-            connection = await self._connection(address)
-            connection.waiting[call_id] = reply = Reply()
-            started = trio.current_time()
-            try:
-                await connection.outbox.send(frame)
-                answer = await reply.wait()
-            except _BROKEN:  # the connection ended before the frame was queued
-                raise PeerUnreachable(f"the link to {address[0]}:{address[1]} ended") from None
-            finally:
-                connection.waiting.pop(call_id, None)
+            _, answer, seconds = await self._round_trip(address, call_id, frame)
         except (PeerUnreachable, PeerLost):
             self.failures += 1
             raise
-        self.seconds.observe(trio.current_time() - started)
+        self.seconds.observe(seconds)
         if type(answer) is Failure:
             raise error_of(answer)
         return answer.value
+
+    def following(self, address: Address) -> frozenset[int]:
+        """The shards the node at ``address`` took from ``follow`` on the link open now
+        (none without one: a new link starts from nothing)."""
+        connection = self._connections.get(address)
+        return connection.following if connection is not None and \
+            connection.link is not None else frozenset()
+
+    async def follow(self, address: Address, shards: frozenset[int]) -> None:
+        """Tell the node at ``address`` that this one follows ``shards`` (``interest.py``);
+        ``PeerUnreachable`` or ``PeerLost`` as ``call``, ``PeerError`` for any other answer."""
+        frame = encode(Follow(call_id := next(self._ids), shards_bitmap(shards)))
+        connection, answer, _ = await self._round_trip(address, call_id, frame)
+        if type(answer) is Failure or answer.value is not None:
+            raise error_of(answer) if type(answer) is Failure else PeerLost("a bad answer")
+        connection.following = shards
+
+    async def _round_trip(self, address: Address, call_id: int, frame: bytes
+                          ) -> tuple[_Connection, Result | Failure, float]:
+        connection = await self._connection(address)
+        connection.waiting[call_id] = reply = Reply()
+        started = trio.current_time()
+        try:
+            await connection.outbox.send(frame)
+            answer = await reply.wait()
+        except _BROKEN:  # the connection ended before the frame was queued
+            raise PeerUnreachable(f"the link to {address[0]}:{address[1]} ended") from None
+        finally:
+            connection.waiting.pop(call_id, None)
+        return connection, answer, trio.current_time() - started
 
     async def _connection(self, address: Address) -> _Connection:
         if self._nursery.cancel_scope.cancel_called:  # closed
@@ -178,8 +210,11 @@ class PeerClients:
         """Connect and do the handshake within ``connect_timeout``, or ``PeerUnreachable``."""
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await trio.open_tcp_stream(*address)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
                 try:
+                    if self._tls is not None:
+                        stream = trio.SSLStream(stream, self._tls, server_hostname=address[0])
+                        await stream.do_handshake()
                     link = Link(stream)
                     nonce = os.urandom(NONCE_BYTES)
                     await stream.send_all(encode(Hello(self.node_id, nonce)))
@@ -196,7 +231,7 @@ class PeerClients:
         except trio.TooSlowError as exc:
             raise PeerUnreachable(f"no link within {self._connect_timeout} s") from exc
         except (OSError, WireError, *_BROKEN) as exc:
-            raise PeerUnreachable(str(exc) or type(exc).__name__) from exc
+            raise PeerUnreachable(tls_problem(exc) or str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         """Close every connection: calls waiting get ``PeerLost``, later ``PeerUnreachable``."""
@@ -212,12 +247,14 @@ async def _hold(task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IG
 
 @contextlib.asynccontextmanager
 async def open_peer_clients(node_id: str, secret: bytes, *,
-                            connect_timeout: float = CONNECT_SECONDS) -> AsyncIterator[PeerClients]:
+                            connect_timeout: float = CONNECT_SECONDS,
+                            tls: ssl.SSLContext | None = None) -> AsyncIterator[PeerClients]:
     """``PeerClients`` whose tasks run in a nursery of their own (``aclose`` cancels it, never
     the caller's code); leaving closes every connection."""
     async with trio.open_nursery() as outer:
         nursery = await outer.start(_hold)
-        clients = PeerClients(nursery, node_id, secret, connect_timeout=connect_timeout)
+        clients = PeerClients(nursery, node_id, secret, connect_timeout=connect_timeout,
+                              tls=tls)
         try:
             yield clients
         finally:

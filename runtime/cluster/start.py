@@ -23,13 +23,15 @@ from threadline.stores.durable import DurableJournal
 
 from . import leases
 from .admission import ClusterRefusal, node_in_use
-from .fence import EVENTS_CHANNEL, Fence
+from .fence import Fence
+from .interest import Announcer, Followers
 from .listen import listen
 from .node import Node
 from .peer_server import PeerServer
 from .peers import open_peer_clients
 from .router import Router
 from .shards import ShardTable
+from .tls import PeerTLS
 
 log = logging.getLogger("threadline.cluster")
 
@@ -45,6 +47,7 @@ class ClusterConfig:
     peer_advertise: tuple[str, int] | None = None  # default: the address listened on
     lease_ttl: float = 10.0
     handover_grace: float = 5.0  # runs of a shard handed over get this long to finish
+    peer_tls: PeerTLS | None = None  # None: a plaintext peer link (``tls.load_peer_tls``)
 
     @property
     def interval(self) -> float:
@@ -69,7 +72,8 @@ async def open_cluster_journal(config: ClusterConfig, table: ShardTable
     epochs; a store that cannot be used raises ``StoreError`` (one line)."""
     from threadline.stores.postgres import PostgresBackend
 
-    fence = Fence(table, on_fenced=lambda shards: None)  # ``open_node`` wires it to the node
+    # ``open_node`` wires the fence to the node, and its followers to the peer server.
+    fence = Fence(table, on_fenced=lambda shards: None, followers=Followers())
     backend = PostgresBackend(config.dsn, writer_stuck_after=config.stuck_after,
                               application_name=leases.application_name(config.node_id))
     async with open_durable_journal(backend, fence=fence) as journal:
@@ -96,25 +100,32 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
     advertise = config.peer_advertise or (host, bound)
     node.peer_address = leases.format_address(advertise)
     try:
-        async with open_peer_clients(table.node_id, secret.encode()) as clients, \
+        tls = config.peer_tls
+        async with open_peer_clients(table.node_id, secret.encode(),
+                                     tls=tls and tls.client) as clients, \
                 trio.open_nursery() as nursery:
             router = node.router = Router(runtime.gateway, table, clients, node.hub, node.wake)
-            server = PeerServer(table.node_id, secret.encode(), router.ask_owned)
+            server = PeerServer(table.node_id, secret.encode(), router.ask_owned,
+                                tls=tls and tls.server, followers=fence.followers)
+            node.announcer = Announcer(table, clients, journal, node.hub.followed,
+                                       node.hub.mark_shards)
             await nursery.start(server.serve, listeners)
             await nursery.start(node.hub.run)
             node.nursery = nursery
             runtime.directory.admit = table.is_local
             runtime.gateway.router = router
             runtime.gateway.cluster_statistics = node.statistics
-            nursery.start_soon(listen, config.dsn, (EVENTS_CHANNEL, leases.SHARDS_CHANNEL),
+            nursery.start_soon(node.announcer.run)
+            nursery.start_soon(listen, config.dsn, (node.events_channel, leases.SHARDS_CHANNEL),
                                node.on_notify, node.on_listening,
                                leases.application_name(config.node_id))
             await node.round()
             nursery.start_soon(node.run_loop)
             nursery.start_soon(node.watch_expiry)
             await trio.lowlevel.checkpoint()  # the loop is on before anyone can leave
-            log.info("node %s in the cluster: peers on %s, %d shards, %d nodes live",
-                     table.node_id, node.peer_address, table.owned, node.nodes_live)
+            log.info("node %s in the cluster: peers on %s (%s), %d shards, %d nodes live",
+                     table.node_id, node.peer_address, "mutual TLS" if tls else "plaintext",
+                     table.owned, node.nodes_live)
             try:
                 yield node
             finally:

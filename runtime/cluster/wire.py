@@ -10,6 +10,9 @@ Handshake, client first: ``Hello``, ``Challenge``, ``Proof``. A proof is an HMAC
 shared secret over both 16-byte nonces, prefixed with the prover's role: neither proof can be
 replayed as the other, nor on another connection.
 
+A ``Follow`` (the caller's node follows exactly these shards: a bitmap of ``SHARDS`` bits, the
+whole set each time) is answered with a ``Result`` of None (``interest.py``).
+
 A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`` and the error's
 message, raised again as the same class by ``error_of``). Any other exception is a bug there,
 sent as ``internal`` with a fixed message (never its text: it may hold user data), raised here as
@@ -33,6 +36,8 @@ from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Bu
 from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteThread, GetInfo,
                                         PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
 from threadline.actors.reply import Reply
+
+from .shards import SHARDS
 
 MAX_FRAME: Final = 8 * 1024 * 1024  # bytes of one body; before the handshake, HANDSHAKE_FRAME
 HANDSHAKE_FRAME, NONCE_BYTES = 1024, 16
@@ -112,6 +117,14 @@ class Call:
 
 
 @attrs.frozen(slots=True)
+class Follow:
+    """The caller's node has subscribers of these shards' threads (a bitmap, bit ``s % 8`` of
+    byte ``s // 8``): notify it when you write them. Replaces what it said before."""
+    id: int
+    shards: bytes
+
+
+@attrs.frozen(slots=True)
 class Result:
     id: int
     value: Any  # Accepted | str | ThreadInfo | None
@@ -125,7 +138,7 @@ class Failure:
 
 
 CallRequest = Post | Cancel | Info | Delete
-Message = Hello | Challenge | Proof | Call | Result | Failure
+Message = Hello | Challenge | Proof | Call | Follow | Result | Failure
 
 
 # -- proofs --------------------------------------------------------------------------------------
@@ -172,7 +185,8 @@ def encode_value(value: Any) -> Any:
     raise TypeError(f"no wire encoding for a {type(value).__name__}")
 
 
-_MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "result", "failure"})
+_MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "follow", "result",
+                              "failure"})
 _REQUESTS: Final = frozenset({"post", "cancel", "info", "delete"})
 _VALUES: Final = frozenset({"accepted", "thread_info"})
 _KEY = functools.partial(_decode, tags=frozenset({"key"}))
@@ -181,6 +195,7 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "challenge": (Challenge, (_STR, _BYTES, _BYTES)),
     "proof": (Proof, (_BYTES,)),
     "call": (Call, (_INT, _STR, _STR, functools.partial(_decode, tags=_REQUESTS))),
+    "follow": (Follow, (_INT, lambda b: _bitmap(b))),
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
     "post": (Post, (_STR, _OPT_STR, _STR)),
@@ -192,6 +207,23 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "key": (ThreadKey, (_STR, _STR)),
 }
 _TAGS: Final = {cls: tag for tag, (cls, _) in _SHAPES.items()}
+
+
+def _bitmap(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != SHARDS // 8:
+        raise WireError(f"a shard bitmap is {SHARDS // 8} bytes")
+    return value
+
+
+def shards_bitmap(shards: Any) -> bytes:
+    bits = bytearray(SHARDS // 8)
+    for s in shards:
+        bits[s // 8] |= 1 << (s % 8)
+    return bytes(bits)
+
+
+def bitmap_shards(bits: bytes) -> frozenset[int]:
+    return frozenset(i for i in range(SHARDS) if bits[i // 8] >> (i % 8) & 1)
 
 
 def _plain(obj: Any) -> Any:

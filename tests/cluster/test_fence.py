@@ -1,4 +1,4 @@
-"""The fence and the notification of every group-commit transaction, on a real PostgreSQL: two
+"""The fence and the notifications of every group-commit transaction, on a real PostgreSQL: two
 journals stand for two nodes, and the lease table says which one may write."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import trio
 from threadline.actors.errors import Fenced
 from threadline.actors.messages import Event, ThreadKey
 from threadline.cluster import leases
-from threadline.cluster.fence import EVENTS_CHANNEL, Fence, decode_touched
+from threadline.cluster.fence import Fence, decode_touched
+from threadline.cluster.interest import Followers, events_channel
 from threadline.cluster.shards import SHARDS, ShardTable, key_hash, shard_of
 from threadline.stores import open_durable_journal
 from threadline.stores.postgres import PostgresBackend
@@ -95,35 +96,53 @@ async def test_a_node_that_lost_a_shard_writes_nothing_more_there(pg_dsn):
     assert [e.seq for e in await _read(pg_dsn, ADA)] == [1, 2, 3, 4]
 
 
-async def test_every_transaction_that_writes_sends_one_notification_naming_its_threads(pg_dsn):
+async def test_a_transaction_notifies_only_the_nodes_that_follow_what_it_wrote(pg_dsn):
     async with open_durable_journal(PostgresBackend(pg_dsn)):
         pass
     sql(pg_dsn, leases.setup, "s" * 40)
     table = owning(pg_dsn, "a", sql(pg_dsn, leases.take, "a", 60.0, SHARDS))
-    fence = Fence(table, Heard())
-    keys = [ThreadKey("ada", f"t{i}") for i in range(20)]
-    listener = psycopg.connect(pg_dsn, autocommit=True)
-    listener.execute(f"LISTEN {EVENTS_CHANNEL}")
+    followers = Followers()
+    fence = Fence(table, Heard(), followers=followers)
+    keys = [ThreadKey("ada", f"t{i}") for i in range(40)]
+    b_follows = frozenset(shard_of(k) for k in keys[:10])
+    c_follows = frozenset(shard_of(k) for k in keys[5:15])
+    listeners = {}
+    for name in ("b", "c", "d"):
+        listeners[name] = psycopg.connect(pg_dsn, autocommit=True)
+        listeners[name].execute(f"LISTEN {events_channel(name)}")
     try:
         async with open_durable_journal(PostgresBackend(pg_dsn), fence=fence) as journal:
             async with trio.open_nursery() as nursery:
                 for k in keys:
                     nursery.start_soon(journal.ensure_thread, k, 0.0)
-            assert fence.notifications == 0  # no event yet: nothing to announce
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:  # nobody follows anything: no NOTIFY
                 for k in keys:
                     nursery.start_soon(journal.append, [event(k, 1)])
+            assert fence.notifications == fence.notified == 0
+            followers.follow("link-b", "b", b_follows)
+            followers.follow("link-c", "c", c_follows)
+            followers.follow("link-d", "d", frozenset({shard_of(keys[-1])}))
+            followers.forget("link-d")  # its link ended
+            async with trio.open_nursery() as nursery:
+                for k in keys:
+                    nursery.start_soon(journal.append, [event(k, 2)])
             sent = fence.notifications
-        notes = await trio.to_thread.run_sync(
-            lambda: list(listener.notifies(timeout=2.0, stop_after=sent)))
+            assert 1 <= sent <= len(keys) and sent <= fence.notified <= 2 * sent
+
+        def heard(name: str) -> set[int]:
+            named: set[int] = set()
+            for note in listeners[name].notifies(timeout=1.0, stop_after=sent):
+                hashes, shards = decode_touched(note.payload)
+                assert not shards
+                named |= hashes
+            return named
+
+        for name, follows in (("b", b_follows), ("c", c_follows), ("d", frozenset())):
+            named = await trio.to_thread.run_sync(heard, name)
+            assert named == {key_hash(k) for k in keys if shard_of(k) in follows}, name
     finally:
-        listener.close()
-    assert 1 <= sent <= len(keys) and len(notes) == sent
-    named: set[int] = set()
-    for note in notes:
-        hashes, shards = decode_touched(note.payload)
-        named |= hashes
-    assert named == {key_hash(k) for k in keys}
+        for conn in listeners.values():
+            conn.close()
 
 
 async def _read(dsn: str, key: ThreadKey):
