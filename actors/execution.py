@@ -7,6 +7,12 @@ Run lifecycle (PROTOCOL.md): ``agent_started``, then the agent's events, then ex
 What the agent wrote is queued before the terminal event, also when the run is cancelled, and
 ``agent_started`` is written exactly once, also when the store failed it (``close_lost_run``
 in ``run_queue.py`` writes it again, before ``agent_failed``).
+
+A failed run is logged once, on ``threadline.agent``, with its run id, user and thread. An
+expected failure (``AgentError``: the model endpoint down or refusing, a tool's error the agent
+did not catch) is one warning line saying what ``agent_failed`` says, without a traceback: an
+operator reads it, there is no bug to find. Any other exception is a bug in the agent: an error
+with its traceback.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import trio
 
 from .engine import Agent, Emit, History, Run, RunContext, Submit, _no_history, describe
 from .journal import Done
-from .errors import JournalUnavailable, JournalWedged, Unstorable
+from .errors import AgentError, JournalUnavailable, JournalWedged, Unstorable
 from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED, AGENT_STARTED
 from .stream import DEFAULT_INTERVAL
 from .tools import ToolRegistry
 
 log = logging.getLogger("threadline.engine")
+agent_log = logging.getLogger("threadline.agent")  # how each run failed
 
 #: Bound on the terminal write when a run is torn down by cancellation (shutdown or a crash of
 #: its thread): long enough for a group commit under load, short enough not to stall shutdown.
@@ -78,8 +85,7 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
                 run.abandon_stream()  # its pieces would follow a run that is torn down
                 raise  # not the agent's failure: the thread restarts
             except Exception as exc:
-                log.info("run %s of user %s, thread %s failed: %s", ctx.run_id, ctx.user_id,
-                         ctx.thread_id, describe(exc), exc_info=exc)
+                _log_failure(ctx, exc)
                 terminal = (AGENT_FAILED, {"error": describe(exc)})
             else:
                 if answer is None:
@@ -112,6 +118,23 @@ async def execute(control: RunControl, agent: Agent, tools: ToolRegistry, emit: 
         terminal = (AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
         await emit(ctx, *terminal)
     return terminal[0]
+
+
+def _log_failure(ctx: RunContext, exc: Exception) -> None:
+    """One line for an expected failure; a bug's traceback with it."""
+    if _expected(exc):
+        agent_log.warning("run %s of %s/%s: %s", ctx.run_id, ctx.user_id, ctx.thread_id,
+                          describe(exc))
+    else:
+        agent_log.error("run %s of %s/%s failed: %s", ctx.run_id, ctx.user_id, ctx.thread_id,
+                        describe(exc), exc_info=exc)
+
+
+def _expected(exc: BaseException) -> bool:
+    """An ``AgentError``, or a group (an agent's own nursery) of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_expected(e) for e in exc.exceptions)
+    return isinstance(exc, AgentError)
 
 
 async def _start(control: RunControl, run: Run, emit: Emit, submit: Submit | None) -> None:

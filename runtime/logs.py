@@ -14,6 +14,11 @@ fields, before any formatter runs, replacing:
   dots perhaps percent-encoded);
 - the value of a query parameter whose name is percent-encoded (``?%74oken=...``).
 
+Quiet by default: websockets (``threadline.wire``) and the model SDK (``openai``, and its HTTP
+client ``httpx``, published here as ``httpx2``) log every connection, request and retry at
+INFO; below ``--log debug`` only their warnings pass. A run the model failed is one line of our
+own (``threadline.agent``, ``actors/execution.py``), not five of theirs.
+
 Patterns rather than a list of known tokens: a client's wrong token, or one from another
 issuer, is a credential too, and the server never learns it in advance.
 """
@@ -30,6 +35,8 @@ from typing import Any, Iterable, TextIO
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("text", "json")
 MASK = "***"
+#: Libraries that log routine traffic at INFO: shown from ``--log debug`` only.
+QUIET_LOGGERS = ("threadline.wire", "openai", "httpx", "httpx2")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Set on a record by Logger.makeRecord; anything else in its __dict__ came from ``extra=``.
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -139,9 +146,10 @@ def setup_logging(level: str = "info", fmt: str = "text", *, secrets: Iterable[s
     root.addHandler(handler)
     root.setLevel(level.upper())
     # websockets logs every connection opened and closed at INFO on ``threadline.wire``: a
-    # server holding 10,000 connections can log at INFO without that; --log debug shows it.
-    logging.getLogger("threadline.wire").setLevel(
-        logging.DEBUG if level == "debug" else logging.WARNING)
+    # server holding 10,000 connections can log at INFO without that; the model SDK logs each
+    # request and each retry. --log debug shows them.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     return handler
 
 

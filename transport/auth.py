@@ -11,10 +11,17 @@
   string, not a bool), each checked with ``leeway`` seconds of clock skew as JWT libraries do
   (RFC 7519 §4.1.4 allows "some small leeway"): PROTOCOL.md promises only ``exp``, so a token
   whose ``iat`` is a few seconds ahead of our clock is accepted.
+- One expiry rule for the handshake, HTTP and a live connection: a token is accepted while
+  ``now < exp + leeway``, and ``Identity.expires_at`` is that instant, ``exp + leeway``, at
+  which the session closes the connection (4001). So a token accepted in the leeway is not
+  kicked at once (and accepted again, and kicked again): it is either refused, or lives until
+  the very moment it would be refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import math
@@ -42,7 +49,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 @attrs.frozen
 class Identity:
     user_id: str
-    expires_at: float | None  # the token's exp (seconds since the epoch), None if it has none
+    # When the token stops being accepted (seconds since the epoch): its exp plus the leeway.
+    # A live connection is closed then. None: the token has no exp.
+    expires_at: float | None
 
 
 class AuthError(Exception):
@@ -179,6 +188,14 @@ class Authenticator:
         self._origins = (None if allowed_origins is None
                          else {o if o == "*" else normalize_origin(o) for o in allowed_origins})
 
+    def derive_key(self, label: bytes) -> bytes | None:
+        """A key for ``label`` derived from the HS256 secret (HMAC-SHA256 of the label), the
+        same in every process that checks tokens with that secret; None without one (a server
+        that only has public keys shares no secret with its peers)."""
+        if self._secret is None:
+            return None
+        return hmac.new(self._secret, label, hashlib.sha256).digest()
+
     def _key_for(self, alg: str, kid: str | None) -> Any:
         if alg == ALGORITHM and self._secret is not None:
             return self._secret
@@ -228,7 +245,7 @@ class Authenticator:
             raise AuthError("token issued in the future")
         if not is_user_id(claims["sub"]):
             raise AuthError("sub must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
-        return Identity(claims["sub"], exp)
+        return Identity(claims["sub"], None if exp is None else exp + self.leeway)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a handshake with this ``Origin`` (None: not a browser) and ``Host`` may go

@@ -40,6 +40,7 @@ import attrs
 from threadline.actors.gateway import ThreadHandle, UserHandle
 from threadline.actors.messages import Event, ThreadInfo
 
+from .auth import Authenticator
 from .codec import event_frame
 from .messages import BadFrame
 
@@ -59,18 +60,11 @@ class CursorKey:
     key: bytes = attrs.field(repr=False)
 
     @classmethod
-    def from_secret(cls, secret: bytes | str | None) -> CursorKey:
-        """Derived from a token secret with a fixed label; ``PROCESS_KEY`` without one."""
-        if not secret:
-            return PROCESS_KEY
-        raw = secret.encode() if isinstance(secret, str) else secret
-        return cls(hmac.new(raw, CURSOR_LABEL, hashlib.sha256).digest())
-
-    @classmethod
-    def of(cls, auth: Any) -> CursorKey:
-        """The key for a server whose tokens ``auth`` (an ``Authenticator``) checks."""
-        # The HS256 secret, if the Authenticator has one (it keeps it as bytes, or None).
-        return cls.from_secret(getattr(auth, "_secret", None))
+    def of(cls, auth: Authenticator) -> CursorKey:
+        """The key for a server whose tokens ``auth`` checks: derived from its token secret
+        with a fixed label; ``PROCESS_KEY`` without one."""
+        key = auth.derive_key(CURSOR_LABEL)
+        return PROCESS_KEY if key is None else cls(key)
 
     def _mac(self, user_id: str, position: bytes) -> bytes:
         message = user_id.encode() + b"\0" + position  # user ids never hold a NUL

@@ -14,9 +14,14 @@ Invariants:
 - The HTTP stream to the model lives inside ``async with``: a cancelled run (``cancel``,
   ``interrupt``, shutdown) closes the connection at once, so a cancelled answer stops costing.
 - Every upstream failure (no connection, 401, 429 after the SDK's retries, 5xx, a stream cut in
-  the middle, a malformed tool call, too many rounds) raises ``ModelError`` with a short message
-  safe to show a user: the run ends ``agent_failed``, the thread goes on. The details (never the
-  API key) go to the server's log.
+  the middle, a malformed tool call, too many rounds) raises ``ModelError`` with one plain
+  sentence, safe to show a user and enough for an operator (``the model endpoint answered 429
+  Too Many Requests (rate limited)``): the run ends ``agent_failed`` with it and the engine logs
+  it, once, as a warning without a traceback (``actors/execution.py``). The sentence names a
+  status and its reason phrase, never the upstream's body (OpenAI's 401 body quotes part of the
+  key); that body, the error's type and the request id go to this module's log at debug level.
+- ``describe()`` names the agent, the model and the endpoint for the start-up log: the URL
+  without its user, password, query or fragment; never the API key.
 - A tool that fails is not a failed run: its error goes back to the model as the tool's result.
 - The SDK's client is made on first use inside the trio run and closed by ``aclose`` (the SDK
   would otherwise try to close it with asyncio, which does not run here).
@@ -26,7 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import openai
@@ -40,6 +48,8 @@ from .tool_schema import describe_tool
 log = logging.getLogger("threadline.agents.openai")
 
 __all__ = ["ModelError", "OpenAIAgent", "OpenAIConfig"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the SDK's, without base_url or OPENAI_BASE_URL
 
 
 class ModelError(AgentError):
@@ -72,6 +82,22 @@ class OpenAIAgent:
             self._client = openai.AsyncOpenAI(base_url=c.base_url, api_key=c.api_key,
                                               max_retries=c.max_retries, timeout=c.timeout)
         return self._client
+
+    def describe(self) -> str:
+        """``openai, model M at URL``: what the start-up log says (never the key)."""
+        return f"openai, model {self.config.model} at {self.endpoint()}"
+
+    def endpoint(self) -> str:
+        """The base URL the SDK uses, as the SDK picks it, without user, password or query."""
+        url = self.config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            port = f":{parts.port}" if parts.port is not None else ""
+        except ValueError:  # the SDK will say so at the first run; the log need not
+            return "an unreadable base URL"
+        return f"{parts.scheme}://{host}{port}{parts.path}"
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -156,8 +182,8 @@ class OpenAIAgent:
         except openai.APIError as exc:
             raise _model_error(exc, run) from None
         if finish is None:
-            log.warning("run %s: the model's stream ended without a finish reason",
-                        run.context.run_id)
+            log.debug("run %s: the model's stream ended without a finish reason",
+                      run.context.run_id)
             raise ModelError("the model's answer was cut off")
         return "".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
 
@@ -168,8 +194,8 @@ class OpenAIAgent:
         except json.JSONDecodeError:
             args = None
         if not isinstance(args, dict):
-            log.warning("run %s: malformed arguments for tool %r: %.200r", run.context.run_id,
-                        name, arguments)
+            log.debug("run %s: malformed arguments for tool %r: %.200r", run.context.run_id,
+                      name, arguments)
             raise ModelError(f"the model sent a malformed call of tool {name!r}")
         try:
             result = await run.call_tool(name, **args)
@@ -186,26 +212,40 @@ async def _next_chunk(chunks: Any, run: Run) -> Any:
     except StopAsyncIteration:
         return None
     except (ValueError, TypeError) as exc:
-        log.warning("run %s: the model sent data that is not a chunk: %s", run.context.run_id,
-                    exc)
+        log.debug("run %s: the model sent data that is not a chunk: %.200s",
+                  run.context.run_id, exc)
         raise ModelError("the model sent a malformed answer") from None
 
 
 def _model_error(exc: openai.APIError, run: Run) -> ModelError:
-    """The user's message for an SDK error; the details go to the log."""
-    log.warning("run %s of user %s: the model call failed: %s: %s", run.context.run_id,
-                run.context.user_id, type(exc).__name__, exc)
+    """The plain sentence for an SDK error (the user's and the operator's); the details go to
+    the debug log."""
+    status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+    # A 401/403 body may quote part of the key: its message is not logged even at debug.
+    detail = "" if status in (401, 403) else f": {exc.message:.200}"
+    log.debug("run %s: the model call failed: %s%s%s", run.context.run_id, type(exc).__name__,
+              f" (request {exc.request_id})" if isinstance(exc, openai.APIStatusError)
+              and exc.request_id else "", detail)
     if isinstance(exc, openai.APITimeoutError):
-        return ModelError("the model did not answer in time")
+        return ModelError("the model endpoint did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         if cause is not None and "RemoteProtocol" in type(cause).__name__:
             return ModelError("the connection to the model was lost in the middle of the answer")
-        return ModelError("the model could not be reached")
-    if isinstance(exc, openai.AuthenticationError):
-        return ModelError("the model endpoint refused the API key (HTTP 401)")
-    if isinstance(exc, openai.RateLimitError):
-        return ModelError("the model endpoint is rate limiting (HTTP 429): try again later")
-    if isinstance(exc, openai.APIStatusError):
-        return ModelError(f"the model endpoint failed (HTTP {exc.status_code})")
+        return ModelError("the model endpoint could not be reached")
+    if status is not None:
+        return ModelError(f"the model endpoint answered {_status_line(status)}"
+                          f"{_MEANING.get(status, '')}")
     return ModelError("the model endpoint reported an error")
+
+
+_MEANING = {401: " (the API key was refused)", 403: " (access denied)",
+            404: " (no such model or path)", 429: " (rate limited)"}
+
+
+def _status_line(status: int) -> str:
+    """``429 Too Many Requests``; a status Python does not know is its number alone."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)

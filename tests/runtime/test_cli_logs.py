@@ -96,3 +96,21 @@ def test_known_secrets_tracebacks_and_extras_are_masked():
     record = json.loads(line)
     assert secret not in line and "ValueError: bad ***" in record["exc"]
     assert record["peer"] == "token=***" and record["logger"] == "threadline.test"
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_the_model_sdks_routine_lines_are_shown_from_debug_only(level):
+    stream = io.StringIO()
+    setup_logging(level, stream=stream)
+    try:
+        for name in ("openai._base_client", "httpx", "httpx2", "threadline.wire"):
+            logging.getLogger(name).info("routine line of %s", name)
+            logging.getLogger(name).warning("warning of %s", name)
+        logging.getLogger("threadline.agent").info("our own line")
+    finally:
+        setup_logging("warning", stream=io.StringIO())
+    text = stream.getvalue()
+    for name in ("openai._base_client", "httpx", "httpx2", "threadline.wire"):
+        assert f"warning of {name}" in text
+        assert (f"routine line of {name}" in text) == (level == "debug"), text
+    assert "our own line" in text

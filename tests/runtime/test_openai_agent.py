@@ -147,10 +147,11 @@ async def test_cancel_mid_stream_closes_the_http_stream_to_the_model():
 
 
 @pytest.mark.parametrize("failure, message", [
-    (Failure(401), "the model endpoint refused the API key (HTTP 401)"),
-    (Failure(429, retry_after=0.01), "the model endpoint is rate limiting (HTTP 429): try again"
-                                     " later"),
-    (Failure(500), "the model endpoint failed (HTTP 500)"),
+    (Failure(401), "the model endpoint answered 401 Unauthorized (the API key was refused)"),
+    (Failure(429, retry_after=0.01), "the model endpoint answered 429 Too Many Requests (rate "
+                                     "limited)"),
+    (Failure(500), "the model endpoint answered 500 Internal Server Error"),
+    (Failure(503), "the model endpoint answered 503 Service Unavailable"),
     (Answer(pieces=("half",), ending=Ending.CUT),
      "the connection to the model was lost in the middle of the answer"),
     (Answer(pieces=("half",), ending=Ending.END), "the model's answer was cut off"),
@@ -194,7 +195,7 @@ async def test_an_unreachable_endpoint_fails_the_run():
     async with open_runtime(agent=agent) as rt:
         events = await turn(rt, "hello?")
     await agent.aclose()
-    assert events[-1].data == {"error": "the model could not be reached"}
+    assert events[-1].data == {"error": "the model endpoint could not be reached"}
 
 
 async def test_text_of_a_later_round_starts_a_new_paragraph():

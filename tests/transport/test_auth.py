@@ -165,9 +165,25 @@ def test_a_token_issued_a_few_seconds_in_the_future_is_accepted():
 def test_exp_has_the_same_leeway():
     now = int(time.time())
     identity = AUTH.verify(hs256({"sub": "ada", "exp": now - 5}))
-    assert identity.expires_at == now - 5
+    # One rule: expires_at is when the token stops being accepted, exp + leeway (the session
+    # closes a live connection then), not exp, which is already past.
+    assert identity.expires_at == now - 5 + AUTH.leeway
     assert str(refusal(AUTH, hs256({"sub": "ada", "exp": now - 60}))) == "token expired"
     assert AUTH.verify(hs256({"sub": "ada"})).expires_at is None
+
+
+@pytest.mark.parametrize("leeway", [0, 0.5, 30])
+def test_a_token_is_accepted_exactly_until_its_expires_at(leeway):
+    auth = Authenticator(secret=SECRET, leeway=leeway)
+    exp = time.time() + 600
+    assert auth.verify(hs256({"sub": "ada", "exp": exp})).expires_at == exp + leeway
+    # Seen from later (exp moved back): accepted just before expires_at, refused at it.
+    for past, accepted in ((leeway - 1, True), (leeway + 1, False)):
+        token = hs256({"sub": "ada", "exp": time.time() - past})
+        if accepted:
+            assert auth.verify(token).expires_at > time.time()
+        else:
+            assert str(refusal(auth, token)) == "token expired"
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
@@ -195,7 +211,7 @@ def test_rs256_and_es256_with_a_public_key_file(keyfiles, key, alg, name):
     auth = Authenticator(public_key_file=str(keyfiles / name))
     exp = int(time.time()) + 60
     identity = auth.verify(jwt.encode({"sub": "ada", "exp": exp}, key, algorithm=alg))
-    assert identity == type(identity)("ada", float(exp))
+    assert identity == type(identity)("ada", float(exp) + auth.leeway)
     wrong = RSA_KEY if key is EC_KEY else EC_KEY
     other_alg = "RS256" if alg == "ES256" else "ES256"
     assert str(refusal(auth, jwt.encode({"sub": "ada"}, wrong, algorithm=other_alg))) == \

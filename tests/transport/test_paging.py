@@ -32,13 +32,14 @@ def old_style(updated_at: float, thread_id: str) -> str:
 # -- the key and the MAC ------------------------------------------------------------------------
 
 def test_a_cursor_opens_only_for_its_user_and_its_key():
-    key = CursorKey.from_secret(SECRET)
+    key = CursorKey.of(Authenticator(secret=SECRET))
     cursor = key.seal("ada", (12.5, "main"))
     assert key.open("ada", cursor) == (12.5, "main")
     with pytest.raises(BadFrame):
         key.open("bob", cursor)  # made for another user
+    other = CursorKey.of(Authenticator(secret="another secret, as long as the other one"))
     with pytest.raises(BadFrame):
-        CursorKey.from_secret("another secret, as long as the other one").open("ada", cursor)
+        other.open("ada", cursor)
     body, _, mac = cursor.partition(".")
     forged = base64.urlsafe_b64encode(b'[99.0,"main"]').decode().rstrip("=")
     for bad in (f"{forged}.{mac}", body, f"{body}.", old_style(12.5, "main"), f"{body}.{mac}x",
@@ -121,7 +122,7 @@ async def test_the_websocket_refuses_a_forged_cursor():
 # -- the store's pages -------------------------------------------------------------------------
 
 async def test_read_threads_page_walks_a_store_by_keyset(tmp_path):
-    key = CursorKey.from_secret(SECRET)
+    key = CursorKey.of(Authenticator(secret=SECRET))
     async with open_journal(f"sqlite:///{tmp_path}/pages.db") as journal:
         for n in range(9):
             await journal.ensure_thread(ThreadKey("ada", f"t{n}"), float(n // 3))  # ties
