@@ -93,12 +93,15 @@ class Joined:
     """First item a new subscriber receives, before any replayed or live event.
 
     ``tag`` is whatever the subscriber passed in ``Subscribe`` (the transport puts the
-    request's ``ref`` there), so the subscriber can answer the right request.
+    request's ``ref`` there), so the subscriber can answer the right request. ``created_at``
+    tells this thread from an earlier one of the same id (deleted, then created again): a
+    subscriber that held events of another ``created_at`` holds events of another thread.
     """
 
     key: ThreadKey
     last_seq: int
     tag: object = None
+    created_at: float | None = None
 
 
 # -- requests to a ThreadActor -------------------------------------------------------------------

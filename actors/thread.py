@@ -311,7 +311,7 @@ class ThreadActor:
     def _subscribe(self, msg: Subscribe) -> None:
         sub = msg.subscriber
         try:
-            sub.deliver(Joined(self.key, self._writes.seq, msg.tag))
+            sub.deliver(Joined(self.key, self._writes.seq, msg.tag, self._created_at))
         except (MailboxFull, ActorStopped) as exc:
             msg.reply.fail(exc)
             return

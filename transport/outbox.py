@@ -139,8 +139,9 @@ class Outbox:
         elif not tap.active:
             return
         elif type(item) is Joined:
+            extra = {} if item.created_at is None else {"created_at": item.created_at}
             self._send(reply_frame("joined", tap.ref, thread_id=tap.thread_id,
-                                   last_seq=item.last_seq))
+                                   last_seq=item.last_seq, **extra))
             await self._replay(tap, item.last_seq)
         elif item.seq > tap.last_sent:  # else: already written by the replay
             tap.last_sent = item.seq

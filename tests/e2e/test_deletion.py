@@ -88,3 +88,24 @@ async def test_serve_demo_prints_the_page_to_open(tmp_path, secret):
         assert opened == prefix if secret else opened.startswith(prefix + "?token=")
     finally:
         server.kill()
+
+
+async def test_joined_tells_a_thread_created_again_from_the_one_deleted(store_url):
+    """``joined.created_at`` (PROTOCOL.md's decisions) differs between a thread and the one
+    created again under its id, even when the new one is longer than the old: what a client
+    needs to drop its copy, and what ``since`` alone cannot tell."""
+    from threadline.transport.client import open_client
+
+    async with open_journal(store_url) as journal, open_runtime(journal=journal) as rt, \
+            open_server(rt, port=0, secret=SECRET) as server:
+        async with open_client(server.url, token("ada")) as client:
+            first = await client.join("main")
+            await converse(rt, "ada", "main")
+            again = await client.join("main", since=first["last_seq"])
+            assert again["created_at"] == first["created_at"]  # the same thread
+        await rt.thread("ada", "main").delete()
+        for _ in range(3):
+            await converse(rt, "ada", "main")  # longer than before
+        async with open_client(server.url, token("ada")) as client:
+            renewed = await client.join("main", since=4)
+        assert renewed["last_seq"] > 4 and renewed["created_at"] > first["created_at"]

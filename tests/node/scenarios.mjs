@@ -95,6 +95,59 @@ async function streamWithCut(text, cutAt) {
   return { client, relay, report, connections };
 }
 
+// Deleted and created again while the client is away: `away` exchanged then, `live` after.
+async function replacedWhileAway(away, live) {
+  const writer = await directClient("main");
+  await exchange(writer.client, writer.events, "main", "old one");
+  await exchange(writer.client, writer.events, "main", "old two");  // seq 1-8
+  const relay = await openRelay(Number(new URL(url).port));
+  const connections = [];
+  const states = [];
+  const client = connect({
+    url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+    minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
+    onerror: (e) => console.error("onerror", e.code, e.message),
+  });
+  const seen = [];    // [seq, event, user text] of each event, and "reset" where it was reset
+  const resets = [];
+  await client.join("main", {
+    since: 0,
+    onevent: (frame) => seen.push([frame.seq, frame.event, frame.data.text ?? null]),
+    onreset(reason, thread) {
+      resets.push({ reason, lastSeq: thread.lastSeq, runs: thread.runs.size,
+                    same: thread === client.thread("main") });
+      seen.push("reset");
+    },
+    onleft: (reason) => console.error("onleft", reason),
+  });
+  await until(() => seen.length === 8, "the old thread's 8 events");
+  relay.refuse(true);
+  relay.cut();
+  await until(() => states.includes("reconnecting"), "the client away");
+  const base = new URL(url);
+  const deleted = await fetch(`http://${base.host}/v1/threads/main`, {
+    method: "DELETE", headers: { Authorization: `Bearer ${token}` },
+  });
+  writer.client.close();
+  const creator = await directClient("main");  // the id is free: a new thread from seq 1
+  for (const text of away) await exchange(creator.client, creator.events, "main", text);
+  relay.refuse(false);
+  await until(() => seen.some((e) => e[2] === away.at(-1) && e[1] === "agent_completed"),
+              "the new thread's answers while away");
+  await exchange(creator.client, creator.events, "main", live);  // live
+  await until(() => seen.some((e) => e[2] === live && e[1] === "agent_completed"),
+              "the new thread's live answer");
+  const thread = client.thread("main");
+  const report = {
+    status: deleted.status, resets, seen, joins: joinsOf(connections), lastSeq: thread.lastSeq,
+    runs: [...thread.runs.values()].map((run) => [run.message?.text, run.status, run.text]),
+  };
+  client.close();
+  creator.client.close();
+  relay.close();
+  return report;
+}
+
 const scenarios = {
   async stream() {
     const { client, relay, report } = await streamWithCut(`/stream ${arg}`, 3);
@@ -206,55 +259,13 @@ const scenarios = {
   // joined again with since 8, the server answers last_seq 4; the client resets its copy, tells
   // the app, joins from 0 and gets the new thread's events from seq 1.
   async replaced() {
-    const writer = await directClient("main");
-    await exchange(writer.client, writer.events, "main", "old one");
-    await exchange(writer.client, writer.events, "main", "old two");  // seq 1-8
-    const relay = await openRelay(Number(new URL(url).port));
-    const connections = [];
-    const states = [];
-    const client = connect({
-      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
-      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
-      onerror: (e) => console.error("onerror", e.code, e.message),
-    });
-    const seen = [];    // [seq, event, user text] of each event, and "reset" where it was reset
-    const resets = [];
-    await client.join("main", {
-      since: 0,
-      onevent: (frame) => seen.push([frame.seq, frame.event, frame.data.text ?? null]),
-      onreset(reason, thread) {
-        resets.push({ reason, lastSeq: thread.lastSeq, runs: thread.runs.size,
-                      same: thread === client.thread("main") });
-        seen.push("reset");
-      },
-      onleft: (reason) => console.error("onleft", reason),
-    });
-    await until(() => seen.length === 8, "the old thread's 8 events");
-    relay.refuse(true);
-    relay.cut();
-    await until(() => states.includes("reconnecting"), "the client away");
-    const base = new URL(url);
-    const deleted = await fetch(`http://${base.host}/v1/threads/main`, {
-      method: "DELETE", headers: { Authorization: `Bearer ${token}` },
-    });
-    writer.client.close();
-    const creator = await directClient("main");  // the id is free: a new thread from seq 1
-    await exchange(creator.client, creator.events, "main", "new one");  // seq 1-4
-    relay.refuse(false);
-    await until(() => seen.some((e) => e[2] === "new one" && e[1] === "agent_completed"),
-                "the new thread's first answer");
-    await exchange(creator.client, creator.events, "main", "new two");  // seq 5-8, live
-    await until(() => seen.some((e) => e[2] === "new two" && e[1] === "agent_completed"),
-                "the new thread's second answer");
-    const thread = client.thread("main");
-    const report = {
-      status: deleted.status, resets, seen, joins: joinsOf(connections), lastSeq: thread.lastSeq,
-      runs: [...thread.runs.values()].map((run) => [run.message?.text, run.status, run.text]),
-    };
-    client.close();
-    creator.client.close();
-    relay.close();
-    return report;
+    return replacedWhileAway(["new one"], "new two");
+  },
+
+  // The same, but the new thread is longer than the old one when the client comes back
+  // (last_seq 12 > since 8): only `joined.created_at` tells it is another thread.
+  async replacedLonger() {
+    return replacedWhileAway(["new one", "new two", "new three"], "new four");
   },
 
   // The app's own `since` is beyond what the server has (it kept a copy of a thread the server

@@ -147,6 +147,21 @@ async def test_a_thread_replaced_while_away_is_reset_and_joined_again_from_0():
     assert seen["runs"] == [["new one", "completed", "new one"], ["new two", "completed", "new two"]]
 
 
+async def test_a_thread_replaced_by_a_longer_one_while_away_is_reset_too():
+    """The new thread has more events (12) than the client had seen (8) when it comes back:
+    only ``joined.created_at`` tells it apart; the old client code went on from seq 9."""
+    async with serving() as server:
+        seen = await scenario("replacedLonger", server.url, token("ada"))
+    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "same": True}]
+    reset_at = seen["seen"].index("reset")
+    assert reset_at == 8
+    after = seen["seen"][reset_at + 1:]
+    assert [e[0] for e in after] == list(range(1, 17)), "the new thread's events, once each"
+    assert [e[2] for e in after if e[1] == "user_message"] == [
+        "new one", "new two", "new three", "new four"]
+    assert seen["joins"][-1] == [8, 0]
+
+
 async def test_an_apps_since_beyond_the_servers_thread_is_reset_too():
     async with serving() as server:
         seen = await scenario("sinceAhead", server.url, token("ada"))

@@ -101,6 +101,9 @@ export declare class Thread {
   readonly id: string;
   /** the last seq seen, null until joined; it only rises, except to 0 by a reset (onreset) */
   readonly lastSeq: number | null;
+  /** which thread of this id is held: the server's `joined.created_at` (seconds since the
+   * epoch), null until joined */
+  readonly createdAt: number | null;
   /** in the order of their first event (a run's user_message) */
   readonly runs: ReadonlyMap<string, Run>;
   /** the last run that is running, if any */
@@ -115,8 +118,9 @@ export interface JoinOptions {
   /** the server ended the subscription; reason "deleted": the thread was deleted (not rejoined) */
   onleft?: (reason: string, thread: Thread) => void;
   /** what the client held of the thread is void, and the thread stays joined. Reason
-   * "replaced": a join with `since` (the last seq seen, or the app's own `since`) was answered
-   * with a lower `last_seq`: the thread was deleted and created again while the client was away
+   * "replaced": a join (again, after a reconnect) was answered with another `created_at` than
+   * the thread had, or a join with `since` (the last seq seen, or the app's own `since`) with
+   * a lower `last_seq`: the thread was deleted and created again while the client was away
    * (or the server's store was replaced). The client has already emptied `thread` (no runs,
    * lastSeq 0) and joined again with since 0: clear what the app shows of it; the new thread's
    * events follow through onevent from seq 1. (PROTOCOL.md, "`join` with `since`".) */

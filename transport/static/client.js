@@ -23,9 +23,11 @@
 //   events are dropped: those are of an earlier subscription, and the join's replay from
 //   `since` brings them again. So the events that follow a `joined` are counted from its
 //   answer, never before it.
-// - The reset: a `joined` whose `last_seq` is below the `since` asked means the server's thread
-//   is not the one the client held (deleted and created again while it was away, or a store
-//   replaced). PROTOCOL.md ("`join` with `since`"): drop the copy and join again from 0. The
+// - The reset: a `joined` whose `created_at` differs from the one the client had (this
+//   server's decision, PROTOCOL.md: the thread was deleted and created again while it was
+//   away, however long the new one is), or whose `last_seq` is below the `since` asked (a
+//   server without `created_at`, a store replaced), means the server's thread is not the one
+//   the client held. PROTOCOL.md ("`join` with `since`"): drop the copy and join again from 0. The
 //   client empties the Thread (runs gone, lastSeq 0), writes the join with `since: 0`, then
 //   calls `onreset("replaced", thread)` so the app clears its view; the new thread's events
 //   follow through `onevent` from seq 1. `join()` settles with that second `joined`. Told
@@ -123,6 +125,7 @@ export class Thread {
     this.onleft = onleft;
     this.onreset = onreset;
     this.joining = false;  // a join request is pending: events are dropped until its answer
+    this.createdAt = null; // the thread's `joined.created_at`: which thread of this id is held
   }
 
   get activeRun() {
@@ -150,6 +153,7 @@ export class Thread {
   reset() {
     this.lastSeq = 0;
     this.runs.clear();
+    this.createdAt = null;
   }
 }
 
@@ -263,11 +267,14 @@ export class Client {
    * Returns that second join, or null. */
   _joined(thread, since, answer) {
     if (this._threads.get(thread.id) !== thread) return null;  // left, or joined anew since
-    if (since === undefined) {
+    const created = answer.created_at ?? null;
+    const replaced = thread.createdAt !== null && created !== null && created !== thread.createdAt;
+    if (!replaced) thread.createdAt = created ?? thread.createdAt;
+    if (since === undefined && !replaced) {
       thread.countFrom(answer.last_seq);  // live only: from what the server has
       return null;
     }
-    if (since <= answer.last_seq) {
+    if (!replaced && since <= answer.last_seq) {
       thread.countFrom(since);  // the replay brings since + 1 .. last_seq, then live events
       return null;
     }
