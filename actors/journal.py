@@ -121,7 +121,7 @@ class Journal(Protocol):
 
 
 REPLAY_PAGE = 500  # events read per page when a subscriber catches up...
-REPLAY_BYTES = 4 * 1024 * 1024  # ...and at most this much data (or one event): events are
+REPLAY_BYTES = 1024 * 1024  # ...and at most this much data (or one event): events are
                                 # up to 1 MiB, and a storm of replays must not hold 500 each
 
 
