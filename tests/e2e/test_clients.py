@@ -79,6 +79,7 @@ async def test_trio_websocket_holds_a_whole_conversation(server):
         events: list[dict] = []
         assert await ask({"type": "ping", "ref": "p"}) == {"type": "pong", "ref": "p"}
         joined = await ask({"type": "join", "thread_id": "main", "ref": 1})
+        assert isinstance(joined.pop("created_at"), float)
         assert joined == {"type": "joined", "thread_id": "main", "last_seq": 0, "ref": 1}
         accepted = await ask({"type": "send", "thread_id": "main", "text": "/calc 6*7", "ref": 2})
         assert accepted["type"] == "accepted" and accepted["seq"] == 1

@@ -55,7 +55,9 @@ async def test_a_conversation_resume_and_a_normal_close(connect, autojump_clock)
     await send(conn, {"type": "join", "thread_id": "main", "ref": 1})
     await send(conn, {"type": "send", "thread_id": "main", "text": "/calc 6*7", "ref": 2})
     got = await frames_until(conn, lambda f: f.get("event") == "agent_completed")
+    created_at = got[0].pop("created_at")  # this thread's (PROTOCOL.md's decisions)
     assert got[0] == {"type": "joined", "thread_id": "main", "ref": 1, "last_seq": 0}
+    assert isinstance(created_at, float)
     assert got[-1]["data"] == {"text": "42"} and got[-1]["seq"] == 6
     await conn.close(CLOSE_NORMAL, "", 5.0)
     # A second connection resumes after seq 2 and gets exactly the rest, in order.
