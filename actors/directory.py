@@ -49,6 +49,10 @@ class Directory(Generic[K]):
     ``passivate_after``: an actor idle for that long (see ``Actor.idle_since``) is told
     ``Passivate``; ``None`` keeps actors forever. A sweeper task checks every
     ``passivate_after / 4`` seconds, so an idle actor leaves within 1.25 TTL.
+
+    ``admit``: which keys may be activated here (say, only those this process owns when
+    others serve the rest); ``None``: every key. Asked at each activation, never again for
+    a live actor.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class Directory(Generic[K]):
         mailbox_capacity: int = 1000,
         policy: RestartPolicy = DEFAULT_POLICY,
         passivate_after: float | None = None,
+        admit: Callable[[K], bool] | None = None,
     ) -> None:
         self._nursery = nursery
         self._spawn = spawn
@@ -71,8 +76,7 @@ class Directory(Generic[K]):
         self.passivations = 0
         self.failures = 0
         self.backlog = Backlog()  # messages waiting in its actors' mailboxes, all together
-        # Which keys may be activated here (a cluster node: those of shards it owns); None: all.
-        self.admit: Callable[[K], bool] | None = None
+        self._admit = admit
         if passivate_after is not None:
             nursery.start_soon(self._sweep, passivate_after)
 
@@ -86,8 +90,8 @@ class Directory(Generic[K]):
             return entry.ref
         if self._closing:
             raise ActorStopped("the runtime is shutting down")
-        if self.admit is not None and not self.admit(key):
-            raise ActorStopped("this thread is not activated here (another node owns it)")
+        if self._admit is not None and not self._admit(key):
+            raise ActorStopped("this key is not activated here (it lives elsewhere)")
         actor = self._spawn(key)
         mailbox = Mailbox(self._capacity, self.backlog)
         entry = _Entry(ActorRef(key, mailbox), actor)

@@ -77,9 +77,11 @@ class JournalUnavailable(ActorError):
 
 
 class Fenced(JournalUnavailable):
-    """In cluster mode, the store refused a write because this node no longer holds the lease
-    of the thread's shard (another node took it over). Nothing of the write was stored; the
-    thread lives on another node now, and a request that got this is safe to send there."""
+    """The store refused a write because this process no longer holds the right to write
+    the thread (its fencing token is stale: whoever hands out that right gave it to another
+    writer). Nothing of the write was stored; the thread is served elsewhere now, and a
+    request that got this was never handled here, so it is safe to send where the thread
+    lives."""
 
 
 class StoreConflict(JournalUnavailable):

@@ -4,20 +4,21 @@ A ``UserHandle`` can only reach its own user's threads: code that got it from an
 identity (the WebSocket session does) cannot name another user's thread. ``ThreadHandle``
 methods look the actor up (or activate it) on every call, so a handle stays valid across
 passivation and restarts.
+
+Every request goes through the gateway's ``Router``, fixed at construction: ``LocalThreads``
+(``local.py``) when every thread lives in this process, or one built from above over it.
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import attrs
 import trio
 
-from .directory import Directory
-from .errors import ActorCrashed, ActorStopped
 from .journal import Journal, replay_page
-from .mailbox import DEFAULT_ASK_TIMEOUT
+from .local import LocalThreads, Router
 from .reply import Reply
 from .messages import (
     STRATEGIES,
@@ -28,53 +29,45 @@ from .messages import (
     GetInfo,
     PostMessage,
     Strategy,
-    Subscribe,
     ThreadInfo,
     ThreadKey,
-    Unsubscribe,
     is_thread_id,
     is_user_id,
 )
 from .subscription import Subscription
-from .stats import ClusterStatistics, RuntimeStatistics, ThreadStats
+from .stats import RuntimeStatistics, ThreadStats
 from .thread import Subscriber
+
+__all__ = ["Gateway", "LocalThreads", "Router", "ThreadHandle", "UserHandle"]
 
 T = TypeVar("T")
 
 
-class Router(Protocol):
-    """Where requests go when the thread may live in another process (``threadline.cluster``):
-    the same three calls as ``Gateway``'s own, answered with the same values and errors."""
-
-    async def ask(self, key: ThreadKey, make: Callable[[Reply[Any]], Any]) -> Any: ...
-    async def subscribe(self, key: ThreadKey, subscriber: Subscriber, since: int | None,
-                        tag: object) -> int: ...
-    async def unsubscribe(self, key: ThreadKey, subscriber: Subscriber) -> None: ...
-
-
 class Gateway:
-    """Requests to thread actors, through the directory."""
+    """Requests to thread actors, through ``router``: by default ``local`` itself (every
+    thread lives in this process); a router given at construction decides where each goes,
+    and answers those it keeps here through ``local``."""
 
-    def __init__(self, directory: Directory[ThreadKey], journal: Journal, *,
-                 ask_timeout: float = DEFAULT_ASK_TIMEOUT, subscriber_capacity: int = 1000,
-                 stats: ThreadStats | None = None) -> None:
-        self.directory = directory
+    def __init__(self, local: LocalThreads, journal: Journal, *, router: Router | None = None,
+                 subscriber_capacity: int = 1000, stats: ThreadStats | None = None) -> None:
+        self.local = local
+        self.directory = local.directory
         self.journal = journal
+        self.router: Router = router if router is not None else local
         self.stats = stats if stats is not None else ThreadStats()
-        self.ask_timeout = ask_timeout
         self.subscriber_capacity = subscriber_capacity
-        self.closing = False
-        self.router: Router | None = None  # set by a cluster node: it decides where each goes
-        self.cluster_statistics: Callable[[], ClusterStatistics] | None = None  # and this
+
+    @property
+    def ask_timeout(self) -> float:
+        return self.local.ask_timeout
 
     def statistics(self) -> RuntimeStatistics:
         d, t = self.directory, self.stats
         return RuntimeStatistics(
-            actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations, passivations=d.passivations,
-            failures=d.failures, runs_active=t.runs_active, runs_started=t.runs_started,
-            runs_ended=dict(t.runs_ended), events_stored=t.events, run_seconds=t.run_seconds,
-            store=self.journal.statistics(),
-            cluster=self.cluster_statistics() if self.cluster_statistics is not None else None)
+            actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations,
+            passivations=d.passivations, failures=d.failures, runs_active=t.runs_active,
+            runs_started=t.runs_started, runs_ended=dict(t.runs_ended), events_stored=t.events,
+            run_seconds=t.run_seconds, store=self.journal.statistics())
 
     def user(self, user_id: str) -> UserHandle:
         if not is_user_id(user_id):
@@ -82,49 +75,17 @@ class Gateway:
         return UserHandle(self, user_id)
 
     async def ask(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
-        """Ask the thread's actor: here, or through the router where the thread lives."""
-        if self.router is not None:
-            return await self.router.ask(key, make)
-        return await self.ask_local(key, make)
+        """Ask the thread's actor, wherever the router says the thread lives."""
+        return await self.router.ask(key, make)
 
     async def subscribe(self, key: ThreadKey, subscriber: Subscriber, since: int | None,
                         tag: object = None) -> int:
-        if self.router is not None:
-            return await self.router.subscribe(key, subscriber, since, tag)
-        return await self.ask_local(key, lambda r: Subscribe(subscriber, since, tag, r))
-
-    async def ask_local(self, key: ThreadKey, make: Callable[[Reply[T]], Any]) -> T:
-        """Ask the actor in this process's directory (activating it)."""
-        # A mailbox closed under us (passivation won the race) never handled the request, so
-        # asking the fresh activation is safe; a crash mid-request (ActorCrashed) is not retried.
-        for attempt in range(3):
-            ref = self.directory.get_or_spawn(key)
-            try:
-                return await ref.ask(make, self.ask_timeout)
-            except ActorCrashed:
-                raise
-            except ActorStopped:
-                if attempt == 2 or self.closing:
-                    raise
-        raise AssertionError("unreachable")
+        return await self.router.subscribe(key, subscriber, since, tag)
 
     async def unsubscribe(self, key: ThreadKey, subscriber: Subscriber) -> None:
         """Remove ``subscriber`` from the thread, if the thread is live. Shielded and bounded
         by the ask timeout, so it can run in cleanup code."""
-        if self.router is not None:
-            await self.router.unsubscribe(key, subscriber)
-        else:
-            await self.unsubscribe_local(key, subscriber)
-
-    async def unsubscribe_local(self, key: ThreadKey, subscriber: Subscriber) -> None:
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.ask_timeout
-            ref = self.directory.lookup(key)
-            if ref is not None:
-                try:
-                    await ref.ask(lambda r: Unsubscribe(subscriber, r), None)
-                except ActorStopped:
-                    pass
+        await self.router.unsubscribe(key, subscriber)
 
 
 @attrs.frozen

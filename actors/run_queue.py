@@ -307,8 +307,8 @@ async def close_lost_run(control: RunControl, append: Append) -> None:
     """The store failed under a run: once it is back, end the run with ``agent_failed``
     (after its ``agent_started``, if that is what failed), retrying with a backoff from
     ``LOST_RUN_FIRST_DELAY`` to ``LOST_RUN_MAX_DELAY``. Blocks until written; a shutdown
-    meanwhile leaves the run to the next start's recovery, and a ``Fenced`` write (a cluster
-    node that lost the thread) to the new owner's."""
+    meanwhile leaves the run to the next start's recovery, and a ``Fenced`` write (this
+    process lost the right to write the thread) to its new writer's."""
     run_id, delay = control.context.run_id, LOST_RUN_FIRST_DELAY
     while True:
         try:
@@ -318,7 +318,7 @@ async def close_lost_run(control: RunControl, append: Append) -> None:
             await append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
             return
         except Fenced:
-            return  # another node owns the thread now: its recovery ends the run
+            return  # another writer has the thread now: its recovery ends the run
         except JournalUnavailable:
             await trio.sleep(delay)
             delay = min(delay * 2, LOST_RUN_MAX_DELAY)

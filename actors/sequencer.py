@@ -142,8 +142,8 @@ class Sequencer:
         """A write failed; returns the error its writer gets (see the header)."""
         self._answers += 1
         if chain != self._chain:
-            # Fenced too when the write that broke the chain was: it is why, and it tells a
-            # cluster's router that the thread's new owner may be asked.
+            # Fenced too when the write that broke the chain was: it is why, and it tells the
+            # caller that the request may go where the thread lives now.
             kind = Fenced if self._fenced else JournalUnavailable
             lost = kind("an earlier event of this thread was not stored")
             lost.__cause__ = error

@@ -82,31 +82,6 @@ class RuntimeStatistics:
     events_stored: int
     run_seconds: Histogram
     store: StoreStatistics | None
-    cluster: ClusterStatistics | None = None  # a cluster node's (``threadline.cluster``)
-
-
-@attrs.frozen
-class ClusterStatistics:
-    """A cluster node's figures: its shards, its peers, what it forwarded and followed."""
-
-    node_id: str
-    shards_owned: int
-    nodes_live: int               # this one included
-    lease_rounds: int
-    lease_failures: int           # rounds the store did not answer
-    shards_taken: int
-    shards_released: int          # handed over
-    shards_lost: int              # taken away (expired, or the store said so)
-    forwarded: int                # requests answered by their owner on another node
-    forward_seconds: Histogram    # round trips of those
-    retries: int                  # requests asked again after an owner change
-    fenced_writes: int            # writes the fence refused
-    notifications_sent: int
-    notifications_received: int
-    feeds: int                    # subscribers here of threads read from the journal
-    feed_reads: int
-    feed_events: int
-    peers: tuple[str, ...] = ()   # the other live nodes' ids
 
 
 @attrs.define

@@ -176,7 +176,7 @@ class ThreadActor:
             try:
                 return await self.env.journal.ensure_thread(self.key, self.env.clock())
             except Fenced:
-                raise  # the thread lives on another node now
+                raise  # another writer has the thread now
             except JournalUnavailable:
                 if not self._loaded or trio.current_time() + delay > deadline:
                     raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import attrs
 import trio
@@ -26,6 +26,7 @@ from threadline.actors.engine import Agent
 from threadline.actors.tools import ToolRegistry
 from threadline.actors.errors import ActorStopped, MailboxFull
 from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
+from threadline.actors.local import LocalThreads, Router
 from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
@@ -40,7 +41,13 @@ from .recovery import close_open_runs
 
 log = logging.getLogger("threadline.runtime")
 
-__all__ = ["Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle", "open_runtime"]
+__all__ = ["Admit", "Route", "Runtime", "RuntimeConfig", "ThreadHandle", "UserHandle",
+           "open_runtime"]
+
+#: Which threads may have an actor in this process (``Directory``'s ``admit``).
+Admit = Callable[[ThreadKey], bool]
+#: Builds the gateway's router over this process's thread actors.
+Route = Callable[[LocalThreads], Router]
 
 
 @attrs.frozen
@@ -62,7 +69,8 @@ class Runtime:
     """A running threadline: the directory of thread actors, the journal, the agent."""
 
     def __init__(self, nursery: trio.Nursery, journal: Journal, agent: Agent,
-                 tools: ToolRegistry, config: RuntimeConfig) -> None:
+                 tools: ToolRegistry, config: RuntimeConfig, *, admit: Admit | None = None,
+                 route: Route | None = None) -> None:
         self.config = config
         self.journal = journal
         self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval,
@@ -74,8 +82,11 @@ class Runtime:
             mailbox_capacity=config.mailbox_capacity,
             policy=config.restart,
             passivate_after=config.passivate_after,
+            admit=admit,
         )
-        self.gateway = Gateway(self.directory, journal, ask_timeout=config.ask_timeout,
+        self.local = LocalThreads(self.directory, ask_timeout=config.ask_timeout)
+        self.gateway = Gateway(self.local, journal,
+                               router=route(self.local) if route is not None else None,
                                subscriber_capacity=config.subscriber_capacity,
                                stats=self._env.stats)
 
@@ -114,9 +125,9 @@ class Runtime:
     async def aclose(self, grace: float | None = None) -> None:
         """Stop: refuse new work, give active runs ``grace`` seconds (default from the config),
         cancel them with ``agent_cancelled`` (reason ``shutdown``), stop every actor."""
-        if self.gateway.closing:
+        if self.local.closing:
             return
-        self.gateway.closing = True
+        self.local.closing = True
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down %d live thread actors (grace %ss)", len(self.directory), grace)
 
@@ -136,13 +147,18 @@ async def open_runtime(
     tools: ToolRegistry | None = None,
     config: RuntimeConfig | None = None,
     recover: bool = True,
+    admit: Admit | None = None,
+    route: Route | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its root nursery, its directory and its journal.
 
     Defaults: an in-memory journal, the built-in ``echo`` agent with its ``calculator`` tool.
     Before it returns, runs that a crash left open in the journal are closed (see
     ``threadline.recovery``; ``recover=False`` skips it: a cluster node recovers each shard as
-    it takes it). On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
+    it takes it). ``admit``: which threads may have an actor here (default: all); ``route``:
+    builds the router every request goes through, from this process's ``LocalThreads``
+    (default: they are the router); a cluster node gives both (``threadline.cluster``).
+    On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
     also when the body raised or was cancelled.
     """
     if agent is None:
@@ -158,7 +174,7 @@ async def open_runtime(
         nursery = await outer.start(_host_nursery)
         runtime = Runtime(nursery, journal, agent,
                           tools if tools is not None else ToolRegistry(),
-                          config or RuntimeConfig())
+                          config or RuntimeConfig(), admit=admit, route=route)
         try:
             yield runtime
         finally:

@@ -134,7 +134,7 @@ def admit(args: argparse.Namespace) -> None:
     server without ``--cluster`` on PostgreSQL: no live node on that store (``admission``)."""
     if args.cluster:
         from threadline.cluster.admission import auth_fingerprint, check_node
-        from threadline.cluster.start import made_up_node_id
+        from threadline.cluster.config import made_up_node_id
 
         args.node_id = args.node_id or made_up_node_id()
         check_node(args.store, args.node_id, args.lease_ttl,

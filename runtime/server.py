@@ -24,7 +24,8 @@ import trio
 
 from threadline.transport.auth import Authenticator
 from threadline.transport.limits import Limits
-from threadline.transport.server import Server
+from threadline.transport.metrics import ExtraMetrics
+from threadline.transport.server import ExtraHealth, Server
 
 from .api import Runtime
 
@@ -46,12 +47,11 @@ class RunningServer:
     @property
     def http_url(self) -> str:
         """The HTTP root: the HTTP API is under ``/v1/``, the chat page (``demo``) at ``/``."""
-        return f"http://{self._hostport}/"
+        return http_url(self.host, self.port)
 
     @property
     def _hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return hostport(self.host, self.port)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain, stop the runtime (runs get ``grace`` seconds, then ``agent_cancelled``),
@@ -59,6 +59,16 @@ class RunningServer:
         self.server.drain()
         await self.runtime.aclose(grace)
         await self.server.close_sessions(self.server.limits.close_timeout + 1.0)
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def http_url(host: str, port: int) -> str:
+    """The HTTP root of a server on ``host:port`` (``RunningServer.http_url``), known as
+    soon as its port is bound."""
+    return f"http://{hostport(host, port)}/"
 
 
 async def bind(host: str, port: int) -> list[trio.SocketListener]:
@@ -74,6 +84,8 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
                       metrics_address: tuple[str, int] | None = None, demo: bool = False,
                       listeners: list[trio.SocketListener] | None = None,
                       metrics_listeners: list[trio.SocketListener] | None = None,
+                      extra_metrics: ExtraMetrics | None = None,
+                      extra_health: ExtraHealth | None = None,
                       ) -> AsyncIterator[RunningServer]:
     """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``.
 
@@ -84,6 +96,8 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
     ``listeners`` (and ``metrics_listeners``): sockets already bound, from ``bind``, instead
     of ``host:port`` (and ``metrics_address``): ``threadline serve`` binds before it opens the
     store, so that a start that cannot listen has touched nothing.
+    ``extra_metrics`` and ``extra_health``: more families for ``/metrics`` and more fields
+    for ``/healthz`` (a cluster node's: ``ClusterRuntime.extra_metrics``, ``.extra_health``).
     Raises ``OSError`` when an address cannot be bound (e.g. in use).
     """
     if auth is None:
@@ -91,7 +105,8 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
             raise ValueError("open_server needs a secret or an Authenticator")
         auth = Authenticator(secret=secret)
     server = Server(runtime.gateway, auth=auth, limits=limits, metrics_token=metrics_token,
-                    metrics_here=metrics_address is None, demo=demo)
+                    metrics_here=metrics_address is None, demo=demo,
+                    extra_metrics=extra_metrics, extra_health=extra_health)
     if listeners is None:
         listeners = await bind(host, port)
     bound = listeners[0].socket.getsockname()[1]

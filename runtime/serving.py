@@ -1,5 +1,6 @@
-"""What ``threadline serve`` runs once ``cli.py`` has checked its settings: the store (fenced,
-for a cluster node), the runtime, the server and, in a cluster, the node; the ``ready:`` line
+"""What ``threadline serve`` runs once ``cli.py`` has checked its settings: the store and the
+runtime (for a cluster node, ``threadline.cluster.open_cluster_runtime``: the fenced store, the
+runtime and the node, as an embedding program would), the server; the ``ready:`` line
 (and the demo token and the chat page's address); and, on SIGINT or SIGTERM, the graceful stop:
 drain, hand a cluster node's shards over, let runs finish within the grace period, close the
 connections with 1001.
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,9 +23,12 @@ from threadline.transport.limits import Limits
 
 from .api import RuntimeConfig, open_runtime
 from .options import TOKEN_TTL
-from .server import bind, open_server
+from .server import bind, http_url, open_server
 from .stores import describe_store, open_journal
 from .tuning import raise_fd_limit, tune_gc
+
+if TYPE_CHECKING:
+    from threadline.cluster import ClusterRuntime
 
 log = logging.getLogger("threadline")
 DEMO_USER = "demo"
@@ -67,9 +72,9 @@ async def serve(args: argparse.Namespace, auth: Authenticator, agent: Agent,
 async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespace,
                        auth: Authenticator, agent: Agent, tools: ToolRegistry, limits: Limits,
                        ready: trio.Event, stop: trio.Event) -> None:
-    """Bind the ports, open the store (fenced, for a cluster node), the runtime, the server
-    and the node;
-    say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
+    """Bind the ports; open the store and the runtime (a cluster node: ``open_cluster_runtime``,
+    the fenced store, the runtime and the node, which joins before the server opens), then the
+    server; say ``ready:``; at ``stop``, drain, hand the node's shards over, and stop."""
     # The ports first: a start that cannot listen (say, one already in use) has touched no
     # store, and in particular has not run the start-up recovery on a live server's threads.
     listeners = await bind(args.host, args.port)
@@ -78,37 +83,24 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
         metrics_listeners = await bind(*args.metrics_address)
     for listener in [*listeners, *(metrics_listeners or ())]:  # closed also if a start fails
         stack.push_async_callback(listener.aclose)
-    cluster = table = fence = None
-    if args.cluster:
-        from threadline.cluster.shards import ShardTable
-        from threadline.cluster.start import ClusterConfig, made_up_node_id, open_cluster_journal
-        from threadline.cluster.tls import load_peer_tls
-
-        peer_tls = load_peer_tls(args.peer_cert, args.peer_key, args.peer_ca,
-                                 args.peer_plaintext, [args.peer_address[0], *(
-                                     [args.peer_advertise[0]] if args.peer_advertise else [])])
-        cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
-                                peer_listen=args.peer_address,
-                                peer_advertise=args.peer_advertise, lease_ttl=args.lease_ttl,
-                                handover_grace=args.grace, peer_tls=peer_tls)
-        table = ShardTable(cluster.node_id, margin=cluster.margin)
-        journal, fence = await stack.enter_async_context(open_cluster_journal(cluster, table))
-    else:
-        journal = await stack.enter_async_context(open_journal(args.store))
     config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval,
                            user_runs=limits.user_runs)
-    rt = await stack.enter_async_context(open_runtime(
-        journal=journal, agent=agent, tools=tools, config=config, recover=cluster is None))
+    cluster = None
+    if args.cluster:
+        url = http_url(args.host, listeners[0].socket.getsockname()[1])
+        cluster = await stack.enter_async_context(
+            _open_cluster_runtime(args, agent, tools, config, url))
+        rt = cluster.runtime
+    else:
+        journal = await stack.enter_async_context(open_journal(args.store))
+        rt = await stack.enter_async_context(open_runtime(
+            journal=journal, agent=agent, tools=tools, config=config))
     server = await stack.enter_async_context(open_server(
         rt, host=args.host, port=args.port, auth=auth, limits=limits,
         metrics_token=args.metrics_token, metrics_address=args.metrics_address,
-        demo=args.demo, listeners=listeners, metrics_listeners=metrics_listeners))
-    node = None
-    if cluster is not None:
-        from threadline.cluster.start import open_node
-
-        node = await stack.enter_async_context(open_node(cluster, table, rt, journal, fence,
-                                                         http_url=server.http_url))
+        demo=args.demo, listeners=listeners, metrics_listeners=metrics_listeners,
+        extra_metrics=cluster.extra_metrics if cluster is not None else None,
+        extra_health=cluster.extra_health if cluster is not None else None))
     ready.set()
     # The openai agent names its model and endpoint (never its key); others, their --agent.
     describe = getattr(agent, "describe", None)
@@ -123,7 +115,25 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
         query = f"?token={token}" if token else ""
         print(f"open:     {server.http_url}{query}", flush=True)
     await stop.wait()
-    if node is not None:  # its threads move to the other nodes before its clients are closed
+    if cluster is not None:  # its threads move to the other nodes before its clients are closed
         server.server.drain()
-        await node.leave(args.grace)
+        await cluster.leave(args.grace)
     await server.shutdown(args.grace)
+
+
+def _open_cluster_runtime(args: argparse.Namespace, agent: Agent, tools: ToolRegistry,
+                          config: RuntimeConfig, url: str
+                          ) -> contextlib.AbstractAsyncContextManager[ClusterRuntime]:
+    """``open_cluster_runtime`` with the node's settings from the command line."""
+    from threadline.cluster import ClusterConfig, load_peer_tls, made_up_node_id, \
+        open_cluster_runtime
+
+    peer_tls = load_peer_tls(args.peer_cert, args.peer_key, args.peer_ca, args.peer_plaintext,
+                             [args.peer_address[0],
+                              *([args.peer_advertise[0]] if args.peer_advertise else [])])
+    cluster = ClusterConfig(args.store, node_id=args.node_id or made_up_node_id(),
+                            peer_listen=args.peer_address, peer_advertise=args.peer_advertise,
+                            lease_ttl=args.lease_ttl, handover_grace=args.grace,
+                            peer_tls=peer_tls)
+    return open_cluster_runtime(cluster, agent=agent, tools=tools, runtime_config=config,
+                                http_url=url)

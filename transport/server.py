@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Callable, Mapping
 
 import trio
 from websockets.http11 import Request, Response
@@ -43,13 +44,15 @@ from .handshake import BadRequest, handshake_request, header, select_subprotocol
 from .http_front import Malformed, RequestReader, answer_plainly, read_head
 from .limits import Limits
 from .messages import CLOSE_GOING_AWAY, CLOSE_POLICY, JSON, LIMIT_REACHED, SUBPROTOCOLS
-from .metrics import Metrics
+from .metrics import ExtraMetrics, Metrics
 from .quotas import UserQuotas
 from .session import Session
 from .static import ASSETS, asset
 from .stats import ServerStats
 
 log = logging.getLogger("threadline.server")
+#: More fields for ``/healthz``, from what embeds the server (a cluster node's ``cluster``).
+ExtraHealth = Callable[[], Mapping[str, object]]
 # websockets logs every connection opened and closed at INFO: its own logger, so that a server
 # holding 10,000 connections can log at INFO without that (``threadline serve --log debug``).
 wire_log = logging.getLogger("threadline.wire")
@@ -66,7 +69,8 @@ def peer_of(stream: trio.abc.Stream) -> str:
 class Server:
     def __init__(self, gateway: Gateway, *, auth: Authenticator, limits: Limits = Limits(),
                  metrics_token: str | None = None, metrics_here: bool = True,
-                 demo: bool = False) -> None:
+                 demo: bool = False, extra_metrics: ExtraMetrics | None = None,
+                 extra_health: ExtraHealth | None = None) -> None:
         self.gateway = gateway
         self.limits = limits
         self.auth = auth
@@ -74,7 +78,8 @@ class Server:
         self.metrics_here = metrics_here  # False: /metrics is served on another address
         self.sessions: set[Session] = set()
         self.stats = ServerStats()
-        self.metrics = Metrics(gateway, self.stats)
+        self.metrics = Metrics(gateway, self.stats, extra_metrics)
+        self.extra_health = extra_health
         self.quotas = UserQuotas(limits)
         self.api = HttpApi(gateway, auth, self.quotas, limits, self.stats)
         self.demo = demo  # the chat page at /
@@ -229,10 +234,8 @@ class Server:
         """``/healthz`` and ``/metrics`` (behind the metrics token, if one is set)."""
         if path_of(request.path) == "/healthz":
             body: dict[str, object] = {"status": "draining" if self.draining else "ok"}
-            if self.gateway.cluster_statistics is not None:
-                c = self.gateway.cluster_statistics()
-                body["cluster"] = {"node": c.node_id, "shards_owned": c.shards_owned,
-                                   "peers": list(c.peers)}
+            if self.extra_health is not None:
+                body.update(self.extra_health())
             return json_response(503 if self.draining else 200, body)
         if self.metrics_token is not None:
             given = header(request.headers, "Authorization") or ""

@@ -11,106 +11,115 @@ Invariants:
   until the slowest run ends.
 - A shard let go or lost is forgotten by the writer's cache, and the router is told, in the
   same step.
+
+``Handover`` is given what it acts on at construction (the table, the directory and how to
+stop an actor, the lease connection, the journal, what to call when the table changed), not
+the node: the node owns it, and this module does not know the node.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Callable, Iterable
 
 import psycopg
 import trio
 
+from threadline.actors.directory import Directory
+from threadline.actors.mailbox import ActorRef
 from threadline.actors.messages import ThreadKey
 
 from . import leases
-from .shards import ShardState, shard_of
-
-if TYPE_CHECKING:
-    from .node import Node
+from .leases import LeaseConnection
+from .shards import ShardState, ShardTable, shard_of
 
 log = logging.getLogger("threadline.cluster")
 
 POLL = 0.05  # seconds between two looks at which actors have stopped
 
 
-def actors_by_shard(node: Node, shards: Iterable[int]) -> dict[int, list[ThreadKey]]:
-    chosen = set(shards)
-    found: dict[int, list[ThreadKey]] = defaultdict(list)
-    for ref in node.runtime.directory.refs():
-        shard = shard_of(ref.key)
-        if shard in chosen:
-            found[shard].append(ref.key)
-    return found
+class Handover:
+    def __init__(self, table: ShardTable, directory: Directory[ThreadKey],
+                 stop_actor: Callable[[ActorRef, float], None], lease_connection: LeaseConnection,
+                 journal: Any, changed: Callable[[], None]) -> None:
+        self.table = table
+        self.directory = directory
+        self.stop_actor = stop_actor  # ``Runtime.stop_actor``: never blocks
+        self.leases = lease_connection
+        self.journal = journal        # ``DurableJournal``: ``forget``
+        self.changed = changed        # the table changed: tell the router
+        self.released = self.lost = 0
 
+    def actors_by_shard(self, shards: Iterable[int]) -> dict[int, list[ThreadKey]]:
+        chosen = set(shards)
+        found: dict[int, list[ThreadKey]] = defaultdict(list)
+        for ref in self.directory.refs():
+            shard = shard_of(ref.key)
+            if shard in chosen:
+                found[shard].append(ref.key)
+        return found
 
-def tell_stop(node: Node, keys: Iterable[ThreadKey], grace: float) -> None:
-    directory = node.runtime.directory
-    for key in keys:
-        ref = directory.lookup(key)
-        if ref is not None:
-            node.runtime.stop_actor(ref, grace)  # a full mailbox gets it once there is room
+    def tell_stop(self, keys: Iterable[ThreadKey], grace: float) -> None:
+        for key in keys:
+            ref = self.directory.lookup(key)
+            if ref is not None:
+                self.stop_actor(ref, grace)  # a full mailbox gets it once there is room
 
+    async def until_stopped(self, keys: list[ThreadKey], timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while any(key in self.directory for key in keys):
+                await trio.sleep(POLL)
 
-async def until_stopped(node: Node, keys: list[ThreadKey], timeout: float) -> None:
-    directory = node.runtime.directory
-    with trio.move_on_after(timeout):
-        while any(key in directory for key in keys):
-            await trio.sleep(POLL)
+    async def release(self, shards: list[int], grace: float) -> None:
+        """Hand ``shards`` (``OWNED``, or already ``RELEASING``) over; their runs get
+        ``grace`` seconds, then ``agent_cancelled``."""
+        table = self.table
+        # Only those still held: a round may have lost some since they were chosen.
+        shards = [s for s in shards
+                  if table.states[s] in (ShardState.OWNED, ShardState.RELEASING)]
+        if not shards:
+            return
+        held = {s: table.epochs[s] for s in shards}
+        table.move([s for s in shards if table.states[s] is ShardState.OWNED], "release")
+        self.changed()
+        busy = self.actors_by_shard(shards)
+        await self._let_go([s for s in shards if s not in busy], held)
+        for keys in busy.values():
+            self.tell_stop(keys, grace)
+        directory = self.directory
+        with trio.move_on_after(grace + 10.0):
+            while busy:
+                await trio.sleep(POLL)
+                done = [s for s, keys in busy.items() if not any(k in directory for k in keys)]
+                for s in done:
+                    del busy[s]
+                await self._let_go(done, held)
+        await self._let_go(list(busy), held)  # stragglers: fenced from now on
+        log.info("handed over %d shard(s); own %d", len(shards), table.owned)
 
+    async def _let_go(self, shards: list[int], held: dict[int, int]) -> None:
+        if not shards:
+            return
+        table = self.table
+        try:
+            await self.leases.run(leases.release, table.node_id, {s: held[s] for s in shards})
+        except psycopg.Error as exc:
+            log.warning("releasing %d shards failed (%s): their leases run out instead",
+                        len(shards), type(exc).__name__)
+        moved = table.move([s for s in shards if table.states[s] is ShardState.RELEASING],
+                           "released")
+        chosen = set(shards)
+        self.journal.forget(lambda key: shard_of(key) in chosen)
+        self.released += len(moved)
+        self.changed()
 
-async def release(node: Node, shards: list[int], grace: float) -> None:
-    """Hand ``shards`` (``OWNED``, or already ``RELEASING``) over; their runs get ``grace``
-    seconds, then ``agent_cancelled``."""
-    table = node.table
-    # Only those still held: a round may have lost some since they were chosen.
-    shards = [s for s in shards if table.states[s] in (ShardState.OWNED, ShardState.RELEASING)]
-    if not shards:
-        return
-    held = {s: table.epochs[s] for s in shards}
-    table.move([s for s in shards if table.states[s] is ShardState.OWNED], "release")
-    node.changed()
-    busy = actors_by_shard(node, shards)
-    await let_go(node, [s for s in shards if s not in busy], held)
-    for keys in busy.values():
-        tell_stop(node, keys, grace)
-    directory = node.runtime.directory
-    with trio.move_on_after(grace + 10.0):
-        while busy:
-            await trio.sleep(POLL)
-            done = [s for s, keys in busy.items() if not any(k in directory for k in keys)]
-            for s in done:
-                del busy[s]
-            await let_go(node, done, held)
-    await let_go(node, list(busy), held)  # stragglers: fenced from now on
-    log.info("handed over %d shard(s); own %d", len(shards), table.owned)
-
-
-async def let_go(node: Node, shards: list[int], held: dict[int, int]) -> None:
-    if not shards:
-        return
-    try:
-        await node.leases.run(leases.release, node.table.node_id,
-                              {s: held[s] for s in shards})
-    except psycopg.Error as exc:
-        log.warning("releasing %d shards failed (%s): their leases run out instead",
-                    len(shards), type(exc).__name__)
-    table = node.table
-    moved = table.move([s for s in shards if table.states[s] is ShardState.RELEASING],
-                       "released")
-    chosen = set(shards)
-    node.journal.forget(lambda key: shard_of(key) in chosen)
-    node.released += len(moved)
-    node.changed()
-
-
-def gone(node: Node, shards: list[int]) -> None:
-    """Shards lost (already ``FREE`` in the table): forget their rows and stop their actors
-    now, with no grace (they cannot write any more)."""
-    chosen = set(shards)
-    node.lost += len(shards)
-    node.journal.forget(lambda key: shard_of(key) in chosen)
-    for keys in actors_by_shard(node, chosen).values():
-        tell_stop(node, keys, 0.0)
-    node.changed()
+    def gone(self, shards: list[int]) -> None:
+        """Shards lost (already ``FREE`` in the table): forget their rows and stop their
+        actors now, with no grace (they cannot write any more)."""
+        chosen = set(shards)
+        self.lost += len(shards)
+        self.journal.forget(lambda key: shard_of(key) in chosen)
+        for keys in self.actors_by_shard(chosen).values():
+            self.tell_stop(keys, 0.0)
+        self.changed()

@@ -31,6 +31,7 @@ from typing import Any, Callable, Hashable
 
 import trio
 
+from .wakeup import Wakeup
 from .wire import PeerLost, PeerUnreachable
 
 log = logging.getLogger("threadline.cluster")
@@ -85,13 +86,13 @@ class Announcer:
 
     def __init__(self, table: Any, clients: Any, journal: Any,
                  followed: Callable[[], frozenset[int]],
-                 added: Callable[[frozenset[int]], None]) -> None:
+                 added: Callable[[frozenset[int]], None], wake: Wakeup) -> None:
         self.table = table
         self.clients = clients  # ``PeerClients``
         self.journal = journal
         self.followed = followed
         self.added = added
-        self._wake = trio.Event()
+        self._wake = wake  # set when what is followed, or who is live, changed
         self.announcements = 0  # Follow calls answered
 
     def changed(self) -> None:
@@ -101,7 +102,7 @@ class Announcer:
         while True:
             with trio.move_on_after(ANNOUNCE_EVERY):
                 await self._wake.wait()
-            self._wake = trio.Event()
+            self._wake.clear()
             await self.announce()
 
     async def announce(self) -> None:

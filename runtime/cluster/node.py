@@ -29,25 +29,27 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterator
 
 import psycopg
 import trio
 
+from prometheus_client.core import Metric
+
 from threadline.actors.errors import JournalUnavailable
-from threadline.actors.stats import ClusterStatistics
 from threadline.recovery import close_open_runs
 
-from . import handover, leases
+from . import figures, leases
+from .config import ClusterConfig
 from .fence import Fence
 from .feeds import FeedHub
+from .figures import ClusterStatistics
+from .handover import Handover
 from .interest import Announcer, events_channel
 from .leases import LeaseConnection
 from .router import Router
 from .shards import ShardState, ShardTable, fair_share, shard_of
-
-if TYPE_CHECKING:
-    from .start import ClusterConfig
+from .wakeup import Wakeup
 
 log = logging.getLogger("threadline.cluster")
 
@@ -55,48 +57,53 @@ MIN_GAP = 0.2  # seconds between two rounds, however often the node is woken
 
 
 class Node:
-    def __init__(self, config: "ClusterConfig", table: ShardTable, runtime: Any, journal: Any,
-                 fence: Fence, http_url: str) -> None:
+    """Built by ``start.open_cluster_runtime`` once everything it drives exists: the runtime
+    (its directory admits only ``table``'s local shards, its gateway routes through
+    ``router``), the fenced ``journal``, the feeds, the announcer, the peer link (at
+    ``peer_address``). ``wakeup`` is set by whoever wants a round soon (the fence, the
+    router, a notification); ``nursery`` hosts the handovers, which outlast a round."""
+
+    def __init__(self, config: ClusterConfig, table: ShardTable, runtime: Any, journal: Any,
+                 fence: Fence, lease_connection: LeaseConnection, hub: FeedHub,
+                 router: Router, announcer: Announcer, wakeup: Wakeup, nursery: trio.Nursery,
+                 *, peer_address: str, http_url: str = "") -> None:
         self.config = config
         self.table = table
         self.runtime = runtime
         self.journal = journal
         self.fence = fence
+        self.leases = lease_connection
+        self.hub = hub
+        self.router = router
+        self.announcer = announcer
+        self.nursery = nursery
+        self.peer_address = peer_address
         self.http_url = http_url
-        self.leases = LeaseConnection(config.dsn, config.stuck_after,
-                                      leases.application_name(table.node_id))
-        self.hub = FeedHub(journal, on_followed=self._followed_changed)
+        self.handover = Handover(table, runtime.directory, runtime.stop_actor, lease_connection,
+                                 journal, self.changed)
         self.events_channel = events_channel(table.node_id)
-        self.announcer: Announcer | None = None  # once the peer link is up (``open_node``)
-        self.router: Router | None = None
-        self.peer_address = ""
         self.started_at = time.time()
-        self._wake = trio.Event()
+        self._wakeup = wakeup
         self._loop_scope = trio.CancelScope()
+        self._looping = False
         self._loop_done = trio.Event()
         self._round_lock = trio.Lock()
         self.leaving = False
         self.handing_over = False
-        self.nursery: trio.Nursery | None = None  # for handovers, which outlast a round
         self._free_before: set[int] = set()
         self._peers_before: set[str] = set()
         self._soonest: float | None = None
         self._backoff = 0.0  # seconds to wait after a failed round (0: the last one worked)
-        self.rounds = self.failures = self.taken = self.released = self.lost = 0
+        self.rounds = self.failures = self.taken = 0
         self.nodes_live = 1
 
     # -- waking ------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        self._wakeup.set()
 
     def changed(self) -> None:
-        if self.router is not None:
-            self.router.table_changed()
-
-    def _followed_changed(self) -> None:
-        if self.announcer is not None:
-            self.announcer.changed()
+        self.router.table_changed()
 
     def on_notify(self, channel: str, payload: str) -> None:
         if channel == self.events_channel:
@@ -114,6 +121,7 @@ class Node:
         """Rounds until ``leave``: every ``interval``, sooner when woken (at most one per
         ``MIN_GAP``), later after a failure (a backoff up to ``interval``). A round that fails
         with a bug is logged; the next one runs."""
+        self._looping = True
         try:
             with self._loop_scope:
                 while True:
@@ -124,9 +132,9 @@ class Node:
                         await trio.sleep(self._backoff)
                     else:
                         with trio.move_on_after(delay):
-                            await self._wake.wait()
-                    await trio.sleep(MIN_GAP if self._wake.is_set() else 0)
-                    self._wake = trio.Event()
+                            await self._wakeup.wait()
+                    await trio.sleep(MIN_GAP if self._wakeup.is_set() else 0)
+                    self._wakeup.clear()
                     try:
                         await self.round()
                     except Exception:
@@ -145,7 +153,7 @@ class Node:
             if expired:
                 log.warning("no lease renewal for %g s: dropping %d shards",
                             self.config.lease_ttl, len(expired))
-                handover.gone(self, expired)
+                self.handover.gone(expired)
             await trio.sleep(MIN_GAP)  # past the deadline, nothing held: until a renewal
 
     async def round(self) -> None:
@@ -173,12 +181,12 @@ class Node:
         lost = table.renewed(rnd.kept, began, config.lease_ttl)
         if lost:
             log.warning("lost %d shards to another node", len(lost))
-            handover.gone(self, lost)
+            self.handover.gone(lost)
         table.seen(rnd.owners, rnd.peers)
         self.nodes_live = max(1, len(rnd.peers))
         self._soonest = None if rnd.soonest_expiry is None else rnd.soonest_expiry - rnd.now
         self.changed()
-        if self.announcer is not None and set(rnd.peers) - {table.node_id} - self._peers_before:
+        if set(rnd.peers) - {table.node_id} - self._peers_before:
             self.announcer.changed()  # a node new to us: tell it what we follow
         self._peers_before = set(rnd.peers) - {table.node_id}
         if self.leaving:
@@ -193,7 +201,7 @@ class Node:
         want = max(fair - held, math.ceil(orphans / self.nodes_live))
         if want > 0 and rnd.free:
             await self._take(want, rnd.expired_owners)
-        elif held > fair and not self.handing_over and self.nursery is not None:
+        elif held > fair and not self.handing_over:
             # In a task of its own: stopping actors takes up to the grace period, and rounds
             # must go on renewing meanwhile.
             self.handing_over = True
@@ -202,7 +210,7 @@ class Node:
 
     async def _hand_over(self, shards: list[int]) -> None:
         try:
-            await handover.release(self, shards, self.config.handover_grace)
+            await self.handover.release(shards, self.config.handover_grace)
         finally:
             self.handing_over = False
 
@@ -240,9 +248,9 @@ class Node:
         # Actors of ours from an earlier hold of these shards (lost, then taken back) are
         # stopping: the new ones start only after them. Bounded well within a round, so that
         # the renewals go on; one still stopping after that is refused by the seq check.
-        await handover.until_stopped(self, [r.key for r in self.runtime.directory.refs()
-                                            if shard_of(r.key) in chosen],
-                                     self.config.interval / 2)
+        await self.handover.until_stopped([r.key for r in self.runtime.directory.refs()
+                                           if shard_of(r.key) in chosen],
+                                          self.config.interval / 2)
         try:
             closed = await close_open_runs(self.journal, only=lambda k: shard_of(k) in chosen)
         except (JournalUnavailable, ValueError) as exc:  # ValueError: a seq that moved meanwhile
@@ -272,10 +280,10 @@ class Node:
         table = self.table
         # Shards not yet recovered go too: their next owner recovers them.
         table.move(table.in_state(ShardState.RECOVERING), "recovered")
-        await handover.release(self, table.in_state(ShardState.OWNED, ShardState.RELEASING),
-                               grace)
+        await self.handover.release(table.in_state(ShardState.OWNED, ShardState.RELEASING),
+                                    grace)
         self._loop_scope.cancel()
-        if self.router is not None and not self._loop_done.is_set():
+        if self._looping and not self._loop_done.is_set():
             await self._loop_done.wait()
         try:
             await self.leases.run(leases.leave, self.table.node_id, self.started_at)
@@ -284,13 +292,21 @@ class Node:
 
     def statistics(self) -> ClusterStatistics:
         router, hub = self.router, self.hub
-        assert router is not None
         return ClusterStatistics(
             node_id=self.table.node_id, shards_owned=self.table.owned,
             nodes_live=self.nodes_live, lease_rounds=self.rounds, lease_failures=self.failures,
-            shards_taken=self.taken, shards_released=self.released, shards_lost=self.lost,
+            shards_taken=self.taken, shards_released=self.handover.released,
+            shards_lost=self.handover.lost,
             forwarded=router.forwarded, forward_seconds=router.forward_seconds,
             retries=router.retries, fenced_writes=self.fence.refused,
             notifications_sent=self.fence.notifications,
             notifications_received=hub.notifications, feeds=len(hub), feed_reads=hub.reads,
             feed_events=hub.delivered, peers=tuple(sorted(self.table.peers)))
+
+    def metrics(self) -> Iterator[Metric]:
+        """The node's ``/metrics`` families (``open_server(extra_metrics=...)``)."""
+        return figures.families(self.statistics())
+
+    def health(self) -> dict[str, object]:
+        """The node's ``/healthz`` fields (``open_server(extra_health=...)``)."""
+        return figures.health(self.statistics())

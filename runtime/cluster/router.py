@@ -1,10 +1,12 @@
 """Where a request goes in a cluster: to this node's actor, or forwarded to the owner's.
 
-The router is the ``Gateway``'s ``Router`` (``actors/gateway.py``): every ``ThreadHandle`` call
-of a cluster node comes here. It asks the ``ShardTable`` where the thread lives: here (an
-``OWNED`` shard: the local actor, as without a cluster), a live peer (the request is forwarded
-over the peer link, ``peers.py``, and its answer or error comes back as it would locally), or
-nowhere yet (the shard is between owners: wait until the table changes, and ask again).
+The router is the ``Gateway``'s ``Router`` (``actors/local.py``), given to the runtime at
+construction (``open_runtime(route=...)``) and built over its ``LocalThreads``: every
+``ThreadHandle`` call of a cluster node comes here. It asks the ``ShardTable`` where the
+thread lives: here (an ``OWNED`` shard: the local actor, through ``local``, as without a
+cluster), a live peer (the request is forwarded over the peer link, ``peers.py``, and its
+answer or error comes back as it would locally), or nowhere yet (the shard is between
+owners: wait until the table changes, and ask again).
 
 Invariants:
 
@@ -32,7 +34,7 @@ from typing import Any, Callable
 import trio
 
 from threadline.actors.errors import ActorCrashed, ActorStopped, AskTimeout, Fenced
-from threadline.actors.gateway import Gateway
+from threadline.actors.local import LocalThreads
 from threadline.actors.messages import (THREAD_DELETED, CancelRun, GetInfo, Joined, PostMessage,
                                         Subscribe, ThreadKey)
 from threadline.actors.reply import Reply
@@ -84,9 +86,9 @@ class Relay:
 
 
 class Router:
-    def __init__(self, gateway: Gateway, table: ShardTable, peers: Any, hub: FeedHub,
+    def __init__(self, local: LocalThreads, table: ShardTable, peers: Any, hub: FeedHub,
                  wake: Callable[[], None]) -> None:
-        self.gateway = gateway
+        self.local = local
         self.table = table
         self.peers = peers  # ``PeerClients``
         self.hub = hub
@@ -108,12 +110,12 @@ class Router:
     # -- requests ----------------------------------------------------------------------------
 
     async def ask(self, key: ThreadKey, make: Callable[[Reply[Any]], Any]) -> Any:
-        deadline = trio.current_time() + self.gateway.ask_timeout
+        deadline = trio.current_time() + self.local.ask_timeout
         while True:
             where = self.table.locate(key)
             try:
                 if where is Where.LOCAL:
-                    return await self.gateway.ask_local(key, make)
+                    return await self.local.ask(key, make)
                 if isinstance(where, Peer):
                     with trio.move_on_at(deadline) as scope:
                         return await self._forward(where, key, make)
@@ -156,7 +158,7 @@ class Router:
         if not self.table.is_local(key):
             raise NotOwner(f"node {self.table.node_id} does not own this thread")
         try:
-            return await self.gateway.ask_local(key, make)
+            return await self.local.ask(key, make)
         except Fenced:
             raise NotOwner(f"node {self.table.node_id} lost this thread's shard") from None
         except ActorStopped as exc:
@@ -172,7 +174,7 @@ class Router:
             relay = Relay(self, key, subscriber)
             self._relays[subscriber] = relay
             try:
-                return await self.gateway.ask_local(
+                return await self.local.ask(
                     key, lambda r: Subscribe(relay, since, tag, r))
             except (ActorStopped, Fenced) as exc:
                 self._relays.pop(subscriber, None)
@@ -190,4 +192,4 @@ class Router:
         relay = self._relays.pop(subscriber, None)
         self.hub.detach(subscriber)
         if relay is not None:
-            await self.gateway.unsubscribe_local(key, relay)
+            await self.local.unsubscribe(key, relay)

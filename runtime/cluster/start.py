@@ -1,121 +1,166 @@
-"""Starting a cluster node: its settings, its journal (fenced), and joining.
+"""Running a cluster node: ``open_cluster_runtime``, the one composition that an embedding
+program and ``threadline serve --cluster`` both use.
 
-``threadline serve --cluster`` does, in this order: ``open_cluster_journal`` (the PostgreSQL
-journal whose every transaction is fenced by this node's leases), ``open_runtime`` without the
-start-up recovery (each shard is recovered when it is taken), the server, then ``open_node``,
-which runs the first lease round before the server says it is ready.
+::
+
+    config = ClusterConfig(dsn, node_id="a", peer_listen=("10.0.0.5", 7000))
+    async with open_cluster_runtime(config, agent=my_agent) as cluster:
+        async with open_server(cluster.runtime, port=8765, secret=SECRET,
+                               extra_metrics=cluster.extra_metrics,
+                               extra_health=cluster.extra_health):
+            ...
+        await cluster.leave(grace=5.0)   # optional: hand the shards over before closing
+
+Everything is built in dependency order and given what it uses at construction, so nothing is
+plugged in afterwards: the shard table and the wake-ups first; the fence, then the
+PostgreSQL journal it guards (``open_durable_journal(fence=...)``); the lease connection, the
+checks (the cluster's token secret, a node id not in use), the peer port; the peer clients;
+the feed hub and the announcer; the runtime, whose directory admits only the table's local
+shards and whose gateway routes through a ``Router`` built over its ``LocalThreads``
+(``open_runtime(admit=..., route=...)``), without the start-up recovery (each shard is
+recovered when taken); then the node, the peer server, the listener, and the first lease
+round, before the context yields (so a node owns its first shards before it serves).
+
+Leaving the context leaves the cluster: the router stops moving subscribers (``closing``),
+every shard still held is handed over (``Node.leave``, with no grace if ``leave`` was not
+called first), then the runtime closes, then the journal.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import attrs
 import trio
+from prometheus_client.core import Metric
 
+from threadline.actors.engine import Agent
+from threadline.actors.local import LocalThreads
+from threadline.actors.tools import ToolRegistry
+from threadline.api import Runtime, RuntimeConfig, open_runtime
 from threadline.stores import open_durable_journal
 from threadline.stores.durable import DurableJournal
 
 from . import leases
 from .admission import ClusterRefusal, node_in_use
+from .config import ClusterConfig, made_up_node_id
+from .feeds import FeedHub
 from .fence import Fence
 from .interest import Announcer, Followers
+from .leases import LeaseConnection
 from .listen import listen
 from .node import Node
 from .peer_server import PeerServer
 from .peers import open_peer_clients
 from .router import Router
 from .shards import ShardTable
-from .tls import PeerTLS
+from .wakeup import Wakeup
+
+__all__ = ["ClusterConfig", "ClusterRuntime", "made_up_node_id", "open_cluster_runtime"]
 
 log = logging.getLogger("threadline.cluster")
 
-def made_up_node_id() -> str:
-    return f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(2)}"
-
 
 @attrs.frozen
-class ClusterConfig:
-    dsn: str
-    node_id: str = attrs.Factory(made_up_node_id)
-    peer_listen: tuple[str, int] = ("127.0.0.1", 0)
-    peer_advertise: tuple[str, int] | None = None  # default: the address listened on
-    lease_ttl: float = 10.0
-    handover_grace: float = 5.0  # runs of a shard handed over get this long to finish
-    peer_tls: PeerTLS | None = None  # None: a plaintext peer link (``tls.load_peer_tls``)
+class ClusterRuntime:
+    """A runtime that is one node of a cluster (``open_cluster_runtime``)."""
 
-    @property
-    def interval(self) -> float:
-        return self.lease_ttl / 3
+    runtime: Runtime
+    node: Node
 
-    @property
-    def margin(self) -> float:
-        """Seconds of each lease the node does not count on (a renewal's own time, clocks)."""
-        return min(1.0, self.lease_ttl / 4)
+    async def leave(self, grace: float) -> None:
+        """The graceful stop's first step: hand every shard over (runs get ``grace``
+        seconds) and leave the cluster; the runtime still serves what it forwards."""
+        await self.node.leave(grace)
 
-    @property
-    def stuck_after(self) -> float:
-        """Seconds after which the server ends a node's transaction that is stuck (a paused
-        node): its locks on lease rows must not outlive its lease by much."""
-        return max(1.0, self.lease_ttl / 2)
+    def extra_metrics(self) -> Iterator[Metric]:
+        """The node's ``/metrics`` families: ``open_server(extra_metrics=...)``."""
+        return self.node.metrics()
+
+    def extra_health(self) -> dict[str, object]:
+        """The node's ``/healthz`` fields: ``open_server(extra_health=...)``."""
+        return self.node.health()
 
 
 @asynccontextmanager
-async def open_cluster_journal(config: ClusterConfig, table: ShardTable
-                               ) -> AsyncIterator[tuple[DurableJournal, Fence]]:
-    """The PostgreSQL journal of ``config.dsn``, every transaction fenced by ``table``'s
-    epochs; a store that cannot be used raises ``StoreError`` (one line)."""
+async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = None,
+                               tools: ToolRegistry | None = None,
+                               runtime_config: RuntimeConfig | None = None,
+                               http_url: str = "") -> AsyncIterator[ClusterRuntime]:
+    """Join the cluster of ``config.dsn`` as ``config.node_id`` and run a runtime as one of
+    its nodes (see the header). ``agent``, ``tools`` and ``runtime_config`` are
+    ``open_runtime``'s; ``http_url``: where this node's server is, as the other nodes see
+    it in ``cluster_nodes`` (``threadline.server.http_url``; empty if it has none).
+
+    Raises ``StoreError`` (a store that cannot be used, one line), ``ClusterRefusal`` (the
+    node id is in use), ``OSError`` (the peer port cannot be bound)."""
+    table = ShardTable(config.node_id, margin=config.margin)
+    rounds, announce = Wakeup(), Wakeup()
+    token = trio.lowlevel.current_trio_token()
+    # The fence runs in the writer's thread: a refused write asks for a round from there.
+    fence = Fence(table, on_fenced=lambda shards: token.run_sync_soon(rounds.set),
+                  followers=Followers())
+    async with _open_fenced_journal(config, fence) as journal:
+        lease_connection = LeaseConnection(config.dsn, config.stuck_after,
+                                           leases.application_name(config.node_id))
+        try:
+            async with _open_node(config, table, fence, journal, lease_connection, rounds,
+                                  announce, agent, tools, runtime_config, http_url) as cluster:
+                yield cluster
+        finally:
+            await trio.to_thread.run_sync(lease_connection.close)
+
+
+@asynccontextmanager
+async def _open_fenced_journal(config: ClusterConfig, fence: Fence
+                               ) -> AsyncIterator[DurableJournal]:
     from threadline.stores.postgres import PostgresBackend
 
-    # ``open_node`` wires the fence to the node, and its followers to the peer server.
-    fence = Fence(table, on_fenced=lambda shards: None, followers=Followers())
     backend = PostgresBackend(config.dsn, writer_stuck_after=config.stuck_after,
                               application_name=leases.application_name(config.node_id))
     async with open_durable_journal(backend, fence=fence) as journal:
-        yield journal, fence
+        yield journal
 
 
 @asynccontextmanager
-async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, journal: Any,
-                    fence: Fence, *, http_url: str = "") -> AsyncIterator[Node]:
-    """Join the cluster: listen for peers, run the first lease round (so the node owns its
-    first shards before it says it is ready), then the loop. Leaving the context leaves the
-    cluster, handing over every shard still held (``Node.leave`` first, with a grace, is the
-    graceful stop)."""
-    node = Node(config, table, runtime, journal, fence, http_url)
-    token = trio.lowlevel.current_trio_token()
-    fence.on_fenced = lambda shards: token.run_sync_soon(node.wake)
-    secret = await node.leases.run(leases.setup, secrets.token_urlsafe(32))
-    since = await node.leases.run(leases.in_use, table.node_id, config.lease_ttl)
+async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
+                     journal: DurableJournal, lease_connection: LeaseConnection,
+                     rounds: Wakeup, announce: Wakeup, agent: Agent | None,
+                     tools: ToolRegistry | None, runtime_config: RuntimeConfig | None,
+                     http_url: str) -> AsyncIterator[ClusterRuntime]:
+    secret = (await lease_connection.run(leases.setup, secrets.token_urlsafe(32))).encode()
+    since = await lease_connection.run(leases.in_use, table.node_id, config.lease_ttl)
     if since is not None:
         raise ClusterRefusal(node_in_use(table.node_id, since))
     host, port = config.peer_listen
     listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    advertise = config.peer_advertise or (host, bound)
-    node.peer_address = leases.format_address(advertise)
-    try:
-        tls = config.peer_tls
-        async with open_peer_clients(table.node_id, secret.encode(),
-                                     tls=tls and tls.client) as clients, \
+    advertise = config.peer_advertise or (host, listeners[0].socket.getsockname()[1])
+    tls = config.peer_tls
+    async with open_peer_clients(table.node_id, secret, tls=tls and tls.client) as clients:
+        hub = FeedHub(journal, on_followed=announce.set)
+        announcer = Announcer(table, clients, journal, hub.followed, hub.mark_shards,
+                              announce)
+
+        def route(local: LocalThreads) -> Router:
+            return Router(local, table, clients, hub, rounds.set)
+
+        async with open_runtime(journal=journal, agent=agent, tools=tools,
+                                config=runtime_config, recover=False, admit=table.is_local,
+                                route=route) as runtime, \
                 trio.open_nursery() as nursery:
-            router = node.router = Router(runtime.gateway, table, clients, node.hub, node.wake)
-            server = PeerServer(table.node_id, secret.encode(), router.ask_owned,
+            router = runtime.gateway.router
+            assert isinstance(router, Router)
+            node = Node(config, table, runtime, journal, fence, lease_connection, hub, router,
+                        announcer, rounds, nursery,
+                        peer_address=leases.format_address(advertise), http_url=http_url)
+            server = PeerServer(table.node_id, secret, router.ask_owned,
                                 tls=tls and tls.server, followers=fence.followers)
-            node.announcer = Announcer(table, clients, journal, node.hub.followed,
-                                       node.hub.mark_shards)
             await nursery.start(server.serve, listeners)
-            await nursery.start(node.hub.run)
-            node.nursery = nursery
-            runtime.directory.admit = table.is_local
-            runtime.gateway.router = router
-            runtime.gateway.cluster_statistics = node.statistics
-            nursery.start_soon(node.announcer.run)
+            await nursery.start(hub.run)
+            nursery.start_soon(announcer.run)
             nursery.start_soon(listen, config.dsn, (node.events_channel, leases.SHARDS_CHANNEL),
                                node.on_notify, node.on_listening,
                                leases.application_name(config.node_id))
@@ -127,11 +172,9 @@ async def open_node(config: ClusterConfig, table: ShardTable, runtime: Any, jour
                      table.node_id, node.peer_address, "mutual TLS" if tls else "plaintext",
                      table.owned, node.nodes_live)
             try:
-                yield node
+                yield ClusterRuntime(runtime, node)
             finally:
                 with trio.CancelScope(shield=True):
                     router.closing = True
                     await node.leave(0.0)
                 nursery.cancel_scope.cancel()
-    finally:
-        await trio.to_thread.run_sync(node.leases.close)

@@ -96,6 +96,15 @@ async def test_one_thread_actor_when_a_thousand_requests_race():
         assert len(infos) == 1000
 
 
+async def test_admit_given_at_construction_refuses_other_keys(nursery):
+    # What a cluster node gives its directory: only the keys it owns get an actor here.
+    directory = Directory(nursery, EchoActor, admit=lambda key: key != "elsewhere")
+    assert await directory.get_or_spawn("here").ask(GetInfo) == "here"
+    with pytest.raises(ActorStopped):
+        directory.get_or_spawn("elsewhere")
+    assert "elsewhere" not in directory and directory.activations == 1
+
+
 async def test_escalation_stops_only_that_actor(nursery, autojump_clock):
     actors = {}
 

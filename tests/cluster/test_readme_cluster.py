@@ -57,3 +57,28 @@ async def test_the_readme_cluster_runs_as_written(pg_dsn):
     finally:
         for node in nodes:
             node.kill()
+
+
+async def test_the_readme_embedded_node_runs_as_written(pg_dsn):
+    """The README's "Embedding a cluster node" block, as written (its port swapped for a free
+    one): one node alone owns every shard, answers, shows itself in its health, and leaves."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.runtime.test_readme import block_after
+    from tests.servers import SECRET
+
+    code = block_after("### Embedding a cluster node")
+    assert "port=8001" in code
+    code = code.replace("port=8001", f"port={free_port()}")
+    env = {**os.environ, "THREADLINE_STORE": pg_dsn, "THREADLINE_SECRET": SECRET}
+    proc = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env,
+        cwd=README.parent))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:4]] == ["1", "2", "3", "4"], lines
+    assert [line.split()[1] for line in lines[:4]] == [
+        "user_message", "agent_started", "agent_thinking", "agent_completed"], lines
+    assert "'shards_owned': 1024" in lines[4], lines
