@@ -19,6 +19,11 @@ Invariants:
 - A subscriber that cannot take an event (``MailboxFull``) is dropped with ``overflow``, as a
   thread actor drops one; a thread that no longer exists, or whose last seq went below the
   position (it was deleted, and maybe made again), drops its feeds with ``THREAD_DELETED``.
+- A thread deleted and made again is never taken for the one the feed follows, however long
+  the new one is: a feed knows its thread's ``created_at`` (the owner's answer when it
+  subscribed, or the ``Joined`` its subscriber got), and each read returns the thread's
+  ``created_at`` in the same statement as its events (one snapshot), so events of another
+  thread of the same id are never delivered: the feed is dropped with ``THREAD_DELETED``.
 - Reads are bounded and batched: ``READERS`` at once for all feeds, each one query for up
   to ``BATCH`` feeds (a page of ``PAGE`` events each), so a notification naming many threads
   costs one round trip, not one per subscriber.
@@ -47,29 +52,38 @@ POLL_INTERVAL = 2.0  # seconds between two checks of every feed's thread against
 
 
 def read_feeds(cur: Any, wanted: list[tuple[ThreadKey, int]], limit: int
-               ) -> list[list[Event]]:
-    """For each ``(key, after)``: its events ``seq > after``, at most ``limit``, in seq order;
-    one query for all (PostgreSQL: ``LATERAL``). Blocking: runs on the journal's read pool."""
+               ) -> list[tuple[float | None, list[Event]]]:
+    """For each ``(key, after)``: the thread's ``created_at`` (None: no such thread) and its
+    events ``seq > after``, at most ``limit``, in seq order; one statement for all, so one
+    snapshot (PostgreSQL: ``LATERAL``). Blocking: runs on the journal's read pool."""
     rows = ",".join(["(%s::int, %s::text, %s::text, %s::bigint)"] * len(wanted))
     params = [x for i, (key, after) in enumerate(wanted)
               for x in (i, key.user_id, key.thread_id, after)]
-    cur.execute(f"WITH f(i, u, t, after) AS (VALUES {rows}) SELECT f.i, e.seq, e.event, "
-                f"e.run_id, e.ts, e.data FROM f CROSS JOIN LATERAL (SELECT seq, event, run_id, "
-                f"ts, data FROM events WHERE user_id = f.u AND thread_id = f.t AND seq > f.after "
-                f"ORDER BY seq LIMIT {int(limit)}) AS e ORDER BY f.i, e.seq", params)
+    cur.execute(f"WITH f(i, u, t, after) AS (VALUES {rows}) SELECT f.i, th.created_at, e.seq, "
+                f"e.event, e.run_id, e.ts, e.data FROM f LEFT JOIN threads th ON "
+                f"th.user_id = f.u AND th.thread_id = f.t LEFT JOIN LATERAL (SELECT seq, event, "
+                f"run_id, ts, data FROM events WHERE user_id = f.u AND thread_id = f.t AND "
+                f"seq > f.after ORDER BY seq LIMIT {int(limit)}) AS e ON true "
+                f"ORDER BY f.i, e.seq", params)
+    created: list[float | None] = [None] * len(wanted)
     out: list[list[Event]] = [[] for _ in wanted]
-    for i, seq, name, run_id, ts, data in cur.fetchall():
-        out[i].append(Event(wanted[i][0], seq, name, run_id, ts, data))
-    return out
+    for i, created_at, seq, name, run_id, ts, data in cur.fetchall():
+        created[i] = created_at
+        if seq is not None:
+            out[i].append(Event(wanted[i][0], seq, name, run_id, ts, data))
+    return list(zip(created, out))
 
 
 class Feed:
-    __slots__ = ("key", "subscriber", "position", "hash", "shard", "dirty", "reading", "check")
+    __slots__ = ("key", "subscriber", "position", "created_at", "hash", "shard", "dirty",
+                 "reading", "check")
 
-    def __init__(self, key: ThreadKey, subscriber: Any, position: int) -> None:
+    def __init__(self, key: ThreadKey, subscriber: Any, position: int,
+                 created_at: float | None) -> None:
         self.key = key
         self.subscriber = subscriber
         self.position = position
+        self.created_at = created_at  # which thread of this id (None: the first read's)
         self.hash = key_hash(key)
         self.shard = shard_of(key)
         self.dirty = self.reading = False
@@ -93,10 +107,12 @@ class FeedHub:
     def __len__(self) -> int:
         return len(self._feeds)
 
-    def attach(self, key: ThreadKey, subscriber: Any, position: int) -> None:
-        """Give ``subscriber`` the events of ``key`` after ``position``, from now on."""
+    def attach(self, key: ThreadKey, subscriber: Any, position: int,
+               created_at: float | None) -> None:
+        """Give ``subscriber`` the events of ``key`` (the thread created at ``created_at``)
+        after ``position``, from now on."""
         self.detach(subscriber)
-        feed = self._feeds[subscriber] = Feed(key, subscriber, position)
+        feed = self._feeds[subscriber] = Feed(key, subscriber, position, created_at)
         self._by_hash[feed.hash].append(feed)
         self._mark(feed)  # what was stored between the position and now
         self._shards[feed.shard] += 1
@@ -196,8 +212,13 @@ class FeedHub:
         pages = await self.journal.read_with(read_feeds, [(f.key, f.position) for f in feeds],
                                              PAGE)
         empty = []
-        for feed, events in zip(feeds, pages):
+        for feed, (created_at, events) in zip(feeds, pages):
             if self._feeds.get(feed.subscriber) is not feed:
+                continue
+            if created_at is not None and feed.created_at is None:
+                feed.created_at = created_at
+            if created_at is not None and created_at != feed.created_at:
+                self._drop(feed, THREAD_DELETED, overflow=False)  # another thread of this id
                 continue
             if events:
                 self._deliver(feed, events)

@@ -65,21 +65,25 @@ def _repeatable(make: Callable[[Reply[Any]], Any]) -> bool:
 class Relay:
     """A local subscriber as the thread actor sees it (see the header)."""
 
-    __slots__ = ("router", "key", "inner", "position")
+    __slots__ = ("router", "key", "inner", "position", "created_at")
 
     def __init__(self, router: Router, key: ThreadKey, inner: Any) -> None:
         self.router, self.key, self.inner, self.position = router, key, inner, 0
+        self.created_at: float | None = None  # the thread's, from its ``Joined``
 
     def deliver(self, item: Any) -> None:
         self.inner.deliver(item)
-        self.position = item.last_seq if isinstance(item, Joined) else item.seq
+        if isinstance(item, Joined):
+            self.position, self.created_at = item.last_seq, item.created_at
+        else:
+            self.position = item.seq
 
     def dropped(self, key: ThreadKey, reason: str, *, overflow: bool) -> None:
         router = self.router
         if router._relays.get(self.inner) is not self:
             return  # unsubscribed meanwhile
         if not overflow and reason != THREAD_DELETED and router.moved(key):
-            router.hub.attach(key, self.inner, self.position)
+            router.hub.attach(key, self.inner, self.position, self.created_at)
             return
         del router._relays[self.inner]
         self.inner.dropped(key, reason, overflow=overflow)
@@ -184,8 +188,8 @@ class Router:
                 self._relays.pop(subscriber, None)
                 raise
         info = await self.ask(key, GetInfo)  # the owner makes the thread if it is new
-        subscriber.deliver(Joined(key, info.last_seq, tag))
-        self.hub.attach(key, subscriber, info.last_seq)
+        subscriber.deliver(Joined(key, info.last_seq, tag, info.created_at))
+        self.hub.attach(key, subscriber, info.last_seq, info.created_at)
         return info.last_seq
 
     async def unsubscribe(self, key: ThreadKey, subscriber: Any) -> None:
