@@ -7,38 +7,24 @@ from __future__ import annotations
 import trio
 
 from tests.cluster.nodes import SCRIPTED, Node, balanced, threads_owned_by
+from tests.proxies import Proxy
 from tests.servers import token
 from threadline.transport.client import open_client
 
 
-class Proxy:
-    """Loopback TCP proxy to ``port``; ``frozen`` stops it passing bytes either way."""
+class FreezingProxy(Proxy):
+    """``freeze`` stops it passing bytes either way, ``thaw`` lets them through again."""
 
     def __init__(self, port: int) -> None:
-        self.target = port
+        super().__init__(port)
         self.frozen = False
         self.thawed = trio.Event()
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._pair, listeners)
-
-    async def _pair(self, client: trio.SocketStream) -> None:
-        async with client, await trio.open_tcp_stream("127.0.0.1", self.target) as server:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
-                nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
-
-    async def _pump(self, src, dst, scope) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                while self.frozen:
-                    await self.thawed.wait()
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
+    async def forward(self, data, dst, pair, upstream) -> bool:
+        while self.frozen:
+            await self.thawed.wait()
+        await dst.send_all(data)
+        return True
 
     def freeze(self) -> None:
         self.frozen, self.thawed = True, trio.Event()
@@ -49,7 +35,7 @@ class Proxy:
 
 
 async def test_a_node_cut_off_from_the_database_gives_its_shards_up(pg_dsn, pg_cluster):
-    proxy = Proxy(pg_cluster.port)
+    proxy = FreezingProxy(pg_cluster.port)
     args = (*SCRIPTED, "--lease-ttl", "3")
     async with trio.open_nursery() as nursery:
         port = await nursery.start(proxy.serve)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import psycopg
 import pytest
 import trio
 
 from tests.helpers import assert_runs_well_formed, scripted_agent, test_tools
+from tests.proxies import Proxy
 from tests.servers import SECRET, token
 from threadline import open_runtime
 from threadline.actors.messages import Event, ThreadKey
-from threadline.server import open_server
+from threadline.server import RunningServer, open_server
 from threadline.stores import open_journal
 from threadline.transport.client import ServerError, open_client
 from threadline.transport.limits import Limits
@@ -57,6 +60,22 @@ def write_behind(connect, user: str, thread: str, events: int) -> int:
         conn.close()
 
 
+@asynccontextmanager
+async def served(url: str) -> AsyncIterator[RunningServer]:
+    """A server on loopback over the store at ``url``, with the scripted agent."""
+    async with open_journal(url) as journal, open_runtime(
+            journal=journal, agent=scripted_agent, tools=test_tools()) as rt, open_server(
+            rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+        yield server
+
+
+async def first_turn(client) -> None:
+    """Join ``main`` and have one turn answered, so the thread's row is cached."""
+    await client.join("main")
+    first = await client.send("main", "think:one")
+    await until_completed(client, first["run_id"])
+
+
 async def until_completed(client, run_id: str) -> list[dict]:
     seen = []
     while True:
@@ -81,13 +100,9 @@ async def send_until_served(client, text: str) -> tuple[dict, list[str]]:
 @pytest.mark.parametrize("behind", [1, 300])  # within a catch-up, and past it (resume)
 async def test_a_thread_written_behind_the_servers_back_recovers_at_once(store, behind):
     url, connect = store
-    async with open_journal(url) as journal, open_runtime(
-            journal=journal, agent=scripted_agent, tools=test_tools()) as rt, open_server(
-            rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+    async with served(url) as server:
         async with open_client(server.url, token("ada")) as client:
-            await client.join("main")
-            first = await client.send("main", "think:one")
-            await until_completed(client, first["run_id"])
+            await first_turn(client)
             last = await trio.to_thread.run_sync(write_behind, connect, "ada", "main", behind)
             accepted, codes = await send_until_served(client, "think:after")
             assert codes in ([], ["internal"]), codes  # never bad_frame; at most one failure
@@ -134,42 +149,24 @@ async def test_live_subscribers_get_what_the_other_writer_stored(store):
 
 # -- an ambiguous commit: PostgreSQL commits, the answer is lost --------------------------------
 
-class CommitCutter:
-    """Loopback TCP proxy to PostgreSQL that, once ``armed``, passes the next ``COMMIT`` to the
-    server, lets it commit, and cuts the connection before the server's answer comes back."""
+class CommitCutter(Proxy):
+    """Once ``armed``, passes the next ``COMMIT`` to PostgreSQL, lets it commit, and cuts the
+    connection before the server's answer comes back."""
 
     def __init__(self, port: int) -> None:
-        self.target = port
+        super().__init__(port)
         self.armed = False
         self.cuts = 0
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._pair, listeners)
-
-    async def _pair(self, client: trio.SocketStream) -> None:
-        async with client, await trio.open_tcp_stream("127.0.0.1", self.target) as server:
-            async with trio.open_nursery() as nursery:
-                cut = trio.Event()
-                nursery.start_soon(self._pump, client, server, nursery.cancel_scope, cut, True)
-                nursery.start_soon(self._pump, server, client, nursery.cancel_scope, cut, False)
-
-    async def _pump(self, src, dst, scope, cut: trio.Event, upstream: bool) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                if cut.is_set():
-                    break
-                await dst.send_all(data)
-                if upstream and self.armed and b"COMMIT\x00" in data:
-                    self.armed = False
-                    cut.set()  # nothing more goes back to the client
-                    self.cuts += 1
-                    await trio.sleep(0.5)  # the server commits meanwhile
-                    break
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
+    async def forward(self, data, dst, pair, upstream) -> bool:
+        await dst.send_all(data)
+        if upstream and self.armed and b"COMMIT\x00" in data:
+            self.armed = False
+            pair.cut = True  # nothing more goes back to the client
+            self.cuts += 1
+            await trio.sleep(0.5)  # the server commits meanwhile
+            return False
+        return True
 
 
 async def test_a_commit_whose_answer_is_lost_is_read_back_and_its_message_runs(pg_dsn, pg_cluster):
@@ -177,13 +174,9 @@ async def test_a_commit_whose_answer_is_lost_is_read_back_and_its_message_runs(p
     async with trio.open_nursery() as nursery:
         port = await nursery.start(cutter.serve)
         dsn = pg_dsn.replace(f":{pg_cluster.port}/", f":{port}/")
-        async with open_journal(dsn) as journal, open_runtime(
-                journal=journal, agent=scripted_agent, tools=test_tools()) as rt, open_server(
-                rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+        async with served(dsn) as server:
             async with open_client(server.url, token("ada")) as client:
-                await client.join("main")
-                first = await client.send("main", "think:one")
-                await until_completed(client, first["run_id"])
+                await first_turn(client)
                 cutter.armed = True
                 with pytest.raises(ServerError) as lost:  # stored, but its answer was cut
                     await client.send("main", "think:lost", client_msg_id="c-1")
