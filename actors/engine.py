@@ -5,33 +5,30 @@ An agent is an async callable ``agent(run) -> str | None``. It reads ``run.conte
 ``run.text`` and ``await run.history()`` (the thread's earlier turns), reports progress with
 ``await run.think(text)``, calls tools with ``await run.call_tool(name, **args)``, streams its
 answer with ``await run.write(text)`` (``agent_delta`` events, see ``stream.py``), and returns
-the answer, or None to complete with what it wrote. The engine stamps every event from the
-frozen ``RunContext`` it was started with: an agent cannot name another thread, user or run,
-because it never names one at all.
+the answer, or None to complete with what it wrote.
 
-Order within a run: before any other event of the run is queued, what the agent wrote is queued
-(``AnswerStream.flush_nowait``; queuing is synchronous and gives the seq), so no event
-overtakes text written earlier. Only the events the agent must know stored before it goes on
-are awaited (a tool's ``tool_executing`` before the tool runs, its ``tool_completed``); the
-others (``agent_started``, ``agent_thinking``, the pieces of the answer) are queued, and a
-failure to store them fails the run's next awaited event.
+``Run`` is that API and nothing more: every event it produces is written by the run's
+``RunWriter`` (``run_writer.py``), which stamps it from the frozen ``RunContext`` the run was
+made with, keeps the order (text written earlier is queued before any later event), and knows
+which events are awaited and which only queued. An agent cannot name another thread, user or
+run, because it never names one at all.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
-import attrs
 import trio
 
-from .errors import AgentError, JournalUnavailable, ToolError
+from .errors import ToolError
 from .history import Turn
-from .messages import AGENT_DELTA, AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
-from .journal import Done
-from .stream import DEFAULT_INTERVAL, AnswerStream
+from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
+from .run_writer import RunContext, RunWriter, describe
 from .tools import ToolRegistry
+
+__all__ = ["Agent", "History", "Run", "RunContext", "ToolRegistry", "describe", "new_id"]
 
 log = logging.getLogger("threadline.engine")
 
@@ -52,37 +49,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_id_pool.pop()}"
 
 
-@attrs.frozen(slots=True)
-class RunContext:
-    """Who and what a run is for. Frozen: nothing downstream can re-address a run."""
-
-    user_id: str
-    thread_id: str
-    run_id: str
-    request_id: str
-
-
-class Emit(Protocol):
-    async def __call__(self, ctx: RunContext, event: str, data: dict[str, Any]) -> None:
-        """Store the event durably, then deliver it. Stamped from ``ctx`` by the thread."""
-
-
-class Submit(Protocol):
-    def __call__(self, ctx: RunContext, event: str, data: dict[str, Any], done: Done) -> None:
-        """Queue the event (stored, then delivered) without waiting; ``done`` hears whether
-        it was stored. Raises, queuing nothing, when it cannot be queued."""
-
-
-def describe(exc: BaseException) -> str:
-    """A short, client-safe description of an exception."""
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return describe(exc.exceptions[0])
-    text = str(exc)
-    if isinstance(exc, AgentError) and text:
-        return text  # an agent's or a tool's own, deliberate message
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 History = Callable[[int], Awaitable[list[Turn]]]
 
 
@@ -91,23 +57,17 @@ async def _no_history(limit: int) -> list[Turn]:
 
 
 class Run:
-    """What an agent sees of its run."""
+    """What an agent sees of its run; its events are written by its ``RunWriter``."""
 
-    __slots__ = ("context", "text", "latch", "_emit", "_tools", "_history", "_submit",
-                 "_interval", "_stream")
+    __slots__ = ("context", "text", "_writer", "_tools", "_history")
 
-    def __init__(self, context: RunContext, text: str, emit: Emit, tools: ToolRegistry, *,
-                 history: History = _no_history, submit: Submit | None = None,
-                 interval: float = DEFAULT_INTERVAL) -> None:
-        self.context = context
-        self.text = text
-        self.latch = Latch()  # the run's events queued without waiting
-        self._emit = emit
+    def __init__(self, writer: RunWriter, tools: ToolRegistry, *,
+                 history: History = _no_history) -> None:
+        self.context = writer.context
+        self.text = writer.control.text
+        self._writer = writer
         self._tools = tools
         self._history = history
-        self._submit = submit
-        self._interval = interval
-        self._stream: AnswerStream | None = None  # made at the first write
 
     @property
     def tools(self) -> ToolRegistry:
@@ -117,7 +77,7 @@ class Run:
     @property
     def written(self) -> str | None:
         """What the run has written with ``write`` so far; None if it never wrote."""
-        return None if self._stream is None else self._stream.text
+        return self._writer.written
 
     async def history(self, limit: int = 100) -> list[Turn]:
         """The thread's last ``limit`` turns before this run's message, oldest first
@@ -127,48 +87,14 @@ class Run:
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer; clients see it as ``agent_delta`` events. Does not
         wait for the text to be stored (see ``stream.py``). Raises ``Unstorable``."""
-        stream = self._stream
-        if stream is None:
-            if self._submit is None:
-                raise RuntimeError("this run cannot stream: it was started without ``submit``")
-            stream = self._stream = AnswerStream(self._submit_delta, interval=self._interval)
-        await stream.write(text)
+        await self._writer.write(text)
 
     async def think(self, text: str) -> None:
         """Emit ``agent_thinking``. Queued without waiting for the store while fewer than
         ``MAX_QUEUED`` of the run's events are on their way (else it waits like any event): it
         is stored and delivered before any later event of the run, and if the store fails it,
         the run writes nothing more and the thread ends it. Raises ``Unstorable``."""
-        if self._submit is None or self.latch.pending >= MAX_QUEUED:
-            await self._event(AGENT_THINKING, {"text": text})
-            return
-        await trio.lowlevel.checkpoint()
-        self.latch.check()
-        if self._stream is not None:
-            self._stream.flush_nowait()
-        self._submit(self.context, AGENT_THINKING, {"text": text}, self.latch.queued())
-
-    def _submit_delta(self, data: dict[str, Any], done: Done) -> None:
-        self.latch.check()
-        self._submit(self.context, AGENT_DELTA, data, done)  # type: ignore[misc]
-
-    async def _event(self, event: str, data: dict[str, Any]) -> None:
-        """Write one event of the run after everything written before it."""
-        self.latch.check()
-        if self._stream is not None:
-            self._stream.flush_nowait()
-        await self._emit(self.context, event, data)
-
-    def abandon_stream(self) -> None:
-        """Write nothing more of the answer (``AnswerStream.abandon``)."""
-        if self._stream is not None:
-            self._stream.abandon()
-
-    def end_stream(self) -> None:
-        """Queue what is still pending of the answer; nothing more is written (the engine
-        calls this when the agent is done, before the terminal event)."""
-        if self._stream is not None:
-            self._stream.close()
+        await self._writer.send(AGENT_THINKING, {"text": text})
 
     async def call_tool(self, tool: str, /, **args: Any) -> Any:
         """Run a registered tool with its timeout; emits ``tool_executing`` and ``tool_completed``.
@@ -177,7 +103,8 @@ class Run:
         times out (the ``tool_completed`` event then carries ``error``).
         """
         call_id = new_id("call")
-        await self._event(TOOL_EXECUTING, {"call_id": call_id, "tool": tool, "args": args})
+        await self._writer.append(TOOL_EXECUTING, {"call_id": call_id, "tool": tool,
+                                                   "args": args})
         spec = self._tools.get(tool)
         error: str | None = None
         result: Any = None
@@ -196,55 +123,15 @@ class Run:
             done["result"] = result
         else:
             done["error"] = error
-        await self._event(TOOL_COMPLETED, done)
+        await self._writer.append(TOOL_COMPLETED, done)
         if error is not None:
             raise ToolError(error)
         return result
 
 
+def writer_of(run: Run) -> RunWriter:
+    """The writer of ``run`` (for ``execute``, which ends the run; not for agents)."""
+    return run._writer
+
+
 Agent = Callable[[Run], Awaitable[Any]]
-
-
-#: A run's events queued without waiting, at most (``think``; the pieces have their own bound).
-MAX_QUEUED = 64
-
-
-class Latch:
-    """A run's events queued without waiting for the store (``agent_started``,
-    ``agent_thinking``): how many are on their way, and the first that failed. After a
-    failure the run writes nothing more (``check`` raises ``JournalUnavailable``, which the
-    thread answers by ending the run with ``agent_failed`` once the store is back, writing
-    ``agent_started`` first if that is what failed): later events would follow the last durable
-    one, leaving the run without its beginning or its thinking."""
-
-    __slots__ = ("pending", "error")
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self.error: BaseException | None = None
-
-    def queued(self) -> _Queued:
-        self.pending += 1
-        return _Queued(self)
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise JournalUnavailable(f"an event of this run was not stored: "
-                                     f"{describe(self.error)}") from self.error
-
-
-class _Queued:
-    """The outcome of one event a ``Latch`` counts (``Done``)."""
-
-    __slots__ = ("latch",)
-
-    def __init__(self, latch: Latch) -> None:
-        self.latch = latch
-
-    def set(self, _: Any) -> None:
-        self.latch.pending -= 1
-
-    def fail(self, error: BaseException) -> None:
-        self.latch.pending -= 1
-        if self.latch.error is None:
-            self.latch.error = error

@@ -3,9 +3,10 @@
 ``RunQueue`` is state and decisions, with no I/O, no clock and no awaiting: the thread actor
 asks it whether a strategy admits a run, where the run goes, when to start a runner task, which
 run is next, which run a cancel names, and what a shutdown or a crash does to the runs it holds.
-The awaiting is done with the I/O they are given by ``run_queued`` (the runner task: each run
-through the engine, its events written by the thread's append), ``drain`` (shutdown) and
-``close_lost_run``.
+The awaiting is done by ``run_queued`` (the runner task: for each run, in turn, a ``RunWriter``
+over the thread's sequencer, ``run_writer.py``, and the agent's ``Run`` over it, through
+``execute``) and ``drain`` (shutdown). ``ThreadEnv``, what every thread of a runtime shares, is
+declared here, where the runs use it: the thread actor imports this module, never the reverse.
 
 A thread actor makes its queue for its first run (an idle actor stays small: docs/architecture.md); until
 then its phase is IDLE, and a shutdown stops it at once. The phase is two facts, whether a
@@ -35,43 +36,55 @@ Invariants:
 - A client cancels only the active run (PROTOCOL.md): a pending run is "not active".
 - Every accepted run gets a terminal event. Shutdown, when the grace is over, cancels every run
   held, active and pending, with reason ``shutdown``: a pending run so cancelled still begins
-  with ``agent_started``, and its agent is never called (``engine.execute``). A crash of the
+  with ``agent_started``, and its agent is never called (``execution.execute``). A crash of the
   actor fails the active run (``internal error``); the pending ones stay queued for the
-  restarted actor. A run whose journal failed under it is ended by ``close_lost_run``.
+  restarted actor. A run whose journal failed under it is ended by its writer
+  (``RunWriter.close_lost``).
+- A run holds one of its user's slots (``user_runs.py``) while it runs, from before its
+  ``agent_started`` to its terminal event; a run cancelled while it waits for one runs
+  without it (``_user_slot``).
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import logging
+import time
 from contextlib import asynccontextmanager
 from functools import partial
-import logging
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable
 
+import attrs
 import trio
 
-from .engine import RunContext
-from .execution import RunControl, execute
-from .journal import Done
+from .engine import Agent, Run
+from .errors import Busy, JournalUnavailable, UnknownRun
+from .execution import execute
 from .history import read_history
-from .errors import Busy, Fenced, JournalUnavailable, UnknownRun
-from .messages import AGENT_FAILED, AGENT_STARTED, Event, Strategy, ThreadKey
-
-if TYPE_CHECKING:
-    from .thread import ThreadEnv
+from .journal import Journal
+from .messages import Strategy
+from .run_writer import RunControl, RunWriter
+from .sequencer import Sequencer
+from .stats import ThreadStats
+from .stream import DEFAULT_INTERVAL
+from .tools import ToolRegistry
+from .user_runs import UserRuns
 
 log = logging.getLogger("threadline.thread")
 
-#: The retries of ``close_lost_run``: the first after this many seconds, each next one after
-#: twice as long, never longer than ``LOST_RUN_MAX_DELAY``.
-LOST_RUN_FIRST_DELAY = 0.1
-LOST_RUN_MAX_DELAY = 5.0
 
-Append = Callable[[str, str | None, dict[str, Any]], Awaitable[Event]]
-"""``append(event_name, run_id, data)``: the thread's durable write of one event."""
-Submit = Callable[[str, str | None, dict[str, Any], Done], Any]
-"""``submit(event_name, run_id, data, done)``: queue one event without waiting."""
+@attrs.define
+class ThreadEnv:
+    """What every thread actor of a runtime shares."""
+
+    journal: Journal
+    agent: Agent
+    tools: ToolRegistry
+    clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
+    stats: ThreadStats = attrs.Factory(ThreadStats)
+    delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
+    user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
 
 
 class Phase(enum.Enum):
@@ -217,44 +230,27 @@ class RunQueue:
 # -- the awaiting -----------------------------------------------------------------------------
 
 
-async def run_queued(runs: RunQueue, key: ThreadKey, env: ThreadEnv, append: Append,
-                     submit: Submit) -> None:
-    """The runner task: runs the pending runs one at a time until none is left. A run whose
-    journal failed under it is ended by ``close_lost_run``. ``submit`` queues the pieces of
-    a streamed answer, which nothing waits for."""
-
-    def check(ctx: RunContext) -> None:
-        if ctx.user_id != key.user_id or ctx.thread_id != key.thread_id:
-            raise RuntimeError(f"run {ctx.run_id} is not a run of {key}")
-
-    def submit_nowait(ctx: RunContext, event: str, data: dict[str, Any], done: Done) -> None:
-        check(ctx)
-        submit(event, ctx.run_id, data, done)
-
-    async def emit(ctx: RunContext, event: str, data: dict[str, Any]) -> None:
-        check(ctx)
-        # A cancelled run emits nothing more: every emit is a cancellation point (the append
-        # below is shielded once it starts, and may not yield at all).
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await append(event, ctx.run_id, data)
-
+async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> None:
+    """The runner task: runs the pending runs one at a time until none is left, each written
+    by its own ``RunWriter`` over the thread's ``sequencer``. A run whose journal failed under
+    it is ended by its writer (``close_lost``)."""
     stats = env.stats
     try:
         while (control := runs.start_next()) is not None:
             stats.runs_started += 1
             stats.runs_active += 1
             started = trio.current_time()
+            writer = RunWriter(sequencer, control, interval=env.delta_interval)
             try:
                 async with _user_slot(runs, env, control):
-                    await execute(control, env.agent, env.tools, emit, submit=submit_nowait,
-                                  history=partial(read_history, env.journal, key,
-                                                  control.message_seq),
-                                  interval=env.delta_interval)
+                    history = partial(read_history, env.journal, sequencer.key,
+                                      control.message_seq)
+                    await execute(Run(writer, env.tools, history=history), env.agent)
             except JournalUnavailable as exc:
                 ctx = control.context
                 log.error("run %s of user %s, thread %s lost its journal: %s", ctx.run_id,
                           ctx.user_id, ctx.thread_id, exc)
-                await close_lost_run(control, append)
+                await writer.close_lost()
             finally:
                 runs.finish()
                 stats.runs_active -= 1
@@ -301,24 +297,3 @@ async def drain(runs: RunQueue, grace: float, reason: str = "shutdown") -> None:
             await _until_runner_ends(runs)
         runs.cancel_all(reason)
         await _until_runner_ends(runs)
-
-
-async def close_lost_run(control: RunControl, append: Append) -> None:
-    """The store failed under a run: once it is back, end the run with ``agent_failed``
-    (after its ``agent_started``, if that is what failed), retrying with a backoff from
-    ``LOST_RUN_FIRST_DELAY`` to ``LOST_RUN_MAX_DELAY``. Blocks until written; a shutdown
-    meanwhile leaves the run to the next start's recovery, and a ``Fenced`` write (this
-    process lost the right to write the thread) to its new writer's."""
-    run_id, delay = control.context.run_id, LOST_RUN_FIRST_DELAY
-    while True:
-        try:
-            if not control.started:
-                await append(AGENT_STARTED, run_id, {})
-                control.started = True
-            await append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
-            return
-        except Fenced:
-            return  # another writer has the thread now: its recovery ends the run
-        except JournalUnavailable:
-            await trio.sleep(delay)
-            delay = min(delay * 2, LOST_RUN_MAX_DELAY)

@@ -18,50 +18,53 @@ Invariants:
   every other event of the run is queued, the terminal one included, and on cancellation)
   queues everything pending first. Queuing is synchronous and gives the seq, so a piece queued
   first is stored and delivered first, even within ``interval`` of the previous one.
-- Nothing waits for durability: a piece is queued (``submit``) and the stream hears the outcome
-  later. ``write`` waits only while more than ``MAX_PENDING`` code points are unwritten or on
-  their way to the store: that bounds the memory one run can hold, and slows an agent that
-  writes faster than the store keeps up (past ``WEDGED_AFTER`` seconds in which not one piece
-  was stored the store is wedged: ``JournalWedged``, and the thread restarts).
+- Nothing waits for durability: a piece is queued straight to the thread's ``Sequencer``,
+  stamped with the run's id, and the stream hears the outcome later. ``write`` waits only
+  while more than ``MAX_PENDING`` code points are unwritten or on their way to the store: that
+  bounds the memory one run can hold, and slows an agent that writes faster than the store
+  keeps up (past ``WEDGED_AFTER`` seconds in which not one piece was stored the store is
+  wedged: ``JournalWedged``, and the thread restarts).
 - A write that cannot be stored (``Unstorable``: a NUL, a lone surrogate) raises at ``write``
   and is not kept. A piece the journal fails to store stops the stream: the next ``write`` or
   ``flush_nowait`` raises that error, and the run ends ``agent_failed`` (or, for an outage, is
-  closed by its thread once the store is back).
+  closed by its thread once the store is back). So does ``stop``: the run's writer stops its
+  stream when another event of the run failed (``run_writer.py``), and the next piece fails.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
 from .errors import JournalWedged, Unstorable
-from .journal import Done, unstorable_reason
+from .journal import unstorable_reason
+from .messages import AGENT_DELTA
 from .pacer import Pacer, current_pacer
+from .sequencer import Sequencer
 
 PIECE_BYTES = 4096         # PROTOCOL.md: each agent_delta at most 4 KiB of text in UTF-8
 MAX_PENDING = 64 * 1024    # code points written and not yet stored, per run
 DEFAULT_INTERVAL = 0.05    # PROTOCOL.md: at most one agent_delta per run every 50 ms
 WEDGED_AFTER = 60.0        # seconds a writer waits for room before the store counts as wedged
 
-#: Queue one ``agent_delta`` with this ``data``; ``done`` hears whether it was stored. Raises
-#: (nothing queued) when it cannot be.
-Submit = Callable[[dict[str, Any], Done], None]
-
 
 class AnswerStream:
     """One run's streamed answer (see the module header)."""
 
-    __slots__ = ("interval", "offset", "error", "_submit", "_pending", "_unstored",
-                 "_stored_pieces", "_parts", "_last", "_paced", "_closed", "_room", "_pacer")
+    __slots__ = ("interval", "offset", "error", "_sequencer", "_run_id", "_stop", "_pending",
+                 "_unstored", "_stored_pieces", "_parts", "_last", "_paced", "_closed", "_room",
+                 "_pacer")
 
-    def __init__(self, submit: Submit, *, interval: float = DEFAULT_INTERVAL,
+    def __init__(self, sequencer: Sequencer, run_id: str, *, interval: float = DEFAULT_INTERVAL,
                  pacer: Pacer | None = None) -> None:
         self.interval = interval
         self.offset = 0          # code points queued as pieces
         self.error: BaseException | None = None
-        self._submit = submit
+        self._sequencer = sequencer
+        self._run_id = run_id
+        self._stop: BaseException | None = None  # ``stop``: the next piece fails with it
         self._pending: list[str] = []
         self._unstored = 0           # code points written and not yet stored (pending too)
         self._stored_pieces = 0      # progress, for telling a slow store from a wedged one
@@ -146,6 +149,12 @@ class AnswerStream:
         self._closed = True
         self.flush_nowait()
 
+    def stop(self, error: BaseException) -> None:
+        """Queue no more pieces: the next one fails with ``error`` (another event of the run
+        was not stored, and a piece would follow it)."""
+        if self._stop is None:
+            self._stop = error
+
     def abandon(self) -> None:
         """Write nothing more, not even what is pending (the run is torn down by a wedged
         store: its thread restarts, and recovery closes the run)."""
@@ -168,7 +177,10 @@ class AnswerStream:
             self._pending[0].encode()[:PIECE_BYTES].decode("utf-8", "ignore"))
         self._last = trio.current_time()  # the interval runs from piece to piece
         try:
-            self._submit({"offset": self.offset, "text": piece}, _Piece(self, len(piece)))
+            if self._stop is not None:
+                raise self._stop
+            self._sequencer.submit(AGENT_DELTA, self._run_id,
+                                   {"offset": self.offset, "text": piece}, _Piece(self, len(piece)))
         except Exception as exc:
             self._failed(exc)
             raise

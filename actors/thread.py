@@ -1,7 +1,9 @@
 """The ThreadActor: one per ``(user_id, thread_id)``.
 
 It owns the thread's sequence counter, its subscribers and its run queue (``run_queue``, where
-its phases are written down), and runs agent runs through the execution engine. It handles its
+its phases are written down). Its runner task writes each run through a ``RunWriter`` of its
+own (``run_writer.py``), built over this actor's ``Sequencer`` and the run's ``RunControl``,
+whose frozen context the actor makes from its own key: a run can write only into this thread. It handles its
 mailbox in order: idle, it waits on it with no nursery and no runner task (at most 6 KB per
 idle actor, docs/architecture.md); while runs wait or run, in a nursery that holds the runner
 task.
@@ -17,23 +19,18 @@ duplicate between a replay and the live stream.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-import attrs
 import trio
 
-from .engine import Agent, RunContext, ToolRegistry, new_id
-from .execution import RunControl
+from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
                      MailboxFull, ThreadReload, UnknownRun, Unstorable)
-from .journal import Journal, replay_page
+from .journal import replay_page
 from .mailbox import Mailbox
 from .sequencer import Sequencer
-from .run_queue import SHUTTING_DOWN, Phase, RunQueue, drain, run_queued
-from .stats import ThreadStats
-from .stream import DEFAULT_INTERVAL
-from .user_runs import UserRuns
+from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
+from .run_writer import RunContext, RunControl
 from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
                        DeleteThread, Event, GetInfo, Joined, Passivate, PostMessage, Shutdown,
                        Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
@@ -44,6 +41,8 @@ log = logging.getLogger("threadline.thread")
 CATCH_UP_PAGES = 4  # of events read back for subscribers after a reload (``_catch_up``)
 RELOAD_PATIENCE = 30.0  # seconds a restarting actor waits for its store (``_load``)
 
+
+__all__ = ["Subscriber", "ThreadActor", "ThreadEnv"]  # ThreadEnv: declared in ``run_queue``
 
 
 class Subscriber(Protocol):
@@ -60,19 +59,6 @@ class Subscriber(Protocol):
         """The thread dropped this subscriber: ``overflow`` if its mailbox was full (it fell
         behind), else because the thread stopped, or was deleted: then ``reason`` is
         ``THREAD_DELETED`` (otherwise it is for people)."""
-
-
-@attrs.define
-class ThreadEnv:
-    """What every thread actor of a runtime shares."""
-
-    journal: Journal
-    agent: Agent
-    tools: ToolRegistry
-    clock: Callable[[], float] = time.time  # event timestamps: wall clock, seconds
-    stats: ThreadStats = attrs.Factory(ThreadStats)
-    delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
-    user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
 
 
 class ThreadActor:
@@ -163,7 +149,7 @@ class ThreadActor:
 
     async def _runner(self, runs: RunQueue) -> None:
         try:
-            await run_queued(runs, self.key, self.env, self._writes.append, self._writes.submit)
+            await run_queued(runs, self._writes, self.env)
         finally:
             self._idle_since = trio.current_time()
 

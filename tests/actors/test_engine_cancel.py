@@ -1,36 +1,43 @@
 """The engine when its run is cancelled from outside (shutdown, a crash of the thread actor):
 the terminal event is still written, after ``agent_started`` and after what the agent wrote,
-also when the agent runs a nursery of its own. Driven directly: ``execute`` with a real emit
-and submit that record the events, in a cancel scope the test cancels."""
+also when the agent runs a nursery of its own. Driven directly: ``execute`` over a writer whose
+sequencer records the events, in a cancel scope the test cancels."""
 
 from __future__ import annotations
 
 import trio
 
-from threadline.actors.engine import RunContext
+from threadline.actors.engine import Run, RunContext
 from threadline.actors.execution import RunControl, execute
+from threadline.actors.run_writer import RunWriter
 from threadline.actors.tools import ToolRegistry
 
 
-async def run_cancelled_after(agent, seconds: float, *, cancel_first: bool = False) -> list:
-    events: list[tuple[str, dict]] = []
+class Recorder:
+    """A sequencer that records: queued in order, stored at once."""
 
-    async def emit(ctx, event, data):
-        await trio.lowlevel.checkpoint_if_cancelled()  # as the thread's emit: a cancel point
-        events.append((event, data))
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
 
-    def submit(ctx, event, data, done):  # as the thread's: queued in order, stored at once
-        events.append((event, data))
+    def submit(self, event, run_id, data, done):
+        self.events.append((event, data))
         done.set(None)
 
+    async def append(self, event, run_id, data):
+        self.events.append((event, data))
+
+
+async def run_cancelled_after(agent, seconds: float, *, cancel_first: bool = False) -> list:
+    recorder = Recorder()
     control = RunControl(RunContext("ada", "main", "run_1", "msg_1"), "go", 1)
+    run = Run(RunWriter(recorder, control), ToolRegistry())  # type: ignore[arg-type]
     with trio.fail_after(60):  # virtual time: a run that never ends fails the test, not hangs
         with trio.CancelScope() as outer:
             if cancel_first:
                 outer.cancel()
             with trio.move_on_after(seconds):
-                await execute(control, agent, ToolRegistry(), emit, submit=submit)
-    return events
+                await execute(run, agent)
+    return recorder.events
 
 
 async def test_an_agent_with_its_own_nursery_still_ends_with_a_terminal_event(autojump_clock):

@@ -2,6 +2,7 @@
 shutdown and the closing of a run whose journal failed."""
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -16,15 +17,20 @@ from threadline.actors.run_queue import (
     Phase,
     RunQueue,
     advance,
-    close_lost_run,
     drain,
 )
+from threadline.actors.run_writer import RunWriter
 
 EVENTS = ("start", "end", "shutdown")
 
 
 def control(run_id: str) -> RunControl:
     return RunControl(RunContext("ada", "main", run_id, f"msg_{run_id}"), "text")
+
+
+async def close_lost_run(c: RunControl, append) -> None:
+    """``RunWriter.close_lost`` over a sequencer whose ``append`` is ``append``."""
+    await RunWriter(SimpleNamespace(append=append), c).close_lost()  # type: ignore[arg-type]
 
 
 def queue_of(*run_ids: str) -> tuple[RunQueue, list[RunControl]]:
