@@ -25,6 +25,7 @@ import trio
 from threadline.transport.auth import Authenticator
 from threadline.transport.limits import Limits
 from threadline.transport.metrics import ExtraMetrics
+from threadline.transport.quotas import UserQuotas
 from threadline.transport.server import ExtraHealth, Server
 
 from .api import Runtime
@@ -86,6 +87,7 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
                       metrics_listeners: list[trio.SocketListener] | None = None,
                       extra_metrics: ExtraMetrics | None = None,
                       extra_health: ExtraHealth | None = None,
+                      quotas: UserQuotas | None = None,
                       ) -> AsyncIterator[RunningServer]:
     """Listen on ``host:port`` (port 0: any free port, see ``.port``) and serve ``runtime``.
 
@@ -98,7 +100,10 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
     store, so that a start that cannot listen has touched nothing.
     ``extra_metrics`` and ``extra_health``: more families for ``/metrics`` and more fields
     for ``/healthz`` (a cluster node's: ``ClusterRuntime.extra_metrics``, ``.extra_health``).
-    Raises ``OSError`` when an address cannot be bound (e.g. in use).
+    ``quotas``: the per-user quotas to count in (a cluster node's ``ClusterRuntime.quotas``,
+    counted across the cluster; made with ``limits``), instead of the server's own.
+    Raises ``OSError`` when an address cannot be bound (e.g. in use), ``ValueError`` for
+    ``quotas`` made with other limits.
     """
     if auth is None:
         if not secret:
@@ -106,7 +111,7 @@ async def open_server(runtime: Runtime, *, host: str = "127.0.0.1", port: int = 
         auth = Authenticator(secret=secret)
     server = Server(runtime.gateway, auth=auth, limits=limits, metrics_token=metrics_token,
                     metrics_here=metrics_address is None, demo=demo,
-                    extra_metrics=extra_metrics, extra_health=extra_health)
+                    extra_metrics=extra_metrics, extra_health=extra_health, quotas=quotas)
     if listeners is None:
         listeners = await bind(host, port)
     bound = listeners[0].socket.getsockname()[1]

@@ -89,7 +89,7 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
     if args.cluster:
         url = http_url(args.host, listeners[0].socket.getsockname()[1])
         cluster = await stack.enter_async_context(
-            _open_cluster_runtime(args, agent, tools, config, url))
+            _open_cluster_runtime(args, agent, tools, config, url, limits))
         rt = cluster.runtime
     else:
         journal = await stack.enter_async_context(open_journal(args.store))
@@ -100,7 +100,8 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
         metrics_token=args.metrics_token, metrics_address=args.metrics_address,
         demo=args.demo, listeners=listeners, metrics_listeners=metrics_listeners,
         extra_metrics=cluster.extra_metrics if cluster is not None else None,
-        extra_health=cluster.extra_health if cluster is not None else None))
+        extra_health=cluster.extra_health if cluster is not None else None,
+        quotas=cluster.quotas if cluster is not None else None))
     ready.set()
     # The openai agent names its model and endpoint (never its key); others, their --agent.
     describe = getattr(agent, "describe", None)
@@ -122,9 +123,10 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
 
 
 def _open_cluster_runtime(args: argparse.Namespace, agent: Agent, tools: ToolRegistry,
-                          config: RuntimeConfig, url: str
+                          config: RuntimeConfig, url: str, limits: Limits
                           ) -> contextlib.AbstractAsyncContextManager[ClusterRuntime]:
-    """``open_cluster_runtime`` with the node's settings from the command line."""
+    """``open_cluster_runtime`` with the node's settings from the command line (``limits``:
+    the server's, whose per-user ones the node counts across the cluster)."""
     from threadline.cluster import ClusterConfig, load_peer_tls, made_up_node_id, \
         open_cluster_runtime
 
@@ -136,4 +138,4 @@ def _open_cluster_runtime(args: argparse.Namespace, agent: Agent, tools: ToolReg
                             lease_ttl=args.lease_ttl, handover_grace=args.grace,
                             peer_tls=peer_tls)
     return open_cluster_runtime(cluster, agent=agent, tools=tools, runtime_config=config,
-                                http_url=url)
+                                http_url=url, limits=limits)

@@ -16,6 +16,10 @@ closes that connection. No exception raised while serving one connection, in the
 HTTP request or a session, reaches ``trio.serve_listeners``' nursery: one client can never stop
 the server.
 
+Per-user quotas (``quotas.py``) are the server's own ``UserQuotas(limits)``, or the one it is
+given at construction (a cluster node's, which also counts what the other nodes' users use:
+``ClusterRuntime.quotas``); given ones must count against the server's ``limits``.
+
 Shutdown is in two steps so that clients see their runs end: ``drain()`` (``/healthz`` answers
 503, new WebSockets are refused with 503, open ones go on), and, once the runtime has ended the
 runs, ``close_sessions()`` (close 1001 after each connection's queued frames).
@@ -70,7 +74,10 @@ class Server:
     def __init__(self, gateway: Gateway, *, auth: Authenticator, limits: Limits = Limits(),
                  metrics_token: str | None = None, metrics_here: bool = True,
                  demo: bool = False, extra_metrics: ExtraMetrics | None = None,
-                 extra_health: ExtraHealth | None = None) -> None:
+                 extra_health: ExtraHealth | None = None,
+                 quotas: UserQuotas | None = None) -> None:
+        if quotas is not None and quotas.limits != limits:
+            raise ValueError("the quotas given count against other limits than the server's")
         self.gateway = gateway
         self.limits = limits
         self.auth = auth
@@ -80,7 +87,7 @@ class Server:
         self.stats = ServerStats()
         self.metrics = Metrics(gateway, self.stats, extra_metrics)
         self.extra_health = extra_health
-        self.quotas = UserQuotas(limits)
+        self.quotas = quotas if quotas is not None else UserQuotas(limits)
         self.api = HttpApi(gateway, auth, self.quotas, limits, self.stats)
         self.demo = demo  # the chat page at /
         self.draining = False

@@ -9,8 +9,10 @@ checks and the one ``NOTIFY`` every group-commit transaction makes; ``feeds``: e
 threads other nodes own, read from the journal; ``wire``, ``peers`` and ``peer_server``: the
 link requests are forwarded on, and ``tls``: its TLS contexts; ``interest``: which shards each
 node follows, told to the others, so that an owner notifies only the nodes that follow what it
-wrote; ``router``: where each request goes; ``node``: the loop that takes and renews leases,
-``handover``: shards leaving the node, and ``wakeup``: how the others ask it for a round;
+wrote; ``usage``: what each node's users use, told to the others, so that per-user limits
+hold across the cluster; ``router``: where each request goes; ``node``: the loop that takes
+and renews leases, ``handover``: shards leaving the node, and ``wakeup``: how the others ask
+it for a round;
 ``figures``: the node's ``/metrics`` and ``/healthz``; ``admission``: what must hold before a
 process serves a cluster's store; ``start``: the composition. Imports go one way: ``start``
 imports ``node``, ``node`` imports ``handover`` and ``config``, none imports back.

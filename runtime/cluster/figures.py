@@ -42,6 +42,8 @@ class ClusterStatistics:
     feed_reads: int
     feed_events: int
     peers: tuple[str, ...] = ()   # the other live nodes' ids
+    usage_reports_sent: int = 0       # Usage frames queued to peers (``usage.py``)
+    usage_reports_received: int = 0   # Usage frames from proved peers, counted
 
 
 def health(c: ClusterStatistics) -> dict[str, object]:
@@ -84,3 +86,7 @@ def families(c: ClusterStatistics) -> Iterator[Metric]:
                   "[reads].", c.feed_reads)
     yield counter("threadline_cluster_feed_events", "Events delivered to them [events].",
                   c.feed_events)
+    yield counter("threadline_cluster_usage_reports_sent", "Reports of this node's users' "
+                  "use sent to peers, one per frame [reports].", c.usage_reports_sent)
+    yield counter("threadline_cluster_usage_reports_received", "Reports of peers' users' use "
+                  "received and counted, one per frame [reports].", c.usage_reports_received)

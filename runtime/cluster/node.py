@@ -49,6 +49,7 @@ from .interest import Announcer, events_channel
 from .leases import LeaseConnection
 from .router import Router
 from .shards import ShardState, ShardTable, fair_share, shard_of
+from .usage import UsageReporter
 from .wakeup import Wakeup
 
 log = logging.getLogger("threadline.cluster")
@@ -66,7 +67,8 @@ class Node:
     def __init__(self, config: ClusterConfig, table: ShardTable, runtime: Any, journal: Any,
                  fence: Fence, lease_connection: LeaseConnection, hub: FeedHub,
                  router: Router, announcer: Announcer, wakeup: Wakeup, nursery: trio.Nursery,
-                 *, peer_address: str, http_url: str = "") -> None:
+                 *, peer_address: str, http_url: str = "",
+                 usage: UsageReporter | None = None) -> None:
         self.config = config
         self.table = table
         self.runtime = runtime
@@ -79,6 +81,7 @@ class Node:
         self.nursery = nursery
         self.peer_address = peer_address
         self.http_url = http_url
+        self.usage = usage  # what tells the peers this node's users' use (for the figures)
         self.handover = Handover(table, runtime.directory, runtime.stop_actor, lease_connection,
                                  journal, self.changed)
         self.events_channel = events_channel(table.node_id)
@@ -301,7 +304,9 @@ class Node:
             retries=router.retries, fenced_writes=self.fence.refused,
             notifications_sent=self.fence.notifications,
             notifications_received=hub.notifications, feeds=len(hub), feed_reads=hub.reads,
-            feed_events=hub.delivered, peers=tuple(sorted(self.table.peers)))
+            feed_events=hub.delivered, peers=tuple(sorted(self.table.peers)),
+            usage_reports_sent=self.usage.sent if self.usage else 0,
+            usage_reports_received=self.usage.book.received if self.usage else 0)
 
     def metrics(self) -> Iterator[Metric]:
         """The node's ``/metrics`` families (``open_server(extra_metrics=...)``)."""

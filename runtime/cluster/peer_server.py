@@ -16,7 +16,8 @@ before it can send a frame. The HMAC handshake then runs inside TLS, as without 
 
 A proved peer's ``Follow`` (the shards its node follows, ``interest.py``) goes to
 ``followers`` under the node id its hello named, is answered at once, and is forgotten when
-the link ends.
+the link ends. Its ``Usage`` (what its node's users use, ``usage.py``) goes to ``usage`` under
+that node id, unanswered; when the link ends, so does what the node reported on it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from .peers import _BROKEN, HANDSHAKE_SECONDS, MAX_HANDSHAKING, MAX_IN_FLIGHT, H
     address_of, write_frames
 from .tls import tls_problem
 from .interest import Followers
+from .usage import UsageBook
 from .wire import (HANDSHAKE_FRAME, INTERNAL, INTERNAL_MESSAGE, MAX_FRAME, NONCE_BYTES, Call,
-                   Challenge, Failure, Follow, Hello, Proof, Result, WireError, bitmap_shards,
-                   client_proof, encode, failure_of, make_of, server_proof)
+                   Challenge, Failure, Follow, Hello, Proof, Result, Usage, WireError,
+                   bitmap_shards, client_proof, encode, failure_of, make_of, server_proof)
 
 log = logging.getLogger("threadline.cluster.peers")
 
@@ -46,9 +48,10 @@ class PeerServer:
     def __init__(self, node_id: str, secret: bytes, handle: Handle, *,
                  handshake_timeout: float = HANDSHAKE_SECONDS,
                  tls: ssl.SSLContext | None = None,
-                 followers: Followers | None = None) -> None:
+                 followers: Followers | None = None, usage: UsageBook | None = None) -> None:
         self.node_id = node_id
         self.followers = followers if followers is not None else Followers()
+        self.usage = usage  # None: peers' reports are read and not counted
         self._tls = tls
         self._secret = secret
         self._handle = handle
@@ -89,6 +92,8 @@ class PeerServer:
                 await self._serve_link(peer, peer_id, link)
             finally:
                 self.followers.forget(link)  # what it followed on this link
+                if self.usage is not None:
+                    self.usage.forget(link)  # and what it reported on it
                 if stream is not transport:
                     with trio.move_on_after(1.0):  # close_notify, unless the peer is stuck
                         await stream.aclose()
@@ -106,6 +111,10 @@ class PeerServer:
                     if type(message) is Follow:  # answered in order, at once: no task
                         self.followers.follow(link, peer_id, bitmap_shards(message.shards))
                         await send.send(encode(Result(message.id, None)))
+                        continue
+                    if type(message) is Usage:  # one-way: counted at once, never answered
+                        if self.usage is not None:
+                            self.usage.observe(link, peer_id, message.users)
                         continue
                     if type(message) is not Call:
                         raise WireError(f"a {type(message).__name__} after the handshake")

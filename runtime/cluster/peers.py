@@ -12,6 +12,7 @@ a connection that ends cancels its calls. Client: one task per address opens the
 first needed (callers meanwhile share its outcome) and again after a break. ``PeerUnreachable``:
 no link, never sent; ``PeerLost``: the link broke after the call was queued, it may have been
 handled. A caller cancelled by its own scope only forgets its id; a late answer is dropped.
+``send_usage`` queues one-way frames (``usage.py``) on the same link: nothing waits for them.
 
 With TLS (``tls.py``: a ``PeerTLS``'s contexts) the stream under all of this is a
 ``trio.SSLStream`` (``https_compatible=False``: an end without ``close_notify`` is a broken
@@ -29,7 +30,7 @@ import logging
 import os
 import ssl
 from collections import deque
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -151,6 +152,17 @@ class PeerClients:
         if type(answer) is Failure or answer.value is not None:
             raise error_of(answer) if type(answer) is Failure else PeerLost("a bad answer")
         connection.following = shards
+
+    async def send_usage(self, address: Address, frames: Sequence[bytes]) -> None:
+        """Queue ``frames`` (``usage.usage_frames``: one-way, never answered) on the link to
+        the node at ``address``, opening it if need be; waits while the writer is
+        ``MAX_IN_FLIGHT`` frames behind. ``PeerUnreachable``: no link, or it ended first."""
+        connection = await self._connection(address)
+        try:
+            for frame in frames:
+                await connection.outbox.send(frame)
+        except _BROKEN:
+            raise PeerUnreachable(f"the link to {address[0]}:{address[1]} ended") from None
 
     async def _round_trip(self, address: Address, call_id: int, frame: bytes
                           ) -> tuple[_Connection, Result | Failure, float]:

@@ -4,8 +4,9 @@ program and ``threadline serve --cluster`` both use.
 ::
 
     config = ClusterConfig(dsn, node_id="a", peer_listen=("10.0.0.5", 7000))
-    async with open_cluster_runtime(config, agent=my_agent) as cluster:
-        async with open_server(cluster.runtime, port=8765, secret=SECRET,
+    async with open_cluster_runtime(config, agent=my_agent, limits=limits) as cluster:
+        async with open_server(cluster.runtime, port=8765, secret=SECRET, limits=limits,
+                               quotas=cluster.quotas,
                                extra_metrics=cluster.extra_metrics,
                                extra_health=cluster.extra_health):
             ...
@@ -20,6 +21,11 @@ shards and whose gateway routes through a ``Router`` built over its ``LocalThrea
 (``open_runtime(admit=..., route=...)``), without the start-up recovery (each shard is
 recovered when taken); then the node, the peer server, the listener, and the first lease
 round, before the context yields (so a node owns its first shards before it serves).
+
+The node's per-user quotas are made here (``UserQuotas(limits)``, ``cluster.quotas``) and
+given to its server (``open_server(quotas=...)``): the peer server counts the other nodes'
+reports in them and the ``UsageReporter`` tells them this node's (``usage.py``), so that a
+user's limits hold across the cluster. A server made without them counts this node alone.
 
 Leaving the context leaves the cluster: the router stops moving subscribers (``closing``),
 every shard still held is handed over (``Node.leave``, with no grace if ``leave`` was not
@@ -43,6 +49,8 @@ from threadline.actors.tools import ToolRegistry
 from threadline.api import Runtime, RuntimeConfig, open_runtime
 from threadline.stores import open_durable_journal
 from threadline.stores.durable import DurableJournal
+from threadline.transport.limits import Limits
+from threadline.transport.quotas import UserQuotas
 
 from . import leases
 from .admission import ClusterRefusal, node_in_use
@@ -57,6 +65,7 @@ from .peer_server import PeerServer
 from .peers import open_peer_clients
 from .router import Router
 from .shards import ShardTable
+from .usage import UsageBook, UsageReporter
 from .wakeup import Wakeup
 
 __all__ = ["ClusterConfig", "ClusterRuntime", "made_up_node_id", "open_cluster_runtime"]
@@ -70,6 +79,7 @@ class ClusterRuntime:
 
     runtime: Runtime
     node: Node
+    quotas: UserQuotas  # the node's per-user quotas, counted cluster-wide: ``open_server(quotas=)``
 
     async def leave(self, grace: float) -> None:
         """The graceful stop's first step: hand every shard over (runs get ``grace``
@@ -89,11 +99,13 @@ class ClusterRuntime:
 async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = None,
                                tools: ToolRegistry | None = None,
                                runtime_config: RuntimeConfig | None = None,
-                               http_url: str = "") -> AsyncIterator[ClusterRuntime]:
+                               http_url: str = "", limits: Limits | None = None,
+                               ) -> AsyncIterator[ClusterRuntime]:
     """Join the cluster of ``config.dsn`` as ``config.node_id`` and run a runtime as one of
     its nodes (see the header). ``agent``, ``tools`` and ``runtime_config`` are
     ``open_runtime``'s; ``http_url``: where this node's server is, as the other nodes see
-    it in ``cluster_nodes`` (``threadline.server.http_url``; empty if it has none).
+    it in ``cluster_nodes`` (``threadline.server.http_url``; empty if it has none);
+    ``limits``: the server's, whose per-user ones ``cluster.quotas`` counts cluster-wide.
 
     Raises ``StoreError`` (a store that cannot be used, one line), ``ClusterRefusal`` (the
     node id is in use), ``OSError`` (the peer port cannot be bound)."""
@@ -108,7 +120,8 @@ async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = N
                                            leases.application_name(config.node_id))
         try:
             async with _open_node(config, table, fence, journal, lease_connection, rounds,
-                                  announce, agent, tools, runtime_config, http_url) as cluster:
+                                  announce, agent, tools, runtime_config, http_url,
+                                  UserQuotas(limits or Limits())) as cluster:
                 yield cluster
         finally:
             await trio.to_thread.run_sync(lease_connection.close)
@@ -130,7 +143,7 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
                      journal: DurableJournal, lease_connection: LeaseConnection,
                      rounds: Wakeup, announce: Wakeup, agent: Agent | None,
                      tools: ToolRegistry | None, runtime_config: RuntimeConfig | None,
-                     http_url: str) -> AsyncIterator[ClusterRuntime]:
+                     http_url: str, quotas: UserQuotas) -> AsyncIterator[ClusterRuntime]:
     secret = (await lease_connection.run(leases.setup, secrets.token_urlsafe(32))).encode()
     since = await lease_connection.run(leases.in_use, table.node_id, config.lease_ttl)
     if since is not None:
@@ -143,6 +156,8 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
         hub = FeedHub(journal, on_followed=announce.set)
         announcer = Announcer(table, clients, journal, hub.followed, hub.mark_shards,
                               announce)
+        book = UsageBook(quotas)
+        reporter = UsageReporter(quotas, table, clients, book)
 
         def route(local: LocalThreads) -> Router:
             return Router(local, table, clients, hub, rounds.set)
@@ -155,12 +170,14 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
             assert isinstance(router, Router)
             node = Node(config, table, runtime, journal, fence, lease_connection, hub, router,
                         announcer, rounds, nursery,
-                        peer_address=leases.format_address(advertise), http_url=http_url)
+                        peer_address=leases.format_address(advertise), http_url=http_url,
+                        usage=reporter)
             server = PeerServer(table.node_id, secret, router.ask_owned,
-                                tls=tls and tls.server, followers=fence.followers)
+                                tls=tls and tls.server, followers=fence.followers, usage=book)
             await nursery.start(server.serve, listeners)
             await nursery.start(hub.run)
             nursery.start_soon(announcer.run)
+            nursery.start_soon(reporter.run)
             nursery.start_soon(listen, config.dsn, (node.events_channel, leases.SHARDS_CHANNEL),
                                node.on_notify, node.on_listening,
                                leases.application_name(config.node_id))
@@ -172,7 +189,7 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
                      table.node_id, node.peer_address, "mutual TLS" if tls else "plaintext",
                      table.owned, node.nodes_live)
             try:
-                yield ClusterRuntime(runtime, node)
+                yield ClusterRuntime(runtime, node, quotas)
             finally:
                 with trio.CancelScope(shield=True):
                     router.closing = True

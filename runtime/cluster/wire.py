@@ -13,6 +13,10 @@ replayed as the other, nor on another connection.
 A ``Follow`` (the caller's node follows exactly these shards: a bitmap of ``SHARDS`` bits, the
 whole set each time) is answered with a ``Result`` of None (``interest.py``).
 
+A ``Usage`` (what the caller's node's users use: ``{user_id: [connections, sends, threads]}``,
+each value exactly what ``UserUsage.to_wire`` makes, ``usage.py``) is one-way: no id, no answer.
+Its sender is the link's proved node, never a field of the frame.
+
 A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`` and the error's
 message, raised again as the same class by ``error_of``). Any other exception is a bug there,
 sent as ``internal`` with a fixed message (never its text: it may hold user data), raised here as
@@ -36,6 +40,7 @@ from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Bu
 from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteThread, GetInfo,
                                         PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
 from threadline.actors.reply import Reply
+from threadline.transport.quotas import UserUsage
 
 from .shards import SHARDS
 
@@ -125,6 +130,13 @@ class Follow:
 
 
 @attrs.frozen(slots=True)
+class Usage:
+    """What the sending node's users use (its ``UserQuotas.take_report``, or a part of it):
+    count it against the users' quotas here. One-way: never answered."""
+    users: dict[str, UserUsage]
+
+
+@attrs.frozen(slots=True)
 class Result:
     id: int
     value: Any  # Accepted | str | ThreadInfo | None
@@ -138,7 +150,7 @@ class Failure:
 
 
 CallRequest = Post | Cancel | Info | Delete
-Message = Hello | Challenge | Proof | Call | Follow | Result | Failure
+Message = Hello | Challenge | Proof | Call | Follow | Usage | Result | Failure
 
 
 # -- proofs --------------------------------------------------------------------------------------
@@ -185,8 +197,8 @@ def encode_value(value: Any) -> Any:
     raise TypeError(f"no wire encoding for a {type(value).__name__}")
 
 
-_MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "follow", "result",
-                              "failure"})
+_MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "follow", "usage",
+                              "result", "failure"})
 _REQUESTS: Final = frozenset({"post", "cancel", "info", "delete"})
 _VALUES: Final = frozenset({"accepted", "thread_info"})
 _KEY = functools.partial(_decode, tags=frozenset({"key"}))
@@ -196,6 +208,7 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "proof": (Proof, (_BYTES,)),
     "call": (Call, (_INT, _STR, _STR, functools.partial(_decode, tags=_REQUESTS))),
     "follow": (Follow, (_INT, lambda b: _bitmap(b))),
+    "usage": (Usage, (lambda u: _users(u),)),
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
     "post": (Post, (_STR, _OPT_STR, _STR)),
@@ -215,6 +228,20 @@ def _bitmap(value: Any) -> bytes:
     return value
 
 
+def _users(value: Any) -> dict[str, UserUsage]:
+    if type(value) is not dict:
+        raise WireError("a usage report is a map of user ids")
+    users = {}
+    for user_id, usage in value.items():
+        if type(user_id) is not str or not user_id:
+            raise WireError("a usage report is keyed by user ids")
+        try:
+            users[user_id] = UserUsage.from_wire(usage)
+        except ValueError as exc:
+            raise WireError(str(exc)) from None
+    return users
+
+
 def shards_bitmap(shards: Any) -> bytes:
     bits = bytearray(SHARDS // 8)
     for s in shards:
@@ -230,6 +257,8 @@ def _plain(obj: Any) -> Any:
     kind = type(obj)
     if kind is Result:
         return ["result", obj.id, encode_value(obj.value)]
+    if kind is Usage:
+        return ["usage", {user_id: u.to_wire() for user_id, u in obj.users.items()}]
     if kind in _TAGS:
         return [_TAGS[kind], *map(_plain, attrs.astuple(obj, recurse=False))]
     return obj

@@ -27,9 +27,11 @@ class Node:
     unread would fill and stop the process)."""
 
     def __init__(self, dsn: str, *args: str, env_secret: str = SECRET,
-                 argv: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 argv: list[str] | None = None, env: dict[str, str] | None = None,
+                 module: str = "threadline") -> None:
         """``threadline serve --cluster --store dsn --port 0 *args``, or ``threadline *argv``
-        with ``env`` (beside the environment without its ``THREADLINE_*`` variables)."""
+        with ``env`` (beside the environment without its ``THREADLINE_*`` variables); or
+        ``python -m module *argv``, a program that prints ``ready: URL`` as serve does."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
         if env is None:
             env = {"THREADLINE_SECRET": env_secret}
@@ -37,7 +39,7 @@ class Node:
             argv = ["serve", "--cluster", "--store", dsn, "--port", "0", *args]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="threadline-node-", suffix=".log")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "threadline", *argv], cwd=ROOT, env={**clean, **env},
+            [sys.executable, "-m", module, *argv], cwd=ROOT, env={**clean, **env},
             text=True, stdout=subprocess.PIPE, stderr=self.log)
         self.url = ""
         self.port = 0
