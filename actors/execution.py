@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from .engine import Agent, Run, describe, writer_of
-from .errors import AgentError, JournalWedged
+from .errors import AgentError, JournalUnavailable, JournalWedged, ThreadReload
 from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED
 from .run_writer import TERMINAL_WRITE_TIMEOUT, RunContext, RunControl, Terminal
 
@@ -52,6 +52,8 @@ async def execute(run: Run, agent: Agent) -> str:
             except JournalWedged:
                 writer.abandon_stream()  # its pieces would follow a run that is torn down
                 raise  # not the agent's failure: the thread restarts
+            except (JournalUnavailable, ThreadReload):
+                raise  # the store failed under the run, not the agent: the runner closes it
             except Exception as exc:
                 _log_failure(control.context, exc)
                 terminal = (AGENT_FAILED, {"error": describe(exc)})

@@ -112,9 +112,9 @@ class Journal(Protocol):
         are erased too) and durable when it returns; the key can then be created again, from
         seq 1. Never touches another key (another user's thread of the same id)."""
 
-    async def open_runs(self) -> list[OpenRun]:
-        """Every run with a stored ``user_message`` and no stored terminal event; a thread's
-        in the order their messages were stored."""
+    async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
+        """Every run with a stored ``user_message`` and no stored terminal event (of ``key``'s
+        thread only, if given); a thread's in the order their messages were stored."""
 
     def statistics(self) -> StoreStatistics | None:
         """The store's figures (never blocks), or None for a store that keeps none."""

@@ -133,9 +133,10 @@ class MemoryJournal:
             del self._open_runs[run]
         return self._threads.pop(key, None) is not None
 
-    async def open_runs(self) -> list[OpenRun]:
+    async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
         await trio.lowlevel.checkpoint()
-        return [OpenRun(key, run_id, started) for (key, run_id), started in self._open_runs.items()]
+        return [OpenRun(k, run_id, started) for (k, run_id), started in self._open_runs.items()
+                if key is None or k == key]
 
     def statistics(self) -> None:
         return None  # nothing to count: no transactions, no outages

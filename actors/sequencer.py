@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import trio
 
-from .errors import Fenced, JournalUnavailable, JournalWedged, StoreConflict
+from .errors import Fenced, JournalUnavailable, JournalWedged, StoreConflict, ThreadReload
 from .journal import Done, Journal, check_storable
 from .messages import Event, ThreadKey
 from .pacer import current_pacer
@@ -86,7 +86,7 @@ class Sequencer:
         """Queue the next event and return it, without waiting; ``then`` hears how it ended.
         Raises ``Unstorable`` (nothing queued, no seq used)."""
         if self._mismatch is not None:
-            raise RuntimeError(f"the numbering of {self.key} disagrees with the journal: "
+            raise ThreadReload(f"the numbering of {self.key} disagrees with the journal: "
                                f"{self._mismatch}")
         event = Event(self.key, self._next + 1, name, run_id, self.clock(), data)
         check_storable((event,))

@@ -61,9 +61,16 @@ class RestartBudget:
                 f"{self.name} crashed more than {policy.intensity} times in {policy.period} s"
             ) from exc
         times.append(now)
-        if isinstance(exc, ThreadReload):  # the store changed under the actor: no bug
+        if _reload(exc):  # the store changed under the actor: no bug
             log.warning("%s: %s; reloading from the store (%d of %d in %ss)", self.name, exc,
                         len(times), policy.intensity, policy.period)
         else:
             log.warning("%s crashed; restarting (%d of %d in %ss)", self.name, len(times),
                         policy.intensity, policy.period, exc_info=exc)
+
+
+def _reload(exc: BaseException) -> bool:
+    """A ``ThreadReload``, or a group (the actor's nursery: its runner met it too) of those."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_reload(e) for e in exc.exceptions)
+    return isinstance(exc, ThreadReload)

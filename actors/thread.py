@@ -31,10 +31,10 @@ from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
 from .run_writer import RunContext, RunControl
-from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun,
-                       DeleteThread, Event, GetInfo, Joined, Passivate, PostMessage, Shutdown,
-                       Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
-                       Unsubscribe)
+from .messages import (AGENT_FAILED, AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED,
+                       USER_MESSAGE, Accepted, CancelRun, DeleteThread, Event, GetInfo, Joined,
+                       Passivate, PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey,
+                       ThreadMessage, ThreadRequest, Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
 
@@ -107,6 +107,8 @@ class ThreadActor:
         self._created_at, self._updated_at = info.created_at, info.updated_at
         if self._loaded and info.last_seq != had:
             await self._catch_up(had, info.last_seq)
+        if self._loaded:
+            await self._close_strays()
         self._loaded = True
         msg: Any = None
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
@@ -168,6 +170,22 @@ class ThreadActor:
                     raise
             await trio.sleep(delay)
             delay = min(2 * delay, 2.0)
+
+    async def _close_strays(self) -> None:
+        """After a restart: a run the store holds open that this actor does not hold (its
+        terminal write failed as the actor went down: the store's copy changed under it, or
+        the crash took its writer with it) ends now, with ``agent_failed``, after its
+        ``agent_started`` if it never started; a run only the next start's recovery would
+        otherwise close, leaving its clients waiting."""
+        held = set() if self._runs is None else self._runs.run_ids()
+        for run in await self.env.journal.open_runs(self.key):
+            if run.run_id in held:
+                continue
+            if not run.started:
+                await self._writes.append(AGENT_STARTED, run.run_id, {})
+            await self._writes.append(AGENT_FAILED, run.run_id, {"error": "internal error"})
+            log.warning("%s: run %s was left open as the thread restarted; ended it",
+                        self.key, run.run_id)
 
     def _check_numbering(self) -> None:
         """Restart from the store's state now if the numbering disagrees with it (a write of

@@ -161,8 +161,8 @@ class DurableJournal:
         node's poll of the threads it follows; not part of the ``Journal`` protocol)."""
         return await self.read_with(batch.last_seqs, [k for k in keys if storable_key(k)])
 
-    async def open_runs(self) -> list[OpenRun]:
-        return await self.read_with(sql.open_runs)
+    async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
+        return await self.read_with(sql.open_runs, key)
 
     async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` (a blocking read: the queries here, a cluster node's batched
@@ -289,7 +289,9 @@ class DurableJournal:
             self._forget([item])
             log.warning("%s: a write of %s conflicts with what the store holds (%s: %s); the "
                         "thread reloads from the store", self.backend.name, key, kind, what)
-            error = StoreConflict(f"the store's copy of this thread changed ({kind})")
+            error = StoreConflict("the store's copy of this thread changed under this server; "
+                                  "the thread reloads it: send again (a client_msg_id makes "
+                                  "that safe)")
         elif self.backend.is_bad_data(exc):
             log.warning("%s refused a write of %s: %s: %s", self.backend.name, key, kind, what)
             error = Unstorable(f"the store refused this data ({kind})")

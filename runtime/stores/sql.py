@@ -210,8 +210,13 @@ def threads_page(cur: Any, user_id: str, limit: int,
     return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
 
 
-def open_runs(cur: Any) -> list[OpenRun]:
-    cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs "
-                "ORDER BY user_id, thread_id, opened_seq")
+def open_runs(cur: Any, key: ThreadKey | None = None) -> list[OpenRun]:
+    if key is not None:
+        cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs WHERE "
+                    "user_id = %s AND thread_id = %s ORDER BY opened_seq",
+                    (key.user_id, key.thread_id))
+    else:
+        cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs "
+                    "ORDER BY user_id, thread_id, opened_seq")
     return [OpenRun(ThreadKey(u, t), r, bool(s)) for u, t, r, s in cur.fetchall()]
 

@@ -208,3 +208,32 @@ async def test_a_commit_whose_answer_is_lost_is_read_back_and_its_message_runs(p
     assert_runs_well_formed(events)  # the lost message's run ran, and ended once
     assert [e.data["text"] for e in events if e.run_id == retried["run_id"]
             and e.event == "agent_completed"] == ["think:lost"]
+
+
+async def test_a_conflict_in_the_middle_of_an_answer_ends_that_run_and_logs_no_traceback(
+        store, caplog):
+    """The red-team's case: another writer lands while a run streams. The run ends with one
+    terminal event at once (not at the next start's recovery), the thread serves again, and the
+    log says so in warnings, with no traceback."""
+    url, connect = store
+    async with served(url) as server:
+        async with open_client(server.url, token("ada")) as client:
+            await first_turn(client)
+            streaming = await client.send("main", "think:a;sleep:0.5;think:b;sleep:0.5;think:c")
+            while (await client.next_event(10))["event"] != "agent_thinking":
+                pass
+            await trio.to_thread.run_sync(write_behind, connect, "ada", "main", 2)
+            after, codes = await send_until_served(client, "think:after")
+            assert codes in ([], ["internal"]), codes
+            await until_completed(client, after["run_id"])
+        async with open_client(server.url, token("ada")) as again:
+            joined = await again.join("main", since=0)
+            frames = [await again.next_event(10) for _ in range(joined["last_seq"])]
+    ended = [f["event"] for f in frames if f["run_id"] == streaming["run_id"]
+             and f["event"] in ("agent_completed", "agent_failed", "agent_cancelled")]
+    assert len(ended) == 1, [(f["seq"], f["event"], f["run_id"]) for f in frames]
+    ours = [Event(ThreadKey("ada", "main"), f["seq"], f["event"], f["run_id"], f["ts"], f["data"])
+            for f in frames if f["run_id"] != "run-behind"]
+    assert_runs_well_formed(ours)
+    assert not [r for r in caplog.records if r.exc_info], \
+        [(r.name, r.getMessage()) for r in caplog.records if r.exc_info]
