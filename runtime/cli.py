@@ -166,6 +166,13 @@ def run_delete_user(args: argparse.Namespace) -> int:
         raise Refusal(f"invalid user id {args.user!r}: 1-128 characters of "
                       "A-Z a-z 0-9 _ . : @ -")
     url = args.store or os.environ.get("THREADLINE_STORE") or DEFAULT_STORE
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if path and not os.path.exists(path):  # a typo would make an empty store and say "0"
+            raise Refusal(f"no SQLite store at {os.path.abspath(path)}: nothing deleted "
+                          "(check --store or THREADLINE_STORE; the default is threadline.db "
+                          "in the current folder)")
     if urlsplit(url).scheme in ("postgresql", "postgres"):
         from threadline.cluster.admission import check_standalone
 

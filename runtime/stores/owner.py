@@ -12,20 +12,23 @@ their own memory, so one of them meets a duplicate key on every write). A look a
 Invariants of the SQLite lock:
 
 - The lock is taken before anything reads or writes the store (``Backend.claim``, which
-  ``open_durable_journal`` holds from before migrating), and let go only after the store's connections are closed. A second
-  opener, in this process or another, is refused at once (``StoreInUse``) and has touched
-  nothing: the lock file is the only file it may have created.
-- It is ``flock(LOCK_EX | LOCK_NB)`` on an open file description, so the kernel lets it go
-  when the holder dies, ``kill -9`` included: no stale lock to clean up by hand. The file stays
-  (removing it would race with an opener that holds the old inode); it holds the holder's pid
-  and host, which the refusal quotes.
-- On NFS, Linux carries ``flock`` as a lock of the whole file through the NFS lock manager, so
-  two hosts are refused too; but SQLite's WAL mode needs one host (shared memory), so a store
-  on a network filesystem is not supported: use PostgreSQL for several hosts.
-- A store whose folder cannot be written (a read-only mount) cannot get a lock file made; the
-  open is refused in the backend's words (``read-only``), as SQLite's WAL would refuse it too.
-  An existing lock file that is read-only is locked through a read-only descriptor:
-  ``flock`` needs none other.
+  ``open_durable_journal`` holds from before migrating), and let go only after the store's
+  connections are closed. A second opener, in this process or another, is refused at once
+  (``StoreInUse``) and has touched nothing.
+- It is ``flock(LOCK_EX | LOCK_NB)`` on the database file itself (made empty if new, as SQLite
+  would), on an open file description of its own: so every name of the file is refused alike
+  (a symbolic link, a hard link, another spelling of the path), and the kernel lets it go when
+  the holder's last descriptor closes, ``kill -9`` included. SQLite's own locks are POSIX
+  (``fcntl``) byte-range locks, which Linux keeps apart from ``flock`` on a local filesystem. A
+  child the holder forked keeps the descriptor, and so the lock, until it exits.
+- Who holds it is written, for the refusal's words only, to ``PATH.lock`` beside the file's
+  real path; that file decides nothing (deleting it frees nothing).
+- On NFS, Linux carries ``flock`` as a POSIX lock of the whole file through the NFS lock
+  manager, which would meet SQLite's own; and SQLite's WAL mode needs one host (shared memory)
+  anyway: a store on a network filesystem is not supported: use PostgreSQL for several hosts.
+- A store in a folder that cannot be written (a read-only mount) is refused in the backend's
+  words (``read-only``), as SQLite's WAL would refuse it; an existing database file that is
+  read-only is locked through a read-only descriptor: ``flock`` needs none other.
 """
 
 from __future__ import annotations
@@ -44,27 +47,25 @@ class StoreInUse(StoreError, RuntimeError):
     """Another process (or another journal in this one) has the store open."""
 
 
-def lock_path(path: str) -> str:
-    return path + ".lock"
+def holder_path(path: str) -> str:
+    """Where the holder's pid is written (for the refusal's words; it decides nothing)."""
+    return os.path.realpath(path) + ".lock"
 
 
 def acquire(path: str, name: str) -> int:
     """Hold the store at ``path`` for this process: the lock's file descriptor, to give to
     ``release``. ``StoreInUse`` (one line, naming ``name`` and the holder) if another holds
-    it; ``OSError`` if the lock file cannot be opened (no folder, a read-only one)."""
-    where = lock_path(path)
-    fd = _open(where)
+    it; ``OSError`` if the file cannot be opened (no folder, a read-only one, a folder)."""
+    fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = _holder(fd)
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreError(f"{name}: cannot lock {where}: {exc.strerror}") from None
-        raise StoreInUse(f"{name}: in use by {holder}; one server per "
-                         "SQLite store: stop it first, or use PostgreSQL with --cluster for "
-                         "several") from None
-    _write_holder(fd)
+            raise StoreError(f"{name}: cannot lock it: {exc.strerror}") from None
+        raise StoreInUse(f"{name}: in use by {_holder(path)}; one server per SQLite store: "
+                         "stop it first, or use PostgreSQL with --cluster for several") from None
+    _write_holder(path)
     return fd
 
 
@@ -72,29 +73,47 @@ def release(fd: int) -> None:
     os.close(fd)  # the kernel lets the lock go with the last descriptor
 
 
-def _open(where: str) -> int:
+def _open(path: str) -> int:
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", path)
     try:
-        return os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except (PermissionError, OSError) as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         try:
-            return os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise exc from None
 
 
-def _write_holder(fd: int) -> None:
+def _write_holder(path: str) -> None:
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        with open(holder_path(path), "w") as f:
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     except OSError:
-        pass  # a read-only lock file: the lock holds all the same, only the refusal is vaguer
+        pass  # a read-only folder: the lock holds all the same, only the refusal is vaguer
 
 
-def _holder(fd: int) -> str:
+def _holder(path: str) -> str:
     try:
-        said = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
+        with open(holder_path(path)) as f:
+            said = f.read(200).strip()
+    except (OSError, UnicodeDecodeError):
         said = ""
-    return said or "another process"
+    if not said:
+        return "another process"
+    pid, _, host = said.removeprefix("pid ").partition(" on ")
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        return f"a process started by pid {pid}, which has exited (a child keeps the lock)"
+    return said
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

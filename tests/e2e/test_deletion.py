@@ -68,9 +68,11 @@ async def test_the_delete_user_command(tmp_path):
     async with open_journal(url) as journal:
         assert await journal.threads("ada") == []
         assert len(await journal.threads("bob")) == 1
-    bad = cli("delete-user", "ada", "--store", f"sqlite:///{tmp_path}/no/such/dir/x.db")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.startswith("threadline delete-user: SQLite ")
+    for missing in (f"{tmp_path}/no/such/dir/x.db", f"{tmp_path}/typo.db"):
+        bad = cli("delete-user", "ada", "--store", f"sqlite:///{missing}")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert bad.stderr.startswith(f"threadline delete-user: no SQLite store at {missing}")
+    assert not (tmp_path / "typo.db").exists()  # a typo makes no empty store
 
 
 @pytest.mark.parametrize("secret", [None, SECRET])

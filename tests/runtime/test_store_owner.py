@@ -5,6 +5,8 @@ processes, real SQLite files, a real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -166,3 +168,44 @@ async def test_cluster_nodes_share_a_postgresql_store_with_each_other_only(pg_ds
         with pytest.raises(StoreInUse, match="without --cluster uses this store"):
             async with backend.claim(shared=True):
                 pass
+
+
+async def test_every_name_of_a_sqlite_store_is_refused_alike(tmp_path):
+    """From a red-team pass: a symbolic link, a hard link, and the holder file deleted all
+    let a second opener in while the lock was on ``PATH.lock``; the lock is on the database
+    file itself now."""
+    db = tmp_path / "t.db"
+    (tmp_path / "link.db").symlink_to(db)
+    async with open_journal(f"sqlite:///{db}"):
+        os.link(db, tmp_path / "hard.db")
+        (tmp_path / "t.db.lock").unlink()  # the holder's words only: it decides nothing
+        for name in ("link.db", "hard.db", "t.db", "./t.db"):
+            with pytest.raises(StoreInUse):
+                async with open_journal(f"sqlite:///{tmp_path}/{name}"):
+                    pass
+
+
+async def test_a_lock_a_forked_child_keeps_is_said_so(tmp_path):
+    db = tmp_path / "t.db"
+    program = textwrap.dedent(f"""
+        import os, sys, time, trio
+        from threadline.stores import open_journal
+        async def main():
+            async with open_journal("sqlite:///{db}"):
+                child = os.fork()
+                if child == 0:  # the child keeps the descriptor
+                    time.sleep(30)
+                    os._exit(0)
+                print(child, flush=True)
+                os._exit(0)  # the parent dies, as after kill -9
+        trio.run(main)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    child = int((await trio.to_thread.run_sync(proc.stdout.readline)).strip())
+    try:
+        await trio.to_thread.run_sync(proc.wait)
+        with pytest.raises(StoreInUse, match=f"started by pid {proc.pid}, which has exited"):
+            async with open_journal(f"sqlite:///{db}"):
+                pass
+    finally:
+        os.kill(child, signal.SIGKILL)
