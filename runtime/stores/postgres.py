@@ -29,7 +29,7 @@ import trio
 
 from . import schema, sql
 from .errors import StoreError, first_line
-from .owner import StoreInUse
+from .pg_owner import PostgresClaim
 from .schema import Type
 
 DIALECT = schema.Dialect(
@@ -48,8 +48,6 @@ DIALECT = schema.Dialect(
 )
 
 
-OWNER_LOCK = 7405212  # the advisory lock a store's owner (or its cluster nodes, shared) holds
-CLAIM_PATIENCE = 3.0  # seconds a refused claim is tried again (a holder that just went away)
 
 
 def stuck_options(seconds: float) -> str:
@@ -98,73 +96,27 @@ class PostgresBackend(sql.Backend):
 
     @asynccontextmanager
     async def claim(self, *, shared: bool) -> AsyncIterator[None]:
-        """An advisory lock on a connection of its own, held while the store is open:
-        exclusive for a server without ``--cluster`` (one per store), shared for cluster nodes
-        (whose writes are fenced). The server lets it go when the connection ends, the
-        process's death included. A database restart ends it too, until the next start: a
-        second server started in that window is not refused (see the README).
-
-        The server lets a lock go only once it notices its connection ended, a moment after
-        the client closed it (or died): so the lock is let go explicitly before the close, and
-        a refused claim is tried again for ``CLAIM_PATIENCE`` seconds before it is refused
-        for good (a restart right after a stop or a ``kill -9``)."""
-        take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-        deadline = trio.current_time() + CLAIM_PATIENCE
-        while True:
-            try:
-                conn, holders = await trio.to_thread.run_sync(self._claim_sync, take)
-            except psycopg.Error as exc:
-                raise StoreError(first_line(f"{self.name}: {self.explain(exc)}")) from None
-            if conn is not None:
-                break
-            if trio.current_time() >= deadline:
-                raise self._in_use(shared, holders)
-            await trio.sleep(0.1)
+        """The store's advisory lock, taken and kept (``pg_owner.py``): exclusive for a server
+        without ``--cluster``, shared for cluster nodes."""
+        claim = PostgresClaim(self.name, self._claim_connection, shared=shared)
         try:
-            yield
+            await claim.take()
+        except psycopg.Error as exc:
+            raise StoreError(first_line(f"{self.name}: {self.explain(exc)}")) from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claim.keep)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._let_go_sync, conn, shared)
+                await claim.let_go()
 
-    def _claim_sync(self, take: str) -> tuple[psycopg.Connection | None, list[Any]]:
-        """The connection holding the lock, or None and who holds it."""
-        conn = psycopg.connect(self.dsn, autocommit=True,
+    def _claim_connection(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True,
                                connect_timeout=max(1, int(self.connect_timeout)))
-        try:
-            if conn.execute(f"SELECT {take}(%s)", (OWNER_LOCK,)).fetchone()[0]:
-                return conn, []
-            holders = conn.execute(
-                "SELECT a.pid, a.client_addr::text, l.mode FROM pg_locks l JOIN "
-                "pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
-                "l.classid = 0 AND l.objid = %s AND l.granted", (OWNER_LOCK,)).fetchall()
-        except BaseException:
-            conn.close()
-            raise
-        conn.close()
-        return None, holders
-
-    @staticmethod
-    def _let_go_sync(conn: psycopg.Connection, shared: bool) -> None:
-        try:
-            unlock = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
-            conn.execute(f"SELECT {unlock}(%s)", (OWNER_LOCK,))
-        except psycopg.Error:
-            pass  # a connection already gone has let it go
-        finally:
-            conn.close()
-
-    def _in_use(self, shared: bool, holders: list[Any]) -> StoreInUse:
-        who = ", ".join(f"backend pid {pid}" + (f" from {addr}" if addr else "")
-                        for pid, addr, _ in holders[:3]) or "another server"
-        if shared:
-            return StoreInUse(f"{self.name}: a threadline server without --cluster uses this "
-                              f"store ({who}): stop it, or start it with --cluster too")
-        nodes = any(mode == "ShareLock" for _, _, mode in holders)
-        return StoreInUse(f"{self.name}: " + (
-            f"cluster nodes use this store ({who}): start this server with --cluster too, "
-            "or give it another store" if nodes else
-            f"another threadline server uses this store ({who}); one server per store "
-            "without --cluster: stop it first, or run every server with --cluster"))
 
     def cursor(self, conn: psycopg.Connection) -> psycopg.Cursor[Any]:
         return conn.cursor()

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import trio
 
@@ -209,3 +210,34 @@ async def test_a_lock_a_forked_child_keeps_is_said_so(tmp_path):
                 pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+async def test_two_schemas_of_one_database_are_two_stores(pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS tenant2")
+    other = pg_dsn + ("&" if "?" in pg_dsn else "?") + "options=-csearch_path%3Dtenant2"
+    async with open_journal(pg_dsn), open_journal(other):
+        pass  # neither refuses the other
+
+
+async def test_a_postgresql_hold_that_ends_is_taken_again(pg_dsn, monkeypatch, caplog):
+    """From a red-team pass: the lock's idle connection was ended (idle_session_timeout, a
+    database restart) and a second server started without a word. Now the owner notices and
+    takes the hold again, and the other is refused."""
+    from threadline.stores import pg_owner
+
+    monkeypatch.setattr(pg_owner, "KEEP_INTERVAL", 0.2)
+    async with open_journal(pg_dsn):
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # end the hold's connection
+            ended = conn.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = "
+                "'advisory' AND l.classid = %s AND l.granted", (pg_owner.OWNER_LOCK,)).fetchall()
+        assert ended == [(True,)]
+        with trio.fail_after(10):
+            while not any("holds the store again" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.1)
+        with pytest.raises(StoreInUse, match="another threadline server uses this store"):
+            async with open_journal(pg_dsn):
+                pass
+    assert any("the connection that holds the store ended" in r.getMessage()
+               for r in caplog.records)
