@@ -65,7 +65,7 @@ class Gateway:
         d, t = self.directory, self.stats
         return RuntimeStatistics(
             actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations,
-            passivations=d.passivations, failures=d.failures, runs_active=t.runs_active,
+            passivations=d.passivations, failures=d.failures, runs_active=t.runs_active, runs_waiting=t.runs_waiting,
             runs_started=t.runs_started, runs_ended=dict(t.runs_ended), events_stored=t.events,
             run_seconds=t.run_seconds, store=self.journal.statistics())
 

@@ -237,15 +237,20 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
     stats = env.stats
     try:
         while (control := runs.start_next()) is not None:
-            stats.runs_started += 1
-            stats.runs_active += 1
-            started = trio.current_time()
             writer = RunWriter(sequencer, control, interval=env.delta_interval)
             try:
                 async with _user_slot(runs, env, control):
-                    history = partial(read_history, env.journal, sequencer.key,
-                                      control.message_seq)
-                    await execute(Run(writer, env.tools, history=history), env.agent)
+                    # Counted from here: a run waiting for its user's slot has not started.
+                    stats.runs_started += 1
+                    stats.runs_active += 1
+                    started = trio.current_time()
+                    try:
+                        history = partial(read_history, env.journal, sequencer.key,
+                                          control.message_seq)
+                        await execute(Run(writer, env.tools, history=history), env.agent)
+                    finally:
+                        stats.runs_active -= 1
+                        stats.run_seconds.observe(trio.current_time() - started)
             except JournalUnavailable as exc:
                 ctx = control.context
                 log.error("run %s of user %s, thread %s lost its journal: %s", ctx.run_id,
@@ -253,8 +258,6 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                 await writer.close_lost()
             finally:
                 runs.finish()
-                stats.runs_active -= 1
-                stats.run_seconds.observe(trio.current_time() - started)
     finally:
         runs.runner_ended()
 
@@ -268,7 +271,11 @@ async def _user_slot(runs: RunQueue, env: ThreadEnv, control: RunControl) -> Asy
     user_id, held = control.context.user_id, False
     with trio.CancelScope() as runs.queued:
         if control.cancel_reason is None:
-            await env.user_runs.acquire(user_id, control)
+            env.stats.runs_waiting += 1
+            try:
+                await env.user_runs.acquire(user_id, control)
+            finally:
+                env.stats.runs_waiting -= 1
             held = True
     runs.queued = None
     try:

@@ -79,6 +79,7 @@ class RuntimeStatistics:
     runs_active: int
     runs_started: int
     runs_ended: Mapping[str, int]  # by terminal event
+    runs_waiting: int        # accepted, waiting for one of their user's slots (user_runs.py)
     events_stored: int
     run_seconds: Histogram
     store: StoreStatistics | None
@@ -91,5 +92,6 @@ class ThreadStats:
     events: int = 0
     runs_started: int = 0
     runs_active: int = 0
+    runs_waiting: int = 0    # next on their thread, waiting for one of their user's slots
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
     run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

@@ -156,6 +156,9 @@ def _actors(r: RuntimeStatistics) -> Iterator[Metric]:
                    "restart intensity [actors].", r.failures)
     yield GaugeMetricFamily("threadline_runs_active", "Agent runs in progress [runs].",
                             value=r.runs_active)
+    yield GaugeMetricFamily("threadline_runs_waiting", "Agent runs accepted and waiting for "
+                            "one of their user's run slots (user_runs) [runs].",
+                            value=r.runs_waiting)
     yield counter("threadline_runs_started", "Agent runs started [runs].", r.runs_started)
     yield by("threadline_runs_ended", "Agent runs ended, by terminal event [runs].", "event",
               r.runs_ended)

@@ -30,6 +30,8 @@ async def test_one_users_runs_beyond_the_bound_wait_and_others_do_not(autojump_c
         await trio.sleep(1)
         assert await started(rt, "hog", hog) == hog[:3]  # in the order they came
         assert rt._env.user_runs.waiting == 5
+        stats = rt.statistics()  # what /metrics shows: a run waiting has not started
+        assert (stats.runs_active, stats.runs_waiting, stats.runs_started) == (3, 5, 3)
 
         # Another user is not behind them.
         other = rt.thread("ada", "main")
