@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator, Iterator
 
 import attrs
@@ -115,16 +115,22 @@ async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = N
     # The fence runs in the writer's thread: a refused write asks for a round from there.
     fence = Fence(table, on_fenced=lambda shards: token.run_sync_soon(rounds.set),
                   followers=Followers())
-    async with _open_fenced_journal(config, fence) as journal:
-        lease_connection = LeaseConnection(config.dsn, config.stuck_after,
-                                           leases.application_name(config.node_id))
-        try:
-            async with _open_node(config, table, fence, journal, lease_connection, rounds,
-                                  announce, agent, tools, runtime_config, http_url,
-                                  UserQuotas(limits or Limits())) as cluster:
-                yield cluster
-        finally:
-            await trio.to_thread.run_sync(lease_connection.close)
+    # The peer port first: a node that cannot listen has touched no store (as serve's port).
+    host, port = config.peer_listen
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with AsyncExitStack() as closing:
+        for listener in listeners:
+            closing.push_async_callback(listener.aclose)
+        async with _open_fenced_journal(config, fence) as journal:
+            lease_connection = LeaseConnection(config.dsn, config.stuck_after,
+                                               leases.application_name(config.node_id))
+            try:
+                async with _open_node(config, table, fence, journal, lease_connection, rounds,
+                                      announce, agent, tools, runtime_config, http_url,
+                                      UserQuotas(limits or Limits()), listeners) as cluster:
+                    yield cluster
+            finally:
+                await trio.to_thread.run_sync(lease_connection.close)
 
 
 @asynccontextmanager
@@ -143,13 +149,13 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
                      journal: DurableJournal, lease_connection: LeaseConnection,
                      rounds: Wakeup, announce: Wakeup, agent: Agent | None,
                      tools: ToolRegistry | None, runtime_config: RuntimeConfig | None,
-                     http_url: str, quotas: UserQuotas) -> AsyncIterator[ClusterRuntime]:
+                     http_url: str, quotas: UserQuotas, listeners: list[trio.SocketListener],
+                     ) -> AsyncIterator[ClusterRuntime]:
     secret = (await lease_connection.run(leases.setup, secrets.token_urlsafe(32))).encode()
     since = await lease_connection.run(leases.in_use, table.node_id, config.lease_ttl)
     if since is not None:
         raise ClusterRefusal(node_in_use(table.node_id, since))
-    host, port = config.peer_listen
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    host = config.peer_listen[0]
     advertise = config.peer_advertise or (host, listeners[0].socket.getsockname()[1])
     tls = config.peer_tls
     async with open_peer_clients(table.node_id, secret, tls=tls and tls.client) as clients:

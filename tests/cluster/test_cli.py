@@ -126,3 +126,17 @@ async def test_of_two_nodes_started_together_with_different_secrets_one_is_refus
     finally:
         first.kill()
         second.kill()
+
+
+def test_a_peer_port_in_use_is_one_line_and_opens_no_store(pg_dsn):
+    """From a red-team pass: the store was opened (and migrated) before the peer port was
+    bound; the port comes first now, as serve's own."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = serve("--cluster", "--store", pg_dsn, "--peer-address", f"127.0.0.1:{port}")
+    refused(out, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "ready (schema version" not in out.stderr, out.stderr  # the journal never opened
