@@ -174,9 +174,14 @@ def run_delete_user(args: argparse.Namespace) -> int:
                           "(check --store or THREADLINE_STORE; the default is threadline.db "
                           "in the current folder)")
     if urlsplit(url).scheme in ("postgresql", "postgres"):
-        from threadline.cluster.admission import check_standalone
+        from threadline.cluster.admission import ClusterRefusal, check_standalone
 
-        check_standalone(url)  # live cluster nodes would go on writing the deleted threads
+        try:
+            check_standalone(url)  # live cluster nodes would go on writing the deleted threads
+        except ClusterRefusal as exc:
+            raise Refusal(f"{str(exc).split(':', 1)[0]}: stop every node first, or delete the "
+                          "user's threads through a node's HTTP API (DELETE "
+                          "/v1/threads/THREAD_ID with the user's token)") from None
 
     async def delete() -> int:
         async with open_journal(url) as journal:

@@ -71,7 +71,8 @@ async def test_a_server_without_cluster_on_a_live_cluster_store_is_refused(pg_ds
         refused(out, f"cluster nodes use this store ({node.node_id}): start this server with "
                 "--cluster too, or give it another store")
         out = await trio.to_thread.run_sync(lambda: cli("delete-user", "ada", "--store", pg_dsn))
-        refused(out, "cluster nodes use this store")
+        refused(out, "cluster nodes use this store (")
+        assert "stop every node first, or delete the user's threads through" in out.stderr
     finally:
         node.kill()
 

@@ -283,6 +283,38 @@ const scenarios = {
     return { joined, resets, lastSeq, joins: joinsOf(connections) };
   },
 
+  // An app restores a copy it kept (since 8 and the thread's createdAt) after the thread was
+  // deleted and made again, longer: the first join already tells it apart.
+  async restoredCopy() {
+    const old = await directClient("kept");
+    await exchange(old.client, old.events, "kept", "old one");
+    await exchange(old.client, old.events, "kept", "old two");  // seq 1-8
+    const createdAt = old.client.thread("kept").createdAt;
+    old.client.close();
+    const base = new URL(url);
+    await fetch(`http://${base.host}/v1/threads/kept`, {
+      method: "DELETE", headers: { Authorization: `Bearer ${token}` },
+    });
+    const creator = await directClient("kept");
+    for (const text of ["new one", "new two", "new three"]) {
+      await exchange(creator.client, creator.events, "kept", text);  // seq 1-12
+    }
+    creator.client.close();
+    const resets = [];
+    const seen = [];
+    const connections = [];
+    const client = connect({ url, token, WebSocket: recordingSocket(connections),
+                             onerror: (e) => console.error("onerror", e.code, e.message) });
+    await within(client.join("kept", {
+      since: 8, createdAt,
+      onevent: (frame) => seen.push(frame.seq),
+      onreset: (reason) => resets.push(reason),
+    }), "joined");
+    await until(() => seen.length === 12, "the new thread's 12 events");
+    client.close();
+    return { resets, seen, joins: joinsOf(connections), createdAt };
+  },
+
   async unauthorized() {
     const errors = [];
     const states = [];

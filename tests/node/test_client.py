@@ -162,6 +162,16 @@ async def test_a_thread_replaced_by_a_longer_one_while_away_is_reset_too():
     assert seen["joins"][-1] == [8, 0]
 
 
+async def test_an_apps_kept_copy_of_a_thread_made_again_is_reset_at_the_first_join():
+    """From a red-team read: a page that restores ``since`` from storage could not tell a
+    thread made again, longer, from its own; with the ``createdAt`` it kept it can."""
+    async with serving() as server:
+        seen = await scenario("restoredCopy", server.url, token("ada"))
+    assert isinstance(seen["createdAt"], float)
+    assert seen["resets"] == ["replaced"] and seen["joins"] == [[8, 0]]
+    assert seen["seen"] == list(range(1, 13))
+
+
 async def test_an_apps_since_beyond_the_servers_thread_is_reset_too():
     async with serving() as server:
         seen = await scenario("sinceAhead", server.url, token("ada"))

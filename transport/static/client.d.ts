@@ -113,6 +113,10 @@ export declare class Thread {
 export interface JoinOptions {
   /** replay every stored event with seq > since first (0: the whole history); default: live only */
   since?: number;
+  /** with `since`, for a copy the app kept across page loads: the `createdAt` of the thread it
+   * holds, so that a thread deleted and created again meanwhile is reset (onreset) even when
+   * the new one is longer than `since` */
+  createdAt?: number | null;
   /** each new event, once, in seq order, after it was applied to its run */
   onevent?: (frame: EventFrame, run: Run, thread: Thread) => void;
   /** the server ended the subscription; reason "deleted": the thread was deleted (not rejoined) */

@@ -209,8 +209,10 @@ export class Client {
 
   thread(threadId) { return this._threads.get(threadId); }
 
-  join(threadId, { since, onevent = () => {}, onleft = () => {}, onreset = () => {} } = {}) {
+  join(threadId, { since, createdAt = null, onevent = () => {}, onleft = () => {},
+                   onreset = () => {} } = {}) {
     const thread = new Thread(threadId, since, onevent, onleft, onreset);
+    thread.createdAt = createdAt;  // a copy the app kept (with its `since`): which thread it is
     this._threads.set(threadId, thread);
     return this._join(thread);
   }
