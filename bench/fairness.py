@@ -16,7 +16,6 @@ Usage: ``python -m bench.fairness [--hog 300] [--users 20] [--seconds 10] [--num
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from contextlib import ExitStack

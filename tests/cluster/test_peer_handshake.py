@@ -21,8 +21,9 @@ async def call_first(stream: trio.SocketStream) -> None:
     await stream.send_all(encode(Call(1, "ada", "t-1", Info())))
 
 
-async def wrong_proof(stream: trio.SocketStream) -> None:
-    await stream.send_all(encode(Hello("forger", os.urandom(NONCE_BYTES))))
+async def hello(stream: trio.abc.Stream, name: str) -> Challenge:
+    """Say hello as ``name``; the server's challenge (the server is node "owner")."""
+    await stream.send_all(encode(Hello(name, os.urandom(NONCE_BYTES))))
     decoder, messages = FrameDecoder(), []
     with trio.fail_after(10):
         for _ in range(100):
@@ -30,6 +31,11 @@ async def wrong_proof(stream: trio.SocketStream) -> None:
             if messages:
                 break
     assert type(messages[0]) is Challenge and messages[0].node_id == "owner"
+    return messages[0]
+
+
+async def wrong_proof(stream: trio.SocketStream) -> None:
+    await hello(stream, "forger")
     await stream.send_all(encode(Proof(os.urandom(32))))
 
 

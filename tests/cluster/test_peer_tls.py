@@ -4,21 +4,20 @@ handshake inside, and each peer without a good certificate refused in one logged
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 
 import pytest
 import trio
 
 from tests.cluster.certs import CA
+from tests.cluster.test_peer_handshake import hello
 from tests.cluster.test_peers import KEY, LOGGER, SECRET, Owner, post, serving, wait_for
 from threadline.actors.messages import Accepted, GetInfo, ThreadInfo
 from threadline.actors.reply import Reply
 from threadline.cluster.admission import ClusterRefusal
 from threadline.cluster.peers import open_peer_clients
 from threadline.cluster.tls import load_peer_tls
-from threadline.cluster.wire import (NONCE_BYTES, Call, Challenge, FrameDecoder, Hello, Info,
-                                     PeerUnreachable, encode)
+from threadline.cluster.wire import Call, Info, PeerUnreachable, encode
 
 
 def contexts(files) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -125,14 +124,7 @@ async def test_the_hmac_handshake_still_runs_inside_tls(ca, caplog):
         stream = trio.SSLStream(raw, client_tls, server_hostname="127.0.0.1")
         async with stream:
             await stream.do_handshake()
-            await stream.send_all(encode(Hello("by-hand", os.urandom(NONCE_BYTES))))
-            decoder, messages = FrameDecoder(), []
-            with trio.fail_after(10):
-                for _ in range(100):
-                    messages += decoder.feed(await stream.receive_some(65536))
-                    if messages:
-                        break
-            assert type(messages[0]) is Challenge and messages[0].node_id == "owner"
+            await hello(stream, "by-hand")
             await stream.send_all(encode(Call(1, "ada", "t-1", Info())))
             with trio.fail_after(10):
                 try:
