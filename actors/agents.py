@@ -6,6 +6,9 @@ a model. It sleeps every ``STREAM_BATCH`` numbers rather than after each one, an
 program's ``Pacer`` (one timer for all sleepers), so that a thousand concurrent streams cost 20
 wake-ups each a second, not 200 timers.
 
+``/confirm EXPR`` is ``/calc EXPR`` whose calculator call waits for a person's approval first
+(PROTOCOL.md 1.1); denied, the answer is ``"denied: " + reason``.
+
 ``/calc EXPR`` evaluates arithmetic by walking Python's AST over a whitelist of nodes: numbers,
 ``+ - * / // % **`` and unary ``+ -``. Nothing is ``eval``-ed, and the operands of ``**`` and
 the size of results are bounded so that ``9**9**9`` is an error rather than a hung CPU.
@@ -24,9 +27,10 @@ import trio
 from .engine import Run, RunContext
 from .pacer import current_pacer
 from .tools import ToolRegistry
-from .errors import ToolError
+from .errors import ToolDenied, ToolError
 
 CALC_PREFIX = "/calc "
+CONFIRM_PREFIX = "/confirm "  # PROTOCOL.md 1.1: /calc, its calculator call approved first
 STREAM_COMMAND = re.compile(r"/stream ([1-9][0-9]{0,5})")
 MAX_STREAM = 100_000         # numbers
 STREAM_RATE = 200.0          # numbers per second
@@ -116,10 +120,15 @@ async def echo_agent(run: Run) -> str | None:
     error's text (PROTOCOL.md has ``/calc`` always end in ``agent_completed``).
     """
     text = run.text
-    if text.startswith(CALC_PREFIX):
+    confirm = text.startswith(CONFIRM_PREFIX)
+    if confirm or text.startswith(CALC_PREFIX):
         await run.think("calculating")
+        expression = text[len(CONFIRM_PREFIX if confirm else CALC_PREFIX):]
         try:
-            result = await run.call_tool("calculator", expression=text[len(CALC_PREFIX):])
+            result = await run.call_tool("calculator", approval=True if confirm else None,
+                                         expression=expression)
+        except ToolDenied as exc:
+            return str(exc)  # "denied: " + the reason (PROTOCOL.md)
         except ToolError as exc:
             return f"error: {exc}"
         return str(result)

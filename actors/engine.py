@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from .errors import ToolError
+from .errors import ToolDenied, ToolError
 from .history import Turn
 from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
 from .run_writer import RunContext, RunWriter, describe
@@ -96,16 +96,29 @@ class Run:
         the run writes nothing more and the thread ends it. Raises ``Unstorable``."""
         await self._writer.send(AGENT_THINKING, {"text": text})
 
-    async def call_tool(self, tool: str, /, **args: Any) -> Any:
+    async def call_tool(self, tool: str, /, *, approval: bool | None = None, **args: Any) -> Any:
         """Run a registered tool with its timeout; emits ``tool_executing`` and ``tool_completed``.
 
         Returns the tool's result. Raises ``ToolError`` when the tool is unknown, raises or
-        times out (the ``tool_completed`` event then carries ``error``).
+        times out (the ``tool_completed`` event then carries ``error``). A call that needs a
+        person's approval (the tool's registration, or ``approval=True`` for this call; False
+        skips it) first stores ``approval_requested`` and waits for the decision
+        (``approval.py``); denied (or expired), the tool never runs: ``tool_completed`` carries
+        ``"denied: " + reason`` and ``ToolDenied`` is raised.
         """
         call_id = new_id("call")
+        spec = self._tools.get(tool)
+        if approval if approval is not None else (
+                spec is not None and spec.approval_needed(self.context, args)):
+            timeout = spec.approval_timeout if spec is not None else None
+            approved, reason = await self._writer.request_approval(call_id, tool, args, timeout)
+            if not approved:
+                error = f"denied: {reason or 'no reason given'}"
+                await self._writer.append(TOOL_COMPLETED, {"call_id": call_id, "tool": tool,
+                                                           "error": error})
+                raise ToolDenied(error, reason)
         await self._writer.append(TOOL_EXECUTING, {"call_id": call_id, "tool": tool,
                                                    "args": args})
-        spec = self._tools.get(tool)
         error: str | None = None
         result: Any = None
         if spec is None:

@@ -59,6 +59,11 @@ class AgentError(ActorError):
     ``agent_failed`` (any other exception is reported with its type name)."""
 
 
+class UnknownCall(ActorError):
+    """A decision for a tool call that is not waiting for approval (never asked, decided
+    already, its run ended); nothing was stored."""
+
+
 class ToolError(AgentError):
     """A tool call failed (raised, timed out, or is not registered).
 
@@ -114,3 +119,14 @@ class JournalWedged(RuntimeError):
     """A journal write got no answer within its bound: the thread actor restarts (its
     supervisor reloads the last durable seq). Never turned into a run's failure: the counter
     may not match the journal any more."""
+
+
+class ToolDenied(ToolError):
+    """A tool call a person (or the server, when the wait expired) did not approve: the tool
+    never ran. Its message is the ``tool_completed`` error, ``"denied: " + reason``; an agent
+    may catch it and answer accordingly (the OpenAI agent hands it to the model as the tool's
+    result)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import attrs
 import trio
 
+from .approval import MAX_REASON_BYTES
 from .journal import Journal, replay_page
 from .local import LocalThreads, Router
 from .reply import Reply
@@ -24,6 +25,7 @@ from .messages import (
     STRATEGIES,
     Accepted,
     CancelRun,
+    Decide,
     DeleteThread,
     Event,
     GetInfo,
@@ -66,6 +68,8 @@ class Gateway:
         return RuntimeStatistics(
             actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations,
             passivations=d.passivations, failures=d.failures, runs_active=t.runs_active, runs_waiting=t.runs_waiting,
+            approvals_requested=t.approvals_requested,
+            approvals_decided=dict(t.approvals_decided), approvals_waiting=t.approvals_waiting,
             runs_started=t.runs_started, runs_ended=dict(t.runs_ended), events_stored=t.events,
             run_seconds=t.run_seconds, store=self.journal.statistics())
 
@@ -156,6 +160,17 @@ class ThreadHandle:
         """Cancel the active run (or ``run_id``, if it is the active one); returns its id.
         Raises ``UnknownRun``. The run then ends with ``agent_cancelled`` (reason cancel)."""
         return await self.gateway.ask(self.key, lambda r: CancelRun(run_id, r))
+
+    async def decide(self, run_id: str, call_id: str, approved: bool,
+                     reason: str | None = None) -> None:
+        """Decide a tool call of ``run_id`` waiting for approval (PROTOCOL.md 1.1); returns
+        once ``approval_decided`` is stored, and the run goes on. Raises ``UnknownCall`` (no
+        such call waits: never asked, decided already, its run ended), ``ValueError`` for a
+        reason over 1 KiB."""
+        if reason is not None and len(reason.encode()) > MAX_REASON_BYTES:
+            raise ValueError(f"a reason is at most {MAX_REASON_BYTES} bytes")
+        await self.gateway.ask(self.key, lambda r: Decide(run_id, call_id, bool(approved),
+                                                           reason, r))
 
     async def info(self) -> ThreadInfo:
         return await self.gateway.ask(self.key, GetInfo)

@@ -43,6 +43,8 @@ AGENT_THINKING: Final = "agent_thinking"
 AGENT_DELTA: Final = "agent_delta"
 TOOL_EXECUTING: Final = "tool_executing"
 TOOL_COMPLETED: Final = "tool_completed"
+APPROVAL_REQUESTED: Final = "approval_requested"  # PROTOCOL.md 1.1
+APPROVAL_DECIDED: Final = "approval_decided"
 AGENT_COMPLETED: Final = "agent_completed"
 AGENT_FAILED: Final = "agent_failed"
 AGENT_CANCELLED: Final = "agent_cancelled"
@@ -137,6 +139,17 @@ class CancelRun:
 
 
 @attrs.frozen(slots=True)
+class Decide:
+    """A decision for a tool call of ``run_id`` waiting for approval (``approval.py``)."""
+
+    run_id: str
+    call_id: str
+    approved: bool
+    reason: str | None
+    reply: Reply
+
+
+@attrs.frozen(slots=True)
 class GetInfo:
     reply: Reply
 
@@ -168,6 +181,7 @@ class Shutdown:
 
 
 #: Every request a ``ThreadActor`` answers; each carries its ``reply``.
-ThreadRequest = PostMessage | Subscribe | Unsubscribe | CancelRun | GetInfo | DeleteThread
+ThreadRequest = (PostMessage | Subscribe | Unsubscribe | CancelRun | Decide | GetInfo |
+                 DeleteThread)
 #: The closed set of what a ``ThreadActor``'s mailbox holds.
 ThreadMessage = ThreadRequest | Passivate | Shutdown

@@ -237,7 +237,8 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
     stats = env.stats
     try:
         while (control := runs.start_next()) is not None:
-            writer = RunWriter(sequencer, control, interval=env.delta_interval)
+            writer = RunWriter(sequencer, control, interval=env.delta_interval,
+                               stats=env.stats)
             try:
                 async with _user_slot(runs, env, control):
                     # Counted from here: a run waiting for its user's slot has not started.

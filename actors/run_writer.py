@@ -35,15 +35,18 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import trio
 
+from .approval import EXPIRED, Decision, PendingApproval
 from .errors import AgentError, Fenced, JournalUnavailable, JournalWedged, Unstorable
-from .messages import AGENT_FAILED, AGENT_STARTED
+from .messages import AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED, APPROVAL_REQUESTED
 from .pacer import Pacer
 from .sequencer import Sequencer
+from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL, AnswerStream
 
 #: A run's events queued without waiting, at most (``send``; the pieces have their own bound).
@@ -72,7 +75,8 @@ class RunContext:
 class RunControl:
     """The handle a thread keeps on its run: its context and its cancel scope."""
 
-    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started")
+    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started",
+                 "approvals")
 
     def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
         self.context = context
@@ -82,6 +86,7 @@ class RunControl:
         self.cancel_reason: str | None = None
         self.failure: str | None = None
         self.started = False  # its agent_started is stored (or queued, and not failed)
+        self.approvals: dict[str, PendingApproval] = {}  # its tool calls waiting for a person
 
     def cancel(self, reason: str) -> None:
         """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
@@ -104,10 +109,11 @@ class RunWriter:
     """Writes one run's events (see the module header)."""
 
     __slots__ = ("control", "context", "pending", "error", "_sequencer", "_interval", "_pacer",
-                 "_stream")
+                 "_stream", "_stats")
 
     def __init__(self, sequencer: Sequencer, control: RunControl, *,
-                 interval: float = DEFAULT_INTERVAL, pacer: Pacer | None = None) -> None:
+                 interval: float = DEFAULT_INTERVAL, pacer: Pacer | None = None,
+                 stats: ThreadStats | None = None) -> None:
         self.control = control
         self.context = control.context
         self.pending = 0  # events queued without waiting, on their way to the store
@@ -116,6 +122,7 @@ class RunWriter:
         self._interval = interval
         self._pacer = pacer
         self._stream: AnswerStream | None = None  # made at the first write
+        self._stats = stats if stats is not None else ThreadStats()
 
     # -- what the agent's ``Run`` writes --------------------------------------------------------
 
@@ -153,6 +160,36 @@ class RunWriter:
         if self._stream is not None:
             self._stream.flush_nowait()
         await self._store(event, data)
+
+    async def request_approval(self, call_id: str, tool: str, args: dict[str, Any],
+                               timeout: float | None) -> Decision:
+        """Store ``approval_requested``, wait for a decision (``approval.py``; after
+        ``timeout`` seconds, the server's: not approved, expired), store ``approval_decided``
+        and answer the decider. The decision. A cancellation point."""
+        expires_at = None if timeout is None else self._sequencer.clock() + timeout
+        await self.append(APPROVAL_REQUESTED, {"call_id": call_id, "tool": tool, "args": args,
+                                               "expires_at": expires_at})
+        pending = self.control.approvals[call_id] = PendingApproval(call_id, tool)
+        stats = self._stats
+        stats.approvals_requested += 1
+        stats.approvals_waiting += 1
+        try:
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
+            approved, reason = await pending.wait(deadline)
+            decided: dict[str, Any] = {"call_id": call_id, "approved": approved}
+            if reason is not None:
+                decided["reason"] = reason
+            await self.append(APPROVAL_DECIDED, decided)
+        except BaseException as exc:
+            pending.not_stored(exc)
+            raise
+        finally:
+            del self.control.approvals[call_id]
+            stats.approvals_waiting -= 1
+        pending.stored()
+        outcome = "approved" if approved else "expired" if reason == EXPIRED else "denied"
+        stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
+        return approved, reason
 
     # -- the beginning and the end of the run ----------------------------------------------------
 

@@ -80,6 +80,9 @@ class RuntimeStatistics:
     runs_started: int
     runs_ended: Mapping[str, int]  # by terminal event
     runs_waiting: int        # accepted, waiting for one of their user's slots (user_runs.py)
+    approvals_requested: int
+    approvals_decided: Mapping[str, int]  # by outcome: approved, denied, expired
+    approvals_waiting: int   # tool calls waiting for a person's decision now
     events_stored: int
     run_seconds: Histogram
     store: StoreStatistics | None
@@ -93,5 +96,8 @@ class ThreadStats:
     runs_started: int = 0
     runs_active: int = 0
     runs_waiting: int = 0    # next on their thread, waiting for one of their user's slots
+    approvals_requested: int = 0
+    approvals_decided: dict[str, int] = attrs.Factory(dict)  # approved, denied, expired
+    approvals_waiting: int = 0  # tool calls waiting for a person now
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
     run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

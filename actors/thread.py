@@ -25,14 +25,14 @@ import trio
 
 from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
-                     MailboxFull, ThreadReload, UnknownRun, Unstorable)
+                     MailboxFull, ThreadReload, UnknownCall, UnknownRun, Unstorable)
 from .journal import replay_page
 from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
 from .run_writer import RunContext, RunControl
 from .messages import (AGENT_FAILED, AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED,
-                       USER_MESSAGE, Accepted, CancelRun, DeleteThread, Event, GetInfo, Joined,
+                       USER_MESSAGE, Accepted, CancelRun, Decide, DeleteThread, Event, GetInfo, Joined,
                        Passivate, PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey,
                        ThreadMessage, ThreadRequest, Unsubscribe)
 
@@ -248,6 +248,8 @@ class ThreadActor:
             if not subs:
                 self._idle_since = trio.current_time()
             msg.reply.set(found)
+        elif kind is Decide:
+            self._decide(msg)
         elif kind is CancelRun:
             try:
                 msg.reply.set(self._run_queue().cancel_active(msg.run_id))
@@ -282,6 +284,21 @@ class ThreadActor:
         for sub in subscribers or ():
             sub.dropped(self.key, THREAD_DELETED, overflow=False)
         msg.reply.set(None)
+
+    def _decide(self, msg: Decide) -> None:
+        """Hand a decision to the active run's call waiting for it (``approval.py``): the run
+        stores it and answers ``msg``. ``UnknownCall`` when no such call waits."""
+        active = self._runs.active if self._runs is not None else None
+        pending = None
+        if active is not None and active.context.run_id == msg.run_id:
+            pending = active.approvals.get(msg.call_id)
+        try:
+            if pending is None:
+                raise UnknownCall(f"no tool call {msg.call_id} of run {msg.run_id} waits for "
+                                  "a decision")
+            pending.decide_nowait(msg.approved, msg.reason, msg.reply)
+        except UnknownCall as exc:
+            msg.reply.fail(exc)
 
     def info(self) -> ThreadInfo:
         return ThreadInfo(self.key, self._writes.seq, self._created_at, self._updated_at)

@@ -159,6 +159,12 @@ def _actors(r: RuntimeStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily("threadline_runs_waiting", "Agent runs accepted and waiting for "
                             "one of their user's run slots (user_runs) [runs].",
                             value=r.runs_waiting)
+    yield counter("threadline_approvals_requested", "Tool calls that asked a person's "
+                  "approval [calls].", r.approvals_requested)
+    yield by("threadline_approvals_decided", "Tool calls decided, by outcome (approved, "
+             "denied, expired) [calls].", "outcome", r.approvals_decided)
+    yield GaugeMetricFamily("threadline_approvals_waiting", "Tool calls waiting for a "
+                            "person's decision now [calls].", value=r.approvals_waiting)
     yield counter("threadline_runs_started", "Agent runs started [runs].", r.runs_started)
     yield by("threadline_runs_ended", "Agent runs ended, by terminal event [runs].", "event",
               r.runs_ended)
