@@ -1,0 +1,108 @@
+"""A hypothesis property over interleavings of decide, cancel, send (enqueue, interrupt,
+reject) and the clock, on one thread whose every run asks approval for one call: every run
+ends with exactly one terminal event, every approved call runs exactly once and no other call
+runs, every decision stored is the first one taken for its call, and a decision is answered
+``ok`` exactly when it is stored. (Restarts come with durable waits; see test_approval.py.)"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import assert_runs_well_formed
+from threadline import open_runtime
+from threadline.actors.errors import Busy, ToolDenied, UnknownCall, UnknownRun
+from threadline.actors.tools import ToolRegistry
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.sampled_from(["enqueue", "interrupt", "reject"])),
+        st.tuples(st.just("decide"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("cancel"), st.integers(0, 5)),
+        st.tuples(st.just("tick"), st.sampled_from([0.0, 0.1, 1.0, 30.0])),
+    ),
+    max_size=25,
+)
+
+
+async def play(ops) -> None:
+    ran: Counter[str] = Counter()
+    tools = ToolRegistry()
+
+    async def act(ctx, n: int) -> int:
+        ran[ctx.run_id] += 1
+        return n
+
+    tools.register("act", act, needs_approval=True, approval_timeout=20.0)
+
+    async def agent(run) -> str:
+        try:
+            return str(await run.call_tool("act", n=1))
+        except ToolDenied as exc:
+            return str(exc)
+
+    async with open_runtime(agent=agent, tools=tools) as rt:
+        thread = rt.thread("ada", "main")
+        runs: list[str] = []
+        answered: dict[tuple[str, str], bool] = {}  # (run, call) -> approved, when ok
+
+        async def asked() -> list[tuple[str, str]]:
+            events = await rt.journal.read(thread.key, 0, limit=10**6)
+            return [(e.run_id, e.data["call_id"]) for e in events
+                    if e.event == "approval_requested"]
+
+        async def decide(i: int, approved: bool) -> None:
+            calls = await asked()
+            if not calls:
+                return
+            run_id, call_id = calls[i % len(calls)]
+            try:
+                await thread.decide(run_id, call_id, approved)
+                assert (run_id, call_id) not in answered, "two decisions stored for one call"
+                answered[(run_id, call_id)] = approved
+            except UnknownCall:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for op in ops:
+                if op[0] == "send":
+                    try:
+                        runs.append((await thread.send("go", strategy=op[1])).run_id)
+                    except Busy:
+                        pass
+                elif op[0] == "decide":
+                    nursery.start_soon(decide, op[1], op[2])
+                elif op[0] == "cancel":
+                    try:
+                        await thread.cancel(runs[op[1] % len(runs)] if runs else None)
+                    except UnknownRun:
+                        pass
+                else:
+                    await trio.sleep(op[1])
+            await trio.sleep(60)  # every wait expires or was decided; every run ends
+
+        events = await rt.journal.read(thread.key, 0, limit=10**6)
+    assert_runs_well_formed(events)
+    decided = {(e.run_id, e.data["call_id"]): e.data for e in events
+               if e.event == "approval_decided"}
+    by_run = defaultdict(list)
+    for e in events:
+        by_run[e.run_id].append(e.event)
+    for (run_id, call_id), data in decided.items():
+        if data.get("reason") != "expired":
+            assert answered.get((run_id, call_id)) == data["approved"]
+    assert set(answered) <= set(decided)  # an ok is a stored decision
+    for run_id in by_run:
+        approved = any(d["approved"] for (r, _), d in decided.items() if r == run_id)
+        executed = by_run[run_id].count("tool_executing")
+        assert ran[run_id] == executed == (1 if approved else 0), (run_id, by_run[run_id])
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations)
+def test_approval_under_random_interleavings(ops):
+    trio.run(play, ops, clock=trio.testing.MockClock(autojump_threshold=0))
