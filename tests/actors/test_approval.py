@@ -170,8 +170,8 @@ async def test_an_expired_wait_is_decided_by_the_server(autojump_clock):
     async with open_runtime(agent=banker, tools=bank()) as rt:
         thread = rt.thread("ada", "main")
         async with thread.open_subscription() as events:
-            run = await thread.send("wire:500")
             before = time.time()
+            run = await thread.send("wire:500")
             asked = await until_waiting(events, run.run_id)
             # Wall-clock seconds, 60 after it was asked (the tool's approval_timeout).
             assert before + 60 <= asked["expires_at"] <= time.time() + 60
