@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import trio
 
+from .approval import resumable
 from .engine import Run, RunContext
 from .pacer import current_pacer
 from .tools import ToolRegistry
@@ -112,6 +113,7 @@ def echo_tools() -> ToolRegistry:
     return tools
 
 
+@resumable
 async def echo_agent(run: Run) -> str | None:
     """Echo the message; ``/calc EXPR`` computes it with the calculator tool; ``/stream N``
     streams ``1 2 ... N``.
@@ -122,7 +124,8 @@ async def echo_agent(run: Run) -> str | None:
     text = run.text
     confirm = text.startswith(CONFIRM_PREFIX)
     if confirm or text.startswith(CALC_PREFIX):
-        await run.think("calculating")
+        if not run.resumed:  # a resumed run stored its thinking before it parked
+            await run.think("calculating")
         expression = text[len(CONFIRM_PREFIX if confirm else CALC_PREFIX):]
         try:
             result = await run.call_tool("calculator", approval=True if confirm else None,

@@ -26,18 +26,39 @@ Invariants:
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
+import attrs
 import trio
 
 from .errors import UnknownCall
+from .journal import Journal, OpenRun, replay_page
+from .messages import (APPROVAL_DECIDED, APPROVAL_REQUESTED, TERMINAL_EVENTS, TOOL_COMPLETED,
+                       TOOL_EXECUTING, Event)
 from .reply import Reply
 
-__all__ = ["Decision", "PendingApproval", "EXPIRED", "MAX_REASON_BYTES"]
+__all__ = ["Decision", "PendingApproval", "EXPIRED", "MAX_REASON_BYTES", "RunParked", "Waiting",
+           "resumable", "run_events", "wait_of"]
 
 EXPIRED = "expired"        # the reason of the server's own decision when a wait expires
 MAX_REASON_BYTES = 1024    # PROTOCOL.md: a decision's reason is at most 1 KiB
 
 Decision = tuple[bool, "str | None"]
+
+
+def resumable(agent: Any) -> Any:
+    """Mark ``agent`` resumable (a decorator): a call of it that waits for approval parks the
+    run instead of holding a task (``RunParked``), and the agent is called again when the
+    decision comes, with ``run.resumed`` set and ``run.transcript()`` holding what the run
+    stored; ``run.call_tool`` answers the calls already made from the transcript (a tool that
+    ran is never run again). An agent not marked keeps its task while it waits, and a restart
+    ends such a run."""
+    agent.resumable = True
+    return agent
+
+
+def is_resumable(agent: Any) -> bool:
+    return bool(getattr(agent, "resumable", False))
 
 
 class PendingApproval:
@@ -83,3 +104,65 @@ class PendingApproval:
         if reply is not None:
             reply.fail(error if isinstance(error, Exception)
                        else UnknownCall(f"the run of tool call {self.call_id} ended"))
+
+
+# -- waits that hold no task: a resumable agent's run parks ---------------------------------------
+
+class RunParked(BaseException):
+    """Raised out of a resumable agent's ``call_tool`` once ``approval_requested`` is stored:
+    the run parks (its task ends, nothing of it stays in memory but its ``RunControl``), and a
+    decision resumes it: its agent is called again with ``run.resumed`` and the run's stored
+    events (``run.transcript()``). A ``BaseException``, so that an agent's ``except
+    Exception`` does not swallow it."""
+
+
+@attrs.frozen(slots=True)
+class Waiting:
+    """What a run's stored events say of its wait (``wait_of``)."""
+
+    call_id: str
+    tool: str
+    expires_at: float | None          # wall-clock seconds, or None for no limit
+    decided: Decision | None = None   # stored, and not yet acted on (no tool event after it)
+
+
+def wait_of(events: Sequence[Event]) -> Waiting | None:
+    """The wait of a run whose stored events are ``events`` (in seq order): its last
+    ``approval_requested`` that no ``tool_executing``/``tool_completed`` followed, if the run
+    has no terminal event; None when it is not waiting."""
+    requested: dict[str, dict[str, Any]] = {}
+    decided: dict[str, Decision] = {}
+    acted: set[str] = set()
+    for event in events:
+        if event.event in TERMINAL_EVENTS:
+            return None
+        call_id = event.data.get("call_id")
+        if event.event == APPROVAL_REQUESTED:
+            requested[call_id] = event.data
+        elif event.event == APPROVAL_DECIDED:
+            decided[call_id] = (bool(event.data.get("approved")), event.data.get("reason"))
+        elif event.event in (TOOL_EXECUTING, TOOL_COMPLETED):
+            acted.add(call_id)
+    waiting = [c for c in requested if c not in acted]
+    if not waiting:
+        return None
+    call_id = waiting[-1]
+    data = requested[call_id]
+    return Waiting(call_id, str(data.get("tool")), data.get("expires_at"), decided.get(call_id))
+
+
+async def run_events(journal: Journal, run: OpenRun, pages: int = 64) -> list[Event]:
+    """The stored events of an open run, read from its ``user_message`` on (at most ``pages``
+    replay pages of the thread: a run's events are a few, and a long streamed answer's
+    pieces a few hundred)."""
+    key, after, out = run.key, max(0, run.seq - 1), []
+    last = await journal.last_seq(key)
+    for _ in range(pages):
+        if after >= last:
+            break
+        page = await replay_page(journal, key, after, last)
+        if not page:
+            break
+        out.extend(e for e in page if e.run_id == run.run_id)
+        after = page[-1].seq
+    return out

@@ -20,11 +20,13 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
+import attrs
 import trio
 
 from .errors import ToolDenied, ToolError
 from .history import Turn
-from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING
+from .messages import (AGENT_THINKING, APPROVAL_DECIDED, APPROVAL_REQUESTED, TOOL_COMPLETED,
+                       TOOL_EXECUTING, Event)
 from .run_writer import RunContext, RunWriter, describe
 from .tools import ToolRegistry
 
@@ -59,7 +61,7 @@ async def _no_history(limit: int) -> list[Turn]:
 class Run:
     """What an agent sees of its run; its events are written by its ``RunWriter``."""
 
-    __slots__ = ("context", "text", "_writer", "_tools", "_history")
+    __slots__ = ("context", "text", "_writer", "_tools", "_history", "_prior")
 
     def __init__(self, writer: RunWriter, tools: ToolRegistry, *,
                  history: History = _no_history) -> None:
@@ -68,6 +70,19 @@ class Run:
         self._writer = writer
         self._tools = tools
         self._history = history
+        transcript = writer.control.transcript
+        self._prior = None if transcript is None else prior_calls(transcript)
+
+    @property
+    def resumed(self) -> bool:
+        """The run was parked waiting for a decision, and goes on now: this agent is called
+        again (a resumable agent's contract, ``approval.resumable``)."""
+        return self._writer.control.transcript is not None
+
+    def transcript(self) -> list[Event]:
+        """The run's own events stored before it was resumed (empty for a run not resumed):
+        what it wrote, the tools it called and their results, the approval and its decision."""
+        return list(self._writer.control.transcript or ())
 
     @property
     def tools(self) -> ToolRegistry:
@@ -106,10 +121,16 @@ class Run:
         (``approval.py``); denied (or expired), the tool never runs: ``tool_completed`` carries
         ``"denied: " + reason`` and ``ToolDenied`` is raised.
         """
-        call_id = new_id("call")
         spec = self._tools.get(tool)
-        if approval if approval is not None else (
-                spec is not None and spec.approval_needed(self.context, args)):
+        prior = self._next_prior(tool, args)
+        if prior is not None:  # a call this run made before it parked: never made twice
+            call_id, replayed = prior.call_id, await self._replay(prior)
+            if replayed is not _RUN:
+                return replayed
+        else:
+            call_id = new_id("call")
+        if prior is None and (approval if approval is not None else (
+                spec is not None and spec.approval_needed(self.context, args))):
             timeout = spec.approval_timeout if spec is not None else None
             approved, reason = await self._writer.request_approval(call_id, tool, args, timeout)
             if not approved:
@@ -140,6 +161,79 @@ class Run:
         if error is not None:
             raise ToolError(error)
         return result
+
+
+    def _next_prior(self, tool: str, args: dict[str, Any]) -> PriorCall | None:
+        """The next call of the transcript, if this one is it (same tool, same arguments);
+        a call that differs ends the replay: from there on, calls are new."""
+        prior = self._prior
+        if not prior:
+            return None
+        if prior[0].tool == tool and prior[0].args == args:
+            return prior.pop(0)
+        self._prior = []
+        return None
+
+    async def _replay(self, prior: PriorCall) -> Any:
+        """What a call made before the run parked gives now: its stored result or error, the
+        denial stored for it, or ``_RUN``: approved and not run yet, so run it now."""
+        writer, done = self._writer, prior.completed
+        if done is not None:
+            if "error" not in done:
+                return done.get("result")
+            if prior.decided is not None and not prior.decided[0]:
+                raise ToolDenied(done["error"], prior.decided[1])
+            raise ToolError(done["error"])
+        if prior.executing:  # the tool ran, or began to, when the server stopped
+            error = f"tool {prior.tool!r} was interrupted by a restart"
+            await writer.append(TOOL_COMPLETED, {"call_id": prior.call_id, "tool": prior.tool,
+                                                 "error": error})
+            raise ToolError(error)
+        if prior.decided is None:  # still waiting: park again
+            await writer.park(prior.call_id, prior.tool)
+        approved, reason = prior.decided  # type: ignore[misc]
+        if not approved:
+            error = f"denied: {reason or 'no reason given'}"
+            await writer.append(TOOL_COMPLETED, {"call_id": prior.call_id, "tool": prior.tool,
+                                                 "error": error})
+            raise ToolDenied(error, reason)
+        return _RUN
+
+
+_RUN = object()  # ``Run._replay``: the call is approved and runs now
+
+
+@attrs.frozen(slots=True)
+class PriorCall:
+    """A tool call a parked run made before it parked, as its stored events tell it."""
+
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    executing: bool = False
+    decided: tuple[bool, str | None] | None = None
+    completed: dict[str, Any] | None = None
+
+
+def prior_calls(transcript: list[Event]) -> list[PriorCall]:
+    """The tool calls of a run's stored events, in the order they were made."""
+    calls: dict[str, PriorCall] = {}
+    for event in transcript:
+        data = event.data
+        call_id = data.get("call_id")
+        if event.event in (APPROVAL_REQUESTED, TOOL_EXECUTING) and call_id not in calls:
+            calls[call_id] = PriorCall(call_id, data.get("tool"), data.get("args") or {})
+        if call_id not in calls:
+            continue
+        call = calls[call_id]
+        if event.event == TOOL_EXECUTING:
+            calls[call_id] = attrs.evolve(call, executing=True)
+        elif event.event == APPROVAL_DECIDED:
+            calls[call_id] = attrs.evolve(call, decided=(bool(data.get("approved")),
+                                                         data.get("reason")))
+        elif event.event == TOOL_COMPLETED:
+            calls[call_id] = attrs.evolve(call, completed=dict(data))
+    return list(calls.values())
 
 
 def writer_of(run: Run) -> RunWriter:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import logging
 
+from .approval import RunParked
 from .engine import Agent, Run, describe, writer_of
 from .errors import AgentError, JournalUnavailable, JournalWedged, ThreadReload
 from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED
 from .run_writer import TERMINAL_WRITE_TIMEOUT, RunContext, RunControl, Terminal
 
-__all__ = ["TERMINAL_WRITE_TIMEOUT", "RunControl", "execute"]
+__all__ = ["PARKED", "TERMINAL_WRITE_TIMEOUT", "RunControl", "execute"]
+
+PARKED = "parked"  # what ``execute`` returns for a run that waits for a decision, parked
 
 log = logging.getLogger("threadline.engine")
 agent_log = logging.getLogger("threadline.agent")  # how each run failed
@@ -54,6 +57,8 @@ async def execute(run: Run, agent: Agent) -> str:
                 raise  # not the agent's failure: the thread restarts
             except (JournalUnavailable, ThreadReload):
                 raise  # the store failed under the run, not the agent: the runner closes it
+            except RunParked:
+                return PARKED  # no terminal event: a decision resumes the run
             except Exception as exc:
                 _log_failure(control.context, exc)
                 terminal = (AGENT_FAILED, {"error": describe(exc)})

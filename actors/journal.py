@@ -40,6 +40,7 @@ class OpenRun:
     key: ThreadKey
     run_id: str
     started: bool  # its agent_started is stored
+    seq: int = 0   # of its user_message (0: unknown)
 
 
 class Done(Protocol):

@@ -135,8 +135,15 @@ class MemoryJournal:
 
     async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
         await trio.lowlevel.checkpoint()
-        return [OpenRun(k, run_id, started) for (k, run_id), started in self._open_runs.items()
-                if key is None or k == key]
+        return [OpenRun(k, run_id, started, self._opened_seq(k, run_id))
+                for (k, run_id), started in self._open_runs.items() if key is None or k == key]
+
+    def _opened_seq(self, key: ThreadKey, run_id: str) -> int:
+        t = self._threads.get(key)
+        for ev in t.events if t is not None else ():
+            if ev.run_id == run_id:
+                return ev.seq  # its user_message: a run's first event
+        return 0
 
     def statistics(self) -> None:
         return None  # nothing to count: no transactions, no outages

@@ -53,13 +53,14 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import attrs
 import trio
 
 from .engine import Agent, Run
 from .errors import Busy, JournalUnavailable, UnknownRun
+from .approval import is_resumable
 from .execution import execute
 from .history import read_history
 from .journal import Journal
@@ -85,6 +86,9 @@ class ThreadEnv:
     stats: ThreadStats = attrs.Factory(ThreadStats)
     delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
     user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
+    # The threads with a parked run (``parking.py``): found by the start's recovery, kept as
+    # runs park and go on, so that loading a thread costs no look-up unless it has one.
+    parked: set[Any] = attrs.Factory(set)
 
 
 class Phase(enum.Enum):
@@ -147,12 +151,47 @@ class RunQueue:
 
     @property
     def idle(self) -> bool:
-        """No runner on and no run waiting for one."""
+        """No runner on and no run waiting for one (a parked run holds no runner)."""
         return not self._pending and self.phase not in RUNNER_ON
 
+    @property
+    def wants_runner(self) -> bool:
+        """A runner is on, or runs wait for one and no parked run holds them back."""
+        return self.phase in RUNNER_ON or (bool(self._pending) and self.parked is None)
+
+    @property
+    def parked(self) -> RunControl | None:
+        """The active run, if it is parked (waiting for a decision, with no task)."""
+        active = self.active
+        return active if active is not None and active.parked is not None else None
+
+    def resume(self) -> RunControl:
+        """The parked run goes on: it runs next, before the runs queued behind it."""
+        control = self.parked
+        if control is None:
+            raise RuntimeError("no parked run to resume")
+        control.parked = None
+        control.renew_scope()
+        self.active = None
+        self._pending.appendleft(control)
+        return control
+
+    def put_first(self, control: RunControl) -> None:
+        """A run taken back from the store goes first (a decided wait, resumed)."""
+        self._pending.appendleft(control)
+
+    def end_parked(self) -> RunControl:
+        """The parked run ended (its terminal event is written): the next may run."""
+        control = self.parked
+        if control is None:
+            raise RuntimeError("no parked run to end")
+        control.parked = None
+        self.active = None
+        return control
+
     def start_runner(self) -> bool:
-        """True if a runner task must start now: runs wait and none is on."""
-        if self.phase in RUNNER_ON or not self._pending:
+        """True if a runner task must start now: runs wait, none is on and none is parked."""
+        if self.phase in RUNNER_ON or not self._pending or self.parked is not None:
             return False
         self._move("start")
         return True
@@ -165,6 +204,8 @@ class RunQueue:
 
     def start_next(self) -> RunControl | None:
         """Make the next pending run the active one; None when none is pending."""
+        if self.parked is not None:
+            return None  # the runs behind it wait until it is decided
         if self.active is not None:
             raise RuntimeError(f"run {self.active.context.run_id} is still active")
         if self._pending:
@@ -218,7 +259,7 @@ class RunQueue:
     def cancel_all(self, reason: str) -> None:
         """Cancel every run held, active and pending (shutdown, once the grace is over)."""
         for control in (self.active, *self._pending):
-            if control is not None:
+            if control is not None and control.parked is None:  # a parked run outlives a stop
                 self._cancel(control, reason)
 
     def crashed(self) -> None:
@@ -239,6 +280,7 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
         while (control := runs.start_next()) is not None:
             writer = RunWriter(sequencer, control, interval=env.delta_interval,
                                stats=env.stats)
+            control.resumable = is_resumable(env.agent)
             try:
                 async with _user_slot(runs, env, control):
                     # Counted from here: a run waiting for its user's slot has not started.
@@ -249,6 +291,8 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                         history = partial(read_history, env.journal, sequencer.key,
                                           control.message_seq)
                         await execute(Run(writer, env.tools, history=history), env.agent)
+                        # ``PARKED``: the run waits for a decision, with no task; its slot
+                        # and the runner are let go, and it stays the thread's active run.
                     finally:
                         stats.runs_active -= 1
                         stats.run_seconds.observe(trio.current_time() - started)
@@ -258,7 +302,8 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                           ctx.user_id, ctx.thread_id, exc)
                 await writer.close_lost()
             finally:
-                runs.finish()
+                if control.parked is None:
+                    runs.finish()
     finally:
         runs.runner_ended()
 

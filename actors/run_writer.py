@@ -41,9 +41,10 @@ from typing import Any
 import attrs
 import trio
 
-from .approval import EXPIRED, Decision, PendingApproval
+from .approval import EXPIRED, Decision, PendingApproval, RunParked, Waiting
 from .errors import AgentError, Fenced, JournalUnavailable, JournalWedged, Unstorable
-from .messages import AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED, APPROVAL_REQUESTED
+from .messages import (AGENT_DELTA, AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED,
+                       APPROVAL_REQUESTED)
 from .pacer import Pacer
 from .sequencer import Sequencer
 from .stats import ThreadStats
@@ -76,7 +77,7 @@ class RunControl:
     """The handle a thread keeps on its run: its context and its cancel scope."""
 
     __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started",
-                 "approvals")
+                 "approvals", "resumable", "parked", "transcript")
 
     def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
         self.context = context
@@ -87,6 +88,13 @@ class RunControl:
         self.failure: str | None = None
         self.started = False  # its agent_started is stored (or queued, and not failed)
         self.approvals: dict[str, PendingApproval] = {}  # its tool calls waiting for a person
+        self.resumable = False  # its agent parks while it waits (``approval.RunParked``)
+        self.parked: Waiting | None = None  # parked: no task, waiting for a decision
+        self.transcript: list[Any] | None = None  # a resumed run's stored events
+
+    def renew_scope(self) -> None:
+        """A fresh cancel scope, for a parked run resumed (its old one was entered once)."""
+        self.scope = trio.CancelScope()
 
     def cancel(self, reason: str) -> None:
         """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
@@ -129,17 +137,27 @@ class RunWriter:
     @property
     def written(self) -> str | None:
         """What the run has written with ``write`` so far; None if it never wrote."""
+        if self._stream is None and self.control.transcript:
+            if any(e.event == AGENT_DELTA for e in self.control.transcript):
+                return self._answer().text
         return None if self._stream is None else self._stream.text
 
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer (``AnswerStream.write``: waits only for room)."""
+        await self._answer().write(text)
+
+    def _answer(self) -> AnswerStream:
         stream = self._stream
         if stream is None:
             stream = self._stream = AnswerStream(self._sequencer, self.context.run_id,
                                                  interval=self._interval, pacer=self._pacer)
             if self.error is not None:
                 stream.stop(self._lost())
-        await stream.write(text)
+            transcript = self.control.transcript
+            if transcript:  # resumed: the answer goes on where its stored pieces end
+                stream.continue_from("".join(e.data.get("text", "") for e in transcript
+                                             if e.event == AGENT_DELTA))
+        return stream
 
     async def send(self, event: str, data: dict[str, Any]) -> None:
         """Queue ``event`` without waiting for the store while fewer than ``MAX_QUEUED`` of the
@@ -169,6 +187,9 @@ class RunWriter:
         expires_at = None if timeout is None else self._sequencer.clock() + timeout
         await self.append(APPROVAL_REQUESTED, {"call_id": call_id, "tool": tool, "args": args,
                                                "expires_at": expires_at})
+        if self.control.resumable:  # park: the decision resumes the run (``approval.py``)
+            self._stats.approvals_requested += 1
+            await self.park(call_id, tool, expires_at)
         pending = self.control.approvals[call_id] = PendingApproval(call_id, tool)
         stats = self._stats
         stats.approvals_requested += 1
@@ -191,11 +212,23 @@ class RunWriter:
         stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
         return approved, reason
 
+    async def park(self, call_id: str, tool: str, expires_at: float | None = None) -> None:
+        """Park the run on ``call_id`` (never returns: raises ``RunParked``). What the agent
+        wrote is queued first; its thread keeps the run as its active one, with no task."""
+        if self._stream is not None:
+            self._stream.flush_nowait()
+        self.control.parked = Waiting(call_id, tool, expires_at)
+        self._stats.approvals_waiting += 1
+        raise RunParked(call_id)
+
     # -- the beginning and the end of the run ----------------------------------------------------
 
     async def start(self) -> None:
-        """Queue ``agent_started`` without waiting (the latch counts it). A cancellation point."""
+        """Queue ``agent_started`` without waiting (the latch counts it); a resumed run's is
+        stored already. A cancellation point."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self.control.transcript is not None and self.control.started:
+            return
         self.control.started = True  # before: a journal may answer (and fail it) inside submit
         self._sequencer.submit(AGENT_STARTED, self.context.run_id, {}, self._queued(start=True))
 

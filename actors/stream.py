@@ -80,6 +80,12 @@ class AnswerStream:
         """Everything written so far."""
         return "".join(self._parts)
 
+    def continue_from(self, text: str) -> None:
+        """The answer so far is ``text``, stored already as pieces (a parked run resumed): the
+        next piece starts at its end. Before any write."""
+        self.offset = len(text)
+        self._parts = [text] if text else []
+
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer. A cancellation point, but it yields only while too
         much is unwritten (see the header): an agent writes each token, and a scheduling round

@@ -19,10 +19,13 @@ duplicate between a replay and the live stream.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Protocol
 
 import trio
 
+from . import parking
+from .approval import is_resumable
 from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
                      MailboxFull, ThreadReload, UnknownCall, UnknownRun, Unstorable)
@@ -87,10 +90,12 @@ class ThreadActor:
     # -- what the directory asks ------------------------------------------------------------
 
     def idle_since(self) -> float | None:
-        busy = self._subscribers or (self._runs is not None and not self._runs.idle)
+        busy = self._subscribers or (self._runs is not None and not self._runs.idle) or (
+            parking.deadline(self._runs, self.env.clock) < math.inf)  # it decides in time
         return None if busy else self._idle_since
 
     def stopped(self, reason: str, unread: list[ThreadMessage]) -> None:
+        parking.forget(self._runs, self.env.stats)
         for msg in unread:
             if isinstance(msg, ThreadRequest):
                 msg.reply.fail(ActorStopped(f"thread stopped: {reason}"))
@@ -107,18 +112,27 @@ class ThreadActor:
         self._created_at, self._updated_at = info.created_at, info.updated_at
         if self._loaded and info.last_seq != had:
             await self._catch_up(had, info.last_seq)
-        if self._loaded:
-            await self._close_strays()
+        await parking.restore(self.key, self.env.journal, self._writes, self._run_queue,
+                              self.env.stats, self.env.parked,
+                              resumable=is_resumable(self.env.agent), restarted=self._loaded)
         self._loaded = True
         msg: Any = None
         receive = mailbox.receive_channel.receive  # idle actors wait here: no wrapper frame
         try:
             while True:
-                if self._runs:  # runs wait (also runs queued before a crash and restart)
-                    if await self._busy(mailbox, self._runs):
+                if self._runs is not None and self._runs.wants_runner:  # runs wait (also
+                    if await self._busy(mailbox, self._runs):        # after a restart)
                         return
                     continue
-                msg = await receive()
+                if (deadline := parking.deadline(self._runs, self.env.clock)) < math.inf:
+                    with trio.move_on_at(deadline):
+                        msg = await receive()
+                    if msg is None:  # the parked run's wait expired
+                        await parking.expire_due(self._writes, self.env.journal, self._runs,
+                                                 self.env.stats)
+                        continue
+                else:
+                    msg = await receive()
                 mailbox.took()
                 if await self._handle(msg):
                     return
@@ -154,6 +168,8 @@ class ThreadActor:
             await run_queued(runs, self._writes, self.env)
         finally:
             self._idle_since = trio.current_time()
+            if runs.parked is not None:  # found again from the store when next loaded
+                self.env.parked.add(self.key)
 
     async def _load(self) -> ThreadInfo:
         """The thread's row in the store. A restart (the store's copy changed, a commit's
@@ -170,22 +186,6 @@ class ThreadActor:
                     raise
             await trio.sleep(delay)
             delay = min(2 * delay, 2.0)
-
-    async def _close_strays(self) -> None:
-        """After a restart: a run the store holds open that this actor does not hold (its
-        terminal write failed as the actor went down: the store's copy changed under it, or
-        the crash took its writer with it) ends now, with ``agent_failed``, after its
-        ``agent_started`` if it never started; a run only the next start's recovery would
-        otherwise close, leaving its clients waiting."""
-        held = set() if self._runs is None else self._runs.run_ids()
-        for run in await self.env.journal.open_runs(self.key):
-            if run.run_id in held:
-                continue
-            if not run.started:
-                await self._writes.append(AGENT_STARTED, run.run_id, {})
-            await self._writes.append(AGENT_FAILED, run.run_id, {"error": "internal error"})
-            log.warning("%s: run %s was left open as the thread restarted; ended it",
-                        self.key, run.run_id)
 
     def _check_numbering(self) -> None:
         """Restart from the store's state now if the numbering disagrees with it (a write of
@@ -249,12 +249,15 @@ class ThreadActor:
                 self._idle_since = trio.current_time()
             msg.reply.set(found)
         elif kind is Decide:
-            self._decide(msg)
+            if not await parking.decide(self._writes, self.env.journal, self._run_queue(),
+                                        self.env.stats, msg):
+                self._decide(msg)
         elif kind is CancelRun:
             try:
                 msg.reply.set(self._run_queue().cancel_active(msg.run_id))
             except UnknownRun as exc:
                 msg.reply.fail(exc)
+            await parking.end_if_cancelled(self._writes, self._run_queue(), self.env.stats)
         elif kind is Passivate:
             return self.idle_since() is not None
         elif kind is Shutdown:
@@ -327,6 +330,8 @@ class ThreadActor:
             return
         context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
         self._run_queue().add(RunControl(context, msg.text, event.seq), msg.strategy)
+        if msg.strategy == "interrupt":  # a parked run has no task to cancel: it ends here
+            await parking.end_if_cancelled(self._writes, self._run_queue(), self.env.stats)
         reply.set(Accepted(self.key, message_id, run_id, event.seq))
 
     def _subscribe(self, msg: Subscribe) -> None:

@@ -14,8 +14,9 @@ Installed layout: this directory (``runtime/`` in the repository) is the package
 ``actors/`` is ``threadline.actors`` and ``transport/`` is ``threadline.transport``.
 """
 
+from .actors.approval import resumable
 from .actors.engine import Agent, Run, RunContext
-from .actors.history import Turn
+from .actors.history import ToolUse, Turn
 from .actors.tools import ToolRegistry
 from .actors.errors import (
     ActorError,
@@ -28,7 +29,9 @@ from .actors.errors import (
     MailboxFull,
     RateLimited,
     SubscriberDropped,
+    ToolDenied,
     ToolError,
+    UnknownCall,
     UnknownRun,
     Unstorable,
 )
@@ -65,6 +68,7 @@ __all__ = [
     "Accepted", "ActorError", "AgentError", "BadFrame", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
     "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "NotJoined", "RateLimited", "Run",
     "RunContext", "Runtime", "ServerError", "SubscriberDropped", "RuntimeConfig", "RunningServer", "StoreError", "ThreadHandle",
-    "ThreadInfo", "ThreadKey", "ToolError", "ToolRegistry", "Turn", "UnknownRun", "Unstorable",
-    "UserHandle", "mint", "open_client", "open_journal", "open_runtime", "open_server",
+    "ThreadInfo", "ThreadKey", "ToolDenied", "ToolError", "ToolRegistry", "ToolUse", "Turn",
+    "UnknownCall", "UnknownRun", "Unstorable", "UserHandle", "mint", "open_client",
+    "open_journal", "open_runtime", "open_server", "resumable",
 ]

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from threadline.actors.agents import echo_agent, echo_tools
+from threadline.actors.approval import is_resumable
 from threadline.actors.directory import Directory
 from threadline.actors.engine import Agent
 from threadline.actors.tools import ToolRegistry
@@ -70,11 +71,12 @@ class Runtime:
 
     def __init__(self, nursery: trio.Nursery, journal: Journal, agent: Agent,
                  tools: ToolRegistry, config: RuntimeConfig, *, admit: Admit | None = None,
-                 route: Route | None = None) -> None:
+                 route: Route | None = None, parked: set[ThreadKey] | None = None) -> None:
         self.config = config
         self.journal = journal
         self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval,
-                              user_runs=UserRuns(config.user_runs))
+                              user_runs=UserRuns(config.user_runs),
+                              parked=parked if parked is not None else set())
         self._nursery = nursery
         self.directory: Directory[ThreadKey] = Directory(
             nursery,
@@ -105,6 +107,13 @@ class Runtime:
     def statistics(self) -> RuntimeStatistics:
         """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
         return self.gateway.statistics()
+
+    @property
+    def parked(self) -> set[ThreadKey] | None:
+        """The threads with a run parked waiting for a decision (``parking.py``), for a
+        recovery to add to (a cluster node's, of the shards it takes); None when the agent
+        is not resumable (its waits hold a task, and a restart ends them)."""
+        return self._env.parked if is_resumable(self._env.agent) else None
 
     def stop_actor(self, ref: ActorRef, grace: float) -> None:
         """Tell one thread actor to stop (its runs get ``grace`` seconds); never blocks: a
@@ -165,8 +174,9 @@ async def open_runtime(
         agent = echo_agent
         tools = tools if tools is not None else echo_tools()
     journal = journal if journal is not None else MemoryJournal()
+    parked: set[ThreadKey] = set()  # threads with a run waiting for a decision (parking.py)
     if recover:
-        await close_open_runs(journal)
+        await close_open_runs(journal, parked=parked if is_resumable(agent) else None)
     async with trio.open_nursery() as outer:
         # The actors live in a nursery of their own, hosted by a task: closing the runtime
         # cancels them, never the body of this context (the caller's code, e.g. a server
@@ -174,7 +184,7 @@ async def open_runtime(
         nursery = await outer.start(_host_nursery)
         runtime = Runtime(nursery, journal, agent,
                           tools if tools is not None else ToolRegistry(),
-                          config or RuntimeConfig(), admit=admit, route=route)
+                          config or RuntimeConfig(), admit=admit, route=route, parked=parked)
         try:
             yield runtime
         finally:

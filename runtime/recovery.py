@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from typing import Callable
 
+from threadline.actors.approval import run_events, wait_of
 from threadline.actors.journal import Journal, OpenRun
 from threadline.actors.messages import AGENT_FAILED, AGENT_STARTED, Event, ThreadKey
 
@@ -22,11 +23,21 @@ RESTARTED = {"error": "server restarted"}
 
 
 async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.time,
-                          only: Callable[[ThreadKey], bool] | None = None) -> int:
+                          only: Callable[[ThreadKey], bool] | None = None,
+                          parked: set[ThreadKey] | None = None) -> int:
     """Close every open run (of the threads ``only`` names, if given: a cluster node, those of
     the shards it just took); returns how many. Runs before any of their thread actors is
-    active."""
+    active. With ``parked`` (the agent is resumable: ``approval.resumable``), a run waiting for
+    a decision is not closed: its thread goes into ``parked``, and parks it again when it is
+    loaded (``parking.restore``)."""
     runs = [r for r in await journal.open_runs() if only is None or only(r.key)]
+    if parked is not None:
+        waiting = [r for r in runs if wait_of(await run_events(journal, r)) is not None]
+        parked.update(r.key for r in waiting)
+        runs = [r for r in runs if r not in waiting]
+        if waiting:
+            log.info("%d runs wait for a decision, in %d threads: kept", len(waiting),
+                     len({r.key for r in waiting}))
     by_thread: dict[ThreadKey, list[OpenRun]] = defaultdict(list)
     for run in runs:
         by_thread[run.key].append(run)

@@ -255,7 +255,8 @@ class Node:
                                            if shard_of(r.key) in chosen],
                                           self.config.interval / 2)
         try:
-            closed = await close_open_runs(self.journal, only=lambda k: shard_of(k) in chosen)
+            closed = await close_open_runs(self.journal, only=lambda k: shard_of(k) in chosen,
+                                           parked=self.runtime.parked)
         except (JournalUnavailable, ValueError) as exc:  # ValueError: a seq that moved meanwhile
             log.warning("recovering %d shards failed (%s): the next round tries again",
                         len(shards), exc)

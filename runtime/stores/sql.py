@@ -212,11 +212,11 @@ def threads_page(cur: Any, user_id: str, limit: int,
 
 def open_runs(cur: Any, key: ThreadKey | None = None) -> list[OpenRun]:
     if key is not None:
-        cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs WHERE "
-                    "user_id = %s AND thread_id = %s ORDER BY opened_seq",
+        cur.execute("SELECT user_id, thread_id, run_id, started, opened_seq FROM open_runs "
+                    "WHERE user_id = %s AND thread_id = %s ORDER BY opened_seq",
                     (key.user_id, key.thread_id))
     else:
-        cur.execute("SELECT user_id, thread_id, run_id, started FROM open_runs "
+        cur.execute("SELECT user_id, thread_id, run_id, started, opened_seq FROM open_runs "
                     "ORDER BY user_id, thread_id, opened_seq")
-    return [OpenRun(ThreadKey(u, t), r, bool(s)) for u, t, r, s in cur.fetchall()]
+    return [OpenRun(ThreadKey(u, t), r, bool(s), q or 0) for u, t, r, s, q in cur.fetchall()]
 

@@ -1,0 +1,180 @@
+"""A thread's parked run: a resumable agent's run waiting for a person's decision with no task
+(``approval.py``), as its thread actor holds, restores, decides, cancels and expires it.
+
+Invariants:
+
+- A parked run is its thread's active run (``RunQueue.parked``): ``enqueue`` waits behind it,
+  ``reject`` is ``busy``; it holds no task, no user slot, no agent coroutine. A thread whose
+  only run is parked is idle and may be unloaded (``passivate``), unless its wait has an
+  expiry: then it stays loaded to decide it in time.
+- Everything a parked run needs is in the store: ``restore`` finds it again from the thread's
+  open runs (``wait_of`` their events) whenever the thread is loaded, after a restart, a crash,
+  an unload or, in a cluster, a move to another node. A wait whose expiry passed meanwhile is
+  decided then; a decision stored whose run never went on (a crash right after it) resumes it.
+- A decision is stored (``approval_decided``) before the decider hears ``ok``, and before the
+  run resumes: its agent is called again with the run's stored events (``RunControl
+  .transcript``). A cancel or interrupt ends a parked run with ``agent_cancelled`` at once; a
+  shutdown leaves it parked (it outlives the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import trio
+
+from .approval import EXPIRED, Waiting, run_events, wait_of
+from .errors import JournalUnavailable, UnknownCall
+from .journal import Journal, OpenRun
+from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED,
+                       USER_MESSAGE, Decide, Event, ThreadKey)
+from .run_queue import RunQueue
+from .run_writer import RunContext, RunControl
+from .sequencer import Sequencer
+from .stats import ThreadStats
+
+log = logging.getLogger("threadline.thread")
+
+
+async def restore(key: ThreadKey, journal: Journal, writes: Sequencer,
+                  runs_of: Callable[[], RunQueue], stats: ThreadStats, parked: set[Any], *,
+                  resumable: bool, restarted: bool) -> None:
+    """The thread is loaded: take back its runs the store holds open and this actor does not:
+    a waiting one (a resumable agent's) is parked again, or resumed if its decision is stored
+    (or its expiry passed); any other is ended with ``agent_failed`` after a restart of the
+    actor (its terminal write was lost as it went down). At a first load those are left to
+    the start's recovery, which ran before. Costs a look-up only after a restart, or for a
+    thread in ``parked``."""
+    if not restarted and key not in parked:
+        return
+    parked.discard(key)
+    runs = runs_of()
+    held = runs.run_ids()
+    for run in await journal.open_runs(key):
+        if run.run_id in held:
+            continue
+        events = await run_events(journal, run) if resumable else []
+        waiting = wait_of(events) if events else None
+        if waiting is None or runs.active is not None:
+            if restarted or (waiting is not None and runs.active is not None):
+                await _close(writes, run, "internal error")
+            continue
+        control = _control(key, run, events)
+        if waiting.decided is None and _expired(waiting, writes.clock):
+            events.append(await _store_decision(writes, run.run_id, waiting.call_id, False,
+                                                EXPIRED))
+            stats.approvals_decided[EXPIRED] = stats.approvals_decided.get(EXPIRED, 0) + 1
+            waiting = wait_of(events)
+        if waiting is not None and waiting.decided is None:
+            control.parked = waiting
+            runs.active = control
+            stats.approvals_waiting += 1
+            parked.add(key)
+        else:
+            control.transcript = events
+            runs.put_first(control)
+
+
+async def decide(writes: Sequencer, journal: Journal, runs: RunQueue, stats: ThreadStats,
+                 msg: Decide) -> bool:
+    """A decision for the parked run: stored, answered, and the run resumed. False when the
+    parked run is not the one ``msg`` names (nothing done)."""
+    control = runs.parked
+    if control is None or control.context.run_id != msg.run_id:
+        return False
+    waiting = control.parked
+    assert waiting is not None
+    if waiting.call_id != msg.call_id:
+        msg.reply.fail(UnknownCall(f"no tool call {msg.call_id} of run {msg.run_id} waits "
+                                   "for a decision"))
+        return True
+    try:
+        await _store_decision(writes, msg.run_id, msg.call_id, msg.approved, msg.reason)
+    except JournalUnavailable as exc:
+        msg.reply.fail(exc)
+        return True
+    msg.reply.set(None)
+    outcome = "approved" if msg.approved else "denied"
+    stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
+    await _resume(writes.key, journal, runs, stats, control)
+    return True
+
+
+async def expire_due(writes: Sequencer, journal: Journal, runs: RunQueue,
+                     stats: ThreadStats) -> None:
+    """The parked run's expiry passed: the server's decision, not approved, and it resumes."""
+    control = runs.parked
+    if control is None or control.parked is None or not _expired(control.parked, writes.clock):
+        return
+    await _store_decision(writes, control.context.run_id, control.parked.call_id, False,
+                          EXPIRED)
+    stats.approvals_decided[EXPIRED] = stats.approvals_decided.get(EXPIRED, 0) + 1
+    await _resume(writes.key, journal, runs, stats, control)
+
+
+async def end_if_cancelled(writes: Sequencer, runs: RunQueue, stats: ThreadStats) -> None:
+    """A cancel or an interrupt reached the parked run: it ends now, ``agent_cancelled``."""
+    control = runs.parked
+    if control is None or control.cancel_reason is None:
+        return
+    await writes.append(AGENT_CANCELLED, control.context.run_id,
+                        {"reason": control.cancel_reason})
+    runs.end_parked()
+    stats.approvals_waiting -= 1
+
+
+def deadline(runs: RunQueue | None, clock: Callable[[], float]) -> float:
+    """The trio time at which the parked run's wait expires (``math.inf``: none)."""
+    control = runs.parked if runs is not None else None
+    expires_at = control.parked.expires_at if control is not None and control.parked else None
+    if expires_at is None:
+        return math.inf
+    return trio.current_time() + max(0.0, expires_at - clock())
+
+
+def forget(runs: RunQueue | None, stats: ThreadStats) -> None:
+    """The actor stops (unloaded, or the process): its parked run stays in the store only."""
+    if runs is not None and runs.parked is not None:
+        stats.approvals_waiting -= 1
+
+
+# -- inside -----------------------------------------------------------------------------------
+
+def _control(key: ThreadKey, run: OpenRun, events: list[Event]) -> RunControl:
+    first = events[0] if events and events[0].event == USER_MESSAGE else None
+    data: dict[str, Any] = first.data if first is not None else {}
+    context = RunContext(key.user_id, key.thread_id, run.run_id, str(data.get("message_id")))
+    control = RunControl(context, str(data.get("text", "")), first.seq if first else run.seq)
+    control.started = any(e.event == AGENT_STARTED for e in events)
+    control.resumable = True
+    return control
+
+
+def _expired(waiting: Waiting, clock: Callable[[], float]) -> bool:
+    return waiting.expires_at is not None and clock() >= waiting.expires_at
+
+
+async def _store_decision(writes: Sequencer, run_id: str, call_id: str, approved: bool,
+                          reason: str | None) -> Event:
+    data: dict[str, Any] = {"call_id": call_id, "approved": approved}
+    if reason is not None:
+        data["reason"] = reason
+    return await writes.append(APPROVAL_DECIDED, run_id, data)
+
+
+async def _resume(key: ThreadKey, journal: Journal, runs: RunQueue, stats: ThreadStats,
+                  control: RunControl) -> None:
+    run = OpenRun(key, control.context.run_id, True, control.message_seq)
+    control.transcript = await run_events(journal, run)
+    runs.resume()
+    stats.approvals_waiting -= 1
+
+
+async def _close(writes: Sequencer, run: OpenRun, error: str) -> None:
+    if not run.started:
+        await writes.append(AGENT_STARTED, run.run_id, {})
+    await writes.append(AGENT_FAILED, run.run_id, {"error": error})
+    log.warning("%s: run %s was left open as the thread restarted; ended it", run.key,
+                run.run_id)
