@@ -13,16 +13,19 @@ from threadline.actors.errors import (
     JournalUnavailable,
     LimitReached,
     RateLimited,
+    UnknownCall,
     UnknownRun,
     Unstorable,
 )
 
-from .messages import BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, RATE_LIMITED, UNKNOWN_RUN, BadFrame
+from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, RATE_LIMITED, UNKNOWN_CALL,
+                       UNKNOWN_RUN, BadFrame)
 
 #: First match wins. Anything else is a bug: answered ``internal``, and logged.
 ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (Busy, BUSY),
     (UnknownRun, UNKNOWN_RUN),
+    (UnknownCall, UNKNOWN_CALL),      # 1.1: a decide for a call that is not waiting
     (Unstorable, BAD_FRAME),
     (BadFrame, BAD_FRAME),
     (LimitReached, LIMIT_REACHED),

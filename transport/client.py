@@ -41,7 +41,7 @@ from threadline.actors.reply import Reply
 from .client_connect import NO_RECONNECT, connect, reconnect
 from .client_errors import (BadFrame, Busy, ClientError, ConnectionClosed, HandshakeRejected,
                             Internal, LimitReached, NotJoined, RateLimited, ServerError,
-                            UnknownRun)
+                            UnknownCall, UnknownRun)
 from .client_inbox import Inbox
 from .codec import Codec
 from .connection import WebSocketConnection
@@ -116,6 +116,17 @@ class Client:
         frame: dict[str, Any] = {"type": "cancel", "thread_id": thread_id}
         if run_id is not None:
             frame["run_id"] = run_id
+        return await self.request(frame)
+
+    async def decide(self, thread_id: str, run_id: str, call_id: str, approved: bool,
+                     reason: str | None = None) -> dict[str, Any]:
+        """Decide a tool call waiting for approval (PROTOCOL.md 1.1); the ``ok`` once the
+        decision is stored. A call that does not wait raises the ``ServerError`` of
+        ``unknown_call``."""
+        frame: dict[str, Any] = {"type": "decide", "thread_id": thread_id, "run_id": run_id,
+                                 "call_id": call_id, "approved": approved}
+        if reason is not None:
+            frame["reason"] = reason
         return await self.request(frame)
 
     async def threads_page(self, limit: int | None = None,
@@ -293,5 +304,6 @@ async def open_client(url: str, token: str, *, encoding: str = "json", reconnect
 
 
 __all__ = ["BadFrame", "Busy", "Client", "ClientError", "ConnectionClosed", "HandshakeRejected",
-           "Internal", "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownRun",
+           "Internal", "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
+           "UnknownRun",
            "connect", "open_client"]

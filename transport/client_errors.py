@@ -16,10 +16,11 @@ from typing import Any
 from threadline.actors import errors
 
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
-                       UNKNOWN_RUN)
+                       UNKNOWN_CALL, UNKNOWN_RUN)
 
 __all__ = ["BadFrame", "Busy", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal",
-           "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownRun"]
+           "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
+           "UnknownRun"]
 
 
 class ClientError(Exception):
@@ -69,6 +70,10 @@ class UnknownRun(ServerError, errors.UnknownRun):
     """``unknown_run``: no such active run to cancel."""
 
 
+class UnknownCall(ServerError, errors.UnknownCall):
+    """``unknown_call`` (1.1): no such tool call waits for a decision."""
+
+
 class RateLimited(ServerError, errors.RateLimited):
     """``rate_limited``: dropped; sending it later may work."""
 
@@ -83,6 +88,7 @@ class Internal(ServerError):
 
 _ERRORS: dict[str, type[ServerError]] = {
     BAD_FRAME: BadFrame, NOT_JOINED: NotJoined, BUSY: Busy, UNKNOWN_RUN: UnknownRun,
+    UNKNOWN_CALL: UnknownCall,
     RATE_LIMITED: RateLimited, LIMIT_REACHED: LimitReached, INTERNAL: Internal}
 
 

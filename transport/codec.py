@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from threadline.actors.approval import MAX_REASON_BYTES
 from threadline.actors.journal import unstorable_reason
 from threadline.actors.messages import STRATEGIES, Event, is_thread_id
 
@@ -21,6 +22,7 @@ from .messages import (
     MSGPACK,
     BadFrame,
     Cancel,
+    Decide,
     Join,
     Leave,
     Ping,
@@ -34,6 +36,7 @@ MAX_TEXT_BYTES = 64 * 1024      # PROTOCOL.md: send.text is at most 64 KiB
 MAX_REF_CHARS = 64              # PROTOCOL.md: ref is a string of at most 64 characters
 MAX_CLIENT_MSG_ID = 256         # not in PROTOCOL.md: bounds what a client can make us store
 MAX_RUN_ID = 256
+MAX_CALL_ID = 256
 THREADS_PAGE = 100              # PROTOCOL.md (ours): a threads page, by default ...
 MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below the frame limit
 MAX_CURSOR = 512
@@ -193,6 +196,27 @@ def _cancel(obj: dict[str, Any], ref: Ref) -> Cancel:
     return Cancel(ref, _thread_id(obj, ref), _optional_str(obj, "run_id", ref, MAX_RUN_ID))
 
 
+def _decide(obj: dict[str, Any], ref: Ref) -> Decide:
+    thread_id = _thread_id(obj, ref)
+    run_id = _optional_str(obj, "run_id", ref, MAX_RUN_ID)
+    call_id = _optional_str(obj, "call_id", ref, MAX_CALL_ID)
+    if run_id is None or call_id is None:
+        raise BadFrame(f"missing {'run_id' if run_id is None else 'call_id'}", ref)
+    approved = obj.get("approved")
+    if type(approved) is not bool:  # not 0 or 1: a decision is said, never guessed
+        raise BadFrame("missing approved" if approved is None else
+                       "approved must be true or false", ref)
+    reason = obj.get("reason")
+    if reason is not None:
+        if not isinstance(reason, str):
+            raise BadFrame("reason must be a string", ref)
+        if not storable(reason):
+            raise BadFrame("reason must be valid Unicode without NUL characters", ref)
+        if len(reason) > MAX_REASON_BYTES // 4 and len(reason.encode("utf-8")) > MAX_REASON_BYTES:
+            raise BadFrame(f"reason longer than {MAX_REASON_BYTES} bytes", ref)
+    return Decide(ref, thread_id, run_id, call_id, approved, reason)
+
+
 def _threads(obj: dict[str, Any], ref: Ref) -> Threads:
     limit = obj.get("limit")
     if limit is None:
@@ -207,6 +231,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Ref], Request]] = {
     "leave": _leave,
     "send": _send,
     "cancel": _cancel,
+    "decide": _decide,
     "threads": lambda obj, ref: _threads(obj, ref),
     "ping": lambda obj, ref: Ping(ref),
 }

@@ -5,6 +5,8 @@ Invariants:
 - The user comes from the token (``Authorization: Bearer``, checked by the same
   ``Authenticator`` as a handshake) and nowhere else: a route names a thread id, and the handle
   it gets is the token's user's (``UserHandle``), so no request can name another user's thread.
+  A path's other names (a run id, a call id: ``ROUTES``) are the request's fields, checked as the
+  WebSocket frame's; a body never overrides them.
 - A read never creates a thread: a thread that does not exist is 404 ``not_found`` (reads go to
   the journal, ``ThreadHandle.stored_info``). A message creates the thread, as a ``join`` does.
 - A request is routed, authenticated and counted against its user (``request_slot``: at most
@@ -44,8 +46,8 @@ from .http import json_response, methods_allowed, path_of, without_body
 from .http_front import Malformed, RequestReader, close_gently, write_answer
 from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
-                       RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_RUN, BadFrame,
-                       Cancel, Send)
+                       RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_CALL, UNKNOWN_RUN,
+                       BadFrame, Cancel, Decide, Send)
 from .paging import CursorKey, read_events_page, read_threads_page
 from .quotas import UserQuota, UserQuotas
 from .stats import ServerStats
@@ -55,11 +57,11 @@ log = logging.getLogger("threadline.http")
 EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
 
 #: The HTTP status of each error code.
-STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404,
+STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404, UNKNOWN_CALL: 404,
           METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413, RATE_LIMITED: 429,
           LIMIT_REACHED: 429, INTERNAL: 500}
 UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
-ID = "{thread_id}"
+ID, RUN, CALL = "{thread_id}", "{run_id}", "{call_id}"  # the names a path may hold
 AUTH_CHECK = "/v1/auth/check"
 
 
@@ -79,6 +81,7 @@ class Call:
     quota: UserQuota
     thread: ThreadHandle | None
     query: dict[str, str]
+    params: dict[str, str]  # the path's other names (``run_id``, ``call_id``), decoded
     body: bytearray  # as read (``RequestReader.read_body``): the one copy
 
 
@@ -117,7 +120,8 @@ class HttpApi:
                     raise _not_allowed("GET")
                 user_id = self._user_id(request, query_token=True)
                 return json_response(200, {"type": "ok", "user_id": user_id}, cors)
-            methods, thread_id = _resolve(path)
+            methods, params = _resolve(path)
+            thread_id = params.pop("thread_id", None)
             if method == "OPTIONS":
                 return preflight(cors, methods_allowed(*methods))
             handler = _handler(method, methods, thread_id)
@@ -126,7 +130,8 @@ class HttpApi:
             quota = held.enter_context(self.quotas.request_slot(user))  # before the body
             query = _query(request.path)
             body = await self._body(method, reader, deadline)
-            call = Call(user, quota, user.thread(thread_id) if thread_id else None, query, body)
+            call = Call(user, quota, user.thread(thread_id) if thread_id else None, query, params,
+                        body)
             status, answer = await handler(self, call)
         except Exception as exc:
             status, answer, extra = self._failure(exc, method, request, user_id)
@@ -213,6 +218,15 @@ class HttpApi:
         run_id = await call.thread.cancel(request.run_id)
         return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": run_id}
 
+    async def decide(self, call: Call) -> tuple[int, dict[str, Any]]:
+        request = _parse(call, "decide", **call.params)
+        assert isinstance(request, Decide) and call.thread is not None
+        await _existing(call)
+        await call.thread.decide(request.run_id, request.call_id, request.approved,
+                                 request.reason)
+        return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": request.run_id,
+                     "call_id": request.call_id}
+
     async def delete(self, call: Call) -> tuple[int, dict[str, Any]]:
         await _existing(call)
         assert call.thread is not None
@@ -229,23 +243,28 @@ ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
     ("threads", ID, "events"): {"GET": HttpApi.events},
     ("threads", ID, "messages"): {"POST": HttpApi.post_message},
     ("threads", ID, "cancel"): {"POST": HttpApi.cancel},
+    ("threads", ID, "runs", RUN, "approvals", CALL): {"POST": HttpApi.decide},
 }
+_NAMES = (ID, RUN, CALL)
 
 
-def _resolve(path: str) -> tuple[dict[str, Handler], str | None]:
-    """The handlers and the thread id (not yet checked) of ``path`` (under ``/v1/``);
-    ``Refused`` if none."""
+def _resolve(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
+    """The handlers of ``path`` (under ``/v1/``) and the names its shape holds, decoded (not
+    yet checked: ``thread_id`` by ``_handler``, the others as the frame's fields); ``Refused``
+    if none."""
     parts = path.removeprefix("/v1/").split("/")
-    thread_id = None
-    if len(parts) >= 2 and parts[0] == "threads":
-        try:
-            thread_id, parts[1] = unquote(parts[1], errors="strict"), ID
-        except UnicodeDecodeError:
-            raise Refused(BAD_FRAME, "the thread id is not UTF-8") from None
-    methods = ROUTES.get(tuple(parts))
-    if methods is None:
-        raise Refused(NOT_FOUND, "no such route")
-    return methods, thread_id
+    for shape, methods in ROUTES.items():
+        if len(shape) == len(parts) and all(
+                part == name or name in _NAMES for part, name in zip(parts, shape)):
+            params = {}
+            for part, name in zip(parts, shape):
+                if name in _NAMES:
+                    try:
+                        params[name[1:-1]] = unquote(part, errors="strict")
+                    except UnicodeDecodeError:
+                        raise Refused(BAD_FRAME, f"the {name[1:-1]} is not UTF-8") from None
+            return methods, params
+    raise Refused(NOT_FOUND, "no such route")
 
 
 def _handler(method: str, methods: dict[str, Handler], thread_id: str | None) -> Handler:
@@ -286,8 +305,9 @@ def _int(query: dict[str, str], name: str, default: int, low: int, high: int) ->
     return int(text)
 
 
-def _parse(call: Call, kind: str) -> Send | Cancel:
-    """The body as the WebSocket frame ``kind`` on the URL's thread (its rules, its errors)."""
+def _parse(call: Call, kind: str, **path: str) -> Send | Cancel | Decide:
+    """The body as the WebSocket frame ``kind`` on the URL's thread, with the path's other
+    names as its fields (the frame's rules, its errors)."""
     body = call.body
     try:
         obj = json.loads(body) if body and not body.isspace() else {}  # strip() would copy
@@ -296,8 +316,8 @@ def _parse(call: Call, kind: str) -> Send | Cancel:
     if not isinstance(obj, dict):
         raise BadFrame("the body must be a JSON object")
     assert call.thread is not None
-    return parse_request({**obj, "ref": None, "type": kind,  # type: ignore[return-value]
-                          "thread_id": call.thread.thread_id})
+    return parse_request({**obj, **path, "ref": None,  # type: ignore[return-value]
+                          "type": kind, "thread_id": call.thread.thread_id})
 
 
 async def _existing(call: Call) -> ThreadInfo:

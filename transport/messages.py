@@ -23,6 +23,7 @@ BAD_FRAME: Final = "bad_frame"
 NOT_JOINED: Final = "not_joined"
 BUSY: Final = "busy"
 UNKNOWN_RUN: Final = "unknown_run"
+UNKNOWN_CALL: Final = "unknown_call"  # 1.1: a decide for a tool call that is not waiting
 RATE_LIMITED: Final = "rate_limited"
 LIMIT_REACHED: Final = "limit_reached"
 INTERNAL: Final = "internal"
@@ -75,6 +76,18 @@ class Cancel:
 
 
 @attrs.frozen(slots=True)
+class Decide:
+    """1.1: a decision on a tool call of ``run_id`` waiting for approval."""
+
+    ref: Ref
+    thread_id: str
+    run_id: str
+    call_id: str
+    approved: bool
+    reason: str | None     # at most 1 KiB of UTF-8
+
+
+@attrs.frozen(slots=True)
 class Threads:
     ref: Ref
     limit: int             # threads per page (PROTOCOL.md: 1-1000, default 100)
@@ -86,7 +99,7 @@ class Ping:
     ref: Ref
 
 
-Request = Union[Join, Leave, Send, Cancel, Threads, Ping]
+Request = Union[Join, Leave, Send, Cancel, Decide, Threads, Ping]
 
 
 class BadFrame(Exception):

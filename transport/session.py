@@ -33,7 +33,7 @@ from .lanes import Lanes
 from .limits import Limits
 from .messages import (BAD_FRAME, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOKEN_EXPIRED,
                        CLOSE_TRY_AGAIN, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
-                       BadFrame, Cancel, Join, Leave, Ping, Request, Send, Threads)
+                       BadFrame, Cancel, Decide, Join, Leave, Ping, Request, Send, Threads)
 from .outbox import Outbox, Overflow, Tap
 from .policy import ConnectionState, Verdict
 from .quotas import UserQuota
@@ -67,7 +67,7 @@ class Session:
         self._writer_done = trio.Event()
         self._dispatch: dict[type, Callable[[Any], Awaitable[None]]] = {
             Join: self._join, Leave: self._leave, Send: self._send, Cancel: self._cancel,
-            Threads: self._threads}  # a ping is answered by the reader, at once
+            Decide: self._decide, Threads: self._threads}  # a ping is answered by the reader, at once
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -279,12 +279,21 @@ class Session:
         run_id = await tap.thread.cancel(request.run_id)
         self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id, run_id=run_id))
 
+    async def _decide(self, request: Decide) -> None:
+        """``ok`` once ``approval_decided`` is stored; ``UnknownCall`` (``unknown_call``)."""
+        tap = self.taps.get(request.thread_id)
+        if tap is None:
+            return self._not_joined(request)
+        await tap.thread.decide(request.run_id, request.call_id, request.approved, request.reason)
+        self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id,
+                                run_id=request.run_id, call_id=request.call_id))
+
     async def _threads(self, request: Threads) -> None:
         page, next_cursor = await read_threads_page(self.user, request.limit, request.cursor,
                                                     self.cursors)
         self._reply(reply_frame("threads", request.ref, threads=page, next_cursor=next_cursor))
 
-    def _not_joined(self, request: Send | Cancel) -> None:
+    def _not_joined(self, request: Send | Cancel | Decide) -> None:
         self._reply(error_frame(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))
     # -- writing -----------------------------------------------------------------------------
 

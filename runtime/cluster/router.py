@@ -35,8 +35,8 @@ import trio
 
 from threadline.actors.errors import ActorCrashed, ActorStopped, AskTimeout, Fenced
 from threadline.actors.local import LocalThreads
-from threadline.actors.messages import (THREAD_DELETED, CancelRun, GetInfo, Joined, PostMessage,
-                                        Subscribe, ThreadKey)
+from threadline.actors.messages import (THREAD_DELETED, CancelRun, Decide, GetInfo, Joined,
+                                        PostMessage, Subscribe, ThreadKey)
 from threadline.actors.reply import Reply
 from threadline.actors.stats import SECONDS_BUCKETS, Histogram
 
@@ -53,13 +53,14 @@ def _repeatable(make: Callable[[Reply[Any]], Any]) -> bool:
     """Whether asking twice does what asking once does: an info, a delete, a cancel that names
     its run, and a send with a ``client_msg_id`` (answered from the journal the second time);
     not a send without one, nor a cancel of "the active run" (which may be the next one by
-    the second time)."""
+    the second time), nor a decision (the first one stored wins: asked again, a decision
+    stored the first time would be answered ``UnknownCall``)."""
     msg = make(Reply())
     if isinstance(msg, PostMessage):
         return msg.client_msg_id is not None
     if isinstance(msg, CancelRun):
         return msg.run_id is not None
-    return True
+    return not isinstance(msg, Decide)
 
 
 class Relay:
@@ -131,7 +132,8 @@ class Router:
                 self._retrying(where, exc)
                 if not _repeatable(make):
                     raise ActorCrashed("the node that owns this thread went away while "
-                                       "answering; send again with the same client_msg_id"
+                                       "answering: it may have been done; read the thread's "
+                                       "events, or send again with the same client_msg_id"
                                        ) from None
             except ActorStopped as exc:
                 if isinstance(exc, ActorCrashed) or self.table.is_local(key) or self.closing:

@@ -34,9 +34,11 @@ from typing import Any, Callable, Final
 import attrs
 import msgpack
 
+from threadline.actors.approval import MAX_REASON_BYTES
 from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Busy,
                                       JournalUnavailable, LimitReached, MailboxFull, RateLimited,
-                                      UnknownRun, Unstorable)
+                                      UnknownCall, UnknownRun, Unstorable)
+from threadline.actors.messages import Decide as DecideRequest
 from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteThread, GetInfo,
                                         PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
 from threadline.actors.reply import Reply
@@ -104,6 +106,15 @@ class Cancel:
 
 
 @attrs.frozen(slots=True)
+class Decide:
+    """A decision on a tool call waiting for approval; answered None once it is stored."""
+    run_id: str
+    call_id: str
+    approved: bool
+    reason: str | None
+
+
+@attrs.frozen(slots=True)
 class Info:
     """Answered with the thread's ``ThreadInfo``."""
 
@@ -118,7 +129,7 @@ class Call:
     id: int
     user_id: str
     thread_id: str
-    request: Post | Cancel | Info | Delete
+    request: Post | Cancel | Decide | Info | Delete
 
 
 @attrs.frozen(slots=True)
@@ -149,7 +160,7 @@ class Failure:
     message: str
 
 
-CallRequest = Post | Cancel | Info | Delete
+CallRequest = Post | Cancel | Decide | Info | Delete
 Message = Hello | Challenge | Proof | Call | Follow | Usage | Result | Failure
 
 
@@ -167,6 +178,7 @@ def client_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> byt
 # A field's kind is a tuple of exact types (a bool is not an int here) or a decoding function.
 
 _STR, _BYTES, _INT, _OPT_STR, _NUMBER = (str,), (bytes,), (int,), (str, type(None)), (int, float)
+_BOOL = (bool,)
 
 
 def _fields(values: Any, kinds: tuple[Any, ...]) -> list[Any]:
@@ -199,7 +211,7 @@ def encode_value(value: Any) -> Any:
 
 _MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "follow", "usage",
                               "result", "failure"})
-_REQUESTS: Final = frozenset({"post", "cancel", "info", "delete"})
+_REQUESTS: Final = frozenset({"post", "cancel", "decide", "info", "delete"})
 _VALUES: Final = frozenset({"accepted", "thread_info"})
 _KEY = functools.partial(_decode, tags=frozenset({"key"}))
 _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
@@ -213,6 +225,7 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "failure": (Failure, (_INT, _STR, _STR)),
     "post": (Post, (_STR, _OPT_STR, _STR)),
     "cancel": (Cancel, (_OPT_STR,)),
+    "decide": (Decide, (_STR, _STR, _BOOL, _OPT_STR)),
     "info": (Info, ()),
     "delete": (Delete, ()),
     "accepted": (Accepted, (_KEY, _STR, _STR, _INT)),
@@ -303,12 +316,14 @@ class FrameDecoder:
 # -- actor requests ------------------------------------------------------------------------------
 
 def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
-    """The call for one of the four requests that can be forwarded (its ``reply`` stays here)."""
+    """The call for one of the five requests that can be forwarded (its ``reply`` stays here)."""
     kind = type(msg)
     if kind is PostMessage:
         request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy)
     elif kind is CancelRun:
         request = Cancel(msg.run_id)
+    elif kind is DecideRequest:
+        request = Decide(msg.run_id, msg.call_id, msg.approved, msg.reason)
     elif kind is GetInfo or kind is DeleteThread:
         request = Info() if kind is GetInfo else Delete()
     else:
@@ -318,7 +333,7 @@ def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
 
 def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
     """The far side of ``call_of``: the key, and what builds the actor request with a reply.
-    ``ValueError`` for a strategy this node does not know."""
+    ``ValueError`` for a strategy this node does not know, or a reason over 1 KiB."""
     r = call.request
     make: Callable[[Reply], ThreadRequest]
     if type(r) is Post:
@@ -327,6 +342,10 @@ def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
         make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy)
     elif type(r) is Cancel:
         make = functools.partial(CancelRun, r.run_id)
+    elif type(r) is Decide:
+        if r.reason is not None and len(r.reason.encode("utf-8", "replace")) > MAX_REASON_BYTES:
+            raise ValueError(f"a reason is at most {MAX_REASON_BYTES} bytes")
+        make = functools.partial(DecideRequest, r.run_id, r.call_id, r.approved, r.reason)
     else:
         make = GetInfo if type(r) is Info else DeleteThread
     return ThreadKey(call.user_id, call.thread_id), make
@@ -339,7 +358,7 @@ INTERNAL_MESSAGE: Final = "the node that owns this thread failed to handle the r
 
 #: First match wins: a subclass comes before its base (ActorCrashed before ActorStopped).
 ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
-    (Busy, "busy"), (UnknownRun, "unknown_run"),
+    (Busy, "busy"), (UnknownRun, "unknown_run"), (UnknownCall, "unknown_call"),
     (JournalUnavailable, "journal_unavailable"), (Unstorable, "unstorable"),
     (ActorCrashed, "actor_crashed"), (NotOwner, "not_owner"), (ActorStopped, "actor_stopped"),
     (AskTimeout, "ask_timeout"), (MailboxFull, "mailbox_full"),
