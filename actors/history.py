@@ -9,6 +9,17 @@ Invariants:
   messages queued back to back read as ``user, assistant, user, assistant``.
 - An answer is ``agent_completed``'s ``text``; for a run that failed or was cancelled, the text
   it had streamed (its ``agent_delta`` pieces, laid at their offsets), possibly empty.
+- An answer carries the run's tool calls (``Turn.calls``), in the order they were made (their
+  first event), each with what became of it: ``completed`` (its ``result``), ``failed`` (its
+  ``error``), ``denied`` (a person, or the expiry, said no: ``error`` is ``tool_completed``'s
+  ``"denied: " + reason``, and the tool never ran) or ``unfinished`` (the run ended before the
+  call had an outcome: waiting for approval, or running). ``ToolUse.at`` is how much of the
+  streamed answer was written before the call, so a reader can lay calls and text in the order
+  they happened: the run's writer stores what was written before any later event
+  (``run_writer.py``). Calls with no text between them share their ``at``; nothing stored tells
+  the rounds of a model apart, and none is needed to replay them.
+- A run's events count only while it is open: nothing after its terminal event is read into
+  its turn.
 - Only what precedes the run's own message counts: the run's message (``run.text``), later
   messages and runs still going on are not history.
 - The read is bounded by what is asked: the journal is read backwards a page at a time, only
@@ -17,7 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -27,6 +38,10 @@ from .messages import (
     AGENT_COMPLETED,
     AGENT_DELTA,
     AGENT_FAILED,
+    APPROVAL_DECIDED,
+    APPROVAL_REQUESTED,
+    TOOL_COMPLETED,
+    TOOL_EXECUTING,
     USER_MESSAGE,
     Event,
     ThreadKey,
@@ -37,45 +52,119 @@ _OUTCOMES: dict[str, Literal["completed", "failed", "cancelled"]] = {
     AGENT_COMPLETED: "completed", AGENT_FAILED: "failed", AGENT_CANCELLED: "cancelled"}
 
 
+ToolStatus = Literal["completed", "failed", "denied", "unfinished"]
+_CALL_EVENTS = frozenset({APPROVAL_REQUESTED, APPROVAL_DECIDED, TOOL_EXECUTING, TOOL_COMPLETED})
+
+
+@attrs.frozen(slots=True)
+class ToolUse:
+    """One tool call of an earlier run, and what became of it (see the module header)."""
+
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    at: int  # characters of the streamed answer written before the call
+    status: ToolStatus
+    result: Any = None        # completed: what the tool returned
+    error: str | None = None  # failed or denied: ``tool_completed``'s error
+
+
 @attrs.frozen(slots=True)
 class Turn:
-    """One turn of a conversation. ``outcome`` is None for a user's turn."""
+    """One turn of a conversation. ``outcome`` is None for a user's turn; ``calls`` are an
+    answer's tool calls, in the order they were made."""
 
     role: Literal["user", "assistant"]
     text: str
     run_id: str
     seq: int  # of the event it comes from: the user_message, or the run's terminal event
     outcome: Literal["completed", "failed", "cancelled"] | None = None
+    calls: tuple[ToolUse, ...] = ()
+
+
+@attrs.define(slots=True)
+class _Call:
+    tool: str
+    args: dict[str, Any]
+    at: int
+    status: ToolStatus = "unfinished"
+    result: Any = None
+    error: str | None = None
+
+
+@attrs.define(slots=True)
+class _Run:
+    """What is read so far of one run whose message counts."""
+
+    message: Turn
+    pieces: list[str] = attrs.field(factory=list)
+    length: int = 0
+    calls: dict[str, _Call] = attrs.field(factory=dict)  # in the order of their first event
+    answer: Turn | None = None
+
+    def piece(self, data: dict[str, Any]) -> None:
+        text = data.get("text", "")
+        if self.length == data.get("offset"):  # as a client lays pieces
+            self.pieces.append(text)
+            self.length += len(text)
+
+    def call_event(self, event: str, data: dict[str, Any]) -> None:
+        call_id = data.get("call_id")
+        if not isinstance(call_id, str):
+            return
+        call = self.calls.get(call_id)
+        if call is None:
+            if event not in (APPROVAL_REQUESTED, TOOL_EXECUTING):
+                return  # an outcome of a call never started: not one this run made
+            args = data.get("args")
+            call = self.calls[call_id] = _Call(str(data.get("tool", "")),
+                                               args if isinstance(args, dict) else {},
+                                               self.length)
+        if event == APPROVAL_DECIDED and not data.get("approved"):
+            call.status = "denied"
+            call.error = f"denied: {data.get('reason') or 'no reason given'}"
+        elif event == TOOL_COMPLETED:
+            if "error" in data:
+                call.status = "denied" if call.status == "denied" else "failed"
+                call.error = str(data["error"])
+            else:
+                call.status, call.result = "completed", data.get("result")
+
+    def end(self, event: Event) -> None:
+        text = event.data.get("text") if event.event == AGENT_COMPLETED else None
+        if text is None:
+            text = "".join(self.pieces)
+        calls = tuple(ToolUse(call_id, c.tool, c.args, c.at, c.status, c.result, c.error)
+                      for call_id, c in self.calls.items())
+        self.answer = Turn("assistant", text, self.message.run_id, event.seq,
+                           _OUTCOMES[event.event], calls)
 
 
 def turns_of(events: list[Event], before: int) -> list[Turn]:
     """The turns in ``events`` (ascending seq) of the runs whose messages precede seq
     ``before``. A run whose message is not among the events is left out (its answer could be
     incomplete), and a run that has not ended has no answer yet."""
-    messages: dict[str, Turn] = {}
-    answers: dict[str, Turn] = {}
-    pieces: dict[str, list[str]] = {}
-    lengths: dict[str, int] = {}
+    runs: dict[str, _Run] = {}
     for e in events:
         run_id = e.run_id or ""
         if e.event == USER_MESSAGE:
             if e.seq < before:
-                messages[run_id] = Turn("user", e.data.get("text", ""), run_id, e.seq)
-        elif e.event == AGENT_DELTA and run_id in messages:
-            text = e.data.get("text", "")
-            if lengths.get(run_id, 0) == e.data.get("offset"):  # as a client lays pieces
-                pieces.setdefault(run_id, []).append(text)
-                lengths[run_id] = lengths.get(run_id, 0) + len(text)
-        elif e.event in _OUTCOMES and run_id in messages:
-            text = e.data.get("text") if e.event == AGENT_COMPLETED else None
-            if text is None:
-                text = "".join(pieces.get(run_id, ()))
-            answers[run_id] = Turn("assistant", text, run_id, e.seq, _OUTCOMES[e.event])
+                runs[run_id] = _Run(Turn("user", e.data.get("text", ""), run_id, e.seq))
+            continue
+        run = runs.get(run_id)
+        if run is None or run.answer is not None:
+            continue
+        if e.event == AGENT_DELTA:
+            run.piece(e.data)
+        elif e.event in _CALL_EVENTS:
+            run.call_event(e.event, e.data)
+        elif e.event in _OUTCOMES:
+            run.end(e)
     out: list[Turn] = []
-    for run_id, message in messages.items():  # in the order the messages were stored
-        out.append(message)
-        if run_id in answers:
-            out.append(answers[run_id])
+    for run in runs.values():  # in the order the messages were stored
+        out.append(run.message)
+        if run.answer is not None:
+            out.append(run.answer)
     return out
 
 

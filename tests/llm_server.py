@@ -9,6 +9,10 @@ Invariants:
   ``POST /v1/chat/completions`` with a JSON object body is recorded in ``llm.requests`` in
   arrival order and gets the next scripted answer (none left: a 500 that says so). Anything else
   gets a 404 and is not recorded.
+- A request whose ``messages`` break the API's rules for tool calls is refused as OpenAI
+  refuses it, with a 400 and its message, and takes no scripted answer (``Received.refused``
+  says why): every ``tool_calls`` id answered by one ``tool`` message right after its assistant
+  message, no ``tool`` message answering nothing, string contents (``conversation_problem``).
 - ``"stream": true`` gets server-sent events: a ``chat.completion.chunk`` per delta (the first
   carries the role), ``delay`` s before each but the first, then what ``Ending`` says. Otherwise
   the whole ``chat.completion`` is sent at once. Tool calls go as OpenAI sends them: per call a
@@ -37,6 +41,8 @@ from typing import Any, AsyncIterator
 import attrs
 import h11
 import trio
+
+from tests.llm_conversation import conversation_problem
 
 PATH = b"/v1/chat/completions"
 MAX_BODY = 1 << 20
@@ -122,6 +128,7 @@ class Received:
     """One chat request: its JSON body, its headers (names in lower case: "authorization")."""
     body: dict[str, Any]
     headers: dict[str, str]
+    refused: str | None = None  # the 400's message when ``messages`` broke the API's rules
     disconnected: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -181,9 +188,15 @@ class LLMServer:
         if not isinstance(payload, dict):
             await ex.send_json(404, Failure(404, "not a chat completions request").body(), [])
             return True
-        received = Received(payload, {k.decode().lower(): v.decode() for k, v in head.headers})
+        problem = conversation_problem(payload.get("messages"))
+        received = Received(payload, {k.decode().lower(): v.decode() for k, v in head.headers},
+                            problem)
         self.requests.append(received)
         number = len(self.requests)
+        if problem is not None:
+            await ex.send_json(400, Failure(400, problem).body(), [("x-request-id",
+                                                                     f"req_{number}")])
+            return True
         answer = (self._answers.popleft() if self._answers else
                   Failure(500, f"llm_server: nothing scripted for request {number}"))
         request_id = [("x-request-id", f"req_{number}")]

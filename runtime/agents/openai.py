@@ -2,8 +2,9 @@
 chat-completions API (OpenAI, or vLLM, Ollama, llama.cpp, LiteLLM... speaking it), through the
 official ``openai`` SDK, which runs under trio (it is built on anyio).
 
-One run: the thread's earlier turns (``run.history``) and the message go to the model, with the
-run's tools offered as functions (each with its JSON Schema: given at registration, else read
+One run: the thread's earlier turns (``run.history``, with their tool calls and what became
+of them, as chat-completions messages: ``transcript.py``) and the message go to the model, with
+the run's tools offered as functions (each with its JSON Schema: given at registration, else read
 from the tool's signature, ``tool_schema``). The answer is streamed as it comes (``run.write``:
 ``agent_delta`` events). When the model calls tools, each call goes through ``run.call_tool``
 (so it is recorded as ``tool_executing``/``tool_completed``), the results go back to the model,
@@ -23,6 +24,10 @@ Invariants:
 - ``describe()`` names the agent, the model and the endpoint for the start-up log: the URL
   without its user, password, query or fragment; never the API key.
 - A tool that fails is not a failed run: its error goes back to the model as the tool's result.
+  So does a call a person denied (or whose approval expired: ``ToolDenied``): the model hears
+  that the tool did not run and why, and answers (``I did not send it``); the run completes.
+  The same call reads the same in later turns (``transcript.py``), so a model that proposed a
+  transfer and was refused still knows it the next turn.
 - The SDK's client is made on first use inside the trio run and closed by ``aclose`` (the SDK
   would otherwise try to close it with asyncio, which does not run here).
 """
@@ -40,10 +45,11 @@ import attrs
 import openai
 
 from threadline.actors.engine import Run
-from threadline.actors.errors import AgentError, ToolError
+from threadline.actors.errors import AgentError, ToolDenied, ToolError
 from threadline.actors.tools import ToolRegistry
 
 from .tool_schema import describe_tool
+from .transcript import denial_content, messages_of
 
 log = logging.getLogger("threadline.agents.openai")
 
@@ -63,7 +69,7 @@ class OpenAIConfig:
     base_url: str | None = None   # None: OPENAI_BASE_URL, else the SDK's default (api.openai.com)
     api_key: str | None = None    # None: OPENAI_API_KEY
     max_rounds: int = 8           # model calls per run: tool rounds end there
-    history_turns: int = 50       # earlier turns sent with each message
+    history_turns: int = 50       # earlier turns sent with each message (with their calls)
     max_retries: int = 2          # the SDK's retries of a refused request (429, 5xx, network)
     timeout: float = 60.0         # seconds: to connect, and of silence while streaming
 
@@ -124,13 +130,13 @@ class OpenAIAgent:
                          "answering")
 
     async def messages(self, run: Run) -> list[dict[str, Any]]:
-        """What the model is sent: the system prompt, the earlier turns, the message."""
+        """What the model is sent: the system prompt, the earlier turns (their tool calls
+        included), the message."""
         out: list[dict[str, Any]] = []
         if self.config.system_prompt:
             out.append({"role": "system", "content": self.config.system_prompt})
         for turn in await run.history(self.config.history_turns):
-            if turn.text:  # a run that failed before writing anything said nothing
-                out.append({"role": turn.role, "content": turn.text})
+            out += messages_of(turn)
         out.append({"role": "user", "content": run.text})
         return out
 
@@ -199,6 +205,8 @@ class OpenAIAgent:
             raise ModelError(f"the model sent a malformed call of tool {name!r}")
         try:
             result = await run.call_tool(name, **args)
+        except ToolDenied as exc:
+            return denial_content(str(exc))
         except ToolError as exc:
             return json.dumps({"error": str(exc)})
         return json.dumps(result)

@@ -12,6 +12,7 @@ import openai
 import pytest
 import trio
 
+from tests.llm_conversation import conversation_problem
 from tests.llm_server import Answer, Ending, Failure, LLMServer, ToolCall, open_llm_server
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -182,6 +183,48 @@ async def test_unscripted_and_unknown_requests_are_refused(llm, client):
     with pytest.raises(openai.NotFoundError):
         await client.models.list()
     assert len(llm.requests) == 1
+
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+ASKED = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+ANSWERED = {"role": "tool", "tool_call_id": "c1", "content": "42"}
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize("messages, problem", [
+    ([USER, ASKED, ANSWERED], None),
+    ([USER, {**ASKED, "content": "Let me see."}, ANSWERED, {"role": "assistant",
+                                                          "content": "42."}, USER], None),
+    ([USER, {**ASKED, "tool_calls": [CALL, {**CALL, "id": "c2"}]}, ANSWERED,
+      {**ANSWERED, "tool_call_id": "c2"}], None),
+    ([USER, ASKED], "The following tool_call_ids did not have response messages: c1"),
+    ([USER, ASKED, USER, ANSWERED], "did not have response messages: c1"),
+    ([USER, {**ASKED, "tool_calls": [CALL, {**CALL, "id": "c2"}]}, ANSWERED, USER],
+     "did not have response messages: c2"),
+    ([USER, ANSWERED], "must be a response to a preceeding message with 'tool_calls'"),
+    ([USER, ASKED, ANSWERED, ANSWERED], "must be a response to a preceeding"),
+    ([USER, ASKED, {**ANSWERED, "content": None}], "messages[2].content"),
+    ([USER, {"role": "assistant", "content": None}], "messages[1].content"),
+    ([USER, {**ASKED, "tool_calls": [{"id": "c1", "function": {"name": "f"}}]}],
+     "messages[1].tool_calls"),
+    ([{"role": "robot", "content": "x"}], "messages[0].role"),
+    ([], "non-empty array"),
+])
+def test_conversations_the_api_refuses_are_told_apart(messages, problem):
+    found = conversation_problem(messages)
+    assert found is None if problem is None else problem in found
+
+
+async def test_a_conversation_the_api_refuses_gets_a_400_and_takes_no_answer(llm, client):
+    llm.script(Answer(pieces=("fine",)))
+    with pytest.raises(openai.BadRequestError, match="did not have response messages: c1"):
+        await client.chat.completions.create(model="test-model", messages=[USER, ASKED],
+                                             stream=True)
+    assert "c1" in llm.requests[0].refused
+    async with await client.chat.completions.create(
+            model="test-model", messages=[USER, ASKED, ANSWERED], stream=True) as stream:
+        text, _ = assemble([chunk async for chunk in stream])
+    assert text == "fine" and llm.requests[1].refused is None
 
 
 async def test_complete_streams_reuse_one_connection(llm, client):
