@@ -164,14 +164,13 @@ class Run:
 
 
     def _next_prior(self, tool: str, args: dict[str, Any]) -> PriorCall | None:
-        """The next call of the transcript, if this one is it (same tool, same arguments);
-        a call that differs ends the replay: from there on, calls are new."""
+        """The first call of the transcript not replayed yet that this one is (same tool,
+        same arguments), taken; None for a new call. (An agent that rebuilds its past rounds
+        from the transcript calls only the call it parked on again: the OpenAI agent.)"""
         prior = self._prior
-        if not prior:
-            return None
-        if prior[0].tool == tool and prior[0].args == args:
-            return prior.pop(0)
-        self._prior = []
+        for i, call in enumerate(prior or ()):
+            if call.tool == tool and call.args == args:
+                return prior.pop(i)  # type: ignore[union-attr]
         return None
 
     async def _replay(self, prior: PriorCall) -> Any:

@@ -186,3 +186,20 @@ async def read_history(journal: Journal, key: ThreadKey, before: int, limit: int
         if messages > limit:
             break
     return turns_of(events, before)[-limit:]
+
+
+def answer_so_far(transcript: list[Event]) -> Turn:
+    """A run's answer as its stored events (``Run.transcript``) tell it so far: what it wrote
+    and its tool calls, those it parked on ``unfinished``. For a resumed agent that rebuilds
+    its own past rounds (the OpenAI agent)."""
+    run_id = transcript[0].run_id or "" if transcript else ""
+    run = _Run(Turn("user", "", run_id, 0))
+    for e in transcript:
+        if e.event == AGENT_DELTA:
+            run.piece(e.data)
+        elif e.event in _CALL_EVENTS:
+            run.call_event(e.event, e.data)
+    calls = tuple(ToolUse(call_id, c.tool, c.args, c.at, c.status, c.result, c.error)
+                  for call_id, c in run.calls.items())
+    return Turn("assistant", "".join(run.pieces), run_id,
+                transcript[-1].seq if transcript else 0, None, calls)

@@ -46,6 +46,7 @@ import openai
 
 from threadline.actors.engine import Run
 from threadline.actors.errors import AgentError, ToolDenied, ToolError
+from threadline.actors.history import answer_so_far
 from threadline.actors.tools import ToolRegistry
 
 from .tool_schema import describe_tool
@@ -110,9 +111,13 @@ class OpenAIAgent:
             client, self._client = self._client, None
             await client.close()
 
+    resumable = True  # a wait for approval parks the run (``approval.resumable``)
+
     async def __call__(self, run: Run) -> str | None:
         messages = await self.messages(run)
         tools = self.functions(run.tools)
+        if run.resumed:
+            messages += await self._resumed(run)
         for round_ in range(self.config.max_rounds):
             text, calls = await self._complete(run, messages, tools)
             if not calls:
@@ -192,6 +197,27 @@ class OpenAIAgent:
                       run.context.run_id)
             raise ModelError("the model's answer was cut off")
         return "".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
+
+    async def _resumed(self, run: Run) -> list[dict[str, Any]]:
+        """The run was parked on a call waiting for approval and goes on: its own rounds so
+        far, from its stored events, the call it parked on answered now (``run.call_tool``
+        runs it once approved, or gives the denial; the calls made before it answer from the
+        store), so that the model is asked for its next round."""
+        transcript = run.transcript()
+        turn = answer_so_far(transcript)
+        answered = {e.data.get("call_id") for e in transcript if e.event == "tool_completed"}
+        calls = []
+        for use in turn.calls:
+            if use.call_id not in answered:  # the call it parked on
+                try:
+                    use = attrs.evolve(use, status="completed",
+                                       result=await run.call_tool(use.tool, **use.args))
+                except ToolDenied as exc:
+                    use = attrs.evolve(use, status="denied", error=str(exc))
+                except ToolError as exc:
+                    use = attrs.evolve(use, status="failed", error=str(exc))
+            calls.append(use)
+        return messages_of(attrs.evolve(turn, calls=tuple(calls)))
 
     async def _call(self, run: Run, name: str, arguments: str) -> str:
         """Run one tool call; its result (or its error) as the content the model gets back."""

@@ -110,10 +110,13 @@ async def test_approved_the_model_gets_the_tools_result_and_completes():
     assert asked["tool"] == "transfer" and asked["args"] == TRANSFER
     assert RAN == [TRANSFER] and events[-1].data == {"text": "Sent 500 to bob."}
     assert len(llm.requests) == 2  # the model is asked again only once the tool has run
+    # The run parked while it waited, and went on from its stored events: the call's id is the
+    # journal's now (ids only have to match within one conversation).
+    call_id = asked["call_id"]
     assert sent(llm, 1)[-2:] == [
-        {"role": "assistant", "content": None, "tool_calls": [called("m1", "transfer",
+        {"role": "assistant", "content": None, "tool_calls": [called(call_id, "transfer",
                                                                      TRANSFER)]},
-        {"role": "tool", "tool_call_id": "m1", "content": json.dumps("sent 500 to bob")}]
+        {"role": "tool", "tool_call_id": call_id, "content": json.dumps("sent 500 to bob")}]
 
 
 async def test_denied_the_model_gets_the_denial_as_the_tools_answer_and_says_so():
@@ -126,7 +129,7 @@ async def test_denied_the_model_gets_the_denial_as_the_tools_answer_and_says_so(
         "agent_completed"]
     assert events[3].data["error"] == "denied: not today"
     assert events[-1].data == {"text": "OK, I did not send it."} and RAN == []
-    assert sent(llm, 1)[-1] == {"role": "tool", "tool_call_id": "m1",
+    assert sent(llm, 1)[-1] == {"role": "tool", "tool_call_id": asked["call_id"],
                                 "content": denial("not today")}
 
 
@@ -218,3 +221,54 @@ async def test_the_history_limit_bounds_earlier_tool_calls_too():
     assert sent(llm, 3) == [SYSTEM, {"role": "user", "content": "hi"},
                             {"role": "assistant", "content": "Hi."},
                             {"role": "user", "content": "bye"}]
+
+
+async def test_a_waiting_run_of_the_openai_agent_survives_a_restart_and_the_model_gets_the_result(
+        tmp_path):
+    """The OpenAI agent is resumable: its run parks while the person decides; the server is
+    stopped and started again on the same store; the decision resumes it, the tool runs once,
+    and the model is asked again with its own call and the tool's result."""
+    from threadline.stores import open_journal
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    async with open_llm_server() as llm:
+        llm.script(Answer(pieces=("Sending it.",), calls=(ToolCall("transfer", TRANSFER),)),
+                   Answer(pieces=("Done: sent.",)))
+        agent = OpenAIAgent(OpenAIConfig("test-model", system_prompt="Be brief.",
+                                         base_url=llm.base_url, api_key="sk-test",
+                                         max_retries=0))
+        try:
+            async with open_journal(url) as journal, open_runtime(
+                    journal=journal, agent=agent, tools=bank()) as rt:
+                thread = rt.thread("ada", "main")
+                accepted = await thread.send("pay bob 500")
+                with trio.fail_after(30):
+                    while True:
+                        events = await journal.read(thread.key, 0)
+                        asked = [e for e in events if e.event == "approval_requested"]
+                        if asked:
+                            break
+                        await trio.sleep(0.05)
+                await trio.sleep(0.1)
+                assert rt.statistics().runs_active == 0  # parked: no task, no model stream
+            async with open_journal(url) as journal, open_runtime(
+                    journal=journal, agent=agent, tools=bank()) as rt:
+                thread = rt.thread("ada", "main")
+                await thread.decide(accepted.run_id, asked[0].data["call_id"], True)
+                with trio.fail_after(30):
+                    while True:
+                        events = [e for e in await journal.read(thread.key, 0)
+                                  if e.run_id == accepted.run_id]
+                        if events[-1].event in TERMINAL_EVENTS:
+                            break
+                        await trio.sleep(0.05)
+        finally:
+            await agent.aclose()
+        assert events[-1].event == "agent_completed"
+        assert events[-1].data["text"] == "Sending it.\n\nDone: sent."
+        assert RAN == [TRANSFER]
+        assert names(events).count("tool_executing") == 1
+        second = llm.requests[-1].body["messages"]
+        assert [m["role"] for m in second] == ["system", "user", "assistant", "tool"]
+        assert second[2]["tool_calls"][0]["function"]["name"] == "transfer"
+        assert json.loads(second[3]["content"]) == "sent 500 to bob"
