@@ -106,3 +106,111 @@ async def play(ops) -> None:
 @given(operations)
 def test_approval_under_random_interleavings(ops):
     trio.run(play, ops, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -- with restarts: a resumable agent's runs park, and outlive the runtime ----------------------
+
+restarting = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.sampled_from(["enqueue", "interrupt", "reject"])),
+        st.tuples(st.just("decide"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("cancel"), st.integers(0, 5)),
+        st.tuples(st.just("tick"), st.sampled_from([0.0, 0.1, 1.0])),
+        st.just(("restart",)),
+    ),
+    max_size=20,
+)
+
+
+async def play_restarts(ops) -> None:
+    from threadline.actors.approval import resumable
+    from threadline.actors.memory_journal import MemoryJournal
+
+    ran: Counter[str] = Counter()
+    tools = ToolRegistry()
+
+    async def act(ctx, n: int) -> int:
+        ran[ctx.run_id] += 1
+        return n
+
+    tools.register("act", act, needs_approval=True)
+
+    @resumable
+    async def agent(run) -> str:
+        try:
+            return str(await run.call_tool("act", n=1))
+        except ToolDenied as exc:
+            return str(exc)
+
+    journal = MemoryJournal()  # what outlives each runtime: the store
+    runs: list[str] = []
+    answered: dict[tuple[str, str], bool] = {}
+    ops = list(ops) + [("end",)]
+    i = 0
+    while i < len(ops):
+        async with open_runtime(journal=journal, agent=agent, tools=tools) as rt:
+            thread = rt.thread("ada", "main")
+            while i < len(ops):
+                op, i = ops[i], i + 1
+                if op[0] in ("restart", "end"):
+                    break
+                if op[0] == "send":
+                    try:
+                        runs.append((await thread.send("go", strategy=op[1])).run_id)
+                    except Busy:
+                        pass
+                elif op[0] == "decide":
+                    events = await journal.read(thread.key, 0, limit=10**6)
+                    calls = [(e.run_id, e.data["call_id"]) for e in events
+                             if e.event == "approval_requested"]
+                    if calls:
+                        run_id, call_id = calls[op[1] % len(calls)]
+                        try:
+                            await thread.decide(run_id, call_id, op[2])
+                            assert (run_id, call_id) not in answered
+                            answered[(run_id, call_id)] = op[2]
+                        except UnknownCall:
+                            pass
+                elif op[0] == "cancel":
+                    try:
+                        await thread.cancel(runs[op[1] % len(runs)] if runs else None)
+                    except UnknownRun:
+                        pass
+                else:
+                    await trio.sleep(op[1])
+            await trio.sleep(5)  # decided runs go on before the runtime closes
+            if op[0] == "end":  # decide what still waits: every run ends
+                for _ in range(10):
+                    events = await journal.read(thread.key, 0, limit=10**6)
+                    decided = {e.data["call_id"] for e in events
+                               if e.event == "approval_decided"}
+                    waiting = [(e.run_id, e.data["call_id"]) for e in events
+                               if e.event == "approval_requested"
+                               and e.data["call_id"] not in decided]
+                    if not waiting:
+                        break
+                    for run_id, call_id in waiting:
+                        try:
+                            await thread.decide(run_id, call_id, True)
+                            answered[(run_id, call_id)] = True
+                        except UnknownCall:
+                            pass
+                    await trio.sleep(5)
+    events = await journal.read(thread.key, 0, limit=10**6)
+    assert_runs_well_formed(events)
+    by_run = defaultdict(list)
+    for e in events:
+        by_run[e.run_id].append(e.event)
+    decided = {(e.run_id, e.data["call_id"]): e.data["approved"] for e in events
+               if e.event == "approval_decided"}
+    assert decided == answered  # every stored decision was answered ok, and only those
+    for run_id, names_ in by_run.items():
+        approved = any(a for (r, _), a in decided.items() if r == run_id)
+        assert ran[run_id] == names_.count("tool_executing") == (1 if approved else 0), \
+            (run_id, names_)
+
+
+@settings(max_examples=40, deadline=None)
+@given(restarting)
+def test_approval_with_restarts_under_random_interleavings(ops):
+    trio.run(play_restarts, ops, clock=trio.testing.MockClock(autojump_threshold=0))
