@@ -98,6 +98,7 @@ async def decide(writes: Sequencer, journal: Journal, runs: RunQueue, stats: Thr
     msg.reply.set(None)
     outcome = "approved" if msg.approved else "denied"
     stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
+    log.info("run %s: call %s %s; it goes on", msg.run_id, msg.call_id, outcome)
     await _resume(writes.key, journal, runs, stats, control)
     return True
 
@@ -111,6 +112,8 @@ async def expire_due(writes: Sequencer, journal: Journal, runs: RunQueue,
     await _store_decision(writes, control.context.run_id, control.parked.call_id, False,
                           EXPIRED)
     stats.approvals_decided[EXPIRED] = stats.approvals_decided.get(EXPIRED, 0) + 1
+    log.info("run %s: call %s expired; it goes on", control.context.run_id,
+             control.parked.call_id if control.parked else "?")
     await _resume(writes.key, journal, runs, stats, control)
 
 

@@ -35,6 +35,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -49,6 +50,8 @@ from .pacer import Pacer
 from .sequencer import Sequencer
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL, AnswerStream
+
+log = logging.getLogger("threadline.engine")
 
 #: A run's events queued without waiting, at most (``send``; the pieces have their own bound).
 MAX_QUEUED = 64
@@ -187,6 +190,9 @@ class RunWriter:
         expires_at = None if timeout is None else self._sequencer.clock() + timeout
         await self.append(APPROVAL_REQUESTED, {"call_id": call_id, "tool": tool, "args": args,
                                                "expires_at": expires_at})
+        ctx = self.context
+        log.info("run %s of %s/%s waits for approval of tool %s (call %s)", ctx.run_id,
+                 ctx.user_id, ctx.thread_id, tool, call_id)
         if self.control.resumable:  # park: the decision resumes the run (``approval.py``)
             self._stats.approvals_requested += 1
             await self.park(call_id, tool, expires_at)
@@ -210,6 +216,7 @@ class RunWriter:
         pending.stored()
         outcome = "approved" if approved else "expired" if reason == EXPIRED else "denied"
         stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
+        log.info("run %s: call %s %s", self.context.run_id, call_id, outcome)
         return approved, reason
 
     async def park(self, call_id: str, tool: str, expires_at: float | None = None) -> None:
