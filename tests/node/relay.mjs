@@ -1,7 +1,8 @@
 // A loopback TCP relay in front of a server whose connections a test can cut at once (each
 // socket destroyed with a TCP reset), as a network that drops does. It can also refuse new
 // connections for a while (a network that stays down), and hold what the server sends, then
-// hand it over in one write: the frames the server wrote apart reach the client in one read.
+// hand it over in one write (the frames the server wrote apart reach the client in one read) or
+// drop it (the server's answer lost with the connection).
 import net from "node:net";
 
 export async function openRelay(targetPort) {
@@ -47,6 +48,12 @@ export async function openRelay(targetPort) {
         if (pair.held.length > 0) pair.sockets[0].write(Buffer.concat(pair.held));
         pair.held = [];
       }
+    },
+    /** Throw away what is held, and hold no more (after a cut: what the server wrote to the
+     * connections cut never reaches a client). */
+    drop() {
+      holding = false;
+      for (const pair of pairs) pair.held = [];
     },
     close() { this.cut(); server.close(); },
   };

@@ -148,6 +148,22 @@ async function replacedWhileAway(away, live) {
   return report;
 }
 
+/** What an app can read of an Approval. */
+const approvalOf = (a) => a && {
+  runId: a.runId, callId: a.callId, tool: a.tool, args: a.args, expiresAt: a.expiresAt,
+  status: a.status, pending: a.pending, approved: a.approved, reason: a.reason,
+};
+
+/** The pending approvals of `client`'s thread `threadId`, once there is one (at most 10 s). */
+const pendingOf = (client, threadId, what) =>
+  until(() => { const p = client.thread(threadId)?.pendingApprovals; return p?.length ? p : null; }, what);
+
+const decideFrames = (connections) => connections.flat().filter((f) => f.type === "decide");
+
+/** `promise`'s value as {ok} or its rejection as {code, name}. */
+const outcome = (promise) => promise.then(
+  (ok) => ({ ok }), (error) => ({ code: error.code ?? null, name: error.name, message: error.message }));
+
 const scenarios = {
   async stream() {
     const { client, relay, report } = await streamWithCut(`/stream ${arg}`, 3);
@@ -313,6 +329,112 @@ const scenarios = {
     await until(() => seen.length === 12, "the new thread's 12 events");
     client.close();
     return { resets, seen, joins: joinsOf(connections), createdAt };
+  },
+
+  // Tool approval (PROTOCOL.md 1.1): two clients ("tabs") on one thread; the echo agent's
+  // `/confirm 6*7` asks approval; both hold it pending, one approves, both see it decided and
+  // the answer 42; the other's decide then is unknown_call. Then a denial with a reason.
+  async approval() {
+    const connections = [];
+    const onerror = (e) => console.error("onerror", e.code, e.message);
+    const a = connect({ url, token, WebSocket: recordingSocket(connections), onerror });
+    const b = connect({ url, token, onerror });
+    const eventsA = [];
+    const eventsB = [];
+    await a.join("main", { since: 0, onevent: (f) => eventsA.push(f.event) });
+    await b.join("main", { since: 0, onevent: (f) => eventsB.push(f.event) });
+    const accepted = await a.send("main", "/confirm 6*7");
+    const [pendingA] = await pendingOf(a, "main", "a's pending approval");
+    const [pendingB] = await pendingOf(b, "main", "b's pending approval");
+    const asked = { a: approvalOf(pendingA), b: approvalOf(pendingB) };
+    const runWhileWaiting = a.thread("main").runs.get(accepted.run_id).status;
+    const notBoolean = await outcome(a.decide("main", pendingA.runId, pendingA.callId, "true"));
+    const approved = await within(a.decide("main", pendingA.runId, pendingA.callId, true), "ok");
+    const runA = a.thread("main").runs.get(accepted.run_id);
+    const runB = b.thread("main").runs.get(accepted.run_id);
+    await until(() => runA.done && runB.done, "both runs' ends");
+    const tooLate = await outcome(b.decide("main", pendingB.runId, pendingB.callId, false, "too late"));
+    const decided = { a: approvalOf(runA.approvals.get(pendingA.callId)),
+                      b: approvalOf(runB.approvals.get(pendingB.callId)) };
+
+    await a.join("deny", { since: 0 });
+    const denial = await a.send("deny", "/confirm 6*7");
+    const [toDeny] = await pendingOf(a, "deny", "the approval to deny");
+    const denied = await within(a.decide("deny", toDeny.runId, toDeny.callId, false, "not today"), "ok");
+    const deniedRun = a.thread("deny").runs.get(denial.run_id);
+    await until(() => deniedRun.done, "the denied run's end");
+
+    await a.join("cancel", { since: 0 });  // a waiting run cancelled: its approval needs no decision
+    const cancelling = await a.send("cancel", "/confirm 1+1");
+    const [toCancel] = await pendingOf(a, "cancel", "the approval of the run to cancel");
+    await within(a.cancel("cancel"), "cancel's ok");
+    const cancelledRun = a.thread("cancel").runs.get(cancelling.run_id);
+    await until(() => cancelledRun.done, "the cancelled run's end");
+    const afterCancel = await outcome(a.decide("cancel", toCancel.runId, toCancel.callId, true));
+    const report = {
+      accepted, asked, runWhileWaiting, notBoolean, approved, tooLate, decided,
+      answers: { a: [runA.status, runA.text], b: [runB.status, runB.text] },
+      tools: [...runA.tools.values()], eventsA, eventsB,
+      pendingAfter: [a.thread("main").pendingApprovals.length, b.thread("main").pendingApprovals.length],
+      decideFrames: decideFrames(connections),
+      denied, deniedApproval: approvalOf(deniedRun.approvals.get(toDeny.callId)),
+      deniedAnswer: [deniedRun.status, deniedRun.text], deniedTools: [...deniedRun.tools.values()],
+      cancelled: { status: cancelledRun.status, approval: approvalOf(toCancel), decide: afterCancel,
+                   pending: a.thread("cancel").pendingApprovals.length },
+    };
+    a.close();
+    b.close();
+    return report;
+  },
+
+  // The client is away (the relay refuses it) when a run asks approval: joined again with
+  // since, the replay rebuilds the pending approval. Its decide is written, the server stores
+  // it, and the connection is lost before the answer (the relay holds it, then drops it with
+  // the cut): the decide rejects "disconnected" and is not written again; the replay after the
+  // reconnect shows it decided and the answer 42.
+  async approvalReconnect() {
+    const writer = await directClient("main");
+    await exchange(writer.client, writer.events, "main", "hello");  // seq 1-4
+    const relay = await openRelay(Number(new URL(url).port));
+    const connections = [];
+    const states = [];
+    const client = connect({
+      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
+      onerror: (e) => console.error("onerror", e.code, e.message),
+    });
+    await client.join("main", { since: 0 });
+    await until(() => client.thread("main").lastSeq === 4, "the first exchange");
+    relay.refuse(true);
+    relay.cut();
+    await until(() => states.includes("reconnecting"), "the client away");
+    const { run_id: runId } = await writer.client.send("main", "/confirm 6*7");
+    await until(() => writer.events.some((f) => f.event === "approval_requested"), "asked while away");
+    const pendingWhileAway = client.thread("main").pendingApprovals.length;
+    relay.refuse(false);
+    const [rebuilt] = await pendingOf(client, "main", "the approval rebuilt by the replay");
+    const rebuiltApproval = approvalOf(rebuilt);
+    relay.hold();
+    const deciding = outcome(client.decide("main", rebuilt.runId, rebuilt.callId, true));
+    await until(() => relay.heldText().includes('"event":"approval_decided"'),
+                "the decision stored, its answer held by the relay");
+    relay.cut();
+    relay.drop();
+    const lost = await within(deciding, "the decide's end");
+    const run = client.thread("main").runs.get(runId);
+    await until(() => run.done, "the run's end after the reconnect");
+    await within(client.ping(), "pong");
+    const report = {
+      runId, pendingWhileAway, rebuilt: rebuiltApproval, lost, joins: joinsOf(connections),
+      decideFrames: decideFrames(connections).length, states,
+      approval: approvalOf(run.approvals.get(rebuilt.callId)), answer: [run.status, run.text],
+      pendingAfter: client.thread("main").pendingApprovals.length,
+      writerAnswer: writer.events.find((f) => f.run_id === runId && f.event === "agent_completed")?.data.text,
+    };
+    client.close();
+    writer.client.close();
+    relay.close();
+    return report;
   },
 
   async unauthorized() {

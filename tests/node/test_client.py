@@ -4,8 +4,11 @@ middle of an answer (a relay's sockets reset) resumed with ``since`` with no gap
 duplicate, ``joined`` and the events after it read in one go (the seq counted from never goes
 down), a send made while the connection is down, a thread deleted while joined, a thread
 deleted and created again while the client was away (reset, joined again from 0), a bad token
-reported with the server's reason, and ``client.d.ts`` declaring exactly what ``client.js``
-exports.
+reported with the server's reason, tool approval (``decide`` from one of two clients, the Run's
+approvals in both, ``unknown_call`` for the second decision, a denial's reason, a waiting run
+cancelled; a pending
+approval rebuilt by the replay after a reconnect, and a ``decide`` lost with its connection not
+written again), and ``client.d.ts`` declaring exactly what ``client.js`` exports.
 
 Node is Debian's (``tests/run.sh`` installs it when missing); these tests skip without it
 only outside CI."""
@@ -187,6 +190,79 @@ async def test_a_bad_token_is_reported_with_the_servers_reason():
     (error,) = seen["errors"]
     assert error["code"] == "unauthorized" and "expired" in error["message"]
     assert seen["joinError"] == error
+
+
+async def test_a_tool_call_approved_in_one_client_is_decided_in_both_and_answers_42():
+    """Two clients on one thread (PROTOCOL.md 1.1): both hold the echo agent's ``/confirm 6*7``
+    approval pending; ``decide`` from one answers ``ok`` {thread_id, run_id, call_id}; both see
+    it approved and the answer 42; the other's ``decide`` is then ``unknown_call``. A denial's
+    reason is the answer, and the denied call's tool entry has the approval's args. A waiting
+    run cancelled leaves its approval "ended" (no decision needed; a decide is unknown_call)."""
+    async with serving() as server:
+        seen = await scenario("approval", server.url, token("ada"))
+    run_id = seen["accepted"]["run_id"]
+    asked = seen["asked"]["a"]
+    call_id = asked["callId"]
+    assert asked == {"runId": run_id, "callId": call_id, "tool": "calculator",
+                     "args": {"expression": "6*7"}, "expiresAt": None, "status": "pending",
+                     "pending": True, "approved": None, "reason": None}
+    assert seen["asked"]["b"] == asked
+    assert seen["runWhileWaiting"] == "running"
+    assert seen["notBoolean"]["name"] == "TypeError"
+    assert seen["approved"] == {"type": "ok", "thread_id": "main", "run_id": run_id,
+                                "call_id": call_id, "ref": seen["approved"]["ref"]}
+    assert seen["tooLate"]["code"] == "unknown_call" and seen["tooLate"]["name"] == "ThreadlineError"
+    for tab in ("a", "b"):
+        assert seen["decided"][tab] == {**asked, "status": "approved", "pending": False,
+                                        "approved": True}
+        assert seen["answers"][tab] == ["completed", "42"]
+    assert seen["eventsA"] == seen["eventsB"] == [
+        "user_message", "agent_started", "agent_thinking", "approval_requested",
+        "approval_decided", "tool_executing", "tool_completed", "agent_completed"]
+    assert seen["tools"] == [{"callId": call_id, "tool": "calculator",
+                              "args": {"expression": "6*7"}, "result": 42, "done": True}]
+    assert seen["pendingAfter"] == [0, 0]
+    # the approval, the denial, the decide after the cancel: the TypeError wrote nothing
+    frame, deny, _ = seen["decideFrames"]
+    assert frame == {"type": "decide", "thread_id": "main", "run_id": run_id,
+                     "call_id": call_id, "approved": True, "ref": frame["ref"]}
+    assert deny["thread_id"] == "deny" and deny["approved"] is False
+    assert deny["reason"] == "not today"
+
+    assert seen["denied"]["type"] == "ok"
+    assert seen["deniedApproval"]["status"] == "denied"
+    assert seen["deniedApproval"]["approved"] is False
+    assert seen["deniedApproval"]["reason"] == "not today"
+    assert seen["deniedAnswer"] == ["completed", "denied: not today"]
+    (tool,) = seen["deniedTools"]
+    assert tool["error"] == "denied: not today" and tool["args"] == {"expression": "6*7"}
+    assert "result" not in tool and tool["done"] is True
+
+    cancelled = seen["cancelled"]  # a waiting run cancelled: its approval waits no more
+    assert cancelled["status"] == "cancelled" and cancelled["pending"] == 0
+    assert cancelled["approval"]["status"] == "ended" and cancelled["approval"]["approved"] is None
+    assert cancelled["decide"]["code"] == "unknown_call"
+
+
+async def test_a_pending_approval_is_rebuilt_after_a_reconnect_and_a_lost_decide_is_not_repeated():
+    """Asked while the client was away: its join with since replays ``approval_requested`` and
+    the approval is pending again. Its ``decide`` is stored but the answer is lost with the
+    connection: it rejects "disconnected", is written once in all, and the replay after the
+    reconnect shows it approved and the answer 42."""
+    async with serving() as server:
+        seen = await scenario("approvalReconnect", server.url, token("ada"))
+    assert seen["pendingWhileAway"] == 0
+    rebuilt = seen["rebuilt"]
+    assert rebuilt["runId"] == seen["runId"] and rebuilt["status"] == "pending"
+    assert rebuilt["tool"] == "calculator" and rebuilt["args"] == {"expression": "6*7"}
+    joins = [j for j in seen["joins"] if j]  # attempts the relay refused wrote nothing
+    assert joins[0] == [0] and joins[1] == [4]  # the rebuild came from the replay after seq 4
+    assert seen["lost"]["code"] == "disconnected"
+    assert seen["decideFrames"] == 1, "a decide that may have been stored was written again"
+    assert len(joins) == 3 and joins[2][0] > 4  # joined again after the cut, from what it had
+    assert seen["approval"]["status"] == "approved" and seen["approval"]["approved"] is True
+    assert seen["answer"] == ["completed", "42"] and seen["writerAnswer"] == "42"
+    assert seen["pendingAfter"] == 0
 
 
 def exported(source: str, pattern: str) -> set[str]:

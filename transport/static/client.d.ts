@@ -24,7 +24,12 @@ export interface StateDetail {
 export type ErrorCode =
   | "bad_frame" | "not_joined" | "busy" | "unknown_run" | "rate_limited" | "limit_reached"
   | "internal" | "unauthorized"
-  /** a request written before the connection was lost, not repeated (cancel) */
+  /** 1.1: `decide` of a tool call that does not wait for approval (any more): decided first
+   * elsewhere (another tab, HTTP), never asked, or its run ended */
+  | "unknown_call"
+  /** a request written before the connection was lost, not repeated (cancel, decide): it may
+   * have been handled; for a decide, the thread's events tell (approval_decided, or the
+   * approval still pending once the thread is joined again) */
   | "disconnected"
   /** no answer within `timeout` ms */
   | "timeout"
@@ -45,7 +50,9 @@ export declare class ThreadlineError extends Error {
 
 export type EventName =
   | "user_message" | "agent_started" | "agent_thinking" | "agent_delta" | "tool_executing"
-  | "tool_completed" | "agent_completed" | "agent_failed" | "agent_cancelled";
+  | "tool_completed" | "agent_completed" | "agent_failed" | "agent_cancelled"
+  /** 1.1 */
+  | "approval_requested" | "approval_decided";
 
 export interface EventFrame {
   type: "event";
@@ -62,6 +69,9 @@ export interface Joined { type: "joined"; thread_id: string; last_seq: number; r
 export interface Left { type: "left"; thread_id: string; ref: number }
 export interface Accepted { type: "accepted"; thread_id: string; message_id: string; run_id: string; seq: number; ref: number }
 export interface Ok { type: "ok"; thread_id: string; run_id: string; ref: number }
+/** `decide`'s answer: the decision is stored (its approval_decided event comes to every
+ * connection joined to the thread, this one too) */
+export interface Decided extends Ok { call_id: string }
 export interface Pong { type: "pong"; ref: number }
 export interface ThreadInfo { thread_id: string; last_seq: number; created_at: number; updated_at: number }
 export interface ThreadsPage { type: "threads"; threads: ThreadInfo[]; next_cursor: string | null; ref: number }
@@ -74,6 +84,36 @@ export interface ToolCall {
   error?: string;
   /** tool_completed seen */
   done: boolean;
+}
+
+export type ApprovalStatus =
+  /** approval_requested seen, no decision yet, the run goes on: decide() may answer it */
+  | "pending"
+  /** approval_decided {approved: true}: the tool runs (tool_executing, tool_completed) */
+  | "approved"
+  /** approval_decided {approved: false}: the tool never runs; tool_completed's error is
+   * "denied: " + reason (reason "expired": the server decided when expiresAt passed) */
+  | "denied"
+  /** the run ended (cancelled, interrupted, failed) with no decision: none is needed any more */
+  | "ended";
+
+/** A tool call that needs a person's approval (PROTOCOL.md 1.1, "Tool approval"), as the run's
+ * events built it: a replay (a join from 0, e.g. after a reload) rebuilds it as it was. */
+export declare class Approval {
+  /** the run it belongs to: with callId, what decide() takes */
+  readonly runId: string;
+  readonly callId: string;
+  readonly tool: string;
+  readonly args: Record<string, unknown>;
+  /** seconds since the epoch after which the server denies it ("expired"); null: no limit */
+  readonly expiresAt: number | null;
+  readonly status: ApprovalStatus;
+  /** status === "pending" */
+  readonly pending: boolean;
+  /** approval_decided's `approved`; null until decided */
+  readonly approved: boolean | null;
+  /** approval_decided's `reason` (a denial's, or "expired"); null when none was given */
+  readonly reason: string | null;
 }
 
 export type RunStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
@@ -91,7 +131,13 @@ export declare class Run {
   /** text's length in code points */
   readonly length: number;
   readonly thinking: readonly string[];
+  /** tool_executing/tool_completed by call_id; a denied call has only its tool_completed (its
+   * args taken from the approval) */
   readonly tools: ReadonlyMap<string, ToolCall>;
+  /** 1.1: the tool calls that asked approval, by call_id, in the order they were asked */
+  readonly approvals: ReadonlyMap<string, Approval>;
+  /** the approvals still waiting for a decision (a run waits while it has one) */
+  readonly pendingApprovals: readonly Approval[];
   readonly error: string | null;
   readonly reason: string | null;
 }
@@ -108,6 +154,8 @@ export declare class Thread {
   readonly runs: ReadonlyMap<string, Run>;
   /** the last run that is running, if any */
   readonly activeRun: Run | null;
+  /** every run's pending approvals, oldest run first */
+  readonly pendingApprovals: readonly Approval[];
 }
 
 export interface JoinOptions {
@@ -165,8 +213,17 @@ export declare class Client {
   join(threadId: string, options?: JoinOptions): Promise<Joined>;
   leave(threadId: string): Promise<Left>;
   send(threadId: string, text: string, options?: SendOptions): Promise<Accepted>;
-  /** the active run, or runId */
+  /** the active run, or runId; written at most once (a loss after writing: "disconnected") */
   cancel(threadId: string, runId?: string): Promise<Ok>;
+  /** 1.1: approve or deny the tool call `callId` of run `runId` (an Approval's runId and
+   * callId), with an optional reason (at most 1 KiB of UTF-8). Settles with `ok` once the
+   * decision is stored. Rejects with code "unknown_call" when the call waits no more (another
+   * connection decided first, or the run ended): not a failure, the thread's events show what
+   * happened; "not_joined" when the thread is not joined; a TypeError when `approved` is not a
+   * boolean. Written at most once: a connection lost after it was written rejects with
+   * "disconnected" (it may have been stored; the thread's events tell, once joined again). */
+  decide(threadId: string, runId: string, callId: string, approved: boolean,
+         reason?: string | null): Promise<Decided>;
   threads(options?: { limit?: number; cursor?: string | null }): Promise<ThreadsPage>;
   ping(): Promise<Pong>;
   close(): void;

@@ -5,9 +5,11 @@
 //   const client = connect({ token, onstate: (state) => ..., onerror: (err) => ... });
 //   await client.join("main", { since: 0, onevent: (frame, run) => show(run.text) });
 //   await client.send("main", "/stream 50");
+//   // a tool call waiting for approval (PROTOCOL.md 1.1): run.approvals, thread.pendingApprovals
+//   await client.decide("main", approval.runId, approval.callId, true);
 //
 // Invariants:
-// - Requests (join, leave, send, cancel, threads, ping) carry a fresh integer `ref` and settle
+// - Requests (join, leave, send, cancel, decide, threads, ping) carry a fresh integer `ref` and settle
 //   with the frame that answers it; an `error` answer rejects with a ThreadlineError carrying
 //   the protocol's `code`. A request made while no connection is open waits for one.
 // - The connection is opened again after any loss except a close that would only repeat
@@ -15,7 +17,10 @@
 //   bounded by `maxDelay`. Every joined thread is joined again with `since` = the last seq seen,
 //   and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
 //   before a loss are written again (send is idempotent by its client_msg_id, which the client
-//   makes up when not given) except `cancel`, which rejects with code "disconnected".
+//   makes up when not given) except `cancel` and `decide`, which reject with code "disconnected":
+//   either may have been handled, and a second `decide` would be `unknown_call` (PROTOCOL.md,
+//   "### `decide`": read the thread's events before deciding again). A request not yet written
+//   when the connection was lost is written once it is back, after the joins.
 // - A thread's last seen seq (Thread.lastSeq) only rises, but for one deliberate reset. A
 //   `joined` is handled when its frame is read, before the frames read after it (not in a
 //   promise callback, which would run after the rest of the same batch: a Node WebSocket hands
@@ -39,6 +44,10 @@
 // - A run's answer is laid from `agent_delta` pieces: a piece is applied only when its
 //   `offset` (in code points) equals the code points held, so a replay never duplicates text;
 //   `agent_completed.text` is the final answer.
+// - A run keeps its tool calls' approvals (Run.approvals, by call_id) as its events built them:
+//   `approval_requested` makes one pending, `approval_decided` decides it, a terminal event
+//   ends one left undecided ("ended": it needs no decision any more). Built from events only,
+//   so the replay of a join from 0 (a reload) rebuilds a pending approval as it was.
 // - JSON only (subprotocol threadline.v1.json): browsers parse JSON natively and fast, and a
 //   chat's frames are mostly text, which msgpack would not make smaller.
 
@@ -71,6 +80,28 @@ export function codePoints(text) {
   return n;
 }
 
+/** A tool call's approval, as the run's events built it. */
+export class Approval {
+  constructor(runId, data) {
+    this.runId = runId;
+    this.callId = data.call_id;
+    this.tool = data.tool;
+    this.args = data.args;
+    this.expiresAt = data.expires_at ?? null;  // seconds since the epoch, or null: no limit
+    this.status = "pending";  // pending -> approved | denied | ended (the run ended undecided)
+    this.approved = null;     // approval_decided's
+    this.reason = null;       // approval_decided's reason (a denial's; "expired" by the server)
+  }
+
+  get pending() { return this.status === "pending"; }
+
+  _take(data) {  // approval_decided (the client's, not the app's: client.decide sends one)
+    this.approved = data.approved === true;
+    this.reason = data.reason ?? null;
+    this.status = this.approved ? "approved" : "denied";
+  }
+}
+
 export class Run {
   constructor(id) {
     this.id = id;
@@ -80,11 +111,15 @@ export class Run {
     this.length = 0;         // codePoints(this.text)
     this.thinking = [];
     this.tools = new Map();  // call_id -> {callId, tool, args, result?, error?, done}
+    this.approvals = new Map();  // call_id -> Approval, in the order they were asked
     this.error = null;       // agent_failed's error
     this.reason = null;      // agent_cancelled's reason
   }
 
   get done() { return this.status !== "queued" && this.status !== "running"; }
+
+  /** The approvals that wait for a decision. */
+  get pendingApprovals() { return [...this.approvals.values()].filter((a) => a.pending); }
 
   apply(event, data) {
     switch (event) {
@@ -100,10 +135,14 @@ export class Run {
       case "tool_executing":
         this.tools.set(data.call_id, { callId: data.call_id, tool: data.tool, args: data.args, done: false });
         break;
-      case "tool_completed":
+      case "tool_completed": {  // after a denial there was no tool_executing: args from the approval
+        const args = this.tools.get(data.call_id)?.args ?? this.approvals.get(data.call_id)?.args;
         this.tools.set(data.call_id, { ...this.tools.get(data.call_id), callId: data.call_id, tool: data.tool,
-                                       result: data.result, error: data.error, done: true });
+                                       args, result: data.result, error: data.error, done: true });
         break;
+      }
+      case "approval_requested": this.approvals.set(data.call_id, new Approval(this.id, data)); break;
+      case "approval_decided": this.approvals.get(data.call_id)?._take(data); break;
       case "agent_completed":
         this.status = "completed";
         this.text = data.text;
@@ -112,6 +151,7 @@ export class Run {
       case "agent_failed": this.status = "failed"; this.error = data.error; break;
       case "agent_cancelled": this.status = "cancelled"; this.reason = data.reason; break;
     }
+    if (this.done) for (const approval of this.approvals.values()) if (approval.pending) approval.status = "ended";
   }
 }
 
@@ -132,6 +172,9 @@ export class Thread {
     for (const run of [...this.runs.values()].reverse()) if (run.status === "running") return run;
     return null;
   }
+
+  /** Every approval waiting for a decision, of every run, oldest first. */
+  get pendingApprovals() { return [...this.runs.values()].flatMap((run) => run.pendingApprovals); }
 
   /** Apply an event frame; its Run, or undefined when it was seen already (a replay meeting
    * what was had) and is dropped. */
@@ -231,6 +274,18 @@ export class Client {
   cancel(threadId, runId) {
     const frame = { type: "cancel", thread_id: threadId };
     if (runId !== undefined) frame.run_id = runId;
+    return this._request(() => frame, { repeat: false });
+  }
+
+  /** Decide a tool call waiting for approval (PROTOCOL.md 1.1): settles with the `ok` {thread_id,
+   * run_id, call_id} once the decision is stored; `unknown_call` when the call waits no more
+   * (decided first elsewhere, or its run ended). Never written twice (see the header). */
+  decide(threadId, runId, callId, approved, reason) {
+    if (typeof approved !== "boolean") {
+      return Promise.reject(new TypeError("decide: approved must be true or false"));
+    }
+    const frame = { type: "decide", thread_id: threadId, run_id: runId, call_id: callId, approved };
+    if (reason != null) frame.reason = reason;
     return this._request(() => frame, { repeat: false });
   }
 
