@@ -128,6 +128,17 @@ async def end_if_cancelled(writes: Sequencer, runs: RunQueue, stats: ThreadStats
     stats.approvals_waiting -= 1
 
 
+async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> None:
+    """A stop with a parked run: the runs queued behind it, which no runner will take, end
+    as a stop ends runs (``agent_started``, then ``agent_cancelled`` ``{reason}``); the parked
+    run itself outlives the stop."""
+    if runs is None or runs.parked is None or runs.runner_on:
+        return
+    for control in runs.take_pending():
+        await writes.append(AGENT_STARTED, control.context.run_id, {})
+        await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
+
+
 def deadline(runs: RunQueue | None, clock: Callable[[], float]) -> float:
     """The trio time at which the parked run's wait expires (``math.inf``: none)."""
     control = runs.parked if runs is not None else None

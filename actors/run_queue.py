@@ -176,6 +176,11 @@ class RunQueue:
         self._pending.appendleft(control)
         return control
 
+    def take_pending(self) -> list[RunControl]:
+        """The runs waiting to run, taken out (nothing will run them: see ``parking``)."""
+        pending, self._pending = list(self._pending), collections.deque()
+        return pending
+
     def put_first(self, control: RunControl) -> None:
         """A run taken back from the store goes first (a decided wait, resumed)."""
         self._pending.appendleft(control)

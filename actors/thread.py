@@ -263,6 +263,7 @@ class ThreadActor:
         elif kind is Shutdown:
             if self._runs is not None:  # else no run ever: nothing to drain
                 await drain(self._runs, msg.grace)
+                await parking.end_queued(self._writes, self._runs, "shutdown")
             return True
         elif kind is DeleteThread:
             await self._delete(msg)
