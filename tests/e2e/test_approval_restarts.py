@@ -234,3 +234,58 @@ async def test_a_message_queued_behind_a_waiting_run_gets_its_one_end(tmp_path, 
         assert (end["event"], end["data"]) == ("agent_cancelled", {"reason": "shutdown"})
     else:
         assert (end["event"], end["data"]) == ("agent_failed", {"error": "server restarted"})
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+async def test_the_openai_agents_waiting_run_survives_a_restart_and_the_model_gets_the_result(
+        tmp_path, stop):
+    """``threadline serve --agent`` the OpenAI agent, against the scripted model server: the
+    model calls a tool that needs approval, the server is stopped (SIGTERM, or kill -9) and
+    started again on the same store, the decision comes, the tool runs once, the model receives
+    its result, and the answer completes."""
+    import json
+
+    from tests.llm_server import Answer, ToolCall, open_llm_server
+
+    async with open_llm_server() as llm:
+        llm.script(Answer(calls=(ToolCall("calculator", {"expression": "6*7"}),)),
+                   Answer(pieces=("It is 42.",)))
+        env = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test"}
+        args = ("--store", f"sqlite:///{tmp_path}/t.db", "--agent",
+                "tests.approval_agents:OPENAI", "--grace", "0.5")
+        server = ServeProcess(*args, env=env)
+        try:
+            async with open_client(await server.ready(), ADA) as client:
+                await client.join(THREAD)
+                run_id = (await client.send(THREAD, "what is 6*7?"))["run_id"]
+                call = (await until(client, "approval_requested"))[-1]["data"]
+                assert call["tool"] == "calculator"
+                if stop == "sigterm":
+                    server.signal(signal.SIGTERM)
+                else:
+                    server.kill()
+            if stop == "sigterm":
+                assert await server.wait() == 0
+        finally:
+            server.kill()
+        assert len(llm.requests) == 1  # nothing is asked of the model while a person decides
+        server = ServeProcess(*args, env=env)
+        try:
+            async with open_client(await server.ready(), ADA) as client:
+                joined = await client.join(THREAD, since=0)
+                for _ in range(joined["last_seq"]):
+                    await client.next_event(10)
+                await client.decide(THREAD, run_id, call["call_id"], True)
+                rest = await until(client, *TERMINAL_EVENTS)
+            frames = await history(server.url)
+        finally:
+            server.kill()
+    assert rest[-1]["event"] == "agent_completed" and rest[-1]["data"]["text"] == "It is 42."
+    ours = [f for f in frames if f["run_id"] == run_id]
+    assert [f["event"] for f in ours].count("tool_executing") == 1
+    assert [f["data"].get("result") for f in ours if f["event"] == "tool_completed"] == [42]
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert_runs_well_formed(as_events(frames))
+    second = llm.requests[-1].body["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "tool"]
+    assert json.loads(second[-1]["content"]) == 42
