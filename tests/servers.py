@@ -148,3 +148,25 @@ async def http(server: RunningServer, method: str, path: str, *, tok: str | None
     raw = b"".join(out)
     parsed = json.loads(raw) if answer.get("content-type") == "application/json" else raw
     return response.status_code, answer, parsed
+
+
+def port_of(url: str) -> Any:
+    """What ``http`` needs of a server (its ``port``), from its ``ws://`` or ``http://`` URL."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+
+
+async def until_event(client: Any, *names: str, thread: str | None = None,
+                      timeout: float = 20) -> list[dict]:
+    """The next event frames a bundled client gets (of ``thread`` only, if given), up to and
+    including the first whose name is in ``names``; at most 100 of them."""
+    seen: list[dict] = []
+    for _ in range(100):
+        frame = await client.next_event(timeout=timeout)
+        if thread is not None and frame["thread_id"] != thread:
+            continue
+        seen.append(frame)
+        if frame["event"] in names:
+            return seen
+    raise AssertionError(f"no {names} in {seen}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.servers import until_event as until
 from tests.cluster.nodes import (balanced, open_nodes, owner, stored, stored_well_formed,
                                  threads_owned_by)
 from tests.cluster.test_failover import no_open_runs
@@ -22,17 +23,6 @@ from threadline.transport.client import ServerError, open_client
 ADA = token("ada")
 
 
-async def until(client, *names: str, thread: str) -> list[dict]:
-    """``thread``'s next events up to and including the first whose name is in ``names``."""
-    seen = []
-    for _ in range(100):
-        frame = await client.next_event(timeout=40)
-        if frame["thread_id"] != thread:
-            continue
-        seen.append(frame)
-        if frame["event"] in names:
-            return seen
-    raise AssertionError(f"no {names} in {seen}")
 
 
 @pytest.mark.parametrize("when", ["after_the_move", "at_once"])

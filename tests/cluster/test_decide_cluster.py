@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import trio
 
+from tests.servers import until_event
 from tests.cluster.test_embedded_node import balanced, config
 from tests.servers import SECRET, http, token
 from threadline.actors.errors import UnknownCall
@@ -94,13 +95,6 @@ def owned_by(node, user: str) -> str:
     raise AssertionError("the node owns no shard")
 
 
-async def until_event(client, *names: str) -> list[dict]:
-    seen = []
-    for _ in range(100):
-        seen.append(await client.next_event(timeout=20))
-        if seen[-1]["event"] in names:
-            return seen
-    raise AssertionError(f"no {names}")
 
 
 async def test_a_run_waiting_on_its_owner_is_decided_through_the_other_node(pg_dsn):

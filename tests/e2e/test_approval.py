@@ -5,8 +5,8 @@ approved, then denied, and each decision a second time ``unknown_call``."""
 from __future__ import annotations
 
 import signal
-from types import SimpleNamespace
 
+from tests.servers import port_of, until_event as until
 from tests.servers import ServeProcess, http, token
 from threadline.transport.client import open_client
 
@@ -14,17 +14,8 @@ ADA = token("ada")
 TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 
 
-def port_of(url: str) -> SimpleNamespace:
-    return SimpleNamespace(port=int(url.rsplit(":", 1)[1].split("/")[0]))
 
 
-async def until(client, *names: str) -> list[dict]:
-    seen = []
-    for _ in range(100):
-        seen.append(await client.next_event(timeout=20))
-        if seen[-1]["event"] in names:
-            return seen
-    raise AssertionError(f"no {names}")
 
 
 async def test_a_tab_watches_while_a_service_decides_over_http(tmp_path):

@@ -13,10 +13,10 @@ no helper agent that ``threadline serve --agent`` can load has a tool with an
 from __future__ import annotations
 
 import signal
-from types import SimpleNamespace
 
 import pytest
 
+from tests.servers import port_of, until_event as until
 from tests.helpers import assert_runs_well_formed
 from tests.servers import ServeProcess, http, token
 from threadline.actors.messages import TERMINAL_EVENTS, Event, ThreadKey
@@ -26,8 +26,6 @@ ADA = token("ada")
 THREAD = "main"
 
 
-def port_of(url: str) -> SimpleNamespace:
-    return SimpleNamespace(port=int(url.rsplit(":", 1)[1].split("/")[0]))
 
 
 async def metric(url: str, name: str) -> float:
@@ -38,14 +36,6 @@ async def metric(url: str, name: str) -> float:
     raise AssertionError(f"no {name} on /metrics")
 
 
-async def until(client, *names: str) -> list[dict]:
-    """The thread's next events up to and including the first whose name is in ``names``."""
-    seen = []
-    for _ in range(100):
-        seen.append(await client.next_event(timeout=20))
-        if seen[-1]["event"] in names:
-            return seen
-    raise AssertionError(f"no {names} in {seen}")
 
 
 async def history(url: str) -> list[dict]:
