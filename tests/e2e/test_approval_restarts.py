@@ -226,9 +226,10 @@ async def test_a_message_queued_behind_a_waiting_run_gets_its_one_end(tmp_path, 
         assert (end["event"], end["data"]) == ("agent_failed", {"error": "server restarted"})
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 async def test_the_openai_agents_waiting_run_survives_a_restart_and_the_model_gets_the_result(
-        tmp_path, stop):
+        request, tmp_path, stop, store):
     """``threadline serve --agent`` the OpenAI agent, against the scripted model server: the
     model calls a tool that needs approval, the server is stopped (SIGTERM, or kill -9) and
     started again on the same store, the decision comes, the tool runs once, the model receives
@@ -241,7 +242,9 @@ async def test_the_openai_agents_waiting_run_survives_a_restart_and_the_model_ge
         llm.script(Answer(calls=(ToolCall("calculator", {"expression": "6*7"}),)),
                    Answer(pieces=("It is 42.",)))
         env = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test"}
-        args = ("--store", f"sqlite:///{tmp_path}/t.db", "--agent",
+        url = (f"sqlite:///{tmp_path}/t.db" if store == "sqlite"
+               else request.getfixturevalue("pg_dsn"))
+        args = ("--store", url, "--agent",
                 "tests.approval_agents:OPENAI", "--grace", "0.5")
         server = ServeProcess(*args, env=env)
         try:
