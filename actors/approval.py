@@ -18,9 +18,11 @@ Invariants:
 - An approval with an expiry is decided by the server when it passes (``approved: false``,
   ``reason: "expired"``), through the same path as a person's decision.
 - While it waits the run is its thread's active run: ``enqueue`` waits behind it, ``cancel``
-  and ``interrupt`` end it (``agent_cancelled``), ``reject`` is ``busy``. This process's wait
-  is the run's task waiting in its thread's nursery: a run waiting when the server stops ends
-  as any active run does (durable waits, that hold no task, are the next step: see the README).
+  and ``interrupt`` end it (``agent_cancelled``), ``reject`` is ``busy``. A resumable agent's
+  run parks (``RunParked``, ``parking.py``): no task, and it outlives the process. Any other
+  agent's run waits in its task, in its thread's nursery, and a stop ends it as any active run.
+- A denial's ``tool_completed`` error is ``"denied: " + reason``, and ``"denied: no reason
+  given"`` for a decision with no reason (or an empty one).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import attrs
 import trio
 
 from .errors import UnknownCall
-from .journal import Journal, OpenRun, replay_page
+from .journal import Journal, OpenRun
 from .messages import (APPROVAL_DECIDED, APPROVAL_REQUESTED, TERMINAL_EVENTS, TOOL_COMPLETED,
                        TOOL_EXECUTING, Event)
 from .reply import Reply
@@ -151,18 +153,8 @@ def wait_of(events: Sequence[Event]) -> Waiting | None:
     return Waiting(call_id, str(data.get("tool")), data.get("expires_at"), decided.get(call_id))
 
 
-async def run_events(journal: Journal, run: OpenRun, pages: int = 64) -> list[Event]:
-    """The stored events of an open run, read from its ``user_message`` on (at most ``pages``
-    replay pages of the thread: a run's events are a few, and a long streamed answer's
-    pieces a few hundred)."""
-    key, after, out = run.key, max(0, run.seq - 1), []
-    last = await journal.last_seq(key)
-    for _ in range(pages):
-        if after >= last:
-            break
-        page = await replay_page(journal, key, after, last)
-        if not page:
-            break
-        out.extend(e for e in page if e.run_id == run.run_id)
-        after = page[-1].seq
-    return out
+async def run_events(journal: Journal, run: OpenRun) -> list[Event]:
+    """The stored events of an open run, from its ``user_message`` on (the store filters them:
+    other runs' events after it, thousands of messages queued behind a waiting run, cost no
+    memory here)."""
+    return await journal.run_events(run.key, run.run_id, max(0, run.seq - 1))

@@ -88,6 +88,10 @@ class Journal(Protocol):
         page holds at most ``max(max_bytes, the first event's data)``, whatever the events'
         sizes, and the store reads no more than that for it."""
 
+    async def run_events(self, key: ThreadKey, run_id: str, after: int = 0) -> list[Event]:
+        """One run's events with ``seq > after``, in seq order: the store filters them (a run
+        waiting for a decision may have thousands of other runs' events after its own)."""
+
     async def last_seq(self, key: ThreadKey) -> int:
         """The thread's last seq, 0 for a thread with no event or that does not exist."""
 

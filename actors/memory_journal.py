@@ -76,6 +76,11 @@ class MemoryJournal:
         last = events[-1]
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
 
+    async def run_events(self, key: ThreadKey, run_id: str, after: int = 0) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return [] if t is None else [e for e in t.events[max(after, 0):] if e.run_id == run_id]
+
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
                    limit: int = 1000, max_bytes: int | None = None) -> list[Event]:
         await trio.lowlevel.checkpoint()

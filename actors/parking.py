@@ -55,7 +55,7 @@ async def restore(key: ThreadKey, journal: Journal, writes: Sequencer,
     for run in await journal.open_runs(key):
         if run.run_id in held:
             continue
-        events = await run_events(journal, run) if resumable else []
+        events = await run_events(journal, run) if resumable and run.started else []
         waiting = wait_of(events) if events else None
         if waiting is None or runs.active is not None:
             if restarted or (waiting is not None and runs.active is not None):
@@ -70,7 +70,6 @@ async def restore(key: ThreadKey, journal: Journal, writes: Sequencer,
         if waiting is not None and waiting.decided is None:
             control.parked = waiting
             runs.active = control
-            stats.approvals_waiting += 1
             parked.add(key)
         else:
             control.transcript = events
@@ -125,7 +124,7 @@ async def end_if_cancelled(writes: Sequencer, runs: RunQueue, stats: ThreadStats
     await writes.append(AGENT_CANCELLED, control.context.run_id,
                         {"reason": control.cancel_reason})
     runs.end_parked()
-    stats.approvals_waiting -= 1
+    stats.parked.discard(writes.key)
 
 
 async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> None:
@@ -139,6 +138,19 @@ async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> N
         await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
 
 
+async def end_all(writes: Sequencer, runs: RunQueue | None, stats: ThreadStats,
+                  reason: str) -> None:
+    """The thread is deleted: the runs queued behind its parked run, and the parked run, end
+    with ``agent_cancelled`` ``{reason}`` (as deletion ends an active run) before it goes."""
+    await end_queued(writes, runs, reason)
+    control = runs.parked if runs is not None else None
+    if control is None:
+        return
+    await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
+    runs.end_parked()  # type: ignore[union-attr]
+    stats.parked.discard(writes.key)
+
+
 def deadline(runs: RunQueue | None, clock: Callable[[], float]) -> float:
     """The trio time at which the parked run's wait expires (``math.inf``: none)."""
     control = runs.parked if runs is not None else None
@@ -149,9 +161,8 @@ def deadline(runs: RunQueue | None, clock: Callable[[], float]) -> float:
 
 
 def forget(runs: RunQueue | None, stats: ThreadStats) -> None:
-    """The actor stops (unloaded, or the process): its parked run stays in the store only."""
-    if runs is not None and runs.parked is not None:
-        stats.approvals_waiting -= 1
+    """The actor stops (unloaded, or the process): its parked run stays in the store, and
+    its thread in ``stats.parked`` (found again at the next load)."""
 
 
 # -- inside -----------------------------------------------------------------------------------
@@ -183,7 +194,7 @@ async def _resume(key: ThreadKey, journal: Journal, runs: RunQueue, stats: Threa
     run = OpenRun(key, control.context.run_id, True, control.message_seq)
     control.transcript = await run_events(journal, run)
     runs.resume()
-    stats.approvals_waiting -= 1
+    stats.parked.discard(key)
 
 
 async def _close(writes: Sequencer, run: OpenRun, error: str) -> None:

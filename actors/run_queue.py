@@ -86,9 +86,13 @@ class ThreadEnv:
     stats: ThreadStats = attrs.Factory(ThreadStats)
     delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
     user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
-    # The threads with a parked run (``parking.py``): found by the start's recovery, kept as
-    # runs park and go on, so that loading a thread costs no look-up unless it has one.
-    parked: set[Any] = attrs.Factory(set)
+
+    @property
+    def parked(self) -> set[Any]:
+        """The threads with a parked run (``parking.py``; kept in ``stats``, which /metrics
+        reads): found by the start's recovery, kept as runs park and go on, so that loading a
+        thread costs no look-up unless it has one."""
+        return self.stats.parked
 
 
 class Phase(enum.Enum):

@@ -225,7 +225,7 @@ class RunWriter:
         if self._stream is not None:
             self._stream.flush_nowait()
         self.control.parked = Waiting(call_id, tool, expires_at)
-        self._stats.approvals_waiting += 1
+        self._stats.parked.add(self._sequencer.key)
         raise RunParked(call_id)
 
     # -- the beginning and the end of the run ----------------------------------------------------

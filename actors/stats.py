@@ -9,7 +9,7 @@ costs the same with ten actors or a million.
 from __future__ import annotations
 
 import bisect
-from typing import Final, Mapping
+from typing import Any, Final, Mapping
 
 import attrs
 
@@ -98,6 +98,8 @@ class ThreadStats:
     runs_waiting: int = 0    # next on their thread, waiting for one of their user's slots
     approvals_requested: int = 0
     approvals_decided: dict[str, int] = attrs.Factory(dict)  # approved, denied, expired
-    approvals_waiting: int = 0  # tool calls waiting for a person now
+    approvals_waiting: int = 0  # tool calls waiting for a person in their run's task now
+    # The threads with a parked run (``parking.py``): one waiting call each, in memory or not.
+    parked: set[Any] = attrs.Factory(set)
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
     run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

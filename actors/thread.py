@@ -279,6 +279,7 @@ class ThreadActor:
         its subscribers are dropped as by any stop, and the caller may ask again."""
         if self._runs is not None:
             await drain(self._runs, 0.0, "deleted")
+            await parking.end_all(self._writes, self._runs, self.env.stats, "deleted")
         try:
             await self.env.journal.delete_thread(self.key)
         except JournalUnavailable as exc:

@@ -32,7 +32,7 @@ from threadline.actors.journal import Journal
 from threadline.actors.memory_journal import MemoryJournal
 from threadline.actors.mailbox import DEFAULT_ASK_TIMEOUT, ActorRef
 from threadline.actors.messages import Shutdown, ThreadKey
-from threadline.actors.stats import RuntimeStatistics
+from threadline.actors.stats import RuntimeStatistics, ThreadStats
 from threadline.actors.stream import DEFAULT_INTERVAL
 from threadline.actors.supervisor import RestartPolicy
 from threadline.actors.thread import ThreadActor, ThreadEnv
@@ -76,7 +76,7 @@ class Runtime:
         self.journal = journal
         self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval,
                               user_runs=UserRuns(config.user_runs),
-                              parked=parked if parked is not None else set())
+                              stats=ThreadStats(parked=parked if parked is not None else set()))
         self._nursery = nursery
         self.directory: Directory[ThreadKey] = Directory(
             nursery,
@@ -114,6 +114,18 @@ class Runtime:
         recovery to add to (a cluster node's, of the shards it takes); None when the agent
         is not resumable (its waits hold a task, and a restart ends them)."""
         return self._env.parked if is_resumable(self._env.agent) else None
+
+    def load_parked(self) -> int:
+        """Load the threads whose runs wait for a decision (found by the start's recovery), so
+        that a wait whose expiry passed is decided now and the others in time; how many. A
+        thread with no expiry is unloaded again when idle, as any thread."""
+        keys = list(self._env.parked)
+        for key in keys:
+            try:
+                self.directory.get_or_spawn(key)
+            except ActorStopped:
+                pass  # not ours (a cluster node before its shards), or closing
+        return len(keys)
 
     def stop_actor(self, ref: ActorRef, grace: float) -> None:
         """Tell one thread actor to stop (its runs get ``grace`` seconds); never blocks: a
@@ -185,6 +197,7 @@ async def open_runtime(
         runtime = Runtime(nursery, journal, agent,
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig(), admit=admit, route=route, parked=parked)
+        runtime.load_parked()
         try:
             yield runtime
         finally:

@@ -32,7 +32,10 @@ async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.ti
     loaded (``parking.restore``)."""
     runs = [r for r in await journal.open_runs() if only is None or only(r.key)]
     if parked is not None:
-        waiting = [r for r in runs if wait_of(await run_events(journal, r)) is not None]
+        # A waiting run has started; the runs queued behind it (thousands, maybe) have not,
+        # and cost no read.
+        waiting = [r for r in runs
+                   if r.started and wait_of(await run_events(journal, r)) is not None]
         parked.update(r.key for r in waiting)
         runs = [r for r in runs if r not in waiting]
         if waiting:

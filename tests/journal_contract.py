@@ -36,6 +36,21 @@ class JournalContract:
         assert await journal.last_seq(A) == 0
         assert await journal.read(A, 0) == []
 
+    async def test_run_events_are_one_runs_only_however_many_follow(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.ensure_thread(B, 1.0)
+        events = [msg(A, 1, run_id="run_w"), ev(A, 2, run_id="run_w")]
+        events += [msg(A, seq, run_id=f"run_q{seq}") for seq in range(3, 603)]  # queued behind
+        events += [ev(A, 603, run_id="run_w", text="decided")]
+        await journal.append(events)
+        await journal.append([msg(B, 1, run_id="run_w")])  # another user's run of that id
+        got = await journal.run_events(A, "run_w")
+        assert [(e.seq, e.run_id) for e in got] == [(1, "run_w"), (2, "run_w"), (603, "run_w")]
+        assert got[-1].data == {"text": "decided"}
+        assert [e.seq for e in await journal.run_events(A, "run_w", after=2)] == [603]
+        assert await journal.run_events(A, "run_none") == []
+        assert await journal.run_events(ThreadKey("carol", "x"), "run_w") == []
+
     async def test_ensure_thread_is_idempotent(self, journal):
         await journal.ensure_thread(A, 5.0)
         await journal.append([ev(A, 1)])

@@ -118,6 +118,12 @@ class DurableJournal:
     # A key or client_msg_id that no store can hold was never stored: reading it answers
     # "nothing" without asking the store (PostgreSQL would refuse the parameter).
 
+    async def run_events(self, key: ThreadKey, run_id: str, after: int = 0) -> list[Event]:
+        if not storable_key(key) or unstorable_reason(run_id) is not None:
+            return await _nothing([])
+        return await self.read_with(sql.run_events, key, run_id, after,
+                                    self.backend.load_data)
+
     async def read(self, key: ThreadKey, after: int, upto: int | None = None,
                    limit: int = 1000, max_bytes: int | None = None) -> list[Event]:
         if not storable_key(key):

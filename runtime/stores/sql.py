@@ -148,6 +148,15 @@ def get_thread(cur: Any, key: ThreadKey) -> ThreadInfo | None:
     return ThreadInfo(key, row[0], row[1], row[2]) if row else None
 
 
+def run_events(cur: Any, key: ThreadKey, run_id: str, after: int,
+               load: Callable[[Any], dict[str, Any]]) -> list[Event]:
+    """``Journal.run_events``: the database filters by run (a range of the primary key)."""
+    cur.execute("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND "
+                "thread_id = %s AND seq > %s AND run_id = %s ORDER BY seq",
+                (key.user_id, key.thread_id, after, run_id))
+    return [Event(key, s, e, r, t, load(d)) for s, e, r, t, d in cur.fetchall()]
+
+
 def read(cur: Any, key: ThreadKey, after: int, upto: int | None, limit: int,
          load: Callable[[Any], dict[str, Any]], max_bytes: int | None = None,
          data_bytes: str = "") -> list[Event]:

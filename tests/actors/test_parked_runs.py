@@ -112,7 +112,8 @@ async def test_a_resumed_agent_never_runs_a_tool_twice_and_its_thread_unloads_wh
         accepted = await thread.send("bob")
         call = await asked(journal, thread)
         await trio.sleep(120)  # idle: the thread is unloaded, its run parked in the store
-        assert len(rt.directory) == 0 and rt.statistics().approvals_waiting == 0
+        # Unloaded, and still counted: it waits in the store.
+        assert len(rt.directory) == 0 and rt.statistics().approvals_waiting == 1
         await thread.decide(call["run_id"], call["call_id"], True)
         run = await until_ended(journal, thread, accepted.run_id)
     assert run[-1].data == {"text": "sent to bob@example.org"}
@@ -187,3 +188,68 @@ async def test_a_shutdown_leaves_a_parked_run_open_and_a_plain_agent_s_is_ended(
     async with open_journal(url) as journal:
         run = await events_of(journal, thread)
         assert run[-1].event == "agent_cancelled"
+
+
+async def test_messages_queued_behind_a_parked_run_never_hide_its_decision(tmp_path):
+    """From a red-team pass: with hundreds of messages queued behind a waiting run, its
+    decision lay past what was read back of the run, so the run parked again and a second
+    decision was taken too. The store now gives a run's own events, however many follow."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    async with open_journal(url) as journal, open_runtime(journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        await thread.send("/confirm 6*7")
+        call = await asked(journal, thread)
+        for i in range(300):
+            await thread.send(f"queued {i} " + "x" * 4000)
+    async with open_journal(url) as journal, open_runtime(journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        await thread.decide(call["run_id"], call["call_id"], False, "first")
+        run = await until_ended(journal, thread, call["run_id"])
+        assert run[-1].data == {"text": "denied: first"}
+        with pytest.raises(UnknownCall):
+            await thread.decide(call["run_id"], call["call_id"], True, "second")
+        events = await events_of(journal, thread)
+    assert sum(e.event == "approval_decided" for e in events) == 1
+
+
+async def test_after_a_restart_waiting_runs_are_counted_and_expired_ones_decided_untouched(
+        tmp_path):
+    """From a red-team pass: after a restart an expired wait stayed undecided until something
+    loaded its thread, and threadline_approvals_waiting read 0 though runs waited."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    async with open_journal(url) as journal, open_runtime(
+            journal=journal, agent=mailer, tools=tools()) as rt:
+        first = await rt.thread("ada", "e1").send("bob")
+        second = await rt.thread("ada", "e2").send("eve")
+        await asked(journal, rt.thread("ada", "e1"))
+        await asked(journal, rt.thread("ada", "e2"))
+        assert rt.statistics().approvals_waiting == 2
+    await trio.sleep(1.2)  # both expire while the server is down
+    async with open_journal(url) as journal, open_runtime(
+            journal=journal, agent=mailer, tools=tools()) as rt:
+        for thread, accepted in ((rt.thread("ada", "e1"), first), (rt.thread("ada", "e2"), second)):
+            run = await until_ended(journal, thread, accepted.run_id)  # nothing asked of them
+            assert run[-1].data == {"text": "not sent: expired"}
+        assert rt.statistics().approvals_waiting == 0
+
+
+async def test_deleting_a_thread_ends_its_parked_run_and_those_behind_it_first(tmp_path):
+    from threadline.actors.subscription import SubscriberDropped
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    async with open_journal(url) as journal, open_runtime(journal=journal) as rt:
+        thread = rt.thread("ada", "main")
+        seen = []
+        async with thread.open_subscription() as events:
+            waiting = await thread.send("/confirm 2+2")
+            await asked(journal, thread)
+            behind = await thread.send("behind")
+            await thread.delete()
+            try:
+                async for event in events:
+                    seen.append((event.run_id, event.event, event.data))
+            except SubscriberDropped:
+                pass
+        assert (waiting.run_id, "agent_cancelled", {"reason": "deleted"}) in seen
+        assert (behind.run_id, "agent_cancelled", {"reason": "deleted"}) in seen
+        assert rt.statistics().approvals_waiting == 0

@@ -147,3 +147,15 @@ def test_a_tab_that_decides_after_another_did_is_told_gently(page, open_browser)
     assert last_done(second)["answer"] == "42"
     assert error_banner(second) == "" and state(second) == "open"
     screenshot(second, "approval-decided-elsewhere")
+
+
+def test_arguments_that_would_reorder_or_hide_text_are_shown_as_escapes(page, browser):
+    """From a red-team pass: a right-to-left override in a tool's arguments made the box read
+    other digits than the call has; what a person approves now reads as it is."""
+    open_page(browser, page.url(token("rtl")))
+    send(browser, "/confirm \u202e0001*2\u200b")
+    asked = pending(browser, "the approval", args='{ "expression": "\\u202e0001*2\\u200b" }')
+    box = browser.find_element(By.CSS_SELECTOR, f'.approval[data-call="{asked["call"]}"]')
+    text = box.find_element(By.CSS_SELECTOR, ".args").text
+    assert "\u202e" not in text and "\u200b" not in text
+    screenshot(browser, "approval-escaped-arguments")
