@@ -34,10 +34,10 @@ from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
 from .run_writer import RunContext, RunControl
-from .messages import (AGENT_FAILED, AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED,
-                       USER_MESSAGE, Accepted, CancelRun, Decide, DeleteThread, Event, GetInfo, Joined,
-                       Passivate, PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey,
-                       ThreadMessage, ThreadRequest, Unsubscribe)
+from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted,
+                       CancelRun, Decide, DeleteThread, Event, GetInfo, Joined, Passivate,
+                       PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey, ThreadMessage,
+                       ThreadRequest, Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
 
