@@ -38,9 +38,11 @@ from .journal import Journal, OpenRun
 from .messages import (APPROVAL_DECIDED, APPROVAL_REQUESTED, TERMINAL_EVENTS, TOOL_COMPLETED,
                        TOOL_EXECUTING, Event)
 from .reply import Reply
+from .stats import ThreadStats
 
-__all__ = ["Decision", "PendingApproval", "EXPIRED", "MAX_REASON_BYTES", "RunParked", "Waiting",
-           "resumable", "run_events", "wait_of"]
+__all__ = ["Decision", "PendingApproval", "EXPIRED", "MAX_REASON_BYTES", "PriorCall", "RunParked",
+           "Waiting", "count_decision", "decision_data", "denial", "prior_calls", "resumable",
+           "run_events", "wait_of"]
 
 EXPIRED = "expired"        # the reason of the server's own decision when a wait expires
 MAX_REASON_BYTES = 1024    # PROTOCOL.md: a decision's reason is at most 1 KiB
@@ -128,29 +130,74 @@ class Waiting:
     decided: Decision | None = None   # stored, and not yet acted on (no tool event after it)
 
 
-def wait_of(events: Sequence[Event]) -> Waiting | None:
-    """The wait of a run whose stored events are ``events`` (in seq order): its last
-    ``approval_requested`` that no ``tool_executing``/``tool_completed`` followed, if the run
-    has no terminal event; None when it is not waiting."""
-    requested: dict[str, dict[str, Any]] = {}
-    decided: dict[str, Decision] = {}
-    acted: set[str] = set()
+@attrs.frozen(slots=True)
+class PriorCall:
+    """A tool call of a run, as the run's stored events tell it (``prior_calls``)."""
+
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    expires_at: float | None = None  # of its approval, if it asked one
+    executing: bool = False
+    decided: Decision | None = None
+    completed: dict[str, Any] | None = None
+
+
+def prior_calls(events: Sequence[Event]) -> list[PriorCall]:
+    """The tool calls of a run's stored events (in seq order), in the order they were made:
+    the one reading of a run's call events that a resumed run (``Run.call_tool``) and a wait
+    (``wait_of``) share."""
+    calls: dict[str, PriorCall] = {}
     for event in events:
-        if event.event in TERMINAL_EVENTS:
-            return None
-        call_id = event.data.get("call_id")
-        if event.event == APPROVAL_REQUESTED:
-            requested[call_id] = event.data
+        data = event.data
+        call_id = data.get("call_id")
+        if event.event in (APPROVAL_REQUESTED, TOOL_EXECUTING) and call_id not in calls:
+            calls[call_id] = PriorCall(call_id, str(data.get("tool")), data.get("args") or {},
+                                       data.get("expires_at"))
+        if call_id not in calls:
+            continue
+        call = calls[call_id]
+        if event.event == TOOL_EXECUTING:
+            calls[call_id] = attrs.evolve(call, executing=True)
         elif event.event == APPROVAL_DECIDED:
-            decided[call_id] = (bool(event.data.get("approved")), event.data.get("reason"))
-        elif event.event in (TOOL_EXECUTING, TOOL_COMPLETED):
-            acted.add(call_id)
-    waiting = [c for c in requested if c not in acted]
+            calls[call_id] = attrs.evolve(call, decided=(bool(data.get("approved")),
+                                                         data.get("reason")))
+        elif event.event == TOOL_COMPLETED:
+            calls[call_id] = attrs.evolve(call, completed=dict(data))
+    return list(calls.values())
+
+
+def wait_of(events: Sequence[Event]) -> Waiting | None:
+    """The wait of a run whose stored events are ``events`` (in seq order): its last call that
+    asked approval and that no ``tool_executing``/``tool_completed`` followed, if the run has
+    no terminal event; None when it is not waiting."""
+    if any(event.event in TERMINAL_EVENTS for event in events):
+        return None
+    waiting = [c for c in prior_calls(events) if not c.executing and c.completed is None]
     if not waiting:
         return None
-    call_id = waiting[-1]
-    data = requested[call_id]
-    return Waiting(call_id, str(data.get("tool")), data.get("expires_at"), decided.get(call_id))
+    call = waiting[-1]
+    return Waiting(call.call_id, call.tool, call.expires_at, call.decided)
+
+
+def denial(reason: str | None) -> str:
+    """The ``tool_completed`` error (and ``ToolDenied``'s message) of a call not approved."""
+    return f"denied: {reason or 'no reason given'}"
+
+
+def decision_data(call_id: str, approved: bool, reason: str | None) -> dict[str, Any]:
+    """The data of ``approval_decided``."""
+    data: dict[str, Any] = {"call_id": call_id, "approved": approved}
+    if reason is not None:
+        data["reason"] = reason
+    return data
+
+
+def count_decision(stats: ThreadStats, approved: bool, reason: str | None) -> str:
+    """Count a stored decision by outcome (``approved``, ``denied``, ``expired``); the outcome."""
+    outcome = "approved" if approved else EXPIRED if reason == EXPIRED else "denied"
+    stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
+    return outcome
 
 
 async def run_events(journal: Journal, run: OpenRun) -> list[Event]:

@@ -20,13 +20,12 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
-import attrs
 import trio
 
+from .approval import PriorCall, denial, prior_calls
 from .errors import ToolDenied, ToolError
 from .history import Turn
-from .messages import (AGENT_THINKING, APPROVAL_DECIDED, APPROVAL_REQUESTED, TOOL_COMPLETED,
-                       TOOL_EXECUTING, Event)
+from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING, Event
 from .run_writer import RunContext, RunWriter, describe
 from .tools import ToolRegistry
 
@@ -134,10 +133,7 @@ class Run:
             timeout = spec.approval_timeout if spec is not None else None
             approved, reason = await self._writer.request_approval(call_id, tool, args, timeout)
             if not approved:
-                error = f"denied: {reason or 'no reason given'}"
-                await self._writer.append(TOOL_COMPLETED, {"call_id": call_id, "tool": tool,
-                                                           "error": error})
-                raise ToolDenied(error, reason)
+                await self._deny(call_id, tool, reason)
         await self._writer.append(TOOL_EXECUTING, {"call_id": call_id, "tool": tool,
                                                    "args": args})
         error: str | None = None
@@ -192,47 +188,18 @@ class Run:
             await writer.park(prior.call_id, prior.tool)
         approved, reason = prior.decided  # type: ignore[misc]
         if not approved:
-            error = f"denied: {reason or 'no reason given'}"
-            await writer.append(TOOL_COMPLETED, {"call_id": prior.call_id, "tool": prior.tool,
-                                                 "error": error})
-            raise ToolDenied(error, reason)
+            await self._deny(prior.call_id, prior.tool, reason)
         return _RUN
+
+    async def _deny(self, call_id: str, tool: str, reason: str | None) -> None:
+        """A call not approved: its ``tool_completed`` says so, and ``ToolDenied`` is raised."""
+        error = denial(reason)
+        await self._writer.append(TOOL_COMPLETED, {"call_id": call_id, "tool": tool,
+                                                   "error": error})
+        raise ToolDenied(error, reason)
 
 
 _RUN = object()  # ``Run._replay``: the call is approved and runs now
-
-
-@attrs.frozen(slots=True)
-class PriorCall:
-    """A tool call a parked run made before it parked, as its stored events tell it."""
-
-    call_id: str
-    tool: str
-    args: dict[str, Any]
-    executing: bool = False
-    decided: tuple[bool, str | None] | None = None
-    completed: dict[str, Any] | None = None
-
-
-def prior_calls(transcript: list[Event]) -> list[PriorCall]:
-    """The tool calls of a run's stored events, in the order they were made."""
-    calls: dict[str, PriorCall] = {}
-    for event in transcript:
-        data = event.data
-        call_id = data.get("call_id")
-        if event.event in (APPROVAL_REQUESTED, TOOL_EXECUTING) and call_id not in calls:
-            calls[call_id] = PriorCall(call_id, data.get("tool"), data.get("args") or {})
-        if call_id not in calls:
-            continue
-        call = calls[call_id]
-        if event.event == TOOL_EXECUTING:
-            calls[call_id] = attrs.evolve(call, executing=True)
-        elif event.event == APPROVAL_DECIDED:
-            calls[call_id] = attrs.evolve(call, decided=(bool(data.get("approved")),
-                                                         data.get("reason")))
-        elif event.event == TOOL_COMPLETED:
-            calls[call_id] = attrs.evolve(call, completed=dict(data))
-    return list(calls.values())
 
 
 def writer_of(run: Run) -> RunWriter:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .approval import denial
 from .journal import Journal
 from .messages import (
     AGENT_CANCELLED,
@@ -122,7 +123,7 @@ class _Run:
                                                self.length)
         if event == APPROVAL_DECIDED and not data.get("approved"):
             call.status = "denied"
-            call.error = f"denied: {data.get('reason') or 'no reason given'}"
+            call.error = denial(data.get("reason"))
         elif event == TOOL_COMPLETED:
             if "error" in data:
                 call.status = "denied" if call.status == "denied" else "failed"
@@ -130,14 +131,25 @@ class _Run:
             else:
                 call.status, call.result = "completed", data.get("result")
 
+    def take(self, event: Event) -> None:
+        """One of the run's events after its message: a piece, a call's, or its end."""
+        if event.event == AGENT_DELTA:
+            self.piece(event.data)
+        elif event.event in _CALL_EVENTS:
+            self.call_event(event.event, event.data)
+        elif event.event in _OUTCOMES:
+            self.end(event)
+
+    def calls_so_far(self) -> tuple[ToolUse, ...]:
+        return tuple(ToolUse(call_id, c.tool, c.args, c.at, c.status, c.result, c.error)
+                     for call_id, c in self.calls.items())
+
     def end(self, event: Event) -> None:
         text = event.data.get("text") if event.event == AGENT_COMPLETED else None
         if text is None:
             text = "".join(self.pieces)
-        calls = tuple(ToolUse(call_id, c.tool, c.args, c.at, c.status, c.result, c.error)
-                      for call_id, c in self.calls.items())
         self.answer = Turn("assistant", text, self.message.run_id, event.seq,
-                           _OUTCOMES[event.event], calls)
+                           _OUTCOMES[event.event], self.calls_so_far())
 
 
 def turns_of(events: list[Event], before: int) -> list[Turn]:
@@ -152,14 +164,8 @@ def turns_of(events: list[Event], before: int) -> list[Turn]:
                 runs[run_id] = _Run(Turn("user", e.data.get("text", ""), run_id, e.seq))
             continue
         run = runs.get(run_id)
-        if run is None or run.answer is not None:
-            continue
-        if e.event == AGENT_DELTA:
-            run.piece(e.data)
-        elif e.event in _CALL_EVENTS:
-            run.call_event(e.event, e.data)
-        elif e.event in _OUTCOMES:
-            run.end(e)
+        if run is not None and run.answer is None:
+            run.take(e)
     out: list[Turn] = []
     for run in runs.values():  # in the order the messages were stored
         out.append(run.message)
@@ -195,11 +201,7 @@ def answer_so_far(transcript: list[Event]) -> Turn:
     run_id = transcript[0].run_id or "" if transcript else ""
     run = _Run(Turn("user", "", run_id, 0))
     for e in transcript:
-        if e.event == AGENT_DELTA:
-            run.piece(e.data)
-        elif e.event in _CALL_EVENTS:
-            run.call_event(e.event, e.data)
-    calls = tuple(ToolUse(call_id, c.tool, c.args, c.at, c.status, c.result, c.error)
-                  for call_id, c in run.calls.items())
+        if e.event not in _OUTCOMES:  # a parked run has none; its answer is not over
+            run.take(e)
     return Turn("assistant", "".join(run.pieces), run_id,
-                transcript[-1].seq if transcript else 0, None, calls)
+                transcript[-1].seq if transcript else 0, None, run.calls_so_far())

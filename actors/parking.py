@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import trio
 
-from .approval import EXPIRED, Waiting, run_events, wait_of
+from .approval import EXPIRED, Waiting, count_decision, decision_data, run_events, wait_of
 from .errors import JournalUnavailable, UnknownCall
 from .journal import Journal, OpenRun
 from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED,
@@ -63,9 +63,8 @@ async def restore(key: ThreadKey, journal: Journal, writes: Sequencer,
             continue
         control = _control(key, run, events)
         if waiting.decided is None and _expired(waiting, writes.clock):
-            events.append(await _store_decision(writes, run.run_id, waiting.call_id, False,
-                                                EXPIRED))
-            stats.approvals_decided[EXPIRED] = stats.approvals_decided.get(EXPIRED, 0) + 1
+            events.append(await _store_decision(writes, stats, run.run_id, waiting.call_id,
+                                                False, EXPIRED))
             waiting = wait_of(events)
         if waiting is not None and waiting.decided is None:
             control.parked = waiting
@@ -90,14 +89,11 @@ async def decide(writes: Sequencer, journal: Journal, runs: RunQueue, stats: Thr
                                    "for a decision"))
         return True
     try:
-        await _store_decision(writes, msg.run_id, msg.call_id, msg.approved, msg.reason)
+        await _store_decision(writes, stats, msg.run_id, msg.call_id, msg.approved, msg.reason)
     except JournalUnavailable as exc:
         msg.reply.fail(exc)
         return True
     msg.reply.set(None)
-    outcome = "approved" if msg.approved else "denied"
-    stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
-    log.info("run %s: call %s %s; it goes on", msg.run_id, msg.call_id, outcome)
     await _resume(writes.key, journal, runs, stats, control)
     return True
 
@@ -108,23 +104,16 @@ async def expire_due(writes: Sequencer, journal: Journal, runs: RunQueue,
     control = runs.parked
     if control is None or control.parked is None or not _expired(control.parked, writes.clock):
         return
-    await _store_decision(writes, control.context.run_id, control.parked.call_id, False,
-                          EXPIRED)
-    stats.approvals_decided[EXPIRED] = stats.approvals_decided.get(EXPIRED, 0) + 1
-    log.info("run %s: call %s expired; it goes on", control.context.run_id,
-             control.parked.call_id if control.parked else "?")
+    await _store_decision(writes, stats, control.context.run_id, control.parked.call_id,
+                          False, EXPIRED)
     await _resume(writes.key, journal, runs, stats, control)
 
 
 async def end_if_cancelled(writes: Sequencer, runs: RunQueue, stats: ThreadStats) -> None:
     """A cancel or an interrupt reached the parked run: it ends now, ``agent_cancelled``."""
     control = runs.parked
-    if control is None or control.cancel_reason is None:
-        return
-    await writes.append(AGENT_CANCELLED, control.context.run_id,
-                        {"reason": control.cancel_reason})
-    runs.end_parked()
-    stats.parked.discard(writes.key)
+    if control is not None and control.cancel_reason is not None:
+        await _end_parked(writes, runs, stats, control.cancel_reason)
 
 
 async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> None:
@@ -143,12 +132,8 @@ async def end_all(writes: Sequencer, runs: RunQueue | None, stats: ThreadStats,
     """The thread is deleted: the runs queued behind its parked run, and the parked run, end
     with ``agent_cancelled`` ``{reason}`` (as deletion ends an active run) before it goes."""
     await end_queued(writes, runs, reason)
-    control = runs.parked if runs is not None else None
-    if control is None:
-        return
-    await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
-    runs.end_parked()  # type: ignore[union-attr]
-    stats.parked.discard(writes.key)
+    if runs is not None and runs.parked is not None:
+        await _end_parked(writes, runs, stats, reason)
 
 
 def deadline(runs: RunQueue | None, clock: Callable[[], float]) -> float:
@@ -181,12 +166,24 @@ def _expired(waiting: Waiting, clock: Callable[[], float]) -> bool:
     return waiting.expires_at is not None and clock() >= waiting.expires_at
 
 
-async def _store_decision(writes: Sequencer, run_id: str, call_id: str, approved: bool,
-                          reason: str | None) -> Event:
-    data: dict[str, Any] = {"call_id": call_id, "approved": approved}
-    if reason is not None:
-        data["reason"] = reason
-    return await writes.append(APPROVAL_DECIDED, run_id, data)
+async def _store_decision(writes: Sequencer, stats: ThreadStats, run_id: str, call_id: str,
+                          approved: bool, reason: str | None) -> Event:
+    """Store ``approval_decided`` (a person's decision, or the server's on expiry), count it
+    and say so; the event stored. The run goes on next (``_resume``)."""
+    event = await writes.append(APPROVAL_DECIDED, run_id,
+                                decision_data(call_id, approved, reason))
+    log.info("run %s: call %s %s; it goes on", run_id, call_id,
+             count_decision(stats, approved, reason))
+    return event
+
+
+async def _end_parked(writes: Sequencer, runs: RunQueue, stats: ThreadStats,
+                      reason: str) -> None:
+    control = runs.parked
+    assert control is not None
+    await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
+    runs.end_parked()  # once stored: a failed write leaves the run parked, as it is stored
+    stats.parked.discard(writes.key)
 
 
 async def _resume(key: ThreadKey, journal: Journal, runs: RunQueue, stats: ThreadStats,

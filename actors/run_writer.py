@@ -42,7 +42,8 @@ from typing import Any
 import attrs
 import trio
 
-from .approval import EXPIRED, Decision, PendingApproval, RunParked, Waiting
+from .approval import (Decision, PendingApproval, RunParked, Waiting, count_decision,
+                       decision_data)
 from .errors import AgentError, Fenced, JournalUnavailable, JournalWedged, Unstorable
 from .messages import (AGENT_DELTA, AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED,
                        APPROVAL_REQUESTED)
@@ -193,20 +194,16 @@ class RunWriter:
         ctx = self.context
         log.info("run %s of %s/%s waits for approval of tool %s (call %s)", ctx.run_id,
                  ctx.user_id, ctx.thread_id, tool, call_id)
-        if self.control.resumable:  # park: the decision resumes the run (``approval.py``)
-            self._stats.approvals_requested += 1
-            await self.park(call_id, tool, expires_at)
-        pending = self.control.approvals[call_id] = PendingApproval(call_id, tool)
         stats = self._stats
         stats.approvals_requested += 1
+        if self.control.resumable:  # park: the decision resumes the run (``approval.py``)
+            await self.park(call_id, tool, expires_at)
+        pending = self.control.approvals[call_id] = PendingApproval(call_id, tool)
         stats.approvals_waiting += 1
         try:
             deadline = math.inf if timeout is None else trio.current_time() + timeout
             approved, reason = await pending.wait(deadline)
-            decided: dict[str, Any] = {"call_id": call_id, "approved": approved}
-            if reason is not None:
-                decided["reason"] = reason
-            await self.append(APPROVAL_DECIDED, decided)
+            await self.append(APPROVAL_DECIDED, decision_data(call_id, approved, reason))
         except BaseException as exc:
             pending.not_stored(exc)
             raise
@@ -214,9 +211,8 @@ class RunWriter:
             del self.control.approvals[call_id]
             stats.approvals_waiting -= 1
         pending.stored()
-        outcome = "approved" if approved else "expired" if reason == EXPIRED else "denied"
-        stats.approvals_decided[outcome] = stats.approvals_decided.get(outcome, 0) + 1
-        log.info("run %s: call %s %s", self.context.run_id, call_id, outcome)
+        log.info("run %s: call %s %s", self.context.run_id, call_id,
+                 count_decision(stats, approved, reason))
         return approved, reason
 
     async def park(self, call_id: str, tool: str, expires_at: float | None = None) -> None:

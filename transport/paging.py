@@ -129,32 +129,6 @@ async def read_threads_page(user: UserHandle, limit: int, cursor: str | None,
                              if last is not None else None)
 
 
-def threads_page(infos: Sequence[ThreadInfo], limit: int, cursor: str | None, *,
-                 user_id: str | None = None, key: CursorKey | None = None,
-                 ) -> tuple[list[dict[str, Any]], str | None]:
-    """``(threads as frames' dicts, next_cursor or None)`` for ``infos``, the user's whole
-    list newest first: the page ``read_threads_page`` reads (same cursors, same ``BadFrame``)
-    for a caller that already holds the list. ``user_id`` defaults to the list's user."""
-    key = key if key is not None else PROCESS_KEY
-    if user_id is None:
-        # The list's user. With no thread there is none to check a cursor against: a cursor
-        # is then refused (a client whose threads were all deleted mid-walk starts again).
-        user_id = infos[0].key.user_id if infos else ""
-    start = 0
-    if cursor is not None:
-        position = key.open(user_id, cursor)
-        start = len(infos)
-        for i, info in enumerate(infos):
-            if (info.updated_at, info.key.thread_id) < position:
-                start = i
-                break
-    chosen = infos[start:start + limit]
-    more = start + limit < len(infos)
-    last = chosen[-1] if more and chosen else None
-    return _frames(chosen), (key.seal(user_id, (last.updated_at, last.key.thread_id))
-                             if last is not None else None)
-
-
 async def read_events_page(thread: ThreadHandle, after: int, limit: int, last_seq: int,
                            ) -> tuple[list[dict[str, Any]], int | None]:
     """``(event frames, next_after or None)``: a page of the HTTP history, read from the store

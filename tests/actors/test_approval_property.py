@@ -18,15 +18,31 @@ from threadline import open_runtime
 from threadline.actors.errors import Busy, ToolDenied, UnknownCall, UnknownRun
 from threadline.actors.tools import ToolRegistry
 
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("send"), st.sampled_from(["enqueue", "interrupt", "reject"])),
-        st.tuples(st.just("decide"), st.integers(0, 5), st.booleans()),
-        st.tuples(st.just("cancel"), st.integers(0, 5)),
-        st.tuples(st.just("tick"), st.sampled_from([0.0, 0.1, 1.0, 30.0])),
-    ),
-    max_size=25,
-)
+def steps(ticks: list[float]) -> list[st.SearchStrategy]:
+    """What a client does to the thread: send, decide one of the calls asked, cancel, wait."""
+    return [st.tuples(st.just("send"), st.sampled_from(["enqueue", "interrupt", "reject"])),
+            st.tuples(st.just("decide"), st.integers(0, 5), st.booleans()),
+            st.tuples(st.just("cancel"), st.integers(0, 5)),
+            st.tuples(st.just("tick"), st.sampled_from(ticks))]
+
+
+operations = st.lists(st.one_of(*steps([0.0, 0.1, 1.0, 30.0])), max_size=25)
+
+
+async def decide_asked(thread, journal, i: int, approved: bool,
+                       answered: dict[tuple[str, str], bool]) -> None:
+    """Decide the ``i``-th call asked on ``thread`` (if any); an ``ok`` is recorded once."""
+    events = await journal.read(thread.key, 0, limit=10**6)
+    calls = [(e.run_id, e.data["call_id"]) for e in events if e.event == "approval_requested"]
+    if not calls:
+        return
+    run_id, call_id = calls[i % len(calls)]
+    try:
+        await thread.decide(run_id, call_id, approved)
+        assert (run_id, call_id) not in answered, "two decisions stored for one call"
+        answered[(run_id, call_id)] = approved
+    except UnknownCall:
+        pass
 
 
 async def play(ops) -> None:
@@ -50,23 +66,6 @@ async def play(ops) -> None:
         runs: list[str] = []
         answered: dict[tuple[str, str], bool] = {}  # (run, call) -> approved, when ok
 
-        async def asked() -> list[tuple[str, str]]:
-            events = await rt.journal.read(thread.key, 0, limit=10**6)
-            return [(e.run_id, e.data["call_id"]) for e in events
-                    if e.event == "approval_requested"]
-
-        async def decide(i: int, approved: bool) -> None:
-            calls = await asked()
-            if not calls:
-                return
-            run_id, call_id = calls[i % len(calls)]
-            try:
-                await thread.decide(run_id, call_id, approved)
-                assert (run_id, call_id) not in answered, "two decisions stored for one call"
-                answered[(run_id, call_id)] = approved
-            except UnknownCall:
-                pass
-
         async with trio.open_nursery() as nursery:
             for op in ops:
                 if op[0] == "send":
@@ -75,7 +74,7 @@ async def play(ops) -> None:
                     except Busy:
                         pass
                 elif op[0] == "decide":
-                    nursery.start_soon(decide, op[1], op[2])
+                    nursery.start_soon(decide_asked, thread, rt.journal, op[1], op[2], answered)
                 elif op[0] == "cancel":
                     try:
                         await thread.cancel(runs[op[1] % len(runs)] if runs else None)
@@ -120,16 +119,7 @@ def test_approval_under_random_interleavings(ops):
 
 # -- with restarts: a resumable agent's runs park, and outlive the runtime ----------------------
 
-restarting = st.lists(
-    st.one_of(
-        st.tuples(st.just("send"), st.sampled_from(["enqueue", "interrupt", "reject"])),
-        st.tuples(st.just("decide"), st.integers(0, 5), st.booleans()),
-        st.tuples(st.just("cancel"), st.integers(0, 5)),
-        st.tuples(st.just("tick"), st.sampled_from([0.0, 0.1, 1.0])),
-        st.just(("restart",)),
-    ),
-    max_size=20,
-)
+restarting = st.lists(st.one_of(*steps([0.0, 0.1, 1.0]), st.just(("restart",))), max_size=20)
 
 
 async def play_restarts(ops) -> None:
@@ -170,17 +160,7 @@ async def play_restarts(ops) -> None:
                     except Busy:
                         pass
                 elif op[0] == "decide":
-                    events = await journal.read(thread.key, 0, limit=10**6)
-                    calls = [(e.run_id, e.data["call_id"]) for e in events
-                             if e.event == "approval_requested"]
-                    if calls:
-                        run_id, call_id = calls[op[1] % len(calls)]
-                        try:
-                            await thread.decide(run_id, call_id, op[2])
-                            assert (run_id, call_id) not in answered
-                            answered[(run_id, call_id)] = op[2]
-                        except UnknownCall:
-                            pass
+                    await decide_asked(thread, journal, op[1], op[2], answered)
                 elif op[0] == "cancel":
                     try:
                         await thread.cancel(runs[op[1] % len(runs)] if runs else None)
