@@ -44,6 +44,20 @@ async def history(url: str) -> list[dict]:
         return [await client.next_event(10) for _ in range(joined["last_seq"])]
 
 
+def assert_thread_well_formed(frames: list[dict]) -> None:
+    """The thread's events gapless from seq 1, each run with its one terminal event."""
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    assert_runs_well_formed(as_events(frames))
+
+
+def stop_now(server: ServeProcess, how: str) -> None:
+    """SIGTERM (a graceful stop) or SIGKILL (none at all)."""
+    if how == "sigterm":
+        server.signal(signal.SIGTERM)
+    else:
+        server.kill()
+
+
 def as_events(frames: list[dict]) -> list[Event]:
     return [Event(ThreadKey("ada", f["thread_id"]), f["seq"], f["event"], f["run_id"], f["ts"],
                   f["data"]) for f in frames]
@@ -126,8 +140,7 @@ async def test_a_waiting_run_survives_the_server_and_runs_its_tool_once(store, s
         server.kill()
 
     # -- the whole thread -----------------------------------------------------------------------
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-    assert_runs_well_formed(as_events(frames))
+    assert_thread_well_formed(frames)
     assert frames == seen + end + after
     executed = [f for f in frames if f["event"] == "tool_executing"
                 and f["data"]["call_id"] == call_id]
@@ -167,8 +180,7 @@ async def test_a_waiting_run_survives_two_kills_in_a_row(tmp_path):
             end = await until(client, *TERMINAL_EVENTS)
         assert (end[-1]["event"], end[-1]["data"]) == ("agent_completed", {"text": "42"})
         frames = await history(url)
-        assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-        assert_runs_well_formed(as_events(frames))
+        assert_thread_well_formed(frames)
         assert [f["event"] for f in frames].count("tool_executing") == 1
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
@@ -216,8 +228,7 @@ async def test_a_message_queued_behind_a_waiting_run_gets_its_one_end(tmp_path, 
         assert await server.wait() == 0
     finally:
         server.kill()
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-    assert_runs_well_formed(as_events(frames))
+    assert_thread_well_formed(frames)
     assert [f["event"] for f in frames].count("tool_executing") == 1
     (end,) = [f for f in frames if f["run_id"] == behind and f["event"] in TERMINAL_EVENTS]
     if stop == "sigterm":
@@ -253,10 +264,7 @@ async def test_the_openai_agents_waiting_run_survives_a_restart_and_the_model_ge
                 run_id = (await client.send(THREAD, "what is 6*7?"))["run_id"]
                 call = (await until(client, "approval_requested"))[-1]["data"]
                 assert call["tool"] == "calculator"
-                if stop == "sigterm":
-                    server.signal(signal.SIGTERM)
-                else:
-                    server.kill()
+                stop_now(server, stop)
             if stop == "sigterm":
                 assert await server.wait() == 0
         finally:
@@ -277,8 +285,7 @@ async def test_the_openai_agents_waiting_run_survives_a_restart_and_the_model_ge
     ours = [f for f in frames if f["run_id"] == run_id]
     assert [f["event"] for f in ours].count("tool_executing") == 1
     assert [f["data"].get("result") for f in ours if f["event"] == "tool_completed"] == [42]
-    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
-    assert_runs_well_formed(as_events(frames))
+    assert_thread_well_formed(frames)
     second = llm.requests[-1].body["messages"]
     assert [m["role"] for m in second] == ["user", "assistant", "tool"]
     assert json.loads(second[-1]["content"]) == 42
