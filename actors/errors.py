@@ -64,6 +64,11 @@ class UnknownCall(ActorError):
     already, its run ended); nothing was stored."""
 
 
+class NotFound(ActorError):
+    """PROTOCOL.md 1.1 ``not_found``: a ``regenerate`` of a message the thread does not hold,
+    or a ``parent`` that is not a run of the thread; nothing was stored."""
+
+
 class ToolError(AgentError):
     """A tool call failed (raised, timed out, or is not registered).
 

@@ -22,6 +22,7 @@ from .journal import Journal, replay_page
 from .local import LocalThreads, Router
 from .reply import Reply
 from .messages import (
+    LATEST,
     STRATEGIES,
     Accepted,
     CancelRun,
@@ -29,7 +30,9 @@ from .messages import (
     DeleteThread,
     Event,
     GetInfo,
+    Parent,
     PostMessage,
+    Regenerate,
     Strategy,
     ThreadInfo,
     ThreadKey,
@@ -37,6 +40,8 @@ from .messages import (
     is_user_id,
 )
 from .subscription import Subscription
+from .history import read_turns
+from .tree import TurnView
 from .stats import RuntimeStatistics, ThreadStats
 from .thread import Subscriber
 
@@ -145,16 +150,38 @@ class ThreadHandle:
         await self.gateway.unsubscribe(self.key, subscriber)
 
     async def send(self, text: str, *, client_msg_id: str | None = None,
-                   strategy: Strategy = "enqueue") -> Accepted:
+                   strategy: Strategy = "enqueue", parent: Parent = LATEST) -> Accepted:
         """Store a user message and queue its run; returns once the message is durable.
 
-        Raises ``Busy`` (strategy ``reject`` while a run is active), ``JournalUnavailable``,
-        ``ActorStopped``, ``AskTimeout``.
+        ``parent`` (PROTOCOL.md 1.1, "The conversation tree") is the run the message follows:
+        by default the thread's newest run (a plain conversation), None for a new root, or a
+        run id of this thread: the ``parent`` of a message to edit makes a sibling of it.
+
+        Raises ``Busy`` (strategy ``reject`` while a run is active), ``NotFound`` (``parent``
+        is no run of this thread), ``JournalUnavailable``, ``ActorStopped``, ``AskTimeout``.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         return await self.gateway.ask(
-            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r))
+            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r, parent))
+
+    async def regenerate(self, message_id: str, *, client_msg_id: str | None = None,
+                         strategy: Strategy = "enqueue") -> Accepted:
+        """Ask for another answer to the stored user message ``message_id`` (PROTOCOL.md 1.1):
+        a new run beside the earlier answers, queued as ``strategy`` says; returns once its
+        ``answer_requested`` is durable (``Accepted.seq`` is that event's). The same
+        ``client_msg_id`` again answers the same ``Accepted``. Raises ``NotFound`` (no such
+        message in this thread), and what ``send`` raises."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}")
+        return await self.gateway.ask(
+            self.key, lambda r: Regenerate(message_id, client_msg_id, strategy, r))
+
+    async def turns(self, after: int = 0, limit: int = 100) -> list[TurnView]:
+        """The thread's runs with ``seq > after`` (the seq of the event that asked for each),
+        at most ``limit``, in seq order, as a client renders the tree (``tree.TurnView``).
+        Read from the journal: never activates the actor."""
+        return await read_turns(self.gateway.journal, self.key, after, limit)
 
     async def cancel(self, run_id: str | None = None) -> str:
         """Cancel the active run (or ``run_id``, if it is the active one); returns its id.

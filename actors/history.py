@@ -4,9 +4,10 @@ Invariants:
 
 - Only the run's own thread is read: the key comes from the run's frozen ``RunContext``, never
   from an argument, so no call can reach another thread or user.
-- Turns come in conversation order, oldest first: each user message, then the answer of the run
-  it started, once that run has ended. Runs are taken in the order of their messages, so two
-  messages queued back to back read as ``user, assistant, user, assistant``.
+- The history of a run is its branch (``tree.py``): the path from the root to the message the
+  run answers, and nothing of other branches. Turns come in that order, oldest first: each
+  message, then the answer of the run on the path that answers it (a message answered again
+  by a regenerate has several), once that run has ended.
 - An answer is ``agent_completed``'s ``text``; for a run that failed or was cancelled, the text
   it had streamed (its ``agent_delta`` pieces, laid at their offsets), possibly empty.
 - An answer carries the run's tool calls (``Turn.calls``), in the order they were made (their
@@ -20,15 +21,16 @@ Invariants:
   the rounds of a model apart, and none is needed to replay them.
 - A run's events count only while it is open: nothing after its terminal event is read into
   its turn.
-- Only what precedes the run's own message counts: the run's message (``run.text``), later
-  messages and runs still going on are not history.
-- The read is bounded by what is asked: the journal is read backwards a page at a time, only
-  until ``limit`` turns are complete (with the streamed pieces of those turns).
+- Only the run's ancestors count: the run's message (``run.text``), later messages and runs
+  still going on are not history.
+- The read is bounded by what is asked: ``limit`` turns are at most ``limit / 2 + 1`` nodes,
+  read by walking parents, and each one's events by a range of seqs (``Journal.branch``,
+  ``Journal.node_events``): never a scan of the thread.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import attrs
 
@@ -47,8 +49,8 @@ from .messages import (
     Event,
     ThreadKey,
 )
+from .tree import Node, TurnView
 
-PAGE = 500  # events per read, going backwards
 _OUTCOMES: dict[str, Literal["completed", "failed", "cancelled"]] = {
     AGENT_COMPLETED: "completed", AGENT_FAILED: "failed", AGENT_CANCELLED: "cancelled"}
 
@@ -152,46 +154,71 @@ class _Run:
                            _OUTCOMES[event.event], self.calls_so_far())
 
 
-def turns_of(events: list[Event], before: int) -> list[Turn]:
-    """The turns in ``events`` (ascending seq) of the runs whose messages precede seq
-    ``before``. A run whose message is not among the events is left out (its answer could be
-    incomplete), and a run that has not ended has no answer yet."""
-    runs: dict[str, _Run] = {}
-    for e in events:
-        run_id = e.run_id or ""
-        if e.event == USER_MESSAGE:
-            if e.seq < before:
-                runs[run_id] = _Run(Turn("user", e.data.get("text", ""), run_id, e.seq))
-            continue
-        run = runs.get(run_id)
-        if run is not None and run.answer is None:
-            run.take(e)
+def turns_along(path: Sequence[Node], events: Sequence[Event]) -> list[Turn]:
+    """The turns of a branch: for each node of ``path`` (root first), its message and, once
+    its run has ended, the answer, from ``events`` (``Journal.node_events`` of those nodes).
+    A message missing from ``events`` (erased meanwhile) leaves its node out."""
     out: list[Turn] = []
-    for run in runs.values():  # in the order the messages were stored
+    for run in _runs_of(path, events).values():  # root first
         out.append(run.message)
         if run.answer is not None:
             out.append(run.answer)
     return out
 
 
-async def read_history(journal: Journal, key: ThreadKey, before: int, limit: int) -> list[Turn]:
-    """The last ``limit`` turns of thread ``key`` whose messages precede seq ``before``, with
-    the answers of those runs (which may have been stored after ``before``)."""
+def _runs_of(nodes: Sequence[Node], events: Sequence[Event]) -> dict[str, _Run]:
+    """Each node's run as ``events`` tell it, in the order of ``nodes``."""
+    messages = {e.seq: e for e in events if e.event == USER_MESSAGE}
+    runs: dict[str, _Run] = {}
+    for node in nodes:
+        message = messages.get(node.message_seq)
+        if message is not None:
+            runs[node.run_id] = _Run(Turn("user", message.data.get("text", ""), node.run_id,
+                                          node.message_seq))
+    for e in events:
+        run = runs.get(e.run_id or "")
+        if run is not None and run.answer is None and e.seq > run.message.seq:
+            run.take(e)
+    return runs
+
+
+async def read_history(journal: Journal, key: ThreadKey, run_id: str, limit: int) -> list[Turn]:
+    """The last ``limit`` turns of the branch that ends at run ``run_id``'s message, before
+    that message (``tree.py``): its ancestors' messages and answers, none of another
+    branch's. O(the turns read): a walk of parents, then each one's events by a range."""
     if limit <= 0:
         return []
-    events: list[Event] = []
-    upto = await journal.last_seq(key)
-    messages = 0
-    while upto > 0:
-        after = max(0, upto - PAGE)
-        page = await journal.read(key, after, upto, limit=PAGE)
-        events[:0] = page
-        messages += sum(e.event == USER_MESSAGE and e.seq < before for e in page)
-        upto = after
-        # One message more than needed: every turn after the oldest message is complete.
-        if messages > limit:
-            break
-    return turns_of(events, before)[-limit:]
+    nodes = await journal.branch(key, run_id, limit // 2 + 2)  # the run, then two turns each
+    path = nodes[:0:-1]  # its ancestors, root first
+    return turns_along(path, await journal.node_events(key, path))[-limit:]
+
+
+async def read_turns(journal: Journal, key: ThreadKey, after: int, limit: int) -> list[TurnView]:
+    """``ThreadHandle.turns``: a page of the tree's runs, each with its message, its answer
+    and its places among its siblings, read with the runs' own events only."""
+    placed = await journal.turns(key, after, limit)
+    runs = _runs_of([p.node for p in placed], await journal.node_events(key,
+                                                                        [p.node for p in placed]))
+    views: list[TurnView] = []
+    for p in placed:
+        node, run = p.node, runs.get(p.node.run_id)
+        answer = run.answer if run is not None else None
+        views.append(TurnView(node.run_id, node.message_id, node.parent, node.seq,
+                              node.message_seq, run.message.text if run is not None else "",
+                              answer.text if answer else None,
+                              answer.outcome if answer else None, p.sibling_index,
+                              p.sibling_count, p.answer_index, p.answer_count))
+    return views
+
+
+async def message_of(journal: Journal, key: ThreadKey, message_id: str) -> Event | None:
+    """The stored ``user_message`` ``message_id`` of thread ``key``, if any (a regenerated
+    run answers its text)."""
+    node = await journal.message_node(key, message_id)
+    if node is None:
+        return None
+    events = await journal.read(key, node.message_seq - 1, node.message_seq, limit=1)
+    return events[0] if events and events[0].event == USER_MESSAGE else None
 
 
 def answer_so_far(transcript: list[Event]) -> Turn:

@@ -24,23 +24,28 @@ from .errors import JournalUnavailable, Unstorable
 from .stats import StoreStatistics
 from .messages import (
     AGENT_STARTED,
+    RUN_REQUESTS,
     TERMINAL_EVENTS,
-    USER_MESSAGE,
     Accepted,
     Event,
     ThreadInfo,
     ThreadKey,
 )
+from .tree import Node, Placed
+
+TITLE_LENGTH = 80  # code points of a thread's first message that are its title (PROTOCOL.md)
 
 
 @attrs.frozen(slots=True)
 class OpenRun:
-    """A run whose ``user_message`` is stored but whose terminal event is not."""
+    """A run whose first event (its ``user_message``, or a regenerate's ``answer_requested``)
+    is stored but whose terminal event is not."""
 
     key: ThreadKey
     run_id: str
     started: bool  # its agent_started is stored
-    seq: int = 0   # of its user_message (0: unknown)
+    seq: int = 0   # of its first event (0: unknown)
+    message_id: str = ""  # of the user_message it answers ("": unknown)
 
 
 class Done(Protocol):
@@ -96,7 +101,34 @@ class Journal(Protocol):
         """The thread's last seq, 0 for a thread with no event or that does not exist."""
 
     async def find_message(self, key: ThreadKey, client_msg_id: str) -> Accepted | None:
-        """The stored ``user_message`` of this thread with this ``client_msg_id``, if any."""
+        """The ``Accepted`` of the stored ``user_message`` or ``answer_requested`` of this
+        thread with this ``client_msg_id``, if any."""
+
+    # The conversation tree (``tree.py``): every store keeps one ``Node`` per run, written with
+    # the events that make and change it; each read costs O(what it returns) through indexes.
+
+    async def node(self, key: ThreadKey, run_id: str) -> Node | None:
+        """The node of run ``run_id`` of this thread, if stored."""
+
+    async def message_node(self, key: ThreadKey, message_id: str) -> Node | None:
+        """The node of the run that came with the ``user_message`` ``message_id`` (the first
+        to answer it), if this thread holds that message."""
+
+    async def newest_node(self, key: ThreadKey) -> Node | None:
+        """The node with the greatest ``seq``: the run asked for last (the default parent)."""
+
+    async def branch(self, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
+        """The node of ``run_id`` and its ancestors, nearest first, at most ``limit`` of them:
+        the path from the root to that run's message, read backwards by walking parents."""
+
+    async def node_events(self, key: ThreadKey, nodes: Sequence[Node]) -> list[Event]:
+        """In seq order, once each: every node's ``user_message``, and the events of every
+        node's run that has ended (by ``run_id``, between its ``started_seq``, or its ``seq``
+        if it has none, and its ``ended_seq``)."""
+
+    async def turns(self, key: ThreadKey, after: int, limit: int) -> list[Placed]:
+        """The nodes with ``seq > after``, at most ``limit``, in seq order, each with its
+        places among its siblings."""
 
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         """The user's threads, most recently updated first."""
@@ -251,18 +283,20 @@ def check_storable_key(key: ThreadKey) -> None:
 
 
 def accepted_of(event: Event) -> Accepted:
-    """The ``Accepted`` answer that a stored ``user_message`` event stands for."""
-    assert event.event == USER_MESSAGE and event.run_id is not None
+    """The ``Accepted`` answer that a stored ``user_message`` or ``answer_requested`` event
+    stands for."""
+    assert event.event in RUN_REQUESTS and event.run_id is not None
     return Accepted(event.key, event.data["message_id"], event.run_id, event.seq)
 
 
 def run_transition(event: Event) -> str | None:
-    """What an event does to its run's open/closed state: ``"open"`` (its ``user_message``),
-    ``"start"`` (``agent_started``), ``"close"`` (a terminal event) or None. Every journal
-    tracks open runs by this one rule."""
+    """What an event does to its run's open/closed state: ``"open"`` (its ``user_message``,
+    or a regenerate's ``answer_requested``), ``"start"`` (``agent_started``), ``"close"`` (a
+    terminal event) or None. Every journal tracks open runs, and the tree's nodes, by this
+    one rule."""
     if event.run_id is None:
         return None
-    if event.event == USER_MESSAGE:
+    if event.event in RUN_REQUESTS:
         return "open"
     if event.event == AGENT_STARTED:
         return "start"

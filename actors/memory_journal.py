@@ -9,22 +9,58 @@ Nothing survives the process.
 
 from __future__ import annotations
 
+import bisect
 from typing import Sequence
 
+import attrs
 import trio
 
-from .journal import (Done, OpenRun, accepted_of, check_storable, check_storable_key,
-                      data_bytes, track_open_runs)
-from .messages import USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
+from .journal import (TITLE_LENGTH, Done, OpenRun, accepted_of, check_storable,
+                      check_storable_key, data_bytes, run_transition, track_open_runs)
+from .messages import RUN_REQUESTS, USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
+from .tree import Node, Placed
 
 
 class _MemoryThread:
-    __slots__ = ("info", "events", "by_client_id")
+    __slots__ = ("info", "events", "by_client_id", "nodes", "answers", "children", "title")
 
     def __init__(self, info: ThreadInfo) -> None:
         self.info = info
         self.events: list[Event] = []
         self.by_client_id: dict[str, Event] = {}
+        self.nodes: dict[str, Node] = {}            # by run id, in seq order
+        self.answers: dict[str, list[str]] = {}     # message id: its runs, in seq order
+        self.children: dict[str | None, list[str]] = {}  # parent: its messages' first runs
+        self.title: str | None = None
+
+    def track(self, ev: Event) -> None:
+        """Keep the tree's nodes up to date with a stored event (``tree.py``)."""
+        transition = run_transition(ev)
+        run_id = ev.run_id or ""
+        if transition == "open":
+            data = ev.data
+            message_id = str(data.get("message_id", ""))
+            if ev.event == USER_MESSAGE:
+                node = Node(run_id, message_id, data.get("parent"), ev.seq, ev.seq)
+                self.children.setdefault(node.parent, []).append(run_id)
+                if self.title is None:
+                    self.title = str(data.get("text", ""))[:TITLE_LENGTH]
+            elif message_id in self.answers:
+                first = self.nodes[self.answers[message_id][0]]
+                node = Node(run_id, first.message_id, first.parent, first.message_seq, ev.seq)
+            else:
+                return  # a regenerate of a message never stored: no node (as in SQL)
+            self.nodes[run_id] = node
+            self.answers.setdefault(node.message_id, []).append(run_id)
+        elif transition is not None and run_id in self.nodes:
+            field = "started_seq" if transition == "start" else "ended_seq"
+            self.nodes[run_id] = attrs.evolve(self.nodes[run_id], **{field: ev.seq})
+
+    def placed(self, node: Node) -> Placed:
+        messages = self.children[node.parent]
+        answers = self.answers[node.message_id]
+        return Placed(node, messages.index(self.answers[node.message_id][0]), len(messages),
+                      answers.index(node.run_id), len(answers))
 
 
 class MemoryJournal:
@@ -69,9 +105,10 @@ class MemoryJournal:
                 raise ValueError(f"event {ev.key}/{ev.seq} does not follow seq {expected - 1}")
         t.events.extend(events)
         for ev in events:
-            cid = ev.data.get("client_msg_id") if ev.event == USER_MESSAGE else None
+            cid = ev.data.get("client_msg_id") if ev.event in RUN_REQUESTS else None
             if cid is not None:
                 t.by_client_id.setdefault(cid, ev)
+            t.track(ev)
         track_open_runs(self._open_runs, events)
         last = events[-1]
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
@@ -115,7 +152,8 @@ class MemoryJournal:
 
     async def threads(self, user_id: str) -> list[ThreadInfo]:
         await trio.lowlevel.checkpoint()
-        infos = [t.info for k, t in self._threads.items() if k.user_id == user_id]
+        infos = [attrs.evolve(t.info, title=t.title) for k, t in self._threads.items()
+                 if k.user_id == user_id]
         return sorted(infos, key=lambda i: (i.updated_at, i.key.thread_id), reverse=True)
 
     async def threads_page(self, user_id: str, limit: int,
@@ -140,15 +178,67 @@ class MemoryJournal:
 
     async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
         await trio.lowlevel.checkpoint()
-        return [OpenRun(k, run_id, started, self._opened_seq(k, run_id))
+        return [self._open_run(k, run_id, started)
                 for (k, run_id), started in self._open_runs.items() if key is None or k == key]
 
-    def _opened_seq(self, key: ThreadKey, run_id: str) -> int:
+    def _open_run(self, key: ThreadKey, run_id: str, started: bool) -> OpenRun:
         t = self._threads.get(key)
-        for ev in t.events if t is not None else ():
-            if ev.run_id == run_id:
-                return ev.seq  # its user_message: a run's first event
-        return 0
+        node = t.nodes.get(run_id) if t is not None else None
+        return OpenRun(key, run_id, started, node.seq if node else 0,
+                       node.message_id if node else "")
+
+    # -- the conversation tree --------------------------------------------------------------------
+
+    async def node(self, key: ThreadKey, run_id: str) -> Node | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return t.nodes.get(run_id) if t is not None else None
+
+    async def message_node(self, key: ThreadKey, message_id: str) -> Node | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        runs = t.answers.get(message_id) if t is not None else None
+        return t.nodes[runs[0]] if t is not None and runs else None
+
+    async def newest_node(self, key: ThreadKey) -> Node | None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        return next(reversed(t.nodes.values()), None) if t is not None else None
+
+    async def branch(self, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        out: list[Node] = []
+        node = t.nodes.get(run_id) if t is not None else None
+        while node is not None and len(out) < limit:
+            out.append(node)
+            node = t.nodes.get(node.parent) if node.parent is not None else None  # type: ignore[union-attr]
+        return out
+
+    async def node_events(self, key: ThreadKey, nodes: Sequence[Node]) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        if t is None:
+            return []
+        found: dict[int, Event] = {}
+        events = t.events  # seq n is events[n - 1]
+        for node in nodes:
+            if node.message_seq <= len(events):
+                found[node.message_seq] = events[node.message_seq - 1]
+            if node.ended_seq is not None:
+                for ev in events[(node.started_seq or node.seq) - 1:node.ended_seq]:
+                    if ev.run_id == node.run_id:
+                        found[ev.seq] = ev
+        return [found[seq] for seq in sorted(found)]
+
+    async def turns(self, key: ThreadKey, after: int, limit: int) -> list[Placed]:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        if t is None:
+            return []
+        nodes = list(t.nodes.values())  # in seq order
+        start = bisect.bisect_right([n.seq for n in nodes], after)
+        return [t.placed(n) for n in nodes[start:start + max(limit, 0)]]
 
     def statistics(self) -> None:
         return None  # nothing to count: no transactions, no outages

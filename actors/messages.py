@@ -6,8 +6,9 @@ nothing here is ever addressed by a bare ``thread_id``.
 
 from __future__ import annotations
 
+import enum
 import re
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Union
 
 import attrs
 
@@ -38,6 +39,7 @@ def is_thread_id(value: object) -> bool:
 # -- event names (PROTOCOL.md, "Events") --------------------------------------------------------
 
 USER_MESSAGE: Final = "user_message"
+ANSWER_REQUESTED: Final = "answer_requested"  # PROTOCOL.md 1.1: a regenerate
 AGENT_STARTED: Final = "agent_started"
 AGENT_THINKING: Final = "agent_thinking"
 AGENT_DELTA: Final = "agent_delta"
@@ -53,6 +55,19 @@ TERMINAL_EVENTS: Final = frozenset({AGENT_COMPLETED, AGENT_FAILED, AGENT_CANCELL
 
 Strategy = Literal["enqueue", "interrupt", "reject"]
 STRATEGIES: Final = ("enqueue", "interrupt", "reject")
+#: The events that ask for a run (its first event): a ``send``'s message, or a regenerate.
+RUN_REQUESTS: Final = frozenset({USER_MESSAGE, ANSWER_REQUESTED})
+
+
+class _Latest(enum.Enum):
+    LATEST = "latest"
+
+
+#: A message's ``parent`` when the sender names none: the thread's newest run (PROTOCOL.md
+#: 1.1, "The conversation tree"), or no parent (a root) when the thread has no run.
+LATEST: Final = _Latest.LATEST
+#: A ``send``'s parent: a run id of the thread, None for a new root, or ``LATEST``.
+Parent = Union[str, None, _Latest]
 
 
 @attrs.frozen(slots=True)
@@ -78,6 +93,9 @@ class ThreadInfo:
     last_seq: int
     created_at: float
     updated_at: float
+    #: The first 80 code points of the thread's first message (PROTOCOL.md 1.1), None before
+    #: it has one; only the journal's listings (``threads``, ``threads_page``) carry it.
+    title: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)
@@ -113,6 +131,18 @@ class Joined:
 @attrs.frozen(slots=True)
 class PostMessage:
     text: str
+    client_msg_id: str | None
+    strategy: Strategy
+    reply: Reply
+    parent: Parent = LATEST  # the run the message follows (``LATEST``: the newest)
+
+
+@attrs.frozen(slots=True)
+class Regenerate:
+    """PROTOCOL.md 1.1: another answer to the stored ``user_message`` ``message_id``; answered
+    ``Accepted`` once its ``answer_requested`` is stored (``NotFound``: no such message)."""
+
+    message_id: str
     client_msg_id: str | None
     strategy: Strategy
     reply: Reply
@@ -181,7 +211,7 @@ class Shutdown:
 
 
 #: Every request a ``ThreadActor`` answers; each carries its ``reply``.
-ThreadRequest = (PostMessage | Subscribe | Unsubscribe | CancelRun | Decide | GetInfo |
-                 DeleteThread)
+ThreadRequest = (PostMessage | Regenerate | Subscribe | Unsubscribe | CancelRun | Decide |
+                 GetInfo | DeleteThread)
 #: The closed set of what a ``ThreadActor``'s mailbox holds.
 ThreadMessage = ThreadRequest | Passivate | Shutdown

@@ -28,10 +28,11 @@ import trio
 from .approval import EXPIRED, Waiting, count_decision, decision_data, run_events, wait_of
 from .errors import JournalUnavailable, UnknownCall
 from .journal import Journal, OpenRun
-from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED, APPROVAL_DECIDED,
-                       USER_MESSAGE, Decide, Event, ThreadKey)
+from .history import message_of
+from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED, ANSWER_REQUESTED,
+                       APPROVAL_DECIDED, RUN_REQUESTS, Decide, Event, ThreadKey)
 from .run_queue import RunQueue
-from .run_writer import RunContext, RunControl
+from .run_writer import RunContext, RunControl, started_data
 from .sequencer import Sequencer
 from .stats import ThreadStats
 
@@ -61,7 +62,7 @@ async def restore(key: ThreadKey, journal: Journal, writes: Sequencer,
             if restarted or (waiting is not None and runs.active is not None):
                 await _close(writes, run, "internal error")
             continue
-        control = _control(key, run, events)
+        control = await _control(journal, key, run, events)
         if waiting.decided is None and _expired(waiting, writes.clock):
             events.append(await _store_decision(writes, stats, run.run_id, waiting.call_id,
                                                 False, EXPIRED))
@@ -123,7 +124,8 @@ async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> N
     if runs is None or runs.parked is None or runs.runner_on:
         return
     for control in runs.take_pending():
-        await writes.append(AGENT_STARTED, control.context.run_id, {})
+        await writes.append(AGENT_STARTED, control.context.run_id,
+                            started_data(control.context))
         await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
 
 
@@ -152,9 +154,13 @@ def forget(runs: RunQueue | None, stats: ThreadStats) -> None:
 
 # -- inside -----------------------------------------------------------------------------------
 
-def _control(key: ThreadKey, run: OpenRun, events: list[Event]) -> RunControl:
-    first = events[0] if events and events[0].event == USER_MESSAGE else None
+async def _control(journal: Journal, key: ThreadKey, run: OpenRun,
+                   events: list[Event]) -> RunControl:
+    first = events[0] if events and events[0].event in RUN_REQUESTS else None
     data: dict[str, Any] = first.data if first is not None else {}
+    if first is not None and first.event == ANSWER_REQUESTED:  # a regenerate: the message's
+        message = await message_of(journal, key, str(data.get("message_id")))
+        data = {**data, "text": message.data.get("text", "") if message is not None else ""}
     context = RunContext(key.user_id, key.thread_id, run.run_id, str(data.get("message_id")))
     control = RunControl(context, str(data.get("text", "")), first.seq if first else run.seq)
     control.started = any(e.event == AGENT_STARTED for e in events)
@@ -188,7 +194,7 @@ async def _end_parked(writes: Sequencer, runs: RunQueue, stats: ThreadStats,
 
 async def _resume(key: ThreadKey, journal: Journal, runs: RunQueue, stats: ThreadStats,
                   control: RunControl) -> None:
-    run = OpenRun(key, control.context.run_id, True, control.message_seq)
+    run = OpenRun(key, control.context.run_id, True, control.request_seq)
     control.transcript = await run_events(journal, run)
     runs.resume()
     stats.parked.discard(key)
@@ -196,7 +202,7 @@ async def _resume(key: ThreadKey, journal: Journal, runs: RunQueue, stats: Threa
 
 async def _close(writes: Sequencer, run: OpenRun, error: str) -> None:
     if not run.started:
-        await writes.append(AGENT_STARTED, run.run_id, {})
+        await writes.append(AGENT_STARTED, run.run_id, {"message_id": run.message_id})
     await writes.append(AGENT_FAILED, run.run_id, {"error": error})
     log.warning("%s: run %s was left open as the thread restarted; ended it", run.key,
                 run.run_id)

@@ -298,7 +298,7 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                     started = trio.current_time()
                     try:
                         history = partial(read_history, env.journal, sequencer.key,
-                                          control.message_seq)
+                                          control.context.run_id)
                         await execute(Run(writer, env.tools, history=history), env.agent)
                         # ``PARKED``: the run waits for a decision, with no task; its slot
                         # and the runner are let go, and it stays the thread's active run.

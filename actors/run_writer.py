@@ -74,19 +74,24 @@ class RunContext:
     user_id: str
     thread_id: str
     run_id: str
-    request_id: str
+    request_id: str  # the id of the user_message the run answers
+
+
+def started_data(context: RunContext) -> dict[str, Any]:
+    """``agent_started``'s data: the message the run answers (PROTOCOL.md 1.1)."""
+    return {"message_id": context.request_id}
 
 
 class RunControl:
     """The handle a thread keeps on its run: its context and its cancel scope."""
 
-    __slots__ = ("context", "text", "message_seq", "scope", "cancel_reason", "failure", "started",
+    __slots__ = ("context", "text", "request_seq", "scope", "cancel_reason", "failure", "started",
                  "approvals", "resumable", "parked", "transcript")
 
-    def __init__(self, context: RunContext, text: str, message_seq: int = 0) -> None:
+    def __init__(self, context: RunContext, text: str, request_seq: int = 0) -> None:
         self.context = context
         self.text = text
-        self.message_seq = message_seq  # of its user_message: history is what came before
+        self.request_seq = request_seq  # of the event that asked for it (its first)
         self.scope = trio.CancelScope()
         self.cancel_reason: str | None = None
         self.failure: str | None = None
@@ -233,7 +238,8 @@ class RunWriter:
         if self.control.transcript is not None and self.control.started:
             return
         self.control.started = True  # before: a journal may answer (and fail it) inside submit
-        self._sequencer.submit(AGENT_STARTED, self.context.run_id, {}, self._queued(start=True))
+        self._sequencer.submit(AGENT_STARTED, self.context.run_id, started_data(self.context),
+                               self._queued(start=True))
 
     def abandon_stream(self) -> None:
         """Write nothing more of the answer (``AnswerStream.abandon``): the run is torn down by
@@ -259,7 +265,7 @@ class RunWriter:
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + TERMINAL_WRITE_TIMEOUT
             if not self.control.started:  # cancelled before agent_started was stored
-                await self._store(AGENT_STARTED, {})
+                await self._store(AGENT_STARTED, started_data(self.context))
                 self.control.started = True
             terminal = self._end_stream(terminal)
             await self._store(*terminal)
@@ -275,7 +281,7 @@ class RunWriter:
         while True:
             try:
                 if not control.started:
-                    await append(AGENT_STARTED, run_id, {})
+                    await append(AGENT_STARTED, run_id, started_data(self.context))
                     control.started = True
                 await append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
                 return

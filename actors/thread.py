@@ -28,16 +28,18 @@ from . import parking
 from .approval import is_resumable
 from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
-                     MailboxFull, ThreadReload, UnknownCall, UnknownRun, Unstorable)
+                     MailboxFull, NotFound, ThreadReload, UnknownCall, UnknownRun, Unstorable)
+from .history import message_of
 from .journal import replay_page
 from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
 from .run_writer import RunContext, RunControl
-from .messages import (AGENT_STARTED, TERMINAL_EVENTS, THREAD_DELETED, USER_MESSAGE, Accepted,
-                       CancelRun, Decide, DeleteThread, Event, GetInfo, Joined, Passivate,
-                       PostMessage, Shutdown, Subscribe, ThreadInfo, ThreadKey, ThreadMessage,
-                       ThreadRequest, Unsubscribe)
+from .messages import (AGENT_STARTED, ANSWER_REQUESTED, LATEST, RUN_REQUESTS, TERMINAL_EVENTS,
+                       THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun, Decide, DeleteThread,
+                       Event, GetInfo, Joined, Passivate, PostMessage, Regenerate, Shutdown,
+                       Subscribe, ThreadInfo, ThreadKey, ThreadMessage, ThreadRequest,
+                       Unsubscribe)
 
 log = logging.getLogger("threadline.thread")
 
@@ -64,9 +66,13 @@ class Subscriber(Protocol):
         ``THREAD_DELETED`` (otherwise it is for people)."""
 
 
+#: ``ThreadActor._newest`` before it is read from the store.
+UNKNOWN: Any = object()
+
+
 class ThreadActor:
     __slots__ = ("key", "env", "_writes", "_created_at", "_updated_at", "_subscribers", "_runs",
-                 "_idle_since", "_loaded")
+                 "_idle_since", "_loaded", "_newest")
 
     def __init__(self, key: ThreadKey, env: ThreadEnv) -> None:
         self.key = key
@@ -77,6 +83,9 @@ class ThreadActor:
         self._runs: RunQueue | None = None  # made for the first run: idle actors stay small
         self._idle_since = trio.current_time()
         self._loaded = False  # started once: a restart compares the store with what it saw
+        # The run of the latest ``Accepted``: a message's default parent (``tree.py``). Read
+        # from the store at the first send after each start, kept as runs are asked for.
+        self._newest: str | None = UNKNOWN
 
     @property
     def phase(self) -> Phase:
@@ -107,6 +116,7 @@ class ThreadActor:
 
     async def run(self, mailbox: Mailbox) -> None:
         had = self._writes.seq  # after a restart: the last seq this actor saw stored
+        self._newest = UNKNOWN
         info = await self._load()
         self._writes.start(info.last_seq)
         self._created_at, self._updated_at = info.created_at, info.updated_at
@@ -208,7 +218,7 @@ class ThreadActor:
             events = await replay_page(self.env.journal, self.key, after, last_seq)
             for event in events:
                 self._deliver(event)
-                if event.event == USER_MESSAGE and event.run_id is not None:
+                if event.event in RUN_REQUESTS and event.run_id is not None:
                     unstarted[event.run_id] = event
                 elif event.event == AGENT_STARTED:
                     unstarted.pop(event.run_id or "", None)
@@ -216,9 +226,13 @@ class ThreadActor:
         known = set() if self._runs is None else self._runs.run_ids()
         for run_id, event in unstarted.items():
             if run_id not in known:
-                context = RunContext(self.key.user_id, self.key.thread_id, run_id,
-                                     event.data["message_id"])
-                self._run_queue().add(RunControl(context, event.data["text"], event.seq),
+                message_id = event.data["message_id"]
+                text = event.data.get("text")
+                if event.event == ANSWER_REQUESTED:
+                    message = await message_of(self.env.journal, self.key, message_id)
+                    text = message.data.get("text") if message is not None else ""
+                context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
+                self._run_queue().add(RunControl(context, str(text or ""), event.seq),
                                       "enqueue")
         if after != last_seq:
             subscribers, self._subscribers = self._subscribers, None
@@ -240,6 +254,8 @@ class ThreadActor:
             msg.reply.set(self.info())
         elif kind is PostMessage:
             await self._post(msg)
+        elif kind is Regenerate:
+            await self._regenerate(msg)
         elif kind is Subscribe:
             self._subscribe(msg)
         elif kind is Unsubscribe:
@@ -311,6 +327,43 @@ class ThreadActor:
     # -- handlers, and the append every event goes through ---------------------------------------
 
     async def _post(self, msg: PostMessage) -> None:
+        """A user message: stored (``user_message``, with its ``parent``), then its run
+        queued. ``NotFound``: its parent is no run of this thread."""
+        parent = msg.parent
+
+        async def place() -> tuple[str, dict[str, Any], str]:
+            nonlocal parent
+            if parent is LATEST:
+                parent = await self._newest_run()
+            elif parent is not None and parent != self._newest and (
+                    await self.env.journal.node(self.key, parent)) is None:
+                raise NotFound(f"no run {parent} in thread {self.key.thread_id!r}")
+            message_id = new_id("msg")
+            return message_id, {"message_id": message_id, "text": msg.text,
+                                "parent": parent}, msg.text
+
+        await self._ask_run(msg, USER_MESSAGE, place)
+
+    async def _regenerate(self, msg: Regenerate) -> None:
+        """Another answer to a stored message: ``answer_requested`` stored, then the run
+        queued (it answers the message's text). ``NotFound``: no such message here."""
+
+        async def place() -> tuple[str, dict[str, Any], str]:
+            message = await message_of(self.env.journal, self.key, msg.message_id)
+            if message is None:
+                raise NotFound(f"no message {msg.message_id} in thread "
+                               f"{self.key.thread_id!r}")
+            return msg.message_id, {"message_id": msg.message_id}, str(
+                message.data.get("text", ""))
+
+        await self._ask_run(msg, ANSWER_REQUESTED, place)
+
+    async def _ask_run(self, msg: PostMessage | Regenerate, event_name: str,
+                       place: Any) -> None:
+        """What a send and a regenerate share: refused while shutting down, answered from the
+        store for a ``client_msg_id`` seen before, admitted by the strategy, the event that
+        asks for the run (``place()``: its message id, data and the text the run answers)
+        stored, the run queued, and ``Accepted``."""
         reply = msg.reply
         if self.phase in SHUTTING_DOWN:
             reply.fail(ActorStopped("the thread is shutting down"))
@@ -322,19 +375,27 @@ class ThreadActor:
                     reply.set(prior)  # idempotent retry: same answer, no second run
                     return
             self._run_queue().admit(msg.strategy)
-            run_id, message_id = new_id("run"), new_id("msg")
-            data: dict[str, Any] = {"message_id": message_id, "text": msg.text}
+            message_id, data, text = await place()
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
-            event = await self._writes.append(USER_MESSAGE, run_id, data)
-        except (Busy, JournalUnavailable, Unstorable) as exc:
+            run_id = new_id("run")
+            event = await self._writes.append(event_name, run_id, data)
+        except (Busy, JournalUnavailable, Unstorable, NotFound) as exc:
             reply.fail(exc)
             return
+        self._newest = run_id
         context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
-        self._run_queue().add(RunControl(context, msg.text, event.seq), msg.strategy)
+        self._run_queue().add(RunControl(context, text, event.seq), msg.strategy)
         if msg.strategy == "interrupt":  # a parked run has no task to cancel: it ends here
             await parking.end_if_cancelled(self._writes, self._run_queue(), self.env.stats)
         reply.set(Accepted(self.key, message_id, run_id, event.seq))
+
+    async def _newest_run(self) -> str | None:
+        """The default parent: the run of the latest ``Accepted`` (None: the thread has none)."""
+        if self._newest is UNKNOWN:
+            node = await self.env.journal.newest_node(self.key)
+            self._newest = node.run_id if node is not None else None
+        return self._newest
 
     def _subscribe(self, msg: Subscribe) -> None:
         sub = msg.subscriber

@@ -51,7 +51,8 @@ async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.ti
             now = clock()
             if not run.started:
                 seq += 1
-                events.append(Event(key, seq, AGENT_STARTED, run.run_id, now, {}))
+                events.append(Event(key, seq, AGENT_STARTED, run.run_id, now,
+                                    {"message_id": run.message_id}))
             seq += 1
             events.append(Event(key, seq, AGENT_FAILED, run.run_id, now, dict(RESTARTED)))
         await journal.append(events)

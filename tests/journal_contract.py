@@ -11,6 +11,7 @@ import trio
 
 from threadline.actors.errors import JournalUnavailable, Unstorable
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
+from threadline.actors.tree import Node
 
 A = ThreadKey("alice", "main")
 B = ThreadKey("bob", "main")  # same thread id, other user: an unrelated thread
@@ -447,3 +448,124 @@ class JournalContract:
             ["t5", "t3", "t1", "t0"]
         await journal.ensure_thread(keys[4], 100.0)  # created again: at the front
         assert [i.key.thread_id for i in await journal.threads_page("alice", 0)] == ["t4"]
+
+    # -- the conversation tree (``threadline.actors.tree``) --------------------------------------
+
+    async def _tree(self, journal, key: ThreadKey = A) -> None:
+        """r1 (a root) answered; r2 follows it; r3 edits r2's message (a sibling: same parent);
+        r4 answers r2's message again (a regenerate), its events interleaved with a message
+        (r5, a root) stored while it ran; r5 is still open."""
+        await journal.ensure_thread(key, 1.0)
+        await journal.append([
+            tmsg(key, 1, "r1", None, "first"), ev(key, 2, "agent_started", "r1"),
+            ev(key, 3, "agent_delta", "r1", offset=0, text="one"),
+            ev(key, 4, "agent_completed", "r1", text="one!"),
+            tmsg(key, 5, "r2", "r1", "second"), ev(key, 6, "agent_started", "r2"),
+            ev(key, 7, "agent_failed", "r2", error="x"),
+            tmsg(key, 8, "r3", "r1", "second, edited", cid="c3"),
+            ev(key, 9, "agent_started", "r3"), ev(key, 10, "agent_completed", "r3", text="3")])
+        await journal.append([  # the regenerate in a later write than its message
+            Event(key, 11, "answer_requested", "r4", 1011.0,
+                  {"message_id": "m-r2", "client_msg_id": "c4"}),
+            ev(key, 12, "agent_started", "r4"), ev(key, 13, "agent_delta", "r4", offset=0,
+                                                  text="again"),
+            tmsg(key, 14, "r5", None, "x" * 100),
+            ev(key, 15, "agent_completed", "r4", text="again!")])
+
+    async def test_every_run_is_a_node_of_the_tree(self, journal):
+        await self._tree(journal)
+        r1, r2, r3, r4, r5 = [await journal.node(A, f"r{n}") for n in range(1, 6)]
+        assert r1 == Node("r1", "m-r1", None, 1, 1, 2, 4)
+        assert r2 == Node("r2", "m-r2", "r1", 5, 5, 6, 7)
+        assert r3 == Node("r3", "m-r3", "r1", 8, 8, 9, 10)
+        assert r4 == Node("r4", "m-r2", "r1", 5, 11, 12, 15)  # its message's place, its own seq
+        assert r5 == Node("r5", "m-r5", None, 14, 14)  # open: neither started nor ended
+        assert await journal.message_node(A, "m-r2") == r2  # the run that came with it
+        assert await journal.newest_node(A) == r5
+        assert await journal.node(A, "r9") is None
+        assert await journal.message_node(A, "m-r9") is None
+        # Another user's thread of the same id holds none of them.
+        assert await journal.node(B, "r1") is None and await journal.newest_node(B) is None
+        assert await journal.node(A, "r\x00") is None  # an id no store could hold
+
+    async def test_a_regenerate_is_found_by_its_client_msg_id_and_opens_its_run(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.append([tmsg(A, 1, "r1", None, "q"), ev(A, 2, "agent_started", "r1"),
+                              ev(A, 3, "agent_completed", "r1", text="a"),
+                              Event(A, 4, "answer_requested", "r2", 1004.0,
+                                    {"message_id": "m-r1", "client_msg_id": "again"})])
+        found = await journal.find_message(A, "again")
+        assert (found.message_id, found.run_id, found.seq) == ("m-r1", "r2", 4)
+        runs = await journal.open_runs(A)
+        assert [(r.run_id, r.started, r.seq, r.message_id) for r in runs] == [
+            ("r2", False, 4, "m-r1")]
+
+    async def test_a_branch_is_the_path_of_parents(self, journal):
+        await self._tree(journal)
+        await self._tree(journal, B)  # the same ids in another user's thread
+        r1, r4 = await journal.node(A, "r1"), await journal.node(A, "r4")
+        assert await journal.branch(A, "r4", 10) == [r4, r1]
+        assert await journal.branch(A, "r4", 1) == [r4]
+        assert [n.run_id for n in await journal.branch(A, "r3", 10)] == ["r3", "r1"]
+        assert await journal.branch(A, "r1", 10) == [r1]
+        assert await journal.branch(A, "r9", 10) == []
+        assert await journal.branch(ThreadKey("carol", "main"), "r4", 10) == []
+
+    async def test_node_events_are_the_messages_and_each_ended_runs_own(self, journal):
+        await self._tree(journal)
+        nodes = [await journal.node(A, f"r{n}") for n in (1, 4, 2, 5)]
+        got = [(e.seq, e.event, e.run_id) for e in await journal.node_events(A, nodes)]
+        assert got == [
+            (1, "user_message", "r1"), (2, "agent_started", "r1"), (3, "agent_delta", "r1"),
+            (4, "agent_completed", "r1"),
+            (5, "user_message", "r2"),  # once, though r2 and r4 both answer it
+            (6, "agent_started", "r2"), (7, "agent_failed", "r2"),
+            # r4's: not its answer_requested, not r5's message stored while it ran
+            (12, "agent_started", "r4"), (13, "agent_delta", "r4"),
+            (14, "user_message", "r5"),  # r5's own message: r5 is open, so nothing more
+            (15, "agent_completed", "r4")]
+        assert await journal.node_events(A, []) == []
+
+    async def test_turns_are_paged_by_seq_with_their_places_among_siblings(self, journal):
+        await self._tree(journal)
+        placed = await journal.turns(A, 0, 100)
+        assert [(p.node.run_id, p.sibling_index, p.sibling_count, p.answer_index,
+                 p.answer_count) for p in placed] == [
+            ("r1", 0, 2, 0, 1),  # roots: r1 and r5
+            ("r2", 0, 2, 0, 2),  # r2's message and r3's share r1
+            ("r3", 1, 2, 0, 1),
+            ("r4", 0, 2, 1, 2),  # the second answer to r2's message
+            ("r5", 1, 2, 0, 1)]
+        assert [p.node.run_id for p in await journal.turns(A, 5, 2)] == ["r3", "r4"]
+        assert [p.node.run_id for p in await journal.turns(A, 11, 100)] == ["r5"]
+        assert await journal.turns(A, 14, 100) == [] and await journal.turns(B, 0, 9) == []
+
+    async def test_a_threads_title_is_its_first_messages_first_80_code_points(self, journal):
+        await journal.ensure_thread(B, 1.0)
+        await journal.append([tmsg(B, 1, "r1", None, "é" * 90), ev(B, 2, "agent_started", "r1")])
+        await journal.append([tmsg(B, 3, "r2", "r1", "later")])
+        await journal.ensure_thread(ThreadKey("bob", "empty"), 2.0)
+        titles = {i.key.thread_id: i.title for i in await journal.threads("bob")}
+        assert titles == {"main": "é" * 80, "empty": None}
+        assert [i.title for i in await journal.threads_page("bob", 10)] == ["é" * 80, None]
+
+    async def test_delete_erases_the_tree_too(self, journal):
+        await self._tree(journal)
+        await self._tree(journal, B)
+        assert await journal.delete_thread(A)
+        assert await journal.node(A, "r1") is None and await journal.turns(A, 0, 10) == []
+        assert await journal.branch(A, "r4", 10) == []
+        assert [n.run_id for n in await journal.branch(B, "r4", 10)] == ["r4", "r1"]
+        await journal.ensure_thread(A, 9.0)
+        await journal.append([tmsg(A, 1, "r1", None, "anew")])
+        assert await journal.node(A, "r1") == Node("r1", "m-r1", None, 1, 1)
+        assert [i.title for i in await journal.threads("alice")] == ["anew"]
+
+
+def tmsg(key: ThreadKey, seq: int, run_id: str, parent: str | None, text: str,
+         cid: str | None = None) -> Event:
+    """A ``user_message`` as a thread writes it (1.1): its message id is ``m-`` + its run's."""
+    data: dict[str, object] = {"message_id": f"m-{run_id}", "text": text, "parent": parent}
+    if cid is not None:
+        data["client_msg_id"] = cid
+    return Event(key, seq, USER_MESSAGE, run_id, 1000.0 + seq, data)

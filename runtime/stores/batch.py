@@ -14,8 +14,8 @@ import json
 import threading
 from typing import Any, Callable, Collection, Protocol, Sequence
 
-from threadline.actors.journal import run_transition
-from threadline.actors.messages import Event, ThreadInfo, ThreadKey
+from threadline.actors.journal import TITLE_LENGTH, run_transition
+from threadline.actors.messages import USER_MESSAGE, Event, ThreadInfo, ThreadKey
 
 from .sql import AppendOp, DeleteOp, EnsureOp, Op
 
@@ -32,18 +32,18 @@ def op_key(op: Op) -> ThreadKey:
 
 
 def load_threads(cur: Any, keys: list[ThreadKey]) -> dict[ThreadKey, list[Any]]:
-    """``{key: [last_seq, created_at, updated_at]}`` of those keys that exist."""
+    """``{key: [last_seq, created_at, updated_at, title]}`` of those keys that exist."""
     found: dict[ThreadKey, list[Any]] = {}
     for i in range(0, len(keys), KEYS_PER_QUERY):
         chunk = keys[i:i + KEYS_PER_QUERY]
         values = ",".join(["(%s, %s)"] * len(chunk))
         cur.execute(
             f"WITH k(u, t) AS (VALUES {values}) SELECT th.user_id, th.thread_id, th.last_seq, "
-            "th.created_at, th.updated_at FROM threads th JOIN k ON th.user_id = k.u AND "
-            "th.thread_id = k.t",
+            "th.created_at, th.updated_at, th.title FROM threads th JOIN k ON th.user_id = k.u "
+            "AND th.thread_id = k.t",
             [x for key in chunk for x in (key.user_id, key.thread_id)])
-        for user_id, thread_id, last_seq, created, updated in cur.fetchall():
-            found[ThreadKey(user_id, thread_id)] = [last_seq, created, updated]
+        for user_id, thread_id, last_seq, created, updated, title in cur.fetchall():
+            found[ThreadKey(user_id, thread_id)] = [last_seq, created, updated, title]
     return found
 
 
@@ -61,7 +61,7 @@ class Fence(Protocol):
 
 
 class ThreadCache:
-    """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at]``), so that a
+    """The writer's copy of ``threads`` rows (``[last_seq, created_at, updated_at, title]``), so that a
     batch need not read them back: the journal is the only writer of its store (in a cluster,
     of the shards its node holds: only their rows are kept, see ``committed`` and ``forget``).
     Bounded; an entry missing is read from the store. Rows change only when a batch commits,
@@ -117,9 +117,17 @@ class _Writes:
         self.runs_opened: dict[tuple[str, str, str], list[Any]] = {}
         self.runs_started: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self.runs_closed: list[tuple[Any, ...]] = []
+        # The tree's nodes (``turns``): made by a message or a regenerate (netted with their
+        # start and end when those are in the batch too), else a start or an end updated.
+        self.nodes: dict[tuple[str, str, str], list[Any]] = {}
+        self.answers: dict[tuple[str, str, str], list[Any]] = {}
+        self.nodes_started: list[tuple[Any, ...]] = []
+        self.nodes_ended: list[tuple[Any, ...]] = []
         self.touched: set[ThreadKey] = set()
 
-    def add_events(self, key: ThreadKey, events: Sequence[Event]) -> None:
+    def add_events(self, key: ThreadKey, events: Sequence[Event], row: list[Any]) -> None:
+        """Gather ``events`` of thread ``key``, whose cached row is ``row`` (its title is
+        set here, by its first message)."""
         u, t = key.user_id, key.thread_id
         for ev in events:
             self.events.append((u, t, ev.seq, ev.event, ev.run_id, ev.ts, dumps(ev.data)))
@@ -129,20 +137,40 @@ class _Writes:
             run = (u, t, ev.run_id)
             if transition == "open":
                 self.runs_opened[run] = [u, t, ev.run_id, 0, ev.seq]
-                cid = ev.data.get("client_msg_id")
+                data = ev.data
+                cid = data.get("client_msg_id")
                 if cid is not None:
-                    self.client_ids.append((u, t, cid, ev.data["message_id"], ev.run_id,
-                                            ev.seq))
+                    self.client_ids.append((u, t, cid, data["message_id"], ev.run_id, ev.seq))
+                if ev.event == USER_MESSAGE:
+                    self.nodes[run] = [u, t, ev.run_id, str(data.get("message_id", "")),
+                                       data.get("parent") or "", ev.seq, ev.seq, None, None]
+                    if row[3] is None:
+                        row[3] = str(data.get("text", ""))[:TITLE_LENGTH]
+                else:  # a regenerate: the rest of the node is its message's, in the store
+                    self.answers[run] = [ev.run_id, ev.seq, None, None, u, t,
+                                         str(data.get("message_id", ""))]
             elif transition == "start":
+                self._node_at(run, 7, 2, ev.seq, self.nodes_started)
                 opened = self.runs_opened.get(run)
                 if opened is not None:
                     opened[3] = 1
                 else:
                     self.runs_started[run] = run
-            elif self.runs_opened.pop(run, None) is None:  # close of a run opened earlier
-                self.runs_started.pop(run, None)
-                self.runs_closed.append(run)
+            else:
+                self._node_at(run, 8, 3, ev.seq, self.nodes_ended)
+                if self.runs_opened.pop(run, None) is None:  # close of a run opened earlier
+                    self.runs_started.pop(run, None)
+                    self.runs_closed.append(run)
         self.touched.add(key)
+
+    def _node_at(self, run: tuple[str, str, str], at: int, answer_at: int, seq: int,
+                 updates: list[tuple[Any, ...]]) -> None:
+        """A node's start or end: into its row if it is made in this batch, else updated."""
+        made = self.nodes.get(run) or self.answers.get(run)
+        if made is not None:
+            made[at if run in self.nodes else answer_at] = seq
+        else:
+            updates.append((seq, *run))
 
     def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None],
               insert: Callable[[Any, list[tuple[Any, ...]]], None]) -> None:
@@ -167,16 +195,34 @@ class _Writes:
         if self.runs_closed:
             cur.executemany("DELETE FROM open_runs WHERE user_id = %s AND thread_id = %s AND "
                             "run_id = %s", self.runs_closed)
-        rows = [(row[0], row[2], k.user_id, k.thread_id) for k in self.touched
+        if self.nodes:
+            cur.executemany("INSERT INTO turns (user_id, thread_id, run_id, message_id, parent, "
+                            "message_seq, seq, started_seq, ended_seq) VALUES (%s, %s, %s, %s, "
+                            "%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            [tuple(n) for n in self.nodes.values()])
+        if self.answers:  # after the messages: one stored in this batch is found
+            cur.executemany("INSERT INTO turns (user_id, thread_id, run_id, message_id, parent, "
+                            "message_seq, seq, started_seq, ended_seq) SELECT user_id, "
+                            "thread_id, %s, message_id, parent, message_seq, %s, %s, %s FROM "
+                            "turns WHERE user_id = %s AND thread_id = %s AND message_id = %s "
+                            "AND seq = message_seq ON CONFLICT DO NOTHING",
+                            [tuple(a) for a in self.answers.values()])
+        if self.nodes_started:
+            cur.executemany("UPDATE turns SET started_seq = %s WHERE user_id = %s AND "
+                            "thread_id = %s AND run_id = %s", self.nodes_started)
+        if self.nodes_ended:
+            cur.executemany("UPDATE turns SET ended_seq = %s WHERE user_id = %s AND "
+                            "thread_id = %s AND run_id = %s", self.nodes_ended)
+        rows = [(row[0], row[2], row[3], k.user_id, k.thread_id) for k in self.touched
                 if (row := state.get(k)) is not None]
         if rows:
-            cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s WHERE "
-                            "user_id = %s AND thread_id = %s", rows)
+            cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s, title = %s "
+                            "WHERE user_id = %s AND thread_id = %s", rows)
 
 
 #: A deletion erases a thread from every table (``threads`` last: its row is the thread).
 DELETES = tuple(f"DELETE FROM {table} WHERE user_id = %s AND thread_id = %s"
-                for table in ("events", "client_ids", "open_runs", "threads"))
+                for table in ("events", "client_ids", "open_runs", "turns", "threads"))
 
 
 def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
@@ -205,7 +251,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
             results.append(fence.error(key))  # type: ignore[union-attr]
         elif isinstance(op, EnsureOp):
             if row is None:
-                row = state[key] = [0, op.now, op.now]
+                row = state[key] = [0, op.now, op.now, None]
                 writes.threads.append((key.user_id, key.thread_id, op.now, op.now))
             results.append(ThreadInfo(key, row[0], row[1], row[2]))
         elif isinstance(op, DeleteOp):
@@ -221,7 +267,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
         elif any(ev.key != key or ev.seq != row[0] + i + 1 for i, ev in enumerate(op.events)):
             results.append(ValueError(f"events of {key} do not follow seq {row[0]}"))
         else:
-            writes.add_events(key, op.events)
+            writes.add_events(key, op.events, row)
             changed.add(key)
             row[0] = op.events[-1].seq
             row[2] = max(row[2], op.events[-1].ts)

@@ -37,6 +37,7 @@ from threadline.actors.journal import (Done, OpenRun, check_storable, check_stor
                                        storable_key, unstorable_reason)
 from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from threadline.actors.tree import Node, Placed
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
 from . import batch, sql
@@ -169,6 +170,38 @@ class DurableJournal:
 
     async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
         return await self.read_with(sql.open_runs, key)
+
+    # -- the conversation tree: ids a store could never hold were never stored ------------------
+
+    async def node(self, key: ThreadKey, run_id: str) -> Node | None:
+        if not storable_key(key) or unstorable_reason(run_id) is not None:
+            return await _nothing(None)
+        return await self.read_with(sql.node, key, run_id)
+
+    async def message_node(self, key: ThreadKey, message_id: str) -> Node | None:
+        if not storable_key(key) or unstorable_reason(message_id) is not None:
+            return await _nothing(None)
+        return await self.read_with(sql.message_node, key, message_id)
+
+    async def newest_node(self, key: ThreadKey) -> Node | None:
+        if not storable_key(key):
+            return await _nothing(None)
+        return await self.read_with(sql.newest_node, key)
+
+    async def branch(self, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
+        if not storable_key(key) or unstorable_reason(run_id) is not None or limit <= 0:
+            return await _nothing([])
+        return await self.read_with(sql.branch, key, run_id, limit)
+
+    async def node_events(self, key: ThreadKey, nodes: Sequence[Node]) -> list[Event]:
+        if not storable_key(key):
+            return await _nothing([])
+        return await self.read_with(sql.node_events, key, list(nodes), self.backend.load_data)
+
+    async def turns(self, key: ThreadKey, after: int, limit: int) -> list[Placed]:
+        if not storable_key(key) or limit <= 0:
+            return await _nothing([])
+        return await self.read_with(sql.turns, key, after, limit)
 
     async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` (a blocking read: the queries here, a cluster node's batched

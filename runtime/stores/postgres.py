@@ -45,6 +45,7 @@ DIALECT = schema.Dialect(
                  "INSERT INTO threadline_schema (version) VALUES ({version})"),
     probes=(),  # the server checks its own pages
     data_bytes="octet_length(data::text)",  # the JSONB as text: what the driver receives
+    data_field="({row}.data ->> '{field}')",
 )
 
 

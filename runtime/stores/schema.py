@@ -13,8 +13,10 @@ Invariants:
   (``Dialect.get_version``) says once migrated; a store whose record says more was made by a
   newer threadline and is refused.
 - Only the dialect differs between the databases: the SQL type of each column ``Type``, what
-  follows a ``CREATE TABLE``, where the version is kept, what is read at start, and how a
-  read counts the bytes of an event's data.
+  follows a ``CREATE TABLE``, where the version is kept, what is read at start, how a read
+  counts the bytes of an event's data, and how a migration reads a field of it.
+- A migration that adds what existing rows must have too fills it in (``Fill``), in the same
+  transaction: a store is never at a version whose tables say less than its events.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Mapping
 
 import attrs
 
-__all__ = ["Column", "Dialect", "Index", "MIGRATIONS", "Migration", "Table", "Type", "VERSION",
-           "created"]
+__all__ = ["AddColumn", "Column", "Dialect", "Fill", "Index", "MIGRATIONS", "Migration", "Table",
+           "Type", "VERSION", "created"]
 
 
 class Type(enum.Enum):
@@ -52,6 +54,8 @@ class Dialect:
     probes: tuple[str, ...]            # last in the migrating transaction, rows fetched
     data_bytes: str                    # SQL for the bytes of an ``events`` row's ``data`` as
                                        # a read fetches it (``read``'s ``max_bytes``)
+    data_field: str                    # SQL for the text of the top-level field ``{field}``
+                                       # of an ``events`` row's ``data`` aliased ``{row}``
 
 
 @attrs.frozen
@@ -87,12 +91,50 @@ class Index:
 
 
 @attrs.frozen
+class AddColumn:
+    """A column added to a table that exists (its rows get NULL: ``null`` must be true)."""
+
+    table: str
+    column: Column
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.column.name}"
+
+    def ddl(self, dialect: Dialect) -> str:
+        return f"ALTER TABLE {self.table} ADD COLUMN {self.column.ddl(dialect)}"
+
+
+@attrs.frozen
+class Fill:
+    """A statement that fills in what a migration adds for the rows already stored; its
+    ``{data:ROW.FIELD}`` marks are the dialect's ``data_field`` of that row's field."""
+
+    sql: str
+
+    @property
+    def name(self) -> str:
+        return ""  # never created, never dropped
+
+    def ddl(self, dialect: Dialect) -> str:
+        out = self.sql
+        while (start := out.find("{data:")) >= 0:
+            end = out.index("}", start)
+            row, field = out[start + 6:end].split(".")
+            out = out[:start] + dialect.data_field.format(row=row, field=field) + out[end + 1:]
+        return out
+
+
+Item = Table | Index | AddColumn | Fill
+
+
+@attrs.frozen
 class Migration:
     """Version ``version``: creates ``creates``, in that order, then drops the indexes named
     in ``drops`` (each replaced by one it creates)."""
 
     version: int
-    creates: tuple[Table | Index, ...]
+    creates: tuple[Item, ...]
     drops: tuple[str, ...] = ()
 
     def statements(self, dialect: Dialect) -> list[str]:
@@ -148,6 +190,43 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, (
         Index("threads_by_user_update", "threads", ("user_id", "updated_at", "thread_id")),
     ), drops=("threads_by_update",)),
+    # The conversation tree (PROTOCOL.md 1.1; ``threadline.actors.tree``): one row per run,
+    # written with the event that asks for it and kept with its start and end, so that a
+    # branch is a walk of parents by primary key and each run's events a range of seqs. A
+    # root's ``parent`` is '' (never a run id), so that one equality finds any message's
+    # siblings through ``turns_by_parent``. A thread's ``title`` (its first message's first 80
+    # code points) is kept in its row, so a page of the thread list reads no events. Existing
+    # threads become single branches: each message follows the run of the message before it.
+    Migration(4, (
+        AddColumn("threads", Column("title", Type.TEXT, null=True)),
+        Table("turns", (
+            *_texts("user_id", "thread_id", "run_id", "message_id", "parent"),
+            Column("message_seq", Type.SEQ), Column("seq", Type.SEQ),
+            Column("started_seq", Type.SEQ, null=True), Column("ended_seq", Type.SEQ, null=True),
+        ), key=("user_id", "thread_id", "run_id")),
+        Index("turns_by_seq", "turns", ("user_id", "thread_id", "seq")),
+        Index("turns_by_message", "turns", ("user_id", "thread_id", "message_id", "seq")),
+        Index("turns_by_parent", "turns",
+              ("user_id", "thread_id", "parent", "message_seq", "seq")),
+        Fill(
+            "INSERT INTO turns (user_id, thread_id, run_id, message_id, parent, message_seq, "
+            "seq, started_seq, ended_seq) "
+            "SELECT m.user_id, m.thread_id, m.run_id, COALESCE({data:m.message_id}, ''), "
+            "COALESCE(LAG(m.run_id) OVER (PARTITION BY m.user_id, m.thread_id ORDER BY m.seq), "
+            "''), m.seq, m.seq, s.seq, e.seq FROM events m "
+            "LEFT JOIN (SELECT user_id, thread_id, run_id, MIN(seq) AS seq FROM events "
+            "WHERE event = 'agent_started' GROUP BY user_id, thread_id, run_id) s "
+            "ON s.user_id = m.user_id AND s.thread_id = m.thread_id AND s.run_id = m.run_id "
+            "LEFT JOIN (SELECT user_id, thread_id, run_id, MIN(seq) AS seq FROM events "
+            "WHERE event IN ('agent_completed', 'agent_failed', 'agent_cancelled') "
+            "GROUP BY user_id, thread_id, run_id) e "
+            "ON e.user_id = m.user_id AND e.thread_id = m.thread_id AND e.run_id = m.run_id "
+            "WHERE m.event = 'user_message' AND m.run_id IS NOT NULL"),
+        Fill(
+            "UPDATE threads SET title = (SELECT substr({data:f.text}, 1, 80) FROM events f "
+            "WHERE f.user_id = threads.user_id AND f.thread_id = threads.thread_id AND "
+            "f.event = 'user_message' ORDER BY f.seq LIMIT 1)"),
+    )),
 )
 
 VERSION = MIGRATIONS[-1].version
@@ -157,4 +236,4 @@ def created() -> list[Table | Index]:
     """Every table and index the migrations leave in a store, in the order they create them."""
     dropped = {name for migration in MIGRATIONS for name in migration.drops}
     return [item for migration in MIGRATIONS for item in migration.creates
-            if item.name not in dropped]
+            if isinstance(item, (Table, Index)) and item.name not in dropped]

@@ -17,6 +17,7 @@ import attrs
 
 from threadline.actors.journal import OpenRun
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from threadline.actors.tree import Node, Placed
 
 from . import schema
 from .errors import StoreError, first_line
@@ -198,16 +199,18 @@ def find_message(cur: Any, key: ThreadKey, client_msg_id: str) -> Accepted | Non
 
 
 def threads(cur: Any, user_id: str) -> list[ThreadInfo]:
-    cur.execute("SELECT thread_id, last_seq, created_at, updated_at FROM threads WHERE "
+    cur.execute("SELECT thread_id, last_seq, created_at, updated_at, title FROM threads WHERE "
                 "user_id = %s ORDER BY updated_at DESC, thread_id DESC", (user_id,))
-    return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
+    return [ThreadInfo(ThreadKey(user_id, t), s, c, u, title)
+            for t, s, c, u, title in cur.fetchall()]
 
 
 def threads_page(cur: Any, user_id: str, limit: int,
                  before: tuple[float, str] | None) -> list[ThreadInfo]:
     """``Journal.threads_page``: a seek on the index (user_id, updated_at, thread_id) (schema
     migration 3), read backwards; ``limit + 1`` rows at most, whatever the user holds."""
-    columns = "SELECT thread_id, last_seq, created_at, updated_at FROM threads WHERE user_id = %s"
+    columns = ("SELECT thread_id, last_seq, created_at, updated_at, title FROM threads "
+               "WHERE user_id = %s")
     order = "ORDER BY updated_at DESC, thread_id DESC LIMIT %s"
     if before is None:
         cur.execute(f"{columns} {order}", (user_id, limit + 1))
@@ -216,16 +219,113 @@ def threads_page(cur: Any, user_id: str, limit: int,
         # would not).
         cur.execute(f"{columns} AND (updated_at, thread_id) < (%s, %s) {order}",
                     (user_id, before[0], before[1], limit + 1))
-    return [ThreadInfo(ThreadKey(user_id, t), s, c, u) for t, s, c, u in cur.fetchall()]
+    return [ThreadInfo(ThreadKey(user_id, t), s, c, u, title)
+            for t, s, c, u, title in cur.fetchall()]
 
 
 def open_runs(cur: Any, key: ThreadKey | None = None) -> list[OpenRun]:
+    """``Journal.open_runs``, each with the message it answers (from its node)."""
+    columns = ("SELECT o.user_id, o.thread_id, o.run_id, o.started, o.opened_seq, n.message_id "
+               "FROM open_runs o LEFT JOIN turns n ON n.user_id = o.user_id AND "
+               "n.thread_id = o.thread_id AND n.run_id = o.run_id")
     if key is not None:
-        cur.execute("SELECT user_id, thread_id, run_id, started, opened_seq FROM open_runs "
-                    "WHERE user_id = %s AND thread_id = %s ORDER BY opened_seq",
+        cur.execute(f"{columns} WHERE o.user_id = %s AND o.thread_id = %s ORDER BY o.opened_seq",
                     (key.user_id, key.thread_id))
     else:
-        cur.execute("SELECT user_id, thread_id, run_id, started, opened_seq FROM open_runs "
-                    "ORDER BY user_id, thread_id, opened_seq")
-    return [OpenRun(ThreadKey(u, t), r, bool(s), q or 0) for u, t, r, s, q in cur.fetchall()]
+        cur.execute(f"{columns} ORDER BY o.user_id, o.thread_id, o.opened_seq")
+    return [OpenRun(ThreadKey(u, t), r, bool(s), q or 0, m or "")
+            for u, t, r, s, q, m in cur.fetchall()]
 
+
+
+# -- the conversation tree (``threadline.actors.tree``; schema migration 4) ----------------------
+
+NODE = "run_id, message_id, parent, message_seq, seq, started_seq, ended_seq"
+_THREAD = "user_id = %s AND thread_id = %s"
+
+
+def _node(row: Sequence[Any]) -> Node:
+    run_id, message_id, parent, message_seq, seq, started, ended = row[:7]
+    return Node(run_id, message_id, parent or None, message_seq, seq, started, ended)
+
+
+def node(cur: Any, key: ThreadKey, run_id: str) -> Node | None:
+    cur.execute(f"SELECT {NODE} FROM turns WHERE {_THREAD} AND run_id = %s",
+                (key.user_id, key.thread_id, run_id))
+    row = cur.fetchone()
+    return _node(row) if row else None
+
+
+def message_node(cur: Any, key: ThreadKey, message_id: str) -> Node | None:
+    """The node of the run that came with the message (its first: ``seq = message_seq``)."""
+    cur.execute(f"SELECT {NODE} FROM turns WHERE {_THREAD} AND message_id = %s "
+                "ORDER BY seq LIMIT 1", (key.user_id, key.thread_id, message_id))
+    row = cur.fetchone()
+    return _node(row) if row else None
+
+
+def newest_node(cur: Any, key: ThreadKey) -> Node | None:
+    cur.execute(f"SELECT {NODE} FROM turns WHERE {_THREAD} ORDER BY seq DESC LIMIT 1",
+                (key.user_id, key.thread_id))
+    row = cur.fetchone()
+    return _node(row) if row else None
+
+
+def branch(cur: Any, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
+    """``Journal.branch``: a recursive walk of parents, each step a primary-key look-up."""
+    cols = ", ".join(f"t.{c.strip()}" for c in NODE.split(","))
+    cur.execute(
+        f"WITH RECURSIVE path({NODE}, depth) AS ("
+        f" SELECT {NODE}, 1 FROM turns WHERE {_THREAD} AND run_id = %s"
+        f" UNION ALL SELECT {cols}, p.depth + 1 FROM path p JOIN turns t"
+        "  ON t.user_id = %s AND t.thread_id = %s AND t.run_id = p.parent"
+        "  WHERE p.depth < %s AND p.parent <> ''"
+        f") SELECT {NODE} FROM path ORDER BY depth",
+        (key.user_id, key.thread_id, run_id, key.user_id, key.thread_id, limit))
+    return [_node(row) for row in cur.fetchall()]
+
+
+def node_events(cur: Any, key: ThreadKey, nodes: Sequence[Node],
+                load: Callable[[Any], dict[str, Any]]) -> list[Event]:
+    """``Journal.node_events``: each node's user_message by primary key, and each ended run's
+    own events by a range of the primary key (``tree``: they lie between its start and end;
+    from its first event, for a run ended with no start stored)."""
+    if not nodes:
+        return []
+    values = ", ".join(["(%s, CAST(%s AS BIGINT), CAST(%s AS BIGINT), CAST(%s AS BIGINT))"]
+                       * len(nodes))
+    params: list[Any] = []
+    for n in nodes:
+        ended = n.ended_seq is not None
+        params += [n.run_id, n.message_seq, (n.started_seq or n.seq) if ended else 0,
+                   n.ended_seq if ended else -1]
+    cols = "e.seq, e.event, e.run_id, e.ts, e.data"
+    cur.execute(
+        f"WITH n(run_id, message_seq, lo, hi) AS (VALUES {values}) "
+        f"SELECT {cols} FROM n JOIN events e ON e.user_id = %s AND e.thread_id = %s "
+        "AND e.seq = n.message_seq "
+        f"UNION ALL SELECT {cols} FROM n JOIN events e ON e.user_id = %s AND e.thread_id = %s "
+        "AND e.seq >= n.lo AND e.seq <= n.hi AND e.run_id = n.run_id ORDER BY 1",
+        (*params, key.user_id, key.thread_id, key.user_id, key.thread_id))
+    out: list[Event] = []
+    for seq, name, run_id, ts, data in cur.fetchall():
+        if not out or out[-1].seq != seq:  # a message two nodes share, once
+            out.append(Event(key, seq, name, run_id, ts, load(data)))
+    return out
+
+
+def turns(cur: Any, key: ThreadKey, after: int, limit: int) -> list[Placed]:
+    """``Journal.turns``: a page of nodes by ``turns_by_seq``, each with its places among its
+    siblings, counted on ``turns_by_parent`` and ``turns_by_message``."""
+    same = "s.user_id = t.user_id AND s.thread_id = t.thread_id"
+    messages = f"{same} AND s.parent = t.parent AND s.seq = s.message_seq"
+    answers = f"{same} AND s.message_id = t.message_id"
+    cur.execute(
+        f"SELECT {', '.join(f't.{c.strip()}' for c in NODE.split(','))},"
+        f" (SELECT COUNT(*) FROM turns s WHERE {messages} AND s.message_seq < t.message_seq),"
+        f" (SELECT COUNT(*) FROM turns s WHERE {messages}),"
+        f" (SELECT COUNT(*) FROM turns s WHERE {answers} AND s.seq < t.seq),"
+        f" (SELECT COUNT(*) FROM turns s WHERE {answers})"
+        " FROM turns t WHERE t.user_id = %s AND t.thread_id = %s AND t.seq > %s"
+        " ORDER BY t.seq LIMIT %s", (key.user_id, key.thread_id, after, limit))
+    return [Placed(_node(row), *row[7:]) for row in cur.fetchall()]

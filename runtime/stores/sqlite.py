@@ -51,6 +51,7 @@ DIALECT = schema.Dialect(
     set_version=("PRAGMA user_version = {version}",),
     probes=tuple(_probe(item) for item in schema.created()),
     data_bytes="length(CAST(data AS BLOB))",  # bytes: length() of TEXT counts characters
+    data_field="json_extract({row}.data, '$.{field}')",
 )
 
 

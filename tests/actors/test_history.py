@@ -93,9 +93,9 @@ async def test_an_answer_carries_its_calls_in_order_with_their_place_and_outcome
                                                           tools=bank()) as rt:
         first = await talk(rt, "500", (True, None))
         second = await talk(rt, "900", (False, "who is bob?"))
-        await talk(rt, "1", (True, None))
-        stored = await read_history(journal, KEY, before=10**9, limit=100)
-    assert SEEN[2] == stored[:4]  # what the third run was given is what the journal holds
+        third = await talk(rt, "1", (True, None))
+        stored = await read_history(journal, KEY, third[0].run_id, limit=100)
+    assert SEEN[2] == stored  # what the third run was given is what the journal holds
     user1, answer1, user2, answer2 = stored[:4]
     assert (user1.text, user1.calls, user2.text) == ("500", (), "900")
     assert answer1.text == "Let me check. Sent. The log is down." and answer1.outcome == (
@@ -120,13 +120,22 @@ async def test_an_answer_carries_its_calls_in_order_with_their_place_and_outcome
 
 
 def ev(seq: int, event: str, run_id: str, **data) -> Event:
+    if event == "user_message":  # as a thread writes it: a plain conversation
+        data = {"message_id": f"m-{run_id}", "parent": PARENT.get(seq), **data}
     return Event(KEY, seq, event, run_id, 1.0 + seq, data)
 
 
-async def stored(journal, *events: Event) -> list[Turn]:
+PARENT = {11: "r1", 17: "r2", 5: "r1"}  # the messages below follow the run before them
+
+
+async def stored(journal, *events: Event, reader: str = "r-next") -> list[Turn]:
+    """The history of a run whose message follows the last run of ``events``."""
     await journal.ensure_thread(KEY, 1.0)
-    await journal.append(list(events))
-    return await read_history(journal, KEY, before=10**9, limit=100)
+    last = events[-1].run_id
+    seq = events[-1].seq + 1
+    await journal.append([*events, Event(KEY, seq, "user_message", reader, 1.0 + seq,
+                                          {"message_id": "m-next", "text": "?", "parent": last})])
+    return await read_history(journal, KEY, reader, limit=100)
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
@@ -186,6 +195,6 @@ async def test_the_limit_counts_turns_and_keeps_the_calls_of_those_it_keeps():
             ev(6, "tool_executing", "r2", call_id="c2", tool="balance", args={}),
             ev(7, "tool_completed", "r2", call_id="c2", tool="balance", result=2),
             ev(8, "agent_completed", "r2", text="2"))
-        last = await read_history(journal, KEY, before=10**9, limit=1)
+        last = await read_history(journal, KEY, "r-next", limit=1)
     assert len(turns) == 4 and last == turns[-1:]
     assert last[0].calls == (ToolUse("c2", "balance", {}, 0, "completed", result=2),)

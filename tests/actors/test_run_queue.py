@@ -231,7 +231,7 @@ async def test_a_lost_run_is_closed_once_the_store_is_back_with_a_capped_backoff
         written.append((name, run_id, data))
 
     await close_lost_run(c, append)
-    assert written == [("agent_started", "a", {}),
+    assert written == [("agent_started", "a", {"message_id": "msg_a"}),
                        ("agent_failed", "a", {"error": "storage unavailable"})]
     assert c.started
     assert trio.current_time() == pytest.approx(0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 + 5)

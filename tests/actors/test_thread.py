@@ -62,7 +62,9 @@ async def test_echo_run_follows_the_protocol():
     assert names(events) == ["user_message", "agent_started", "agent_thinking", "agent_completed"]
     assert_gapless(events)
     assert all(e.run_id == acc.run_id and e.key == t.thread.key for e in events)
-    assert events[0].data == {"message_id": acc.message_id, "text": "hello", "client_msg_id": "c-1"}
+    assert events[0].data == {"message_id": acc.message_id, "text": "hello", "parent": None,
+                              "client_msg_id": "c-1"}  # the first message: a root
+    assert events[1].data == {"message_id": acc.message_id}  # the message it answers (1.1)
     assert events[0].seq == acc.seq == 1
     assert events[-1].data == {"text": "hello"}
 

@@ -18,7 +18,7 @@ STABLE = ("type", "thread_id", "seq", "event")
 def shape(frame: dict) -> dict:
     """A frame without what differs between two runs (ids and times)."""
     data = {k: v for k, v in frame.get("data", {}).items()
-            if k not in ("message_id", "call_id")}
+            if k not in ("message_id", "call_id", "parent")}  # ids: they differ between runs
     return {**{k: frame.get(k) for k in STABLE}, "data": data}
 
 
