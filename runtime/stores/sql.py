@@ -285,33 +285,34 @@ def branch(cur: Any, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
     return [_node(row) for row in cur.fetchall()]
 
 
+NODES_PER_QUERY = 32  # nodes read by one statement of ``node_events``
+
+
 def node_events(cur: Any, key: ThreadKey, nodes: Sequence[Node],
                 load: Callable[[Any], dict[str, Any]]) -> list[Event]:
     """``Journal.node_events``: each node's user_message by primary key, and each ended run's
     own events by a range of the primary key (``tree``: they lie between its start and end;
-    from its first event, for a run ended with no start stored)."""
-    if not nodes:
-        return []
-    values = ", ".join(["(%s, CAST(%s AS BIGINT), CAST(%s AS BIGINT), CAST(%s AS BIGINT))"]
-                       * len(nodes))
-    params: list[Any] = []
-    for n in nodes:
-        ended = n.ended_seq is not None
-        params += [n.run_id, n.message_seq, (n.started_seq or n.seq) if ended else 0,
-                   n.ended_seq if ended else -1]
-    cols = "e.seq, e.event, e.run_id, e.ts, e.data"
-    cur.execute(
-        f"WITH n(run_id, message_seq, lo, hi) AS (VALUES {values}) "
-        f"SELECT {cols} FROM n JOIN events e ON e.user_id = %s AND e.thread_id = %s "
-        "AND e.seq = n.message_seq "
-        f"UNION ALL SELECT {cols} FROM n JOIN events e ON e.user_id = %s AND e.thread_id = %s "
-        "AND e.seq >= n.lo AND e.seq <= n.hi AND e.run_id = n.run_id ORDER BY 1",
-        (*params, key.user_id, key.thread_id, key.user_id, key.thread_id))
-    out: list[Event] = []
-    for seq, name, run_id, ts, data in cur.fetchall():
-        if not out or out[-1].seq != seq:  # a message two nodes share, once
-            out.append(Event(key, seq, name, run_id, ts, load(data)))
-    return out
+    from its first event, for a run ended with no start stored). One ``UNION ALL`` of those
+    look-ups per ``NODES_PER_QUERY`` nodes: each part is a seek that both planners take as
+    written (a join of the nodes with ``events`` was planned as a scan of the thread), and the
+    statement's text depends only on how many nodes it reads (an open run's range is empty)."""
+    columns = "SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND thread_id = %s"
+    u, t = key.user_id, key.thread_id
+    rows: dict[int, Any] = {}
+    for i in range(0, len(nodes), NODES_PER_QUERY):
+        chunk = nodes[i:i + NODES_PER_QUERY]
+        params: list[Any] = []
+        for n in chunk:
+            ended = n.ended_seq is not None
+            params += [u, t, n.message_seq, u, t, (n.started_seq or n.seq) if ended else 0,
+                       n.ended_seq if ended else -1, n.run_id]
+        cur.execute(" UNION ALL ".join(
+            [f"{columns} AND seq = %s UNION ALL {columns} AND seq >= %s AND seq <= %s AND "
+             "run_id = %s"] * len(chunk)), params)
+        for row in cur.fetchall():
+            rows[row[0]] = row  # a message two nodes share, once
+    return [Event(key, seq, name, run_id, ts, load(data))
+            for seq, name, run_id, ts, data in (rows[s] for s in sorted(rows))]
 
 
 def turns(cur: Any, key: ThreadKey, after: int, limit: int) -> list[Placed]:
