@@ -1,6 +1,6 @@
-"""The conversation tree (PROTOCOL.md 1.1): which message each run answers, which run each
-message follows, and what is read from it: an agent's history along its branch, and the turns
-a client renders.
+"""The conversation tree (PROTOCOL.md 1.1): which message each run answers, and which run each
+message follows. What is read from it, an agent's history along its branch and the turns a
+client renders, is ``history.py``'s.
 
 The events stay one append-only, gapless sequence per thread; the tree is what they say of
 themselves, kept beside them by every store as one ``Node`` per run (the SQL stores' ``turns``

@@ -27,6 +27,7 @@ from .actors.errors import (
     JournalUnavailable,
     LimitReached,
     MailboxFull,
+    NotFound,
     RateLimited,
     SubscriberDropped,
     ToolDenied,
@@ -42,6 +43,8 @@ from .actors.messages import (
     AGENT_FAILED,
     AGENT_STARTED,
     AGENT_THINKING,
+    ANSWER_REQUESTED,
+    LATEST,
     TERMINAL_EVENTS,
     THREAD_DELETED,
     TOOL_COMPLETED,
@@ -53,6 +56,7 @@ from .actors.messages import (
     ThreadInfo,
     ThreadKey,
 )
+from .actors.tree import TurnView
 from .api import Runtime, RuntimeConfig, ThreadHandle, UserHandle, open_runtime
 from .server import RunningServer, open_server
 from .stores import DEFAULT_STORE, StoreError, open_journal
@@ -64,6 +68,7 @@ from .transport.limits import Limits
 
 __all__ = [
     "AGENT_CANCELLED", "AGENT_COMPLETED", "AGENT_DELTA", "AGENT_FAILED", "AGENT_STARTED", "AGENT_THINKING",
+    "ANSWER_REQUESTED", "LATEST", "NotFound", "TurnView",
     "DEFAULT_STORE", "TERMINAL_EVENTS", "THREAD_DELETED", "TOOL_COMPLETED", "TOOL_EXECUTING", "USER_MESSAGE",
     "Accepted", "ActorError", "AgentError", "BadFrame", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal", "ActorStopped", "Agent", "AskTimeout", "Busy", "Event", "Joined",
     "JournalUnavailable", "LimitReached", "Limits", "MailboxFull", "NotJoined", "RateLimited", "Run",

@@ -12,20 +12,22 @@ from threadline.actors.errors import (
     Busy,
     JournalUnavailable,
     LimitReached,
+    NotFound,
     RateLimited,
     UnknownCall,
     UnknownRun,
     Unstorable,
 )
 
-from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, RATE_LIMITED, UNKNOWN_CALL,
-                       UNKNOWN_RUN, BadFrame)
+from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, RATE_LIMITED,
+                       UNKNOWN_CALL, UNKNOWN_RUN, BadFrame)
 
 #: First match wins. Anything else is a bug: answered ``internal``, and logged.
 ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (Busy, BUSY),
     (UnknownRun, UNKNOWN_RUN),
     (UnknownCall, UNKNOWN_CALL),      # 1.1: a decide for a call that is not waiting
+    (NotFound, NOT_FOUND),            # 1.1: a regenerate's message, a send's parent
     (Unstorable, BAD_FRAME),
     (BadFrame, BAD_FRAME),
     (LimitReached, LIMIT_REACHED),

@@ -36,11 +36,12 @@ from typing import Any, AsyncIterator
 import trio
 
 from threadline.actors.journal import replay_start
+from threadline.actors.messages import LATEST, Parent
 from threadline.actors.reply import Reply
 
 from .client_connect import NO_RECONNECT, connect, reconnect
 from .client_errors import (BadFrame, Busy, ClientError, ConnectionClosed, HandshakeRejected,
-                            Internal, LimitReached, NotJoined, RateLimited, ServerError,
+                            Internal, LimitReached, NotFound, NotJoined, RateLimited, ServerError,
                             UnknownCall, UnknownRun)
 from .client_inbox import Inbox
 from .codec import Codec
@@ -104,8 +105,28 @@ class Client:
         return await self.request({"type": "leave", "thread_id": thread_id})
 
     async def send(self, thread_id: str, text: str, *, client_msg_id: str | None = None,
-                   strategy: str | None = None) -> dict[str, Any]:
+                   strategy: str | None = None, parent: Parent = LATEST) -> dict[str, Any]:
+        """The ``accepted`` once the message is stored. ``parent`` (1.1) is the run it follows:
+        left out, the thread's newest (no ``parent`` in the frame); None, a new root (``null``);
+        a run id of the thread: the ``parent`` of a message to edit makes a sibling of it. A
+        parent that is no run of the thread raises ``NotFound``."""
         frame: dict[str, Any] = {"type": "send", "thread_id": thread_id, "text": text}
+        if client_msg_id is not None:
+            frame["client_msg_id"] = client_msg_id
+        if strategy is not None:
+            frame["strategy"] = strategy
+        if parent is not LATEST:
+            frame["parent"] = parent
+        return await self.request(frame)
+
+    async def regenerate(self, thread_id: str, message_id: str, *,
+                         client_msg_id: str | None = None,
+                         strategy: str | None = None) -> dict[str, Any]:
+        """Ask for another answer to the ``user_message`` ``message_id`` (1.1); the
+        ``accepted`` once its ``answer_requested`` is stored (``seq`` is that event's). A
+        message the thread does not hold raises ``NotFound``."""
+        frame: dict[str, Any] = {"type": "regenerate", "thread_id": thread_id,
+                                 "message_id": message_id}
         if client_msg_id is not None:
             frame["client_msg_id"] = client_msg_id
         if strategy is not None:
@@ -304,6 +325,6 @@ async def open_client(url: str, token: str, *, encoding: str = "json", reconnect
 
 
 __all__ = ["BadFrame", "Busy", "Client", "ClientError", "ConnectionClosed", "HandshakeRejected",
-           "Internal", "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
-           "UnknownRun",
+           "Internal", "LimitReached", "NotFound", "NotJoined", "RateLimited", "ServerError",
+           "UnknownCall", "UnknownRun",
            "connect", "open_client"]

@@ -15,11 +15,11 @@ from typing import Any
 
 from threadline.actors import errors
 
-from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
-                       UNKNOWN_CALL, UNKNOWN_RUN)
+from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, NOT_JOINED,
+                       RATE_LIMITED, UNKNOWN_CALL, UNKNOWN_RUN)
 
 __all__ = ["BadFrame", "Busy", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal",
-           "LimitReached", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
+           "LimitReached", "NotFound", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
            "UnknownRun"]
 
 
@@ -59,7 +59,7 @@ class NotJoined(ServerError):
     """``not_joined``: join the thread first."""
 
 
-# The four below are also the in-process errors of the same name (``threadline.Busy`` ...), so
+# The ones below are also the in-process errors of the same name (``threadline.Busy`` ...), so
 # that one ``except`` serves code that talks to a runtime in process and over a socket.
 
 class Busy(ServerError, errors.Busy):
@@ -72,6 +72,11 @@ class UnknownRun(ServerError, errors.UnknownRun):
 
 class UnknownCall(ServerError, errors.UnknownCall):
     """``unknown_call`` (1.1): no such tool call waits for a decision."""
+
+
+class NotFound(ServerError, errors.NotFound):
+    """``not_found`` (1.1): a ``regenerate`` of a message the thread does not hold, or a
+    ``parent`` that is not a run of the thread; nothing was stored."""
 
 
 class RateLimited(ServerError, errors.RateLimited):
@@ -88,7 +93,7 @@ class Internal(ServerError):
 
 _ERRORS: dict[str, type[ServerError]] = {
     BAD_FRAME: BadFrame, NOT_JOINED: NotJoined, BUSY: Busy, UNKNOWN_RUN: UnknownRun,
-    UNKNOWN_CALL: UnknownCall,
+    UNKNOWN_CALL: UnknownCall, NOT_FOUND: NotFound,
     RATE_LIMITED: RateLimited, LIMIT_REACHED: LimitReached, INTERNAL: Internal}
 
 

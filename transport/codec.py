@@ -15,7 +15,7 @@ import msgpack
 
 from threadline.actors.approval import MAX_REASON_BYTES
 from threadline.actors.journal import unstorable_reason
-from threadline.actors.messages import STRATEGIES, Event, is_thread_id
+from threadline.actors.messages import LATEST, STRATEGIES, Event, Parent, Strategy, is_thread_id
 
 from .messages import (
     JSON,
@@ -27,6 +27,7 @@ from .messages import (
     Leave,
     Ping,
     Ref,
+    Regenerate,
     Request,
     Send,
     Threads,
@@ -37,6 +38,7 @@ MAX_REF_CHARS = 64              # PROTOCOL.md: ref is a string of at most 64 cha
 MAX_CLIENT_MSG_ID = 256         # not in PROTOCOL.md: bounds what a client can make us store
 MAX_RUN_ID = 256
 MAX_CALL_ID = 256
+MAX_TREE_ID = 128               # 1.1: a send's parent (a run id), a regenerate's message_id
 THREADS_PAGE = 100              # PROTOCOL.md (ours): a threads page, by default ...
 MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below the frame limit
 MAX_CURSOR = 512
@@ -183,13 +185,44 @@ def _send(obj: dict[str, Any], ref: Ref) -> Send:
     # Characters are at most 4 UTF-8 bytes: encode only when the length alone cannot tell.
     if len(text) > MAX_TEXT_BYTES // 4 and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise BadFrame("text longer than 64 KiB", ref)
-    strategy = obj.get("strategy", "enqueue")
+    strategy = _strategy(obj, ref)
+    client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
+    return Send(ref, thread_id, text, client_msg_id, strategy, _parent(obj, ref))
+
+
+def _strategy(obj: dict[str, Any], ref: Ref) -> Strategy:
+    strategy = obj.get("strategy")
     if strategy is None:
-        strategy = "enqueue"
+        return "enqueue"
     if strategy not in STRATEGIES:
         raise BadFrame("strategy must be enqueue, interrupt or reject", ref)
+    return strategy
+
+
+def _parent(obj: dict[str, Any], ref: Ref) -> Parent:
+    """1.1: a send's ``parent``: absent, ``LATEST`` (the thread's newest run); null (JSON
+    ``null``, msgpack nil), None: a new root; else a run id (whether the thread has that run
+    is the thread's to say: ``not_found``)."""
+    if "parent" not in obj:
+        return LATEST
+    value = obj["parent"]
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_TREE_ID:
+        raise BadFrame(f"parent must be null or a run id of 1-{MAX_TREE_ID} characters", ref)
+    if not storable(value):
+        raise BadFrame("parent must be valid Unicode without NUL characters", ref)
+    return value
+
+
+def _regenerate(obj: dict[str, Any], ref: Ref) -> Regenerate:
+    thread_id = _thread_id(obj, ref)
+    message_id = _optional_str(obj, "message_id", ref, MAX_TREE_ID)
+    if message_id is None:
+        raise BadFrame("missing message_id", ref)
+    strategy = _strategy(obj, ref)
     client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
-    return Send(ref, thread_id, text, client_msg_id, strategy)
+    return Regenerate(ref, thread_id, message_id, client_msg_id, strategy)
 
 
 def _cancel(obj: dict[str, Any], ref: Ref) -> Cancel:
@@ -230,6 +263,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Ref], Request]] = {
     "join": _join,
     "leave": _leave,
     "send": _send,
+    "regenerate": _regenerate,
     "cancel": _cancel,
     "decide": _decide,
     "threads": lambda obj, ref: _threads(obj, ref),

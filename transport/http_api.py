@@ -5,16 +5,18 @@ Invariants:
 - The user comes from the token (``Authorization: Bearer``, checked by the same
   ``Authenticator`` as a handshake) and nowhere else: a route names a thread id, and the handle
   it gets is the token's user's (``UserHandle``), so no request can name another user's thread.
-  A path's other names (a run id, a call id: ``ROUTES``) are the request's fields, checked as the
-  WebSocket frame's; a body never overrides them.
+  A path's other names (a run id, a call id, a message id: ``ROUTES``) are the request's
+  fields, checked as the WebSocket frame's; a body never overrides them (``http_call.py``).
 - A read never creates a thread: a thread that does not exist is 404 ``not_found`` (reads go to
   the journal, ``ThreadHandle.stored_info``). A message creates the thread, as a ``join`` does.
+- The routes are here, but for the conversation tree's (regenerate, turns: ``http_tree.py``).
 - A request is routed, authenticated and counted against its user (``request_slot``: at most
   ``user_http_requests`` in flight; one of the user's connections while any is) at its head;
   only then is its body read. A refused one's body is never read. The slot is held until the
   answer is written: one user holds at most ``user_http_requests`` bodies and answers. A
   message counts against the user's send rate and stored threads, shared with the user's
-  WebSockets, as a WebSocket ``send`` does; deleting a thread frees its place.
+  WebSockets, as a WebSocket ``send`` does (a regenerate against the send rate); deleting a
+  thread frees its place.
 - ``HEAD`` is ``GET`` without the body; ``OPTIONS`` is a CORS preflight, and every answer
   carries the CORS headers of its request's origin (``cors.py``).
 - Every failure is answered ``{"type": "error", "code", "message"}`` with the status of
@@ -24,32 +26,33 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import ExitStack
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
-import attrs
 import trio
 from websockets.http11 import Request, Response
 
 from threadline.actors.errors import ActorStopped, AskTimeout, JournalUnavailable
-from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
-from threadline.actors.messages import ThreadInfo, is_thread_id
+from threadline.actors.gateway import Gateway
+from threadline.actors.messages import is_thread_id
 
 from .answers import answer_for
+from . import http_tree
 from .auth import AuthError, Authenticator, token_of
-from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame, parse_request
+from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame
 from .cors import cors_headers, preflight
 from .http import json_response, methods_allowed, path_of, without_body
+from .http_call import (Call, Refused, accepted_answer, existing, int_param, parse_body,
+                        query_of)
 from .http_front import Malformed, RequestReader, close_gently, write_answer
 from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_CALL, UNKNOWN_RUN,
-                       BadFrame, Cancel, Decide, Send)
+                       Cancel, Decide, Send)
 from .paging import CursorKey, read_events_page, read_threads_page
-from .quotas import UserQuota, UserQuotas
+from .quotas import UserQuotas
 from .stats import ServerStats
 
 log = logging.getLogger("threadline.http")
@@ -61,28 +64,8 @@ STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404, U
           METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413, RATE_LIMITED: 429,
           LIMIT_REACHED: 429, INTERNAL: 500}
 UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
-ID, RUN, CALL = "{thread_id}", "{run_id}", "{call_id}"  # the names a path may hold
+ID, RUN, CALL, MESSAGE = "{thread_id}", "{run_id}", "{call_id}", "{message_id}"  # a path's names
 AUTH_CHECK = "/v1/auth/check"
-
-
-class Refused(Exception):
-    """Answer ``code`` (its status from ``STATUS``) with ``message``."""
-
-    def __init__(self, code: str, message: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.code, self.message, self.extra = code, message, extra
-
-
-@attrs.frozen
-class Call:
-    """One request, authenticated: whose, on which thread, with which query."""
-
-    user: UserHandle
-    quota: UserQuota
-    thread: ThreadHandle | None
-    query: dict[str, str]
-    params: dict[str, str]  # the path's other names (``run_id``, ``call_id``), decoded
-    body: bytearray  # as read (``RequestReader.read_body``): the one copy
 
 
 Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]]]]
@@ -128,7 +111,7 @@ class HttpApi:
             user_id = self._user_id(request, query_token=False)
             user = self.gateway.user(user_id)
             quota = held.enter_context(self.quotas.request_slot(user))  # before the body
-            query = _query(request.path)
+            query = query_of(request.path)
             body = await self._body(method, reader, deadline)
             call = Call(user, quota, user.thread(thread_id) if thread_id else None, query, params,
                         body)
@@ -181,54 +164,53 @@ class HttpApi:
     # -- the routes --------------------------------------------------------------------------
 
     async def list_threads(self, call: Call) -> tuple[int, dict[str, Any]]:
-        limit = _int(call.query, "limit", THREADS_PAGE, 1, MAX_THREADS_PAGE)
+        limit = int_param(call.query, "limit", THREADS_PAGE, 1, MAX_THREADS_PAGE)
         page, next_cursor = await read_threads_page(call.user, limit, call.query.get("before"),
                                                     self.cursors)
         return 200, {"type": "threads", "threads": page, "next_cursor": next_cursor}
 
     async def thread_info(self, call: Call) -> tuple[int, dict[str, Any]]:
-        info = await _existing(call)
+        info = await existing(call)
         return 200, {"type": "thread", "thread_id": info.key.thread_id,
                      "last_seq": info.last_seq, "created_at": info.created_at,
                      "updated_at": info.updated_at}
 
     async def events(self, call: Call) -> tuple[int, dict[str, Any]]:
-        after = _int(call.query, "after", 0, 0, 2**62)
-        limit = _int(call.query, "limit", EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
-        info = await _existing(call)
+        after = int_param(call.query, "after", 0, 0, 2**62)
+        limit = int_param(call.query, "limit", EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
+        info = await existing(call)
         assert call.thread is not None
         frames, next_after = await read_events_page(call.thread, after, limit, info.last_seq)
         return 200, {"type": "events", "thread_id": call.thread.thread_id,
                      "last_seq": info.last_seq, "events": frames, "next_after": next_after}
 
     async def post_message(self, call: Call) -> tuple[int, dict[str, Any]]:
-        request = _parse(call, "send")
+        request = parse_body(call, "send")
         assert isinstance(request, Send) and call.thread is not None
         call.quota.admit_send()
         await call.quota.admit_thread(request.thread_id)
         acc = await call.thread.send(request.text, client_msg_id=request.client_msg_id,
-                                     strategy=request.strategy)
-        return 200, {"type": "accepted", "thread_id": request.thread_id,
-                     "message_id": acc.message_id, "run_id": acc.run_id, "seq": acc.seq}
+                                     strategy=request.strategy, parent=request.parent)
+        return 200, accepted_answer(request.thread_id, acc)
 
     async def cancel(self, call: Call) -> tuple[int, dict[str, Any]]:
-        request = _parse(call, "cancel")
+        request = parse_body(call, "cancel")
         assert isinstance(request, Cancel) and call.thread is not None
-        await _existing(call)
+        await existing(call)
         run_id = await call.thread.cancel(request.run_id)
         return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": run_id}
 
     async def decide(self, call: Call) -> tuple[int, dict[str, Any]]:
-        request = _parse(call, "decide", **call.params)
+        request = parse_body(call, "decide", **call.params)
         assert isinstance(request, Decide) and call.thread is not None
-        await _existing(call)
+        await existing(call)
         await call.thread.decide(request.run_id, request.call_id, request.approved,
                                  request.reason)
         return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": request.run_id,
                      "call_id": request.call_id}
 
     async def delete(self, call: Call) -> tuple[int, dict[str, Any]]:
-        await _existing(call)
+        await existing(call)
         assert call.thread is not None
         await call.thread.delete()
         if call.quota.threads is not None:
@@ -242,10 +224,12 @@ ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
     ("threads", ID): {"GET": HttpApi.thread_info, "DELETE": HttpApi.delete},
     ("threads", ID, "events"): {"GET": HttpApi.events},
     ("threads", ID, "messages"): {"POST": HttpApi.post_message},
+    ("threads", ID, "messages", MESSAGE, "regenerate"): {"POST": http_tree.regenerate},
+    ("threads", ID, "turns"): {"GET": http_tree.turns},
     ("threads", ID, "cancel"): {"POST": HttpApi.cancel},
     ("threads", ID, "runs", RUN, "approvals", CALL): {"POST": HttpApi.decide},
 }
-_NAMES = (ID, RUN, CALL)
+_NAMES = (ID, RUN, CALL, MESSAGE)
 
 
 def _resolve(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
@@ -282,47 +266,3 @@ def _not_allowed(*methods: str) -> Refused:
     allowed = (*methods_allowed(*methods), "OPTIONS")
     return Refused(METHOD_NOT_ALLOWED, f"use {' or '.join(methods)}",
                    (("Allow", ", ".join(allowed)),))
-
-
-def _query(target: str) -> dict[str, str]:
-    query = target.partition("?")[2]
-    try:
-        fields = parse_qs(query, keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise Refused(BAD_FRAME, "malformed query string") from None
-    for name, values in fields.items():
-        if len(values) > 1:
-            raise Refused(BAD_FRAME, f"{name} given more than once")
-    return {name: values[0] for name, values in fields.items()}
-
-
-def _int(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = query.get(name)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdigit() and len(text) <= 18) or not low <= int(text) <= high:
-        raise Refused(BAD_FRAME, f"{name} must be an integer from {low} to {high}")
-    return int(text)
-
-
-def _parse(call: Call, kind: str, **path: str) -> Send | Cancel | Decide:
-    """The body as the WebSocket frame ``kind`` on the URL's thread, with the path's other
-    names as its fields (the frame's rules, its errors)."""
-    body = call.body
-    try:
-        obj = json.loads(body) if body and not body.isspace() else {}  # strip() would copy
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can
-        raise BadFrame("the body is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise BadFrame("the body must be a JSON object")
-    assert call.thread is not None
-    return parse_request({**obj, **path, "ref": None,  # type: ignore[return-value]
-                          "type": kind, "thread_id": call.thread.thread_id})
-
-
-async def _existing(call: Call) -> ThreadInfo:
-    assert call.thread is not None
-    info = await call.thread.stored_info()
-    if info is None:
-        raise Refused(NOT_FOUND, f"no thread {call.thread.thread_id!r}")
-    return info

@@ -10,7 +10,7 @@ from typing import Final, Union
 
 import attrs
 
-from threadline.actors.messages import Strategy
+from threadline.actors.messages import LATEST, Parent, Strategy
 
 Ref = Union[str, int, None]
 
@@ -24,12 +24,12 @@ NOT_JOINED: Final = "not_joined"
 BUSY: Final = "busy"
 UNKNOWN_RUN: Final = "unknown_run"
 UNKNOWN_CALL: Final = "unknown_call"  # 1.1: a decide for a tool call that is not waiting
+NOT_FOUND: Final = "not_found"  # 1.1: a regenerate or parent naming nothing here; HTTP: 404
 RATE_LIMITED: Final = "rate_limited"
 LIMIT_REACHED: Final = "limit_reached"
 INTERNAL: Final = "internal"
 # error codes of the HTTP API only (HTTP.md)
 UNAUTHORIZED: Final = "unauthorized"
-NOT_FOUND: Final = "not_found"
 METHOD_NOT_ALLOWED: Final = "method_not_allowed"
 TOO_LARGE: Final = "too_large"
 TIMEOUT: Final = "timeout"
@@ -66,6 +66,18 @@ class Send:
     text: str
     client_msg_id: str | None
     strategy: Strategy
+    parent: Parent = LATEST  # 1.1: absent: LATEST; null: None (a new root); else a run id
+
+
+@attrs.frozen(slots=True)
+class Regenerate:
+    """1.1: another answer to the ``user_message`` ``message_id`` of the thread."""
+
+    ref: Ref
+    thread_id: str
+    message_id: str
+    client_msg_id: str | None
+    strategy: Strategy
 
 
 @attrs.frozen(slots=True)
@@ -99,7 +111,7 @@ class Ping:
     ref: Ref
 
 
-Request = Union[Join, Leave, Send, Cancel, Decide, Threads, Ping]
+Request = Union[Join, Leave, Send, Regenerate, Cancel, Decide, Threads, Ping]
 
 
 class BadFrame(Exception):

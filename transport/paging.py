@@ -109,8 +109,10 @@ def _unb64(text: str) -> bytes:
 
 
 def _frames(infos: Sequence[ThreadInfo]) -> list[dict[str, Any]]:
+    """The threads as the ``threads`` reply lists them (1.1: with ``title``, the first 80
+    code points of the thread's first message, or None; the journal's listings fill it)."""
     return [{"thread_id": i.key.thread_id, "last_seq": i.last_seq, "created_at": i.created_at,
-             "updated_at": i.updated_at} for i in infos]
+             "updated_at": i.updated_at, "title": i.title} for i in infos]
 
 
 async def read_threads_page(user: UserHandle, limit: int, cursor: str | None,

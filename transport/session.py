@@ -25,6 +25,7 @@ from websockets.frames import Frame
 
 from threadline.actors.errors import JournalUnavailable, LimitReached, MailboxFull
 from threadline.actors.gateway import UserHandle
+from threadline.actors.messages import Accepted
 
 from .answers import answer_for
 from .codec import Codec, error_frame, reply_frame
@@ -33,7 +34,8 @@ from .lanes import Lanes
 from .limits import Limits
 from .messages import (BAD_FRAME, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOKEN_EXPIRED,
                        CLOSE_TRY_AGAIN, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
-                       BadFrame, Cancel, Decide, Join, Leave, Ping, Request, Send, Threads)
+                       BadFrame, Cancel, Decide, Join, Leave, Ping, Regenerate, Request, Send,
+                       Threads)
 from .outbox import Outbox, Overflow, Tap
 from .policy import ConnectionState, Verdict
 from .quotas import UserQuota
@@ -67,7 +69,7 @@ class Session:
         self._writer_done = trio.Event()
         self._dispatch: dict[type, Callable[[Any], Awaitable[None]]] = {
             Join: self._join, Leave: self._leave, Send: self._send, Cancel: self._cancel,
-            Decide: self._decide, Threads: self._threads}  # a ping is answered by the reader, at once
+            Regenerate: self._regenerate, Decide: self._decide, Threads: self._threads}  # a ping is answered by the reader, at once
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -240,8 +242,22 @@ class Session:
             self.quota.admit_send()
         started = trio.current_time()
         acc = await tap.thread.send(request.text, client_msg_id=request.client_msg_id,
-                                    strategy=request.strategy)
+                                    strategy=request.strategy, parent=request.parent)
         self.stats.send_seconds.observe(trio.current_time() - started)
+        self._accepted(request, acc)
+
+    async def _regenerate(self, request: Regenerate) -> None:
+        """1.1: admitted as a ``send`` is (joined, the user's send rate); ``accepted`` once
+        its ``answer_requested`` is stored; ``NotFound`` (``not_found``): no such message."""
+        tap = self.taps.get(request.thread_id)
+        if tap is None:
+            return self._not_joined(request)
+        if self.quota is not None:
+            self.quota.admit_send()
+        self._accepted(request, await tap.thread.regenerate(
+            request.message_id, client_msg_id=request.client_msg_id, strategy=request.strategy))
+
+    def _accepted(self, request: Send | Regenerate, acc: Accepted) -> None:
         self._reply(reply_frame("accepted", request.ref, thread_id=request.thread_id,
                                 message_id=acc.message_id, run_id=acc.run_id, seq=acc.seq))
 
@@ -293,7 +309,7 @@ class Session:
                                                     self.cursors)
         self._reply(reply_frame("threads", request.ref, threads=page, next_cursor=next_cursor))
 
-    def _not_joined(self, request: Send | Cancel | Decide) -> None:
+    def _not_joined(self, request: Send | Regenerate | Cancel | Decide) -> None:
         self._reply(error_frame(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))
     # -- writing -----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ import trio
 from threadline.actors.errors import ActorCrashed, ActorStopped, AskTimeout, Fenced
 from threadline.actors.local import LocalThreads
 from threadline.actors.messages import (THREAD_DELETED, CancelRun, Decide, GetInfo, Joined,
-                                        PostMessage, Subscribe, ThreadKey)
+                                        PostMessage, Regenerate, Subscribe, ThreadKey)
 from threadline.actors.reply import Reply
 from threadline.actors.stats import SECONDS_BUCKETS, Histogram
 
@@ -51,12 +51,13 @@ RETRY_AFTER = 0.25  # seconds to wait for the table to change before asking agai
 
 def _repeatable(make: Callable[[Reply[Any]], Any]) -> bool:
     """Whether asking twice does what asking once does: an info, a delete, a cancel that names
-    its run, and a send with a ``client_msg_id`` (answered from the journal the second time);
-    not a send without one, nor a cancel of "the active run" (which may be the next one by
-    the second time), nor a decision (the first one stored wins: asked again, a decision
-    stored the first time would be answered ``UnknownCall``)."""
+    its run, and a send or a regenerate with a ``client_msg_id`` (answered from the journal the
+    second time); not a send or a regenerate without one (a second run), nor a cancel of "the
+    active run" (which may be the next one by the second time), nor a decision (the first one
+    stored wins: asked again, a decision stored the first time would be answered
+    ``UnknownCall``)."""
     msg = make(Reply())
-    if isinstance(msg, PostMessage):
+    if isinstance(msg, (PostMessage, Regenerate)):
         return msg.client_msg_id is not None
     if isinstance(msg, CancelRun):
         return msg.run_id is not None

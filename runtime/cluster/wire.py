@@ -17,6 +17,10 @@ A ``Usage`` (what the caller's node's users use: ``{user_id: [connections, sends
 each value exactly what ``UserUsage.to_wire`` makes, ``usage.py``) is one-way: no id, no answer.
 Its sender is the link's proved node, never a field of the frame.
 
+A ``Post``'s ``parent`` (PROTOCOL.md 1.1) is the run id, nil for a new root, or ``["latest"]``
+when the sender named none (``LATEST``: the thread's newest run, chosen by the owner), so the
+three never look alike. A ``Regenerate`` asks the owner for another answer to a message.
+
 A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`` and the error's
 message, raised again as the same class by ``error_of``). Any other exception is a bug there,
 sent as ``internal`` with a fixed message (never its text: it may hold user data), raised here as
@@ -36,11 +40,13 @@ import msgpack
 
 from threadline.actors.approval import MAX_REASON_BYTES
 from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Busy,
-                                      JournalUnavailable, LimitReached, MailboxFull, RateLimited,
-                                      UnknownCall, UnknownRun, Unstorable)
+                                      JournalUnavailable, LimitReached, MailboxFull, NotFound,
+                                      RateLimited, UnknownCall, UnknownRun, Unstorable)
 from threadline.actors.messages import Decide as DecideRequest
-from threadline.actors.messages import (STRATEGIES, Accepted, CancelRun, DeleteThread, GetInfo,
-                                        PostMessage, ThreadInfo, ThreadKey, ThreadRequest)
+from threadline.actors.messages import Regenerate as RegenerateRequest
+from threadline.actors.messages import (LATEST, STRATEGIES, Accepted, CancelRun, DeleteThread,
+                                        GetInfo, Parent, PostMessage, ThreadInfo, ThreadKey,
+                                        ThreadRequest)
 from threadline.actors.reply import Reply
 from threadline.transport.quotas import UserUsage
 
@@ -98,6 +104,15 @@ class Post:
     text: str
     client_msg_id: str | None
     strategy: str
+    parent: Parent = LATEST  # on the wire: ["latest"], nil (a root) or the run id
+
+
+@attrs.frozen(slots=True)
+class Regenerate:
+    """Another answer to a stored message; answered with its ``Accepted``."""
+    message_id: str
+    client_msg_id: str | None
+    strategy: str
 
 
 @attrs.frozen(slots=True)
@@ -129,7 +144,7 @@ class Call:
     id: int
     user_id: str
     thread_id: str
-    request: Post | Cancel | Decide | Info | Delete
+    request: Post | Regenerate | Cancel | Decide | Info | Delete
 
 
 @attrs.frozen(slots=True)
@@ -160,7 +175,7 @@ class Failure:
     message: str
 
 
-CallRequest = Post | Cancel | Decide | Info | Delete
+CallRequest = Post | Regenerate | Cancel | Decide | Info | Delete
 Message = Hello | Challenge | Proof | Call | Follow | Usage | Result | Failure
 
 
@@ -211,7 +226,7 @@ def encode_value(value: Any) -> Any:
 
 _MESSAGES: Final = frozenset({"hello", "challenge", "proof", "call", "follow", "usage",
                               "result", "failure"})
-_REQUESTS: Final = frozenset({"post", "cancel", "decide", "info", "delete"})
+_REQUESTS: Final = frozenset({"post", "regenerate", "cancel", "decide", "info", "delete"})
 _VALUES: Final = frozenset({"accepted", "thread_info"})
 _KEY = functools.partial(_decode, tags=frozenset({"key"}))
 _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
@@ -223,16 +238,28 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "usage": (Usage, (lambda u: _users(u),)),
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
-    "post": (Post, (_STR, _OPT_STR, _STR)),
+    "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p))),
+    "regenerate": (Regenerate, (_STR, _OPT_STR, _STR)),
     "cancel": (Cancel, (_OPT_STR,)),
     "decide": (Decide, (_STR, _STR, _BOOL, _OPT_STR)),
     "info": (Info, ()),
     "delete": (Delete, ()),
     "accepted": (Accepted, (_KEY, _STR, _STR, _INT)),
-    "thread_info": (ThreadInfo, (_KEY, _INT, _NUMBER, _NUMBER)),
+    "thread_info": (ThreadInfo, (_KEY, _INT, _NUMBER, _NUMBER, _OPT_STR)),  # ..., title
     "key": (ThreadKey, (_STR, _STR)),
 }
 _TAGS: Final = {cls: tag for tag, (cls, _) in _SHAPES.items()}
+
+
+_LATEST: Final = ["latest"]  # a Post's parent when the sender named none: the newest run
+
+
+def _parent(value: Any) -> Parent:
+    if value is None or type(value) is str:
+        return value
+    if type(value) is list and value == _LATEST:
+        return LATEST
+    raise WireError("a parent is nil, a run id or [\"latest\"]")
 
 
 def _bitmap(value: Any) -> bytes:
@@ -274,6 +301,8 @@ def _plain(obj: Any) -> Any:
         return ["usage", {user_id: u.to_wire() for user_id, u in obj.users.items()}]
     if kind in _TAGS:
         return [_TAGS[kind], *map(_plain, attrs.astuple(obj, recurse=False))]
+    if obj is LATEST:
+        return _LATEST
     return obj
 
 
@@ -316,10 +345,12 @@ class FrameDecoder:
 # -- actor requests ------------------------------------------------------------------------------
 
 def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
-    """The call for one of the five requests that can be forwarded (its ``reply`` stays here)."""
+    """The call for one of the six requests that can be forwarded (its ``reply`` stays here)."""
     kind = type(msg)
     if kind is PostMessage:
-        request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy)
+        request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy, msg.parent)
+    elif kind is RegenerateRequest:
+        request = Regenerate(msg.message_id, msg.client_msg_id, msg.strategy)
     elif kind is CancelRun:
         request = Cancel(msg.run_id)
     elif kind is DecideRequest:
@@ -336,10 +367,13 @@ def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
     ``ValueError`` for a strategy this node does not know, or a reason over 1 KiB."""
     r = call.request
     make: Callable[[Reply], ThreadRequest]
+    if type(r) in (Post, Regenerate) and r.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {r.strategy!r}")  # bad input, not a broken link
     if type(r) is Post:
-        if r.strategy not in STRATEGIES:  # bad input for this call, not a broken link
-            raise ValueError(f"unknown strategy {r.strategy!r}")
-        make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy)
+        make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy,
+                                 parent=r.parent)
+    elif type(r) is Regenerate:
+        make = functools.partial(RegenerateRequest, r.message_id, r.client_msg_id, r.strategy)
     elif type(r) is Cancel:
         make = functools.partial(CancelRun, r.run_id)
     elif type(r) is Decide:
@@ -359,6 +393,7 @@ INTERNAL_MESSAGE: Final = "the node that owns this thread failed to handle the r
 #: First match wins: a subclass comes before its base (ActorCrashed before ActorStopped).
 ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
     (Busy, "busy"), (UnknownRun, "unknown_run"), (UnknownCall, "unknown_call"),
+    (NotFound, "not_found"),
     (JournalUnavailable, "journal_unavailable"), (Unstorable, "unstorable"),
     (ActorCrashed, "actor_crashed"), (NotOwner, "not_owner"), (ActorStopped, "actor_stopped"),
     (AskTimeout, "ask_timeout"), (MailboxFull, "mailbox_full"),

@@ -10,14 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Busy,
-                                      JournalUnavailable, LimitReached, MailboxFull, RateLimited,
-                                      SubscriberDropped, UnknownRun, Unstorable)
-from threadline.actors.messages import (Accepted, CancelRun, DeleteThread, GetInfo, PostMessage,
-                                        Subscribe, ThreadInfo, ThreadKey)
+                                      JournalUnavailable, LimitReached, MailboxFull, NotFound,
+                                      RateLimited, SubscriberDropped, UnknownRun, Unstorable)
+from threadline.actors.messages import Regenerate as RegenerateRequest
+from threadline.actors.messages import (LATEST, Accepted, CancelRun, DeleteThread, GetInfo,
+                                        PostMessage, Subscribe, ThreadInfo, ThreadKey)
 from threadline.actors.reply import Reply
 from threadline.cluster.wire import (INTERNAL, MAX_FRAME, Call, Cancel, Challenge, Delete,
                                      Failure, FrameDecoder, Hello, Info, NotOwner, PeerError,
-                                     Post, Proof, Result, WireError, call_of, client_proof,
+                                     Post, Proof, Regenerate, Result, WireError, call_of,
+                                     client_proof,
                                      decode_value, encode, encode_value, error_of, failure_of,
                                      make_of, server_proof)
 
@@ -26,6 +28,7 @@ VALUES = [
     Accepted(KEY, "m-1", "r-1", 3),
     ThreadInfo(KEY, 12, 1700000000.25, 1700000100.5),
     ThreadInfo(KEY, 0, 1, 2),  # whole-number times, as a store may give them
+    ThreadInfo(KEY, 3, 1.5, 2.5, "hello ✓"),  # with a title (1.1)
     "r-1",
     "",
     None,
@@ -36,6 +39,10 @@ MESSAGES = [
     Proof(os.urandom(32)),
     Call(1, KEY.user_id, KEY.thread_id, Post("hello ✓", "c-1", "enqueue")),
     Call(2, KEY.user_id, KEY.thread_id, Post("", None, "interrupt")),
+    Call(2, KEY.user_id, KEY.thread_id, Post("edit", "c-2", "enqueue", "run_1")),  # 1.1
+    Call(2, KEY.user_id, KEY.thread_id, Post("root", None, "reject", None)),
+    Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", "c-3", "interrupt")),
+    Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", None, "enqueue")),
     Call(3, KEY.user_id, KEY.thread_id, Cancel("r-1")),
     Call(4, KEY.user_id, KEY.thread_id, Cancel(None)),
     Call(5, KEY.user_id, KEY.thread_id, Info()),
@@ -44,8 +51,8 @@ MESSAGES = [
     Failure(20, "busy", "a run is active"),
 ]
 #: Every class the table maps, and the code it travels as.
-MAPPED = [Busy, UnknownRun, JournalUnavailable, Unstorable, ActorCrashed, NotOwner, ActorStopped,
-          AskTimeout, MailboxFull, LimitReached, RateLimited, ValueError]
+MAPPED = [Busy, UnknownRun, NotFound, JournalUnavailable, Unstorable, ActorCrashed, NotOwner,
+          ActorStopped, AskTimeout, MailboxFull, LimitReached, RateLimited, ValueError]
 
 
 def frame(body: bytes) -> bytes:
@@ -62,6 +69,8 @@ def test_every_value_round_trips(value):
     data = encode_value(value)
     assert msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False) == data
     assert decode_value(data) == value and type(decode_value(data)) is type(value)
+    if type(value) is ThreadInfo:  # a title is no part of a ThreadInfo's equality
+        assert decode_value(data).title == value.title
 
 
 def test_a_value_no_request_answers_with_is_refused_when_encoded():
@@ -74,6 +83,12 @@ def test_a_value_no_request_answers_with_is_refused_when_encoded():
 @pytest.mark.parametrize("msg, wanted", [
     (PostMessage("hi", "c-9", "reject", Reply()), Post("hi", "c-9", "reject")),
     (PostMessage("hi", None, "enqueue", Reply()), Post("hi", None, "enqueue")),
+    (PostMessage("hi", None, "enqueue", Reply(), LATEST), Post("hi", None, "enqueue", LATEST)),
+    (PostMessage("hi", "c-1", "enqueue", Reply(), None), Post("hi", "c-1", "enqueue", None)),
+    (PostMessage("hi", None, "interrupt", Reply(), "run_7"),
+     Post("hi", None, "interrupt", "run_7")),
+    (RegenerateRequest("msg_1", "c-2", "reject", Reply()), Regenerate("msg_1", "c-2", "reject")),
+    (RegenerateRequest("msg_1", None, "enqueue", Reply()), Regenerate("msg_1", None, "enqueue")),
     (CancelRun("r-2", Reply()), Cancel("r-2")),
     (CancelRun(None, Reply()), Cancel(None)),
     (GetInfo(Reply()), Info()),
@@ -97,10 +112,28 @@ def test_only_the_four_forwardable_requests_become_calls():
         call_of(1, KEY, Subscribe(object(), None, None, Reply()))
 
 
-def test_an_unknown_strategy_is_bad_input_for_that_call():
-    [call] = FrameDecoder().feed(encode(Call(1, "u", "t", Post("x", None, "shove"))))
+@pytest.mark.parametrize("request_", [Post("x", None, "shove"),
+                                      Regenerate("msg_1", None, "shove")],
+                         ids=lambda r: type(r).__name__)
+def test_an_unknown_strategy_is_bad_input_for_that_call(request_):
+    [call] = FrameDecoder().feed(encode(Call(1, "u", "t", request_)))
     with pytest.raises(ValueError, match="shove"):
         make_of(call)
+
+
+def test_a_parent_left_out_never_looks_like_a_root_nor_a_run_id():
+    """LATEST (the newest run), None (a new root) and a run id, even one spelled "latest",
+    each cross as themselves."""
+    parents = [LATEST, None, "latest", "run_1"]
+    frames = [encode(Call(1, "u", "t", Post("x", None, "enqueue", p))) for p in parents]
+    assert len(set(frames)) == len(parents)
+    for parent, data in zip(parents, frames):
+        [call] = FrameDecoder().feed(data)
+        assert call.request.parent is parent or call.request.parent == parent
+        _, make = make_of(call)
+        assert make(Reply()).parent == parent
+    [call] = FrameDecoder().feed(frames[0])
+    assert call.request.parent is LATEST
 
 
 def test_frames_split_at_every_byte_boundary():
@@ -156,9 +189,23 @@ def test_a_frame_of_max_size_is_read_and_one_byte_more_is_refused_at_its_header(
     msgpack.packb(["failure", True, "busy", "x"]),              # a bool is not an id
     msgpack.packb(["failure", 1.0, "busy", "x"]),
     msgpack.packb(["call", 1, "u", "t", ["call", 2, "u", "t", ["info"]]]),  # nested message
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", 5, "enqueue"]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", 5, "enqueue", None]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue"]]),  # no parent field
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", 5]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["newest"]]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["latest", 1]]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", {"latest": True}]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", True]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, None]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", 5, None, "enqueue"]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue", None]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", None, None, "enqueue"]]),
     msgpack.packb(["call", 1, "u", None, ["info"]]),
-    msgpack.packb(["result", 1, ["thread_info", ["u"], 1, 1.0, 2.0]]),
+    msgpack.packb(["result", 1, ["thread_info", ["u"], 1, 1.0, 2.0, None]]),
+    msgpack.packb(["result", 1, ["thread_info", ["key", "u", "t"], 1, 1.0, 2.0]]),
+    msgpack.packb(["result", 1, ["thread_info", ["key", "u", "t"], 1, 1.0, 2.0, 5]]),
     msgpack.packb(["result", 1, ["accepted", "u/t", "m", "r", 1]]),
     msgpack.packb(["result", 1, 42]),
     msgpack.packb(["result", 1, {"run_id": "r"}]),
