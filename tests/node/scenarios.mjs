@@ -115,6 +115,7 @@ async function replacedWhileAway(away, live) {
     onevent: (frame) => seen.push([frame.seq, frame.event, frame.data.text ?? null]),
     onreset(reason, thread) {
       resets.push({ reason, lastSeq: thread.lastSeq, runs: thread.runs.size,
+                    messages: thread.tree.messages.size, roots: thread.tree.roots.length,
                     same: thread === client.thread("main") });
       seen.push("reset");
     },
@@ -141,6 +142,8 @@ async function replacedWhileAway(away, live) {
   const report = {
     status: deleted.status, resets, seen, joins: joinsOf(connections), lastSeq: thread.lastSeq,
     runs: [...thread.runs.values()].map((run) => [run.message?.text, run.status, run.text]),
+    tree: branchOf(thread.tree.branch()).map(([text]) => text),
+    roots: thread.tree.roots.map((m) => m.text),
   };
   client.close();
   creator.client.close();
@@ -163,6 +166,40 @@ const decideFrames = (connections) => connections.flat().filter((f) => f.type ==
 /** `promise`'s value as {ok} or its rejection as {code, name}. */
 const outcome = (promise) => promise.then(
   (ok) => ({ ok }), (error) => ({ code: error.code ?? null, name: error.name, message: error.message }));
+
+/** What a Tree holds, in plain JSON: every message and run with their places. */
+function treeOf(tree) {
+  return {
+    roots: tree.roots.map((m) => m.id),
+    newest: tree.newest?.id ?? null,
+    messages: [...tree.messages.values()].map((m) => ({
+      id: m.id, text: m.text, parent: m.parent, seq: m.seq, runId: m.runId,
+      answers: m.answers.map((r) => r.id), newest: m.newest?.id ?? null,
+    })),
+    runs: [...tree.runs.values()].map((r) => ({
+      id: r.id, messageId: r.messageId, seq: r.seq, status: r.status, text: r.text,
+      message: r.message?.text ?? null, children: r.children.map((m) => m.id),
+      newest: r.newest?.id ?? null,
+    })),
+  };
+}
+
+/** A branch as [message text, run id, "k/n" among siblings, "k/n" among answers] per turn. */
+const branchOf = (turns) => turns.map(({ message, run, siblings, answers }) => [
+  message.text, run.id, `${siblings.indexOf(message) + 1}/${siblings.length}`,
+  `${answers.indexOf(run) + 1}/${answers.length}`]);
+
+/** `client`'s `threadId` once run `runId` is done there; the run. */
+const doneIn = (client, threadId, runId, what) =>
+  until(() => { const run = client.thread(threadId)?.runs.get(runId); return run?.done && run; }, what);
+
+/** GET `path` of the HTTP API as `token`'s user: the JSON body. */
+async function httpGet(path) {
+  const base = new URL(url);
+  const response = await fetch(`http://${base.host}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  if (response.status !== 200) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
 
 const scenarios = {
   async stream() {
@@ -435,6 +472,155 @@ const scenarios = {
     writer.client.close();
     relay.close();
     return report;
+  },
+
+  // The conversation tree (PROTOCOL.md 1.1) built by the client from the events of one thread
+  // made of: a message, a follow-up, an edit of the follow-up (a sibling), a regenerate of the
+  // edit, a message under the edit's first answer, a second root. Also: the frames written (a
+  // send without `parent` has none: a 1.0 server sees a 1.0 frame), a regenerate retried with
+  // its client_msg_id (one run), not_found for an unknown message and an unknown parent.
+  async tree() {
+    const connections = [];
+    const client = connect({ url, token, WebSocket: recordingSocket(connections),
+                             onerror: (e) => console.error("onerror", e.code, e.message) });
+    const events = [];
+    await client.join("t", { since: 0, onevent: (f) => events.push(f) });
+    const done = (accepted, what) => doneIn(client, "t", accepted.run_id, what);
+    const one = await client.send("t", "one");
+    await done(one, "one");
+    const two = await client.send("t", "two");  // follows the newest run: one's
+    await done(two, "two");
+    const twoB = await client.send("t", "two b", { parent: one.run_id });  // an edit of two
+    await done(twoB, "two b");
+    const again = await client.regenerate("t", twoB.message_id, { clientMsgId: "again-1" });
+    const againRetry = await client.regenerate("t", twoB.message_id, { clientMsgId: "again-1" });
+    await done(again, "two b again");
+    const three = await client.send("t", "three", { parent: twoB.run_id });  // under the first answer
+    await done(three, "three");
+    const root = await client.send("t", "root two", { parent: null });
+    await done(root, "root two");
+    const notFound = await outcome(client.regenerate("t", "no-such-message"));
+    const badParent = await outcome(client.send("t", "orphan", { parent: "no-such-run" }));
+    await within(client.ping(), "pong");
+    const tree = client.tree("t");
+    const runIdOf = (run) => run.id;
+    const report = {
+      accepted: { one, two, twoB, again, againRetry, three, root },
+      tree: treeOf(tree),
+      same: tree === client.thread("t").tree,
+      branchDefault: branchOf(tree.branch()),
+      branchOne: branchOf(tree.branch((f) => (f.kind === "message" && f.parent === null ? one.message_id : undefined))),
+      branchOneAgain: branchOf(tree.branch((f) => (f.kind === "message" && f.parent === null ? one.message_id
+                                                   : f.kind === "answer" ? again.run_id : undefined))),
+      branchTwo: branchOf(tree.branch((f) => (f.kind === "message" ? (f.parent === null ? one.message_id : two.message_id)
+                                              : undefined))),
+      branchUnknownChoice: branchOf(tree.branch(() => "nothing-of-the-kind")),
+      pathThree: branchOf(tree.path(three.run_id)),
+      pathUnknown: tree.path("no-such-run"),
+      siblings: tree.siblings(twoB.message_id).map((m) => m.id),
+      answerSiblings: tree.answerSiblings(again.run_id).map(runIdOf),
+      children: tree.children(one.run_id).map((m) => m.id),
+      answers: tree.answers(twoB.message_id).map(runIdOf),
+      eventsAsked: events.filter((f) => f.event === "answer_requested").map((f) => ({ seq: f.seq, run_id: f.run_id, data: f.data })),
+      startedOfAgain: events.find((f) => f.event === "agent_started" && f.run_id === again.run_id)?.data ?? null,
+      userMessages: events.filter((f) => f.event === "user_message").map((f) => f.data),
+      seqs: events.map((f) => f.seq),
+      notFound, badParent,
+      frames: connections.flat().filter((f) => f.type === "send" || f.type === "regenerate"),
+    };
+    client.close();
+    return report;
+  },
+
+  // The tree across a reconnect: a client joined from 0 behind a relay is cut off (refused)
+  // while another client edits, regenerates and follows up; it asks a regenerate of its own
+  // while away (written once the connection is back, after its join). Joined again with
+  // `since`, its tree goes on growing from the replay, each event once: it ends equal to the
+  // writer's and to a third client's that joined from 0 at the end.
+  async treeResume() {
+    const writer = await directClient("r");
+    const first = await writer.client.send("r", "first");
+    await doneIn(writer.client, "r", first.run_id, "first");
+    const second = await writer.client.send("r", "second");
+    await doneIn(writer.client, "r", second.run_id, "second");
+    const relay = await openRelay(Number(new URL(url).port));
+    const connections = [];
+    const states = [];
+    const client = connect({
+      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
+      onerror: (e) => console.error("onerror", e.code, e.message),
+    });
+    const seqs = [];
+    const resets = [];
+    await client.join("r", { since: 0, onevent: (f) => seqs.push(f.seq), onreset: (reason) => resets.push(reason) });
+    await until(() => client.thread("r").lastSeq === 8, "the first two exchanges");
+    const before = treeOf(client.tree("r"));
+    relay.refuse(true);
+    relay.cut();
+    await until(() => states.includes("reconnecting"), "the client away");
+    const edit = await writer.client.send("r", "second, edited", { parent: first.run_id });
+    await doneIn(writer.client, "r", edit.run_id, "the edit");
+    const regen = await writer.client.regenerate("r", first.message_id);
+    await doneIn(writer.client, "r", regen.run_id, "the regenerate");
+    const follow = await writer.client.send("r", "after the edit", { parent: edit.run_id });
+    await doneIn(writer.client, "r", follow.run_id, "the follow-up");
+    const awayRegenerate = client.regenerate("r", second.message_id, { clientMsgId: "away-1" });
+    relay.refuse(false);
+    const mine = await within(awayRegenerate, "the regenerate asked while away");
+    await doneIn(client, "r", mine.run_id, "its answer");
+    await doneIn(writer.client, "r", mine.run_id, "its answer, for the writer");
+    await within(client.ping(), "pong");
+    const fresh = await directClient("r");
+    await until(() => fresh.client.thread("r").lastSeq === writer.client.thread("r").lastSeq, "the fresh copy");
+    const report = {
+      before, resets, seqs, states, joins: joinsOf(connections),
+      regenerateFrames: connections.flat().filter((f) => f.type === "regenerate").length,
+      ids: { first, second, edit, regen, follow, mine },
+      resumed: treeOf(client.tree("r")),
+      writer: treeOf(writer.client.tree("r")),
+      fresh: treeOf(fresh.client.tree("r")),
+      branch: branchOf(client.tree("r").branch()),
+      lastSeq: client.thread("r").lastSeq,
+    };
+    for (const c of [client, writer.client, fresh.client]) c.close();
+    relay.close();
+    return report;
+  },
+
+  // The client's tree against the server's own reading of it (GET /v1/threads/{id}/turns): for
+  // every run, the message it answers, that message's parent, and both sibling positions.
+  async treeVersusTurns() {
+    const { client } = await directClient("h");
+    const done = (a, what) => doneIn(client, "h", a.run_id, what);
+    const a = await client.send("h", "a");
+    await done(a, "a");
+    const b = await client.send("h", "b");
+    await done(b, "b");
+    const b2 = await client.send("h", "b2", { parent: a.run_id });
+    await done(b2, "b2");
+    const b3 = await client.send("h", "b3", { parent: a.run_id });
+    await done(b3, "b3");
+    const b2again = await client.regenerate("h", b2.message_id);
+    await done(b2again, "b2 again");
+    const c = await client.send("h", "c", { parent: b2.run_id });
+    await done(c, "c");
+    const r2 = await client.send("h", "r2", { parent: null });
+    await done(r2, "r2");
+    const tree = client.tree("h");
+    const mine = [...tree.runs.values()].sort((x, y) => x.seq - y.seq).map((run) => {
+      const message = tree.messages.get(run.messageId);
+      const siblings = tree.siblings(message.id);
+      return {
+        run_id: run.id, message_id: message.id, parent: message.parent, seq: run.seq,
+        message_seq: message.seq, text: message.text, answer: run.text, outcome: run.status,
+        sibling_index: siblings.indexOf(message), sibling_count: siblings.length,
+        answer_index: message.answers.indexOf(run), answer_count: message.answers.length,
+      };
+    });
+    const served = await httpGet("/v1/threads/h/turns?after=0&limit=1000");
+    client.close();
+    return { mine, served };
   },
 
   async unauthorized() {

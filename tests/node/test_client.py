@@ -4,9 +4,10 @@ middle of an answer (a relay's sockets reset) resumed with ``since`` with no gap
 duplicate, ``joined`` and the events after it read in one go (the seq counted from never goes
 down), a send made while the connection is down, a thread deleted while joined, a thread
 deleted and created again while the client was away (reset, joined again from 0), a bad token
-reported with the server's reason, tool approval (``decide`` from one of two clients, the Run's
-approvals in both, ``unknown_call`` for the second decision, a denial's reason, a waiting run
-cancelled; a pending
+reported with the server's reason, the conversation tree (edit, regenerate, branches, paths,
+its growth across a reconnect with ``since``, and the server's own ``turns`` of it), tool
+approval (``decide`` from one of two clients, the Run's approvals in both, ``unknown_call``
+for the second decision, a denial's reason, a waiting run cancelled; a pending
 approval rebuilt by the replay after a reconnect, and a ``decide`` lost with its connection not
 written again), and ``client.d.ts`` declaring exactly what ``client.js`` exports.
 
@@ -139,7 +140,8 @@ async def test_a_thread_replaced_while_away_is_reset_and_joined_again_from_0():
     async with serving() as server:
         seen = await scenario("replaced", server.url, token("ada"))
     assert seen["status"] in (200, 204)
-    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "same": True}]
+    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "messages": 0,
+                               "roots": 0, "same": True}]
     reset_at = seen["seen"].index("reset")
     assert reset_at == 8 and [e[0] for e in seen["seen"][:8]] == list(range(1, 9))
     after = seen["seen"][reset_at + 1:]
@@ -148,6 +150,7 @@ async def test_a_thread_replaced_while_away_is_reset_and_joined_again_from_0():
     assert seen["joins"][0] == [0] and seen["joins"][-1] == [8, 0]
     assert seen["lastSeq"] == 8
     assert seen["runs"] == [["new one", "completed", "new one"], ["new two", "completed", "new two"]]
+    assert seen["tree"] == ["new one", "new two"] and seen["roots"] == ["new one"]  # the old gone
 
 
 async def test_a_thread_replaced_by_a_longer_one_while_away_is_reset_too():
@@ -155,9 +158,11 @@ async def test_a_thread_replaced_by_a_longer_one_while_away_is_reset_too():
     only ``joined.created_at`` tells it apart; the old client code went on from seq 9."""
     async with serving() as server:
         seen = await scenario("replacedLonger", server.url, token("ada"))
-    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "same": True}]
+    assert seen["resets"] == [{"reason": "replaced", "lastSeq": 0, "runs": 0, "messages": 0,
+                               "roots": 0, "same": True}]
     reset_at = seen["seen"].index("reset")
     assert reset_at == 8
+    assert seen["tree"] == ["new one", "new two", "new three", "new four"]
     after = seen["seen"][reset_at + 1:]
     assert [e[0] for e in after] == list(range(1, 17)), "the new thread's events, once each"
     assert [e[2] for e in after if e[1] == "user_message"] == [
@@ -263,6 +268,128 @@ async def test_a_pending_approval_is_rebuilt_after_a_reconnect_and_a_lost_decide
     assert seen["approval"]["status"] == "approved" and seen["approval"]["approved"] is True
     assert seen["answer"] == ["completed", "42"] and seen["writerAnswer"] == "42"
     assert seen["pendingAfter"] == 0
+
+
+def frame_keys(frames: list[dict]) -> list[tuple[str, ...]]:
+    return [tuple(sorted(f)) for f in frames]
+
+
+async def test_the_tree_is_built_from_the_events_with_edits_regenerates_and_roots():
+    """PROTOCOL.md 1.1, "The conversation tree": one (root "one") -> two, and its edit "two b"
+    (a sibling: same parent); "two b" answered twice (a regenerate); "three" under the first
+    answer of "two b"; a second root. The client's tree, its default branch (to the newest
+    run), branches chosen at forks, a path to a leaf, sibling lists; the frames it wrote."""
+    async with serving() as server:
+        seen = await scenario("tree", server.url, token("ada"))
+    acc = seen["accepted"]
+    one, two, two_b, again, three, root = (acc[k] for k in ("one", "two", "twoB", "again",
+                                                              "three", "root"))
+    assert acc["againRetry"] == {**again, "ref": acc["againRetry"]["ref"]}  # client_msg_id
+    assert again["message_id"] == two_b["message_id"] and again["run_id"] != two_b["run_id"]
+    tree = seen["tree"]
+    assert seen["same"] is True
+    messages = {m["id"]: m for m in tree["messages"]}
+    runs = {r["id"]: r for r in tree["runs"]}
+    assert [m["text"] for m in tree["messages"]] == ["one", "two", "two b", "three", "root two"]
+    assert tree["roots"] == [one["message_id"], root["message_id"]]
+    assert messages[one["message_id"]]["parent"] is None
+    assert messages[two["message_id"]]["parent"] == one["run_id"]  # the server's default parent
+    assert messages[two_b["message_id"]]["parent"] == one["run_id"]
+    assert messages[three["message_id"]]["parent"] == two_b["run_id"]
+    assert messages[root["message_id"]]["parent"] is None
+    for a in (one, two, two_b, three, root):  # each message's seq is its accepted's
+        assert messages[a["message_id"]]["seq"] == a["seq"]
+        assert messages[a["message_id"]]["runId"] == a["run_id"] == runs[a["run_id"]]["id"]
+    assert messages[two_b["message_id"]]["answers"] == [two_b["run_id"], again["run_id"]]
+    assert seen["answers"] == seen["answerSiblings"] == [two_b["run_id"], again["run_id"]]
+    assert seen["children"] == seen["siblings"] == [two["message_id"], two_b["message_id"]]
+    assert runs[one["run_id"]]["children"] == [two["message_id"], two_b["message_id"]]
+    assert runs[two_b["run_id"]]["children"] == [three["message_id"]]
+    assert runs[again["run_id"]]["children"] == []
+    # the regenerated run: asked by answer_requested (its seq is the accepted's), answers "two b"
+    assert runs[again["run_id"]] == {
+        "id": again["run_id"], "messageId": two_b["message_id"], "seq": again["seq"],
+        "status": "completed", "text": "two b", "message": "two b", "children": [],
+        "newest": again["run_id"]}
+    (asked,) = seen["eventsAsked"]  # the retry stored nothing more
+    assert asked["seq"] == again["seq"] and asked["run_id"] == again["run_id"]
+    assert asked["data"]["message_id"] == two_b["message_id"]
+    assert asked["data"].get("client_msg_id") == "again-1"
+    assert seen["startedOfAgain"] == {"message_id": two_b["message_id"]}
+    assert [m.get("parent", "absent") for m in seen["userMessages"]] == [
+        None, one["run_id"], one["run_id"], two_b["run_id"], None]
+    assert seen["seqs"] == list(range(1, len(seen["seqs"]) + 1))
+    # newest: the run of the latest accepted; each node's newest is the newest run below it
+    assert tree["newest"] == root["run_id"]
+    assert messages[one["message_id"]]["newest"] == three["run_id"]
+    assert messages[two_b["message_id"]]["newest"] == three["run_id"]
+    assert messages[two["message_id"]]["newest"] == two["run_id"]
+    assert runs[one["run_id"]]["newest"] == three["run_id"]
+
+    assert seen["branchDefault"] == [["root two", root["run_id"], "2/2", "1/1"]]
+    assert seen["branchUnknownChoice"] == seen["branchDefault"]
+    path_three = [["one", one["run_id"], "1/2", "1/1"], ["two b", two_b["run_id"], "2/2", "1/2"],
+                  ["three", three["run_id"], "1/1", "1/1"]]
+    assert seen["branchOne"] == path_three  # below the fork chosen: toward the newest run
+    assert seen["pathThree"] == path_three
+    assert seen["branchOneAgain"] == [["one", one["run_id"], "1/2", "1/1"],
+                                      ["two b", again["run_id"], "2/2", "2/2"]]
+    assert seen["branchTwo"] == [["one", one["run_id"], "1/2", "1/1"],
+                                 ["two", two["run_id"], "1/2", "1/1"]]
+    assert seen["pathUnknown"] == []
+
+    assert seen["notFound"]["code"] == "not_found" and seen["notFound"]["name"] == "ThreadlineError"
+    assert seen["badParent"]["code"] == "not_found"
+    frames = seen["frames"]
+    # a send without parent writes no parent (a 1.0 frame); parent null is written as null
+    assert frame_keys(frames[:2]) == [("client_msg_id", "ref", "text", "thread_id", "type")] * 2
+    assert frames[2]["parent"] == one["run_id"]
+    regenerates = [f for f in frames if f["type"] == "regenerate"]
+    assert regenerates[0] == {"type": "regenerate", "thread_id": "t",
+                              "message_id": two_b["message_id"], "client_msg_id": "again-1",
+                              "ref": regenerates[0]["ref"]}
+    assert any(f["type"] == "send" and f["text"] == "root two" and f["parent"] is None
+               for f in frames)
+
+
+async def test_the_tree_goes_on_growing_across_a_reconnect_with_since():
+    """Away (the relay refuses) while another client edits, regenerates and follows up, and
+    with a regenerate of its own waiting for the connection: joined again with since 8, the
+    client's tree ends equal to the writer's and to one built from 0, each event once."""
+    async with serving() as server:
+        seen = await scenario("treeResume", server.url, token("ada"))
+    ids = seen["ids"]
+    assert [m["text"] for m in seen["before"]["messages"]] == ["first", "second"]
+    assert seen["resets"] == []
+    joins = [j for j in seen["joins"] if j]
+    assert joins[0] == [0] and joins[1] == [8], "joined again from what it had"
+    assert seen["seqs"] == list(range(1, seen["lastSeq"] + 1)), "a gap or a duplicate"
+    assert seen["regenerateFrames"] == 1
+    assert seen["resumed"] == seen["writer"] == seen["fresh"]
+    tree = seen["resumed"]
+    messages = {m["id"]: m for m in tree["messages"]}
+    assert [m["text"] for m in tree["messages"]] == [
+        "first", "second", "second, edited", "after the edit"]
+    assert messages[ids["edit"]["message_id"]]["parent"] == ids["first"]["run_id"]
+    assert messages[ids["first"]["message_id"]]["answers"] == [ids["first"]["run_id"],
+                                                              ids["regen"]["run_id"]]
+    assert messages[ids["second"]["message_id"]]["answers"] == [ids["second"]["run_id"],
+                                                               ids["mine"]["run_id"]]
+    assert tree["newest"] == ids["mine"]["run_id"]
+    assert seen["branch"] == [["first", ids["first"]["run_id"], "1/1", "1/2"],
+                              ["second", ids["mine"]["run_id"], "1/2", "2/2"]]
+    assert all(run["status"] == "completed" for run in tree["runs"])
+
+
+async def test_the_clients_tree_is_the_servers_turns():
+    """The same tree read two ways: the client's, from the events, and the server's
+    ``GET /v1/threads/{id}/turns`` (HTTP.md): every run's message, parent and positions."""
+    async with serving() as server:
+        seen = await scenario("treeVersusTurns", server.url, token("ada"))
+    served = seen["served"]
+    assert served["type"] == "turns" and served["next_after"] is None
+    assert len(seen["mine"]) == 7
+    assert served["turns"] == seen["mine"]
 
 
 def exported(source: str, pattern: str) -> set[str]:

@@ -27,6 +27,11 @@ export type ErrorCode =
   /** 1.1: `decide` of a tool call that does not wait for approval (any more): decided first
    * elsewhere (another tab, HTTP), never asked, or its run ended */
   | "unknown_call"
+  /** 1.1: `regenerate` of a message the thread does not have; a `send` whose `parent` is not a
+   * run of the thread */
+  | "not_found"
+  /** 1.1: the user's token budget is spent; nothing was stored */
+  | "budget_exceeded"
   /** a request written before the connection was lost, not repeated (cancel, decide): it may
    * have been handled; for a decide, the thread's events tell (approval_decided, or the
    * approval still pending once the thread is joined again) */
@@ -52,7 +57,7 @@ export type EventName =
   | "user_message" | "agent_started" | "agent_thinking" | "agent_delta" | "tool_executing"
   | "tool_completed" | "agent_completed" | "agent_failed" | "agent_cancelled"
   /** 1.1 */
-  | "approval_requested" | "approval_decided";
+  | "approval_requested" | "approval_decided" | "answer_requested";
 
 export interface EventFrame {
   type: "event";
@@ -65,15 +70,21 @@ export interface EventFrame {
 }
 
 export interface ErrorFrame { type: "error"; code: ErrorCode; message: string; ref?: number }
-export interface Joined { type: "joined"; thread_id: string; last_seq: number; ref: number }
+export interface Joined { type: "joined"; thread_id: string; last_seq: number; created_at?: number; ref: number }
 export interface Left { type: "left"; thread_id: string; ref: number }
+/** `send`'s and `regenerate`'s answer: the message (a regenerate's: the message answered again)
+ * and the run that answers it; `seq`: of its user_message (a regenerate's: answer_requested) */
 export interface Accepted { type: "accepted"; thread_id: string; message_id: string; run_id: string; seq: number; ref: number }
 export interface Ok { type: "ok"; thread_id: string; run_id: string; ref: number }
 /** `decide`'s answer: the decision is stored (its approval_decided event comes to every
  * connection joined to the thread, this one too) */
 export interface Decided extends Ok { call_id: string }
 export interface Pong { type: "pong"; ref: number }
-export interface ThreadInfo { thread_id: string; last_seq: number; created_at: number; updated_at: number }
+export interface ThreadInfo {
+  thread_id: string; last_seq: number; created_at: number; updated_at: number;
+  /** 1.1: the first 80 code points of the thread's first message; null when it has none */
+  title?: string | null;
+}
 export interface ThreadsPage { type: "threads"; threads: ThreadInfo[]; next_cursor: string | null; ref: number }
 
 export interface ToolCall {
@@ -124,8 +135,18 @@ export declare class Run {
   readonly status: RunStatus;
   /** a terminal event was seen */
   readonly done: boolean;
-  /** the user_message that started it: {message_id, text, client_msg_id?} */
-  readonly message: { message_id: string; text: string; client_msg_id?: string } | null;
+  /** the data of the user_message it answers: {message_id, text, client_msg_id?, parent?}
+   * (1.1: a regenerated run's is that same message's) */
+  readonly message: { message_id: string; text: string; client_msg_id?: string; parent?: string | null } | null;
+  /** 1.1: the message it answers (agent_started.message_id), once the tree placed it */
+  readonly messageId: string | null;
+  /** 1.1: seq of the event that asked for it (its user_message, or a regenerate's
+   * answer_requested): the order of the answers to one message */
+  readonly seq: number | null;
+  /** 1.1: the messages that follow it (their `parent` is this run), by seq */
+  readonly children: readonly Message[];
+  /** 1.1: the newest run of its subtree (itself when nothing follows it) */
+  readonly newest: Run | null;
   /** the answer so far: agent_delta pieces laid at their offsets; agent_completed's text at the end */
   readonly text: string;
   /** text's length in code points */
@@ -156,6 +177,77 @@ export declare class Thread {
   readonly activeRun: Run | null;
   /** every run's pending approvals, oldest run first */
   readonly pendingApprovals: readonly Approval[];
+  /** the `last_seq` of the join this copy began with (the first join, or the join from 0 after a
+   * reset); null until joined. Events with a seq up to it are the history the join replayed,
+   * those above it came after (e.g. what a page shows as new: another tab's edit) */
+  readonly joinedSeq: number | null;
+  /** 1.1: the conversation tree, built from the events seen (client.tree(id) is the same) */
+  readonly tree: Tree;
+}
+
+/** 1.1: a user's message in the conversation tree, from its `user_message` event. */
+export declare class Message {
+  readonly id: string;
+  readonly text: string;
+  /** the run it follows; null at a root */
+  readonly parent: string | null;
+  /** of its user_message: siblings are ordered by it */
+  readonly seq: number;
+  /** the run its user_message started: its first answer */
+  readonly runId: string;
+  readonly clientMsgId: string | null;
+  /** the user_message's data as it came (attachments, ...) */
+  readonly data: Record<string, unknown> & { message_id: string; text: string };
+  /** every run answering it, by seq: the first, then the regenerated ones */
+  readonly answers: readonly Run[];
+  /** the newest run of its subtree */
+  readonly newest: Run | null;
+}
+
+/** One step of a branch: a message, the answer followed, and the siblings of each (for
+ * "< k / n >": k is the 1-based index of message in siblings, or of run in answers). */
+export interface Turn {
+  message: Message;
+  run: Run;
+  /** the messages with the same parent, message among them, by seq */
+  siblings: readonly Message[];
+  /** the runs answering message, run among them, by seq */
+  answers: readonly Run[];
+}
+
+/** A fork met by Tree.branch: where more than one child could be followed. */
+export type Fork =
+  | { kind: "message"; /** the run the messages follow; null: the roots */ parent: string | null; options: readonly Message[] }
+  | { kind: "answer"; messageId: string; options: readonly Run[] };
+
+/** 1.1: a thread's conversation tree (PROTOCOL.md, "The conversation tree"), as the events seen
+ * built it. Complete when the thread was joined from 0 (since: 0); a copy joined later holds
+ * what it saw (a path stops where it knows no more). It keeps growing across reconnects (the
+ * join with since) and is emptied by a reset (onreset). */
+export declare class Tree {
+  /** message_id -> Message, by seq */
+  readonly messages: ReadonlyMap<string, Message>;
+  /** run_id -> Run (the Thread's runs) */
+  readonly runs: ReadonlyMap<string, Run>;
+  /** the run of the latest user_message or answer_requested: the parent the server gives a send
+   * without one; null before any */
+  readonly newest: Run | null;
+  /** the messages starting the conversation (parent null), by seq */
+  readonly roots: readonly Message[];
+  /** the messages following run `runId` (null: the roots), by seq */
+  children(runId: string | null): readonly Message[];
+  /** the runs answering message `messageId`, by seq */
+  answers(messageId: string): readonly Run[];
+  /** the messages with the same parent as `messageId` (itself among them), by seq; [] unknown */
+  siblings(messageId: string): readonly Message[];
+  /** the runs answering the same message as `runId` (itself among them), by seq; [] unknown */
+  answerSiblings(runId: string): readonly Run[];
+  /** the branch from the root down to run `runId`, oldest turn first; [] for an unknown run */
+  path(runId: string): Turn[];
+  /** a branch from a root to a leaf: at each fork, the child `choose` names, else (undefined,
+   * or an id not among the options) the one whose subtree holds the newest run. Without
+   * `choose`: the branch ending at the newest run. */
+  branch(choose?: (fork: Fork) => string | undefined): Turn[];
 }
 
 export interface JoinOptions {
@@ -181,6 +273,16 @@ export interface JoinOptions {
 
 export interface SendOptions {
   /** idempotency key; made up when not given (so a send written again after a loss is one message) */
+  clientMsgId?: string;
+  strategy?: "enqueue" | "interrupt" | "reject";
+  /** 1.1: the run the message follows; null: a new root. An edit of message m: m.parent (the new
+   * message is m's sibling). Not given: the thread's newest run (the server's default), or a root
+   * when there is none, as in 1.0 */
+  parent?: string | null;
+}
+
+export interface RegenerateOptions {
+  /** idempotency key; made up when not given (written again after a loss: one new run) */
   clientMsgId?: string;
   strategy?: "enqueue" | "interrupt" | "reject";
 }
@@ -209,10 +311,18 @@ export declare class Client {
   readonly attempt: number;
   timeout: number;
   thread(threadId: string): Thread | undefined;
+  /** 1.1: the conversation tree of joined thread `threadId` (its Thread's tree) */
+  tree(threadId: string): Tree | undefined;
   /** settles with the `joined` answer; after a reset (onreset), with that of the join from 0 */
   join(threadId: string, options?: JoinOptions): Promise<Joined>;
   leave(threadId: string): Promise<Left>;
   send(threadId: string, text: string, options?: SendOptions): Promise<Accepted>;
+  /** 1.1: another answer to message `messageId`: a new run beside its earlier answers. Settles
+   * with its `accepted` (message_id: that message; run_id: the new run; seq: its
+   * answer_requested); rejects "not_found" for a message the thread does not have, "busy" with
+   * strategy "reject" while a run is active. Written again after a loss (idempotent by
+   * clientMsgId). */
+  regenerate(threadId: string, messageId: string, options?: RegenerateOptions): Promise<Accepted>;
   /** the active run, or runId; written at most once (a loss after writing: "disconnected") */
   cancel(threadId: string, runId?: string): Promise<Ok>;
   /** 1.1: approve or deny the tool call `callId` of run `runId` (an Approval's runId and

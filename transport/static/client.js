@@ -7,17 +7,21 @@
 //   await client.send("main", "/stream 50");
 //   // a tool call waiting for approval (PROTOCOL.md 1.1): run.approvals, thread.pendingApprovals
 //   await client.decide("main", approval.runId, approval.callId, true);
+//   // the conversation tree (PROTOCOL.md 1.1): edit, regenerate, the branch to show
+//   await client.send("main", "the same, better", { parent: message.parent });  // an edit
+//   await client.regenerate("main", message.id);
+//   for (const { message, run, siblings, answers } of client.tree("main").branch()) show(...);
 //
 // Invariants:
-// - Requests (join, leave, send, cancel, decide, threads, ping) carry a fresh integer `ref` and settle
+// - Requests (join, leave, send, regenerate, cancel, decide, threads, ping) carry a fresh integer `ref` and settle
 //   with the frame that answers it; an `error` answer rejects with a ThreadlineError carrying
 //   the protocol's `code`. A request made while no connection is open waits for one.
 // - The connection is opened again after any loss except a close that would only repeat
 //   (1000, 1007, 1008, 1009; 4001: token expired), with exponential backoff and jitter,
 //   bounded by `maxDelay`. Every joined thread is joined again with `since` = the last seq seen,
 //   and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
-//   before a loss are written again (send is idempotent by its client_msg_id, which the client
-//   makes up when not given) except `cancel` and `decide`, which reject with code "disconnected":
+//   before a loss are written again (send and regenerate are idempotent by their client_msg_id,
+//   which the client makes up when not given) except `cancel` and `decide`, which reject with code "disconnected":
 //   either may have been handled, and a second `decide` would be `unknown_call` (PROTOCOL.md,
 //   "### `decide`": read the thread's events before deciding again). A request not yet written
 //   when the connection was lost is written once it is back, after the joins.
@@ -48,6 +52,19 @@
 //   `approval_requested` makes one pending, `approval_decided` decides it, a terminal event
 //   ends one left undecided ("ended": it needs no decision any more). Built from events only,
 //   so the replay of a join from 0 (a reload) rebuilds a pending approval as it was.
+// - The conversation tree (Thread.tree, client.tree(id)) is built from events only, each
+//   applied once (the seq check above), so a join with `since` goes on growing it with no
+//   duplicate and a reset empties it with the rest of the Thread. A `user_message` makes a
+//   Message under its `parent` run (null: a root; a 1.0 server sends none: the newest run, as
+//   the server's default is) and places its run as the message's first answer; an
+//   `answer_requested` places its run as a further answer of `message_id`; `agent_started`
+//   places a run whose asking event this copy never saw (joined after it). Children and answers
+//   are in the order they were placed, which is seq order: siblings ordered by seq. Every node
+//   keeps `newest`, the newest run of its subtree (every run placed is the newest so far, so
+//   placing one sets it on its ancestors): the default branch leads to the newest run.
+//   A copy joined after the start (a `since` above 0, or live only) holds what it saw: a message
+//   whose parent it never saw is still a child of that run id, and a path stops where it knows
+//   no more.
 // - JSON only (subprotocol threadline.v1.json): browsers parse JSON natively and fast, and a
 //   chat's frames are mostly text, which msgpack would not make smaller.
 
@@ -106,7 +123,12 @@ export class Run {
   constructor(id) {
     this.id = id;
     this.status = "queued";  // queued -> running -> completed | failed | cancelled
-    this.message = null;     // the user_message's data
+    this.message = null;     // the data of the user_message it answers (a regenerated run: that
+                             // same message's)
+    this.messageId = null;   // the message it answers, once placed in the tree
+    this.seq = null;         // of the event that asked for it: its user_message or answer_requested
+    this.children = [];      // the Messages that follow it, by seq
+    this.newest = null;      // the newest run of its subtree (itself, or below), once placed
     this.text = "";          // the answer so far
     this.length = 0;         // codePoints(this.text)
     this.thinking = [];
@@ -155,6 +177,165 @@ export class Run {
   }
 }
 
+/** A user's message in the conversation tree (PROTOCOL.md 1.1), from its `user_message`. */
+export class Message {
+  constructor(data, parent, seq, runId, answers) {
+    this.id = data.message_id;
+    this.text = data.text;
+    this.parent = parent;    // the run it follows; null at a root
+    this.seq = seq;          // of its user_message
+    this.runId = runId;      // the run its user_message started (its first answer)
+    this.clientMsgId = data.client_msg_id ?? null;
+    this.data = data;        // the user_message's data as it came (attachments, ...)
+    this.answers = answers;  // every Run answering it, by seq: the first, then regenerated ones
+    this.newest = null;      // the newest run of its subtree
+  }
+}
+
+/** A thread's conversation tree, as its events built it (see the header). */
+export class Tree {
+  constructor(runs) {
+    this.runs = runs;            // the Thread's runs: run_id -> Run
+    this.messages = new Map();   // message_id -> Message, by seq
+    this.newest = null;          // the run of the latest user_message or answer_requested: the
+                                 // parent a send without `parent` gets
+    this._children = new Map();  // run_id (null: the roots) -> Message[]
+    this._answers = new Map();   // message_id -> Run[]
+  }
+
+  /** The messages that start the conversation (parent null), by seq. */
+  get roots() { return this.children(null); }
+
+  /** The messages that follow run `runId` (null: the roots), by seq. */
+  children(runId) { return this._children.get(runId) ?? []; }
+
+  /** The runs answering message `messageId`, by seq. */
+  answers(messageId) { return this._answers.get(messageId) ?? []; }
+
+  /** The messages with the same parent as `messageId`, itself among them, by seq. */
+  siblings(messageId) {
+    const message = this.messages.get(messageId);
+    return message === undefined ? [] : this.children(message.parent);
+  }
+
+  /** The runs answering the same message as `runId`, itself among them, by seq. */
+  answerSiblings(runId) {
+    const run = this.runs.get(runId);
+    return run?.messageId == null ? [] : this.answers(run.messageId);
+  }
+
+  /** The branch from the root to run `runId` (a leaf, or any run): one Turn {message, run,
+   * siblings, answers} per message, oldest first. What this copy knows of it: it stops where
+   * a message or a run was not seen (a copy joined after it); [] for an unknown run. */
+  path(runId) {
+    const turns = [];
+    for (let run = this.runs.get(runId); run?.messageId != null; ) {
+      const message = this.messages.get(run.messageId);
+      if (message === undefined) break;
+      turns.push(this._turn(message, run));
+      run = message.parent === null ? undefined : this.runs.get(message.parent);
+    }
+    return turns.reverse();
+  }
+
+  /** One branch from a root down to a leaf: at each fork (more than one message with the same
+   * parent, or more than one answer to a message) `choose(fork)` names the child to follow;
+   * when it names none of them (undefined, or an id not there), the child whose subtree holds
+   * the newest run. `fork`: {kind: "message", parent (a run id, null for the roots), options:
+   * Message[]} or {kind: "answer", messageId, options: Run[]}. With no `choose`: the branch
+   * ending at the newest run. */
+  branch(choose = () => undefined) {
+    const turns = [];
+    let parent = null;
+    for (let options = this.roots; options.length > 0; ) {
+      const message = pick(options, () => choose({ kind: "message", parent, options }));
+      const answers = message.answers;
+      if (answers.length === 0) break;
+      const run = pick(answers, () => choose({ kind: "answer", messageId: message.id, options: answers }));
+      turns.push(this._turn(message, run));
+      parent = run.id;
+      options = run.children;
+    }
+    return turns;
+  }
+
+  _turn(message, run) {
+    return { message, run, siblings: this.children(message.parent), answers: message.answers };
+  }
+
+  _list(map, key) {
+    let list = map.get(key);
+    if (list === undefined) map.set(key, list = []);
+    return list;
+  }
+
+  /** A Run of the thread seen for the first time. */
+  _adopt(run) { run.children = this._list(this._children, run.id); }
+
+  /** Apply an event frame (each once, in seq order) to the tree; `run` is its Run. */
+  _take(frame, run) {
+    const data = frame.data ?? {};
+    switch (frame.event) {
+      case "user_message": {
+        if (this.messages.has(data.message_id)) break;
+        // a 1.0 server sends no parent: the message follows the newest run, as there
+        const parent = data.parent !== undefined ? data.parent : (this.newest?.id ?? null);
+        const message = new Message(data, parent, frame.seq, run.id,
+                                    this._list(this._answers, data.message_id));
+        this.messages.set(message.id, message);
+        this._list(this._children, parent).push(message);
+        this._place(run, message.id, frame.seq, true);
+        break;
+      }
+      case "answer_requested":
+        this._place(run, data.message_id, frame.seq, true);
+        run.message ??= this.messages.get(data.message_id)?.data ?? null;
+        break;
+      case "agent_started":  // a run whose asking event this copy did not see
+        if (run.messageId === null && typeof data.message_id === "string") {
+          this._place(run, data.message_id, frame.seq, false);
+          run.message ??= this.messages.get(data.message_id)?.data ?? null;
+        }
+        break;
+    }
+  }
+
+  /** Make `run` an answer of message `messageId`, asked at `seq`. */
+  _place(run, messageId, seq, asked) {
+    if (run.messageId !== null) return;
+    run.messageId = messageId;
+    run.seq = seq;
+    this._list(this._answers, messageId).push(run);
+    if (asked || this.newest === null || seq > this.newest.seq) this.newest = run;
+    // the newest run so far: the newest of every subtree holding it
+    run.newest = run;
+    for (let message = this.messages.get(messageId); message !== undefined; ) {
+      message.newest = run;
+      const parent = message.parent === null ? undefined : this.runs.get(message.parent);
+      if (parent === undefined || parent.newest === run) break;
+      parent.newest = run;
+      message = parent.messageId === null ? undefined : this.messages.get(parent.messageId);
+    }
+  }
+
+  _clear() {
+    this.messages.clear();
+    this._children.clear();
+    this._answers.clear();
+    this.newest = null;
+  }
+}
+
+/** The option whose id `chosen()` names, else the one whose subtree holds the newest run. */
+function pick(options, chosen) {
+  if (options.length === 1) return options[0];
+  const id = chosen();
+  const named = id === undefined ? undefined : options.find((option) => option.id === id);
+  if (named !== undefined) return named;
+  const newest = (option) => option.newest?.seq ?? option.seq ?? -1;
+  return options.reduce((best, option) => (newest(option) > newest(best) ? option : best));
+}
+
 export class Thread {
   constructor(id, since, onevent, onleft, onreset) {
     this.id = id;
@@ -166,6 +347,8 @@ export class Thread {
     this.onreset = onreset;
     this.joining = false;  // a join request is pending: events are dropped until its answer
     this.createdAt = null; // the thread's `joined.created_at`: which thread of this id is held
+    this.joinedSeq = null; // the `last_seq` of the join this copy began with (see Thread in client.d.ts)
+    this.tree = new Tree(this.runs);  // the conversation tree (PROTOCOL.md 1.1)
   }
 
   get activeRun() {
@@ -182,8 +365,12 @@ export class Thread {
     if (this.joining || frame.seq <= this.lastSeq) return undefined;
     this.lastSeq = frame.seq;
     let run = this.runs.get(frame.run_id);
-    if (run === undefined) this.runs.set(frame.run_id, run = new Run(frame.run_id));
+    if (run === undefined) {
+      this.runs.set(frame.run_id, run = new Run(frame.run_id));
+      this.tree._adopt(run);
+    }
     run.apply(frame.event, frame.data);
+    this.tree._take(frame, run);
     return run;
   }
 
@@ -196,7 +383,9 @@ export class Thread {
   reset() {
     this.lastSeq = 0;
     this.runs.clear();
+    this.tree._clear();
     this.createdAt = null;
+    this.joinedSeq = null;
   }
 }
 
@@ -252,6 +441,9 @@ export class Client {
 
   thread(threadId) { return this._threads.get(threadId); }
 
+  /** The conversation tree of joined thread `threadId` (its Thread's `tree`), or undefined. */
+  tree(threadId) { return this._threads.get(threadId)?.tree; }
+
   join(threadId, { since, createdAt = null, onevent = () => {}, onleft = () => {},
                    onreset = () => {} } = {}) {
     const thread = new Thread(threadId, since, onevent, onleft, onreset);
@@ -265,8 +457,22 @@ export class Client {
     return this._request(() => ({ type: "leave", thread_id: threadId }));
   }
 
-  send(threadId, text, { clientMsgId = randomId(), strategy } = {}) {
+  /** `parent` (1.1): the run the message follows (an edit: the edited message's parent), null
+   * for a new root; not given: the thread's newest run, the server's default (PROTOCOL.md). */
+  send(threadId, text, { clientMsgId = randomId(), strategy, parent } = {}) {
     const frame = { type: "send", thread_id: threadId, text, client_msg_id: clientMsgId };
+    if (strategy !== undefined) frame.strategy = strategy;
+    if (parent !== undefined) frame.parent = parent;
+    return this._request(() => frame);
+  }
+
+  /** Another answer to message `messageId` (1.1): settles with the `accepted` of the new run
+   * (its `seq` is that of the run's `answer_requested`); "not_found" for a message the thread
+   * does not have. Idempotent by `clientMsgId` (made up when not given), so written again after
+   * a loss like a send. */
+  regenerate(threadId, messageId, { clientMsgId = randomId(), strategy } = {}) {
+    const frame = { type: "regenerate", thread_id: threadId, message_id: messageId,
+                    client_msg_id: clientMsgId };
     if (strategy !== undefined) frame.strategy = strategy;
     return this._request(() => frame);
   }
@@ -327,6 +533,7 @@ export class Client {
     const created = answer.created_at ?? null;
     const replaced = thread.createdAt !== null && created !== null && created !== thread.createdAt;
     if (!replaced) thread.createdAt = created ?? thread.createdAt;
+    if (!replaced && thread.joinedSeq === null) thread.joinedSeq = answer.last_seq;
     if (since === undefined && !replaced) {
       thread.countFrom(answer.last_seq);  // live only: from what the server has
       return null;
