@@ -195,10 +195,18 @@ async def read_history(journal: Journal, key: ThreadKey, run_id: str, limit: int
 
 async def read_turns(journal: Journal, key: ThreadKey, after: int, limit: int) -> list[TurnView]:
     """``ThreadHandle.turns``: a page of the tree's runs, each with its message, its answer
-    and its places among its siblings, read with the runs' own events only."""
+    and its places among its siblings. A completed run's answer is its terminal event's text:
+    only that event is read (a node whose range is its end alone); the streamed pieces are
+    read only for a run that failed or was cancelled, so a page holds its answers, not their
+    streams."""
     placed = await journal.turns(key, after, limit)
-    runs = _runs_of([p.node for p in placed], await journal.node_events(key,
-                                                                        [p.node for p in placed]))
+    ends = [attrs.evolve(p.node, started_seq=p.node.ended_seq) for p in placed]
+    events = await journal.node_events(key, ends)
+    unfinished = {e.run_id for e in events if e.event in (AGENT_FAILED, AGENT_CANCELLED)}
+    if unfinished:
+        events = await journal.node_events(key, [p.node for p in placed
+                                                 if p.node.run_id in unfinished] + ends)
+    runs = _runs_of([p.node for p in placed], events)
     views: list[TurnView] = []
     for p in placed:
         node, run = p.node, runs.get(p.node.run_id)

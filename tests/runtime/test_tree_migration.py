@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from threadline import open_runtime
-from threadline.actors.history import read_history
+from threadline.actors.history import read_history, read_turns
 from threadline.actors.messages import TERMINAL_EVENTS, ThreadKey
 from threadline.stores import open_journal, postgres, sql
 from threadline.stores.schema import MIGRATIONS, VERSION
@@ -62,6 +62,9 @@ async def check_migrated(url: str) -> None:
             assert all((p.sibling_count, p.answer_count) == (1, 1) for p in placed)
             assert all(p.node.ended_seq is not None and p.node.started_seq is not None
                        for p in placed)
+        views = await read_turns(journal, BOB, 0, 10)  # a cancelled run: what it streamed
+        assert [(v.outcome, v.answer[:6]) for v in views] == [("cancelled", "1 2 3 "),
+                                                             ("completed", "after ")]
         titles = {i.key.thread_id: i.title for i in await journal.threads("alice")}
         assert titles == {"main": "hello there", "other": "é" * 80}
         assert [i.title for i in await journal.threads("bob")] == ["/stream 100000"]
