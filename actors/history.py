@@ -23,9 +23,10 @@ Invariants:
   its turn.
 - Only the run's ancestors count: the run's message (``run.text``), later messages and runs
   still going on are not history.
-- The read is bounded by what is asked: ``limit`` turns are at most ``limit / 2 + 1`` nodes,
-  read by walking parents, and each one's events by a range of seqs (``Journal.branch``,
-  ``Journal.node_events``): never a scan of the thread.
+- The read is bounded by what is asked: ``limit`` turns come from at most ``limit`` ancestors
+  (each gives its message, and its answer once its run ended: an ancestor queued behind an
+  interrupt has none yet), read by walking parents, and each one's events by a range of seqs
+  (``Journal.branch``, ``Journal.node_events``): never a scan of the thread.
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ async def read_history(journal: Journal, key: ThreadKey, run_id: str, limit: int
     branch's. O(the turns read): a walk of parents, then each one's events by a range."""
     if limit <= 0:
         return []
-    nodes = await journal.branch(key, run_id, limit // 2 + 2)  # the run, then two turns each
+    # The run, then its ancestors: each gives one turn at least (two once its run ended), so
+    # ``limit`` of them are enough for ``limit`` turns, whichever have ended.
+    nodes = await journal.branch(key, run_id, limit + 1)
     path = nodes[:0:-1]  # its ancestors, root first
     return turns_along(path, await journal.node_events(key, path))[-limit:]
 
