@@ -65,17 +65,24 @@ def test_version_3_replaces_the_thread_list_index():
     assert "threads_by_user_update" in names and "threads_by_update" not in names
 
 
-def _make_version_2(backend: sql.Backend, conn) -> None:
-    """A store as threadline wrote it at version 2, with threads of two users in it."""
-    backend.begin(conn)
-    cur = backend.cursor(conn)
+def migrate_to(backend: sql.Backend, cur, version: int) -> None:
+    """Make the schema of an empty store as threadline made it at ``version``, in the
+    caller's transaction (released migrations are never edited: their text is that
+    release's)."""
     for statement in backend.dialect.before_migrating:
         cur.execute(statement)
-    for migration in MIGRATIONS[:2]:
+    for migration in MIGRATIONS[:version]:
         for statement in migration.statements(backend.dialect):
             cur.execute(statement)
         for statement in backend.dialect.set_version:
             cur.execute(statement.format(version=migration.version))
+
+
+def _make_version_2(backend: sql.Backend, conn) -> None:
+    """A store as threadline wrote it at version 2, with threads of two users in it."""
+    backend.begin(conn)
+    cur = backend.cursor(conn)
+    migrate_to(backend, cur, 2)
     cur.executemany("INSERT INTO threads (user_id, thread_id, last_seq, created_at, updated_at) "
                     "VALUES (%s, %s, 0, 1.0, %s)",
                     [("alice", f"t{n}", float(n % 3)) for n in range(7)] + [("bob", "b", 9.0)])

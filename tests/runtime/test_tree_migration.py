@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from threadline import open_runtime
+from tests.runtime.test_schema import migrate_to
 from threadline.actors.history import read_history, read_turns
 from threadline.actors.messages import TERMINAL_EVENTS, ThreadKey
 from threadline.stores import open_journal, postgres, sql
@@ -104,13 +105,7 @@ async def test_a_postgresql_store_of_the_previous_release_migrates(pg_dsn):
     try:
         backend.begin(conn)
         cur = backend.cursor(conn)
-        for statement in backend.dialect.before_migrating:
-            cur.execute(statement)
-        for migration in MIGRATIONS[:3]:
-            for statement in migration.statements(backend.dialect):
-                cur.execute(statement)
-            for statement in backend.dialect.set_version:
-                cur.execute(statement.format(version=migration.version))
+        migrate_to(backend, cur, 3)
         for table, table_rows in fixture_rows().items():
             if table_rows:
                 marks = ", ".join(["%s"] * len(table_rows[0]))
