@@ -140,7 +140,9 @@ async def echo_agent(run: Run) -> str | None:
         await stream_numbers(run, int(match.group(1)))
         return None  # completes with what was written
     await run.think("echoing")
-    return text
+    # PROTOCOL.md 1.1: one line per attachment, so that they can be tried without a model.
+    return text + "".join(f"\n[{a.name}, {a.size} bytes, {a.content_type}]"
+                          for a in run.attachments)
 
 
 async def stream_numbers(run: Run, n: int) -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
 from .approval import PriorCall, denial, prior_calls
+from .attachments import RunAttachment, read_bytes
 from .errors import ToolDenied, ToolError
 from .history import Turn
 from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING, Event
@@ -60,12 +61,16 @@ async def _no_history(limit: int) -> list[Turn]:
 class Run:
     """What an agent sees of its run; its events are written by its ``RunWriter``."""
 
-    __slots__ = ("context", "text", "_writer", "_tools", "_history", "_prior")
+    __slots__ = ("context", "text", "attachments", "_writer", "_tools", "_history", "_prior")
 
     def __init__(self, writer: RunWriter, tools: ToolRegistry, *,
-                 history: History = _no_history) -> None:
+                 history: History = _no_history,
+                 attachments: Sequence[RunAttachment] = ()) -> None:
         self.context = writer.context
         self.text = writer.control.text
+        #: The attachments of the message the run answers (PROTOCOL.md 1.1): each one's
+        #: name, type and size, and ``await a.read()`` for its bytes.
+        self.attachments = list(attachments)
         self._writer = writer
         self._tools = tools
         self._history = history
@@ -97,6 +102,17 @@ class Run:
         """The thread's last ``limit`` turns before this run's message, oldest first
         (``history.py``). Reads the journal."""
         return await self._history(limit)
+
+    async def read_attachment(self, attachment_id: str) -> bytes:
+        """The bytes of an attachment of this run's thread (one named by a ``Turn`` of
+        ``history``, say); empty for one that is gone, another thread's or another user's.
+        Reads the journal: its record, then its chunks (``attachments.read_bytes``)."""
+        journal = self._writer._sequencer.journal
+        user_id = self.context.user_id
+        found = await journal.attachment(user_id, attachment_id)
+        if found is None or found.thread_id != self.context.thread_id:
+            return b""
+        return await read_bytes(journal, user_id, attachment_id)
 
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer; clients see it as ``agent_delta`` events. Does not

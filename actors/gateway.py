@@ -12,12 +12,13 @@ Every request goes through the gateway's ``Router``, fixed at construction: ``Lo
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 import attrs
 import trio
 
 from .approval import MAX_REASON_BYTES
+from .attachments import MAX_PER_MESSAGE
 from .journal import Journal, replay_page
 from .local import LocalThreads, Router
 from .reply import Reply
@@ -150,20 +151,28 @@ class ThreadHandle:
         await self.gateway.unsubscribe(self.key, subscriber)
 
     async def send(self, text: str, *, client_msg_id: str | None = None,
-                   strategy: Strategy = "enqueue", parent: Parent = LATEST) -> Accepted:
+                   strategy: Strategy = "enqueue", parent: Parent = LATEST,
+                   attachments: Sequence[str] = ()) -> Accepted:
         """Store a user message and queue its run; returns once the message is durable.
 
         ``parent`` (PROTOCOL.md 1.1, "The conversation tree") is the run the message follows:
         by default the thread's newest run (a plain conversation), None for a new root, or a
         run id of this thread: the ``parent`` of a message to edit makes a sibling of it.
 
+        ``attachments`` (PROTOCOL.md 1.1): ids of the user's uploads (``attachments.py``), at
+        most 10, stored with the message and given to its run (``run.attachments``).
+
         Raises ``Busy`` (strategy ``reject`` while a run is active), ``NotFound`` (``parent``
-        is no run of this thread), ``JournalUnavailable``, ``ActorStopped``, ``AskTimeout``.
+        is no run of this thread, an attachment is not the user's or is another thread's),
+        ``JournalUnavailable``, ``ActorStopped``, ``AskTimeout``.
         """
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
+        if len(attachments) > MAX_PER_MESSAGE:
+            raise ValueError(f"at most {MAX_PER_MESSAGE} attachments a message")
+        ids = tuple(dict.fromkeys(attachments))
         return await self.gateway.ask(
-            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r, parent))
+            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r, parent, ids))
 
     async def regenerate(self, message_id: str, *, client_msg_id: str | None = None,
                          strategy: Strategy = "enqueue") -> Accepted:

@@ -84,6 +84,10 @@ class Turn:
     seq: int  # of the event it comes from: the user_message, or the run's terminal event
     outcome: Literal["completed", "failed", "cancelled"] | None = None
     calls: tuple[ToolUse, ...] = ()
+    #: A user's turn: its message's attachments as ``user_message`` lists them
+    #: (``attachment_id``, ``name``, ``content_type``, ``size``); their bytes are read with
+    #: ``attachments.read_bytes``.
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @attrs.define(slots=True)
@@ -174,8 +178,11 @@ def _runs_of(nodes: Sequence[Node], events: Sequence[Event]) -> dict[str, _Run]:
     for node in nodes:
         message = messages.get(node.message_seq)
         if message is not None:
-            runs[node.run_id] = _Run(Turn("user", message.data.get("text", ""), node.run_id,
-                                          node.message_seq))
+            listed = message.data.get("attachments")
+            runs[node.run_id] = _Run(Turn(
+                "user", message.data.get("text", ""), node.run_id, node.message_seq,
+                attachments=tuple(a for a in listed if isinstance(a, dict))
+                if isinstance(listed, list) else ()))
     for e in events:
         run = runs.get(e.run_id or "")
         if run is not None and run.answer is None and e.seq > run.message.seq:

@@ -31,6 +31,7 @@ from .messages import (
     ThreadInfo,
     ThreadKey,
 )
+from .attachments import Attachment
 from .tree import Node, Placed
 
 TITLE_LENGTH = 80  # code points of a thread's first message that are its title (PROTOCOL.md)
@@ -152,6 +153,44 @@ class Journal(Protocol):
     async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
         """Every run with a stored ``user_message`` and no stored terminal event (of ``key``'s
         thread only, if given); a thread's in the order their messages were stored."""
+
+    # Attachments (``attachments.py``): a user's files, in chunks, beside the events.
+
+    async def begin_upload(self, user_id: str, attachment_id: str, name: str,
+                           content_type: str, now: float) -> None:
+        """Record an upload under way: invisible to ``attachment`` until finished."""
+
+    async def write_chunk(self, user_id: str, attachment_id: str, n: int, data: bytes,
+                          quota: int) -> None:
+        """Store chunk ``n`` (from 0) of an upload under way, durably, and count its bytes
+        against the user's; ``LimitReached`` (nothing stored) if they would pass ``quota``."""
+
+    async def finish_upload(self, user_id: str, attachment_id: str, size: int,
+                            sha256: str) -> Attachment:
+        """The upload is whole: from now on it is visible, durably."""
+
+    async def abort_upload(self, user_id: str, attachment_id: str) -> None:
+        """Erase an upload under way (its chunks, its record, its bytes from the count)."""
+
+    async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
+        """The user's finished attachment ``attachment_id``, None for any other (another
+        user's included)."""
+
+    async def attachment_chunks(self, user_id: str, attachment_id: str, first: int,
+                                count: int) -> list[bytes]:
+        """Chunks ``first`` to ``first + count - 1`` of the user's finished attachment (fewer
+        at its end; none for another's)."""
+
+    async def attachment_bytes(self, user_id: str) -> int:
+        """The bytes the user's attachments hold in the store, uploads under way included."""
+
+    async def sweep_attachments(self, now: float, unsent_ttl: float,
+                                upload_ttl: float) -> int:
+        """Erase the attachments never sent ``unsent_ttl`` seconds after their upload, and
+        the uploads never finished ``upload_ttl`` seconds after they began; how many."""
+
+    async def delete_user_attachments(self, user_id: str) -> int:
+        """Erase every attachment of the user (sent or not); how many."""
 
     def statistics(self) -> StoreStatistics | None:
         """The store's figures (never blocks), or None for a store that keeps none."""

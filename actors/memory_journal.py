@@ -15,6 +15,8 @@ from typing import Sequence
 import attrs
 import trio
 
+from .attachments import Attachment
+from .errors import LimitReached
 from .journal import (TITLE_LENGTH, Done, OpenRun, accepted_of, check_storable,
                       check_storable_key, data_bytes, run_transition, track_open_runs)
 from .messages import RUN_REQUESTS, USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
@@ -63,12 +65,21 @@ class _MemoryThread:
                       answers.index(node.run_id), len(answers))
 
 
+@attrs.define
+class _MemoryAttachment:
+    record: Attachment
+    chunks: dict[int, bytes] = attrs.Factory(dict)
+    finished: bool = False
+
+
 class MemoryJournal:
     """The ``Journal`` contract in memory (see the module header)."""
 
     def __init__(self) -> None:
         self._threads: dict[ThreadKey, _MemoryThread] = {}
         self._open_runs: dict[tuple[ThreadKey, str], bool] = {}
+        self._attachments: dict[tuple[str, str], _MemoryAttachment] = {}
+        self._user_bytes: dict[str, int] = {}
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
         await trio.lowlevel.checkpoint()
@@ -109,6 +120,8 @@ class MemoryJournal:
             if cid is not None:
                 t.by_client_id.setdefault(cid, ev)
             t.track(ev)
+            if ev.event == USER_MESSAGE:
+                self._link(key, ev.data.get("attachments"))
         track_open_runs(self._open_runs, events)
         last = events[-1]
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
@@ -174,6 +187,8 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         for run in [run for run in self._open_runs if run[0] == key]:
             del self._open_runs[run]
+        self._erase(lambda a: (a.record.user_id, a.record.thread_id) == (key.user_id,
+                                                                          key.thread_id))
         return self._threads.pop(key, None) is not None
 
     async def open_runs(self, key: ThreadKey | None = None) -> list[OpenRun]:
@@ -239,6 +254,82 @@ class MemoryJournal:
         nodes = list(t.nodes.values())  # in seq order
         start = bisect.bisect_right([n.seq for n in nodes], after)
         return [t.placed(n) for n in nodes[start:start + max(limit, 0)]]
+
+    # -- attachments -------------------------------------------------------------------------
+
+    def _link(self, key: ThreadKey, listed: object) -> None:
+        """A stored message's attachments are its thread's (the first thread that names one)."""
+        for item in listed if isinstance(listed, list) else ():
+            found = self._attachments.get((key.user_id, str(item.get("attachment_id"))))
+            if found is not None and found.record.thread_id is None:
+                found.record = attrs.evolve(found.record, thread_id=key.thread_id)
+
+    def _erase(self, which) -> int:
+        gone = [k for k, a in self._attachments.items() if which(a)]
+        for k in gone:
+            a = self._attachments.pop(k)
+            self._user_bytes[k[0]] -= sum(len(c) for c in a.chunks.values())
+        return len(gone)
+
+    async def begin_upload(self, user_id: str, attachment_id: str, name: str,
+                           content_type: str, now: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self._attachments[(user_id, attachment_id)] = _MemoryAttachment(
+            Attachment(user_id, attachment_id, name, content_type, 0, "", now))
+
+    async def write_chunk(self, user_id: str, attachment_id: str, n: int, data: bytes,
+                          quota: int) -> None:
+        await trio.lowlevel.checkpoint()
+        found = self._attachments.get((user_id, attachment_id))
+        if found is None or found.finished:
+            raise ValueError(f"no upload {attachment_id} under way")
+        held = self._user_bytes.get(user_id, 0)
+        if held + len(data) > quota:
+            raise LimitReached(f"at most {quota} bytes of attachments a user")
+        self._user_bytes[user_id] = held + len(data) - len(found.chunks.get(n, b""))
+        found.chunks[n] = bytes(data)
+
+    async def finish_upload(self, user_id: str, attachment_id: str, size: int,
+                            sha256: str) -> Attachment:
+        await trio.lowlevel.checkpoint()
+        found = self._attachments[(user_id, attachment_id)]
+        found.record = attrs.evolve(found.record, size=size, sha256=sha256)
+        found.finished = True
+        return found.record
+
+    async def abort_upload(self, user_id: str, attachment_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._erase(lambda a: (a.record.user_id, a.record.attachment_id) == (
+            user_id, attachment_id) and not a.finished)
+
+    async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
+        await trio.lowlevel.checkpoint()
+        found = self._attachments.get((user_id, attachment_id))
+        return found.record if found is not None and found.finished else None
+
+    async def attachment_chunks(self, user_id: str, attachment_id: str, first: int,
+                                count: int) -> list[bytes]:
+        await trio.lowlevel.checkpoint()
+        found = self._attachments.get((user_id, attachment_id))
+        if found is None or not found.finished:
+            return []
+        return [found.chunks[n] for n in range(first, first + count) if n in found.chunks]
+
+    async def attachment_bytes(self, user_id: str) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._user_bytes.get(user_id, 0)
+
+    async def sweep_attachments(self, now: float, unsent_ttl: float,
+                                upload_ttl: float) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._erase(lambda a: (
+            (a.finished and a.record.thread_id is None
+             and a.record.created_at < now - unsent_ttl)
+            or (not a.finished and a.record.created_at < now - upload_ttl)))
+
+    async def delete_user_attachments(self, user_id: str) -> int:
+        await trio.lowlevel.checkpoint()
+        return self._erase(lambda a: a.record.user_id == user_id)
 
     def statistics(self) -> None:
         return None  # nothing to count: no transactions, no outages

@@ -135,6 +135,7 @@ class PostMessage:
     strategy: Strategy
     reply: Reply
     parent: Parent = LATEST  # the run the message follows (``LATEST``: the newest)
+    attachments: tuple[str, ...] = ()  # attachment ids (``attachments.py``), at most 10
 
 
 @attrs.frozen(slots=True)

@@ -160,9 +160,10 @@ async def _control(journal: Journal, key: ThreadKey, run: OpenRun,
     data: dict[str, Any] = first.data if first is not None else {}
     if first is not None and first.event == ANSWER_REQUESTED:  # a regenerate: the message's
         message = await message_of(journal, key, str(data.get("message_id")))
-        data = {**data, "text": message.data.get("text", "") if message is not None else ""}
+        data = {**(message.data if message is not None else {}),
+                "message_id": data.get("message_id")}
     context = RunContext(key.user_id, key.thread_id, run.run_id, str(data.get("message_id")))
-    control = RunControl(context, str(data.get("text", "")), first.seq if first else run.seq)
+    control = RunControl.answering(context, data, first.seq if first else run.seq)
     control.started = any(e.event == AGENT_STARTED for e in events)
     control.resumable = True
     return control

@@ -61,6 +61,7 @@ import trio
 from .engine import Agent, Run
 from .errors import Busy, JournalUnavailable, UnknownRun
 from .approval import is_resumable
+from .attachments import for_run
 from .execution import execute
 from .history import read_history
 from .journal import Journal
@@ -299,7 +300,10 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                     try:
                         history = partial(read_history, env.journal, sequencer.key,
                                           control.context.run_id)
-                        await execute(Run(writer, env.tools, history=history), env.agent)
+                        attachments = for_run(env.journal, control.context.user_id,
+                                              control.attachments)
+                        await execute(Run(writer, env.tools, history=history,
+                                          attachments=attachments), env.agent)
                         # ``PARKED``: the run waits for a decision, with no task; its slot
                         # and the runner are let go, and it stays the thread's active run.
                     finally:

@@ -86,7 +86,7 @@ class RunControl:
     """The handle a thread keeps on its run: its context and its cancel scope."""
 
     __slots__ = ("context", "text", "request_seq", "scope", "cancel_reason", "failure", "started",
-                 "approvals", "resumable", "parked", "transcript")
+                 "approvals", "resumable", "parked", "transcript", "attachments")
 
     def __init__(self, context: RunContext, text: str, request_seq: int = 0) -> None:
         self.context = context
@@ -100,6 +100,18 @@ class RunControl:
         self.resumable = False  # its agent parks while it waits (``approval.RunParked``)
         self.parked: Waiting | None = None  # parked: no task, waiting for a decision
         self.transcript: list[Any] | None = None  # a resumed run's stored events
+        self.attachments: list[dict[str, Any]] = []  # its message's (``user_message`` data)
+
+    @classmethod
+    def answering(cls, context: RunContext, message: dict[str, Any],
+                  request_seq: int) -> RunControl:
+        """The control of a run that answers the message whose ``user_message`` data is
+        ``message``: its text and its attachments."""
+        control = cls(context, str(message.get("text", "")), request_seq)
+        listed = message.get("attachments")
+        control.attachments = [a for a in listed if isinstance(a, dict)] if isinstance(
+            listed, list) else []
+        return control
 
     def renew_scope(self) -> None:
         """A fresh cancel scope, for a parked run resumed (its old one was entered once)."""

@@ -29,6 +29,7 @@ from .approval import is_resumable
 from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
                      MailboxFull, NotFound, ThreadReload, UnknownCall, UnknownRun, Unstorable)
+from .attachments import Attachment
 from .history import message_of
 from .journal import replay_page
 from .mailbox import Mailbox
@@ -226,13 +227,12 @@ class ThreadActor:
         known = set() if self._runs is None else self._runs.run_ids()
         for run_id, event in unstarted.items():
             if run_id not in known:
-                message_id = event.data["message_id"]
-                text = event.data.get("text")
+                message_id, data = event.data["message_id"], event.data
                 if event.event == ANSWER_REQUESTED:
                     message = await message_of(self.env.journal, self.key, message_id)
-                    text = message.data.get("text") if message is not None else ""
+                    data = message.data if message is not None else {}
                 context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
-                self._run_queue().add(RunControl(context, str(text or ""), event.seq),
+                self._run_queue().add(RunControl.answering(context, data, event.seq),
                                       "enqueue")
         if after != last_seq:
             subscribers, self._subscribers = self._subscribers, None
@@ -331,7 +331,7 @@ class ThreadActor:
         queued. ``NotFound``: its parent is no run of this thread."""
         parent = msg.parent
 
-        async def place() -> tuple[str, dict[str, Any], str]:
+        async def place() -> tuple[str, dict[str, Any], dict[str, Any]]:
             nonlocal parent
             if parent is LATEST:
                 parent = await self._newest_run()
@@ -339,22 +339,35 @@ class ThreadActor:
                     await self.env.journal.node(self.key, parent)) is None:
                 raise NotFound(f"no run {parent} in thread {self.key.thread_id!r}")
             message_id = new_id("msg")
-            return message_id, {"message_id": message_id, "text": msg.text,
-                                "parent": parent}, msg.text
+            data: dict[str, Any] = {"message_id": message_id, "text": msg.text,
+                                    "parent": parent}
+            if msg.attachments:
+                data["attachments"] = [a.wire() for a in await self._attachments(msg)]
+            return message_id, data, data
 
         await self._ask_run(msg, USER_MESSAGE, place)
+
+    async def _attachments(self, msg: PostMessage) -> list[Attachment]:
+        """The message's attachments: each the user's, finished, and unsent or this thread's
+        (``NotFound`` otherwise: nothing is stored)."""
+        found = []
+        for attachment_id in msg.attachments:
+            a = await self.env.journal.attachment(self.key.user_id, attachment_id)
+            if a is None or a.thread_id not in (None, self.key.thread_id):
+                raise NotFound(f"no attachment {attachment_id} for this thread")
+            found.append(a)
+        return found
 
     async def _regenerate(self, msg: Regenerate) -> None:
         """Another answer to a stored message: ``answer_requested`` stored, then the run
         queued (it answers the message's text). ``NotFound``: no such message here."""
 
-        async def place() -> tuple[str, dict[str, Any], str]:
+        async def place() -> tuple[str, dict[str, Any], dict[str, Any]]:
             message = await message_of(self.env.journal, self.key, msg.message_id)
             if message is None:
                 raise NotFound(f"no message {msg.message_id} in thread "
                                f"{self.key.thread_id!r}")
-            return msg.message_id, {"message_id": msg.message_id}, str(
-                message.data.get("text", ""))
+            return msg.message_id, {"message_id": msg.message_id}, message.data
 
         await self._ask_run(msg, ANSWER_REQUESTED, place)
 
@@ -362,8 +375,8 @@ class ThreadActor:
                        place: Any) -> None:
         """What a send and a regenerate share: refused while shutting down, answered from the
         store for a ``client_msg_id`` seen before, admitted by the strategy, the event that
-        asks for the run (``place()``: its message id, data and the text the run answers)
-        stored, the run queued, and ``Accepted``."""
+        asks for the run (``place()``: its message id, its data, and the data of the message
+        the run answers) stored, the run queued, and ``Accepted``."""
         reply = msg.reply
         if self.phase in SHUTTING_DOWN:
             reply.fail(ActorStopped("the thread is shutting down"))
@@ -375,7 +388,7 @@ class ThreadActor:
                     reply.set(prior)  # idempotent retry: same answer, no second run
                     return
             self._run_queue().admit(msg.strategy)
-            message_id, data, text = await place()
+            message_id, data, message = await place()
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
             run_id = new_id("run")
@@ -385,7 +398,7 @@ class ThreadActor:
             return
         self._newest = run_id
         context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
-        self._run_queue().add(RunControl(context, text, event.seq), msg.strategy)
+        self._run_queue().add(RunControl.answering(context, message, event.seq), msg.strategy)
         if msg.strategy == "interrupt":  # a parked run has no task to cancel: it ends here
             await parking.end_if_cancelled(self._writes, self._run_queue(), self.env.stats)
         reply.set(Accepted(self.key, message_id, run_id, event.seq))

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
@@ -25,7 +26,8 @@ from threadline.actors.approval import is_resumable
 from threadline.actors.directory import Directory
 from threadline.actors.engine import Agent
 from threadline.actors.tools import ToolRegistry
-from threadline.actors.errors import ActorStopped, MailboxFull
+from threadline.actors.attachments import UNSENT_TTL, UPLOAD_TTL
+from threadline.actors.errors import ActorStopped, JournalUnavailable, MailboxFull
 from threadline.actors.gateway import Gateway, ThreadHandle, UserHandle
 from threadline.actors.local import LocalThreads, Router
 from threadline.actors.journal import Journal
@@ -100,9 +102,12 @@ class Runtime:
         return self.user(user_id).thread(thread_id)
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete every thread of ``user_id`` (see ``ThreadHandle.delete``); how many. Raises
+        """Delete every thread of ``user_id`` (see ``ThreadHandle.delete``), then every one of
+        the user's attachments (those never sent too); how many threads. Raises
         ``ValueError`` for an invalid user id."""
-        return await self.user(user_id).delete_all()
+        deleted = await self.user(user_id).delete_all()
+        await self._env.journal.delete_user_attachments(user_id)
+        return deleted
 
     def statistics(self) -> RuntimeStatistics:
         """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
@@ -198,11 +203,32 @@ async def open_runtime(
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig(), admit=admit, route=route, parked=parked)
         runtime.load_parked()
+        nursery.start_soon(sweep_attachments, journal, time.time)
         try:
             yield runtime
         finally:
             with trio.CancelScope(shield=True):
                 await runtime.aclose()
+
+
+SWEEP_INTERVAL = 600.0  # seconds between two sweeps of the attachments (the first at start)
+
+
+async def sweep_attachments(journal: Journal, clock: Callable[[], float]) -> None:
+    """Erase the attachments never sent ``UNSENT_TTL`` after their upload and the uploads cut
+    off ``UPLOAD_TTL`` after they began (``attachments.py``): at start, then every
+    ``SWEEP_INTERVAL``. What it finds is in the store, so a restart loses nothing of it; a
+    store outage is retried at the next sweep."""
+    while True:
+        try:
+            swept = await journal.sweep_attachments(clock(), UNSENT_TTL, UPLOAD_TTL)
+        except JournalUnavailable as exc:
+            log.warning("the attachment sweep failed: %s; again in %ds", exc,
+                        int(SWEEP_INTERVAL))
+        else:
+            if swept:
+                log.info("swept %d attachments never sent or never finished", swept)
+        await trio.sleep(SWEEP_INTERVAL)
 
 
 async def _host_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:

@@ -189,6 +189,7 @@ def run_delete_user(args: argparse.Namespace) -> int:
             async with trio.open_nursery() as nursery:  # one transaction for many, batched
                 for info in infos:
                     nursery.start_soon(journal.delete_thread, info.key)
+            await journal.delete_user_attachments(args.user)  # those never sent too
             return len(infos)
 
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from threadline.actors.errors import JournalUnavailable, Unstorable
+from threadline.actors.attachments import Attachment
+from threadline.actors.errors import JournalUnavailable, LimitReached, Unstorable
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
 from threadline.actors.tree import Node
 
@@ -569,3 +570,81 @@ def tmsg(key: ThreadKey, seq: int, run_id: str, parent: str | None, text: str,
     if cid is not None:
         data["client_msg_id"] = cid
     return Event(key, seq, USER_MESSAGE, run_id, 1000.0 + seq, data)
+
+
+class AttachmentContract:
+    """Attachments (``threadline.actors.attachments``) in every store."""
+
+    async def _upload(self, journal, user: str, aid: str, data: bytes, *, quota: int = 10**9,
+                      now: float = 1.0, chunk: int = 5) -> None:
+        await journal.begin_upload(user, aid, f"{aid}.txt", "text/plain", now)
+        for n in range(0, max(1, -(-len(data) // chunk))):
+            await journal.write_chunk(user, aid, n, data[n * chunk:(n + 1) * chunk], quota)
+        await journal.finish_upload(user, aid, len(data), f"sha-{aid}")
+
+    async def test_an_upload_is_visible_once_finished_and_only_to_its_user(self, journal):
+        await journal.begin_upload("alice", "a1", "notes.txt", "text/plain", 7.0)
+        await journal.write_chunk("alice", "a1", 0, b"hello", 100)
+        assert await journal.attachment("alice", "a1") is None  # under way: invisible
+        assert await journal.attachment_chunks("alice", "a1", 0, 9) == []
+        record = await journal.finish_upload("alice", "a1", 5, "abc")
+        assert record == Attachment("alice", "a1", "notes.txt", "text/plain", 5, "abc", 7.0)
+        assert await journal.attachment("alice", "a1") == record
+        assert await journal.attachment_chunks("alice", "a1", 0, 9) == [b"hello"]
+        assert await journal.attachment("bob", "a1") is None
+        assert await journal.attachment_chunks("bob", "a1", 0, 9) == []
+        assert await journal.attachment("alice", "a\x00") is None
+
+    async def test_chunks_are_read_in_ranges(self, journal):
+        data = bytes(range(256)) * 3
+        await self._upload(journal, "alice", "a1", data, chunk=100)
+        got = [await journal.attachment_chunks("alice", "a1", first, 3) for first in (0, 3, 6)]
+        assert [len(page) for page in got] == [3, 3, 2]
+        assert b"".join(c for page in got for c in page) == data
+
+    async def test_the_quota_counts_every_chunk_of_the_user_and_erasures_give_back(self, journal):
+        await self._upload(journal, "alice", "a1", b"x" * 60, quota=100)
+        await journal.begin_upload("alice", "a2", "b", "text/plain", 1.0)
+        await journal.write_chunk("alice", "a2", 0, b"y" * 30, 100)
+        with pytest.raises(LimitReached):
+            await journal.write_chunk("alice", "a2", 1, b"y" * 11, 100)  # 101 > 100
+        assert await journal.attachment_bytes("alice") == 90
+        await self._upload(journal, "bob", "a9", b"z" * 100, quota=100)  # bob's own count
+        await journal.abort_upload("alice", "a2")
+        assert await journal.attachment_bytes("alice") == 60
+        assert await journal.attachment("alice", "a2") is None
+        assert await journal.delete_user_attachments("alice") == 1
+        assert await journal.attachment_bytes("alice") == 0
+        assert await journal.attachment_bytes("bob") == 100
+
+    async def test_a_message_makes_them_its_threads_and_deletion_erases_them(self, journal):
+        await self._upload(journal, "alice", "a1", b"one")
+        await self._upload(journal, "alice", "a2", b"two")
+        await self._upload(journal, "bob", "a1", b"bob's")
+        await journal.ensure_thread(A, 1.0)
+        listed = [{"attachment_id": "a1", "name": "a1.txt", "content_type": "text/plain",
+                   "size": 3}]
+        await journal.append([Event(A, 1, USER_MESSAGE, "r1", 1.0, {
+            "message_id": "m1", "text": "see", "parent": None, "attachments": listed})])
+        assert (await journal.attachment("alice", "a1")).thread_id == "main"
+        assert (await journal.attachment("alice", "a2")).thread_id is None
+        assert (await journal.attachment("bob", "a1")).thread_id is None  # bob's: untouched
+        assert await journal.delete_thread(A)
+        assert await journal.attachment("alice", "a1") is None
+        assert await journal.attachment_bytes("alice") == 3  # a2's, unsent, stays
+        assert await journal.attachment("bob", "a1") is not None
+
+    async def test_the_sweeper_erases_the_unsent_and_the_unfinished_by_age(self, journal):
+        await self._upload(journal, "alice", "old", b"1", now=10.0)
+        await self._upload(journal, "alice", "new", b"2", now=95.0)
+        await journal.begin_upload("alice", "cut", "c", "text/plain", 50.0)  # never finished
+        await journal.write_chunk("alice", "cut", 0, b"partial", 100)
+        await self._upload(journal, "alice", "sent", b"3", now=10.0)
+        await journal.ensure_thread(A, 1.0)
+        await journal.append([Event(A, 1, USER_MESSAGE, "r1", 1.0, {
+            "message_id": "m1", "text": "x", "parent": None,
+            "attachments": [{"attachment_id": "sent"}]})])
+        assert await journal.sweep_attachments(100.0, unsent_ttl=50.0, upload_ttl=40.0) == 2
+        assert [await journal.attachment("alice", a) is not None
+                for a in ("old", "new", "sent")] == [False, True, True]
+        assert await journal.attachment_bytes("alice") == 2

@@ -17,6 +17,8 @@ from typing import Any, Callable, Collection, Protocol, Sequence
 from threadline.actors.journal import TITLE_LENGTH, run_transition
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadInfo, ThreadKey
 
+from . import files
+from .files import FileOp
 from .sql import AppendOp, DeleteOp, EnsureOp, Op
 
 
@@ -28,6 +30,9 @@ def dumps(data: dict[str, Any]) -> str:
 
 
 def op_key(op: Op) -> ThreadKey:
+    """The thread an operation writes (an attachment's: its user's, with no thread id)."""
+    if isinstance(op, FileOp):
+        return ThreadKey(op.user_id, "")
     return op.events[0].key if isinstance(op, AppendOp) else op.key
 
 
@@ -123,6 +128,7 @@ class _Writes:
         self.answers: dict[tuple[str, str, str], list[Any]] = {}
         self.nodes_started: list[tuple[Any, ...]] = []
         self.nodes_ended: list[tuple[Any, ...]] = []
+        self.links: list[tuple[str, str, str]] = []  # a message's attachments: its thread's
         self.touched: set[ThreadKey] = set()
 
     def add_events(self, key: ThreadKey, events: Sequence[Event], row: list[Any]) -> None:
@@ -144,6 +150,10 @@ class _Writes:
                 if ev.event == USER_MESSAGE:
                     self.nodes[run] = [u, t, ev.run_id, str(data.get("message_id", "")),
                                        data.get("parent") or "", ev.seq, ev.seq, None, None]
+                    listed = data.get("attachments")
+                    for item in listed if isinstance(listed, list) else ():
+                        if isinstance(item, dict):
+                            self.links.append((t, u, str(item.get("attachment_id"))))
                     if row[3] is None:
                         row[3] = str(data.get("text", ""))[:TITLE_LENGTH]
                 else:  # a regenerate: the rest of the node is its message's, in the store
@@ -213,6 +223,8 @@ class _Writes:
         if self.nodes_ended:
             cur.executemany("UPDATE turns SET ended_seq = %s WHERE user_id = %s AND "
                             "thread_id = %s AND run_id = %s", self.nodes_ended)
+        if self.links:
+            files.link(cur, self.links)
         rows = [(row[0], row[2], row[3], k.user_id, k.thread_id) for k in self.touched
                 if (row := state.get(k)) is not None]
         if rows:
@@ -237,7 +249,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
     the batch's effect is that of its ops in their order. With a ``fence`` (a cluster node),
     the ops on threads it refuses fail with its error and write nothing, and the threads
     written are announced by one ``fence.notify``."""
-    keys = list({op_key(op): None for op in ops})
+    keys = list({op_key(op): None for op in ops if not isinstance(op, FileOp)})
     fenced = fence.check(cur, keys) if fence is not None else set()
     state: dict[ThreadKey, list[Any] | None] = dict(
         cache.load(cur, [k for k in keys if k not in fenced] if fenced else keys))
@@ -245,6 +257,12 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
     results: list[Any] = []
     changed: set[ThreadKey] = set()
     for op in ops:
+        if isinstance(op, FileOp):  # a user's attachments: no thread, no fence
+            if op.kind in ("abort", "sweep", "erase_user"):
+                writes.flush(cur, state, insert)  # what was gathered before it, first
+                writes = _Writes()
+            results.append(files.apply(cur, op))
+            continue
         key = op_key(op)
         row = state.get(key)
         if key in fenced:
@@ -257,6 +275,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
         elif isinstance(op, DeleteOp):
             writes.flush(cur, state, insert)
             writes = _Writes()
+            files.erase(cur, "user_id = %s AND thread_id = %s", (key.user_id, key.thread_id))
             for statement in DELETES:
                 cur.execute(statement, (key.user_id, key.thread_id))
             state[key] = None

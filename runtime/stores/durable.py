@@ -37,13 +37,15 @@ from threadline.actors.journal import (Done, OpenRun, check_storable, check_stor
                                        storable_key, unstorable_reason)
 from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
+from threadline.actors.attachments import Attachment
 from threadline.actors.tree import Node, Placed
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
-from . import batch, sql
+from . import batch, files, sql
 from .connections import Connections, commit_unknown
 from .errors import first_line
 from .outage import Outage
+from .files import FileOp
 from .sql import AppendOp, Backend, DeleteOp, EnsureOp, Op
 
 __all__ = ["Backend", "DurableJournal", "MAX_BATCH"]
@@ -203,6 +205,46 @@ class DurableJournal:
             return await _nothing([])
         return await self.read_with(sql.turns, key, after, limit)
 
+    # -- attachments (``files.py``): writes through the writer, reads on the read pool ----------
+
+    async def begin_upload(self, user_id: str, attachment_id: str, name: str,
+                           content_type: str, now: float) -> None:
+        await self._submit(FileOp(user_id, attachment_id, "begin", (name, content_type, now)))
+
+    async def write_chunk(self, user_id: str, attachment_id: str, n: int, data: bytes,
+                          quota: int) -> None:
+        await self._submit(FileOp(user_id, attachment_id, "chunk", (n, bytes(data), quota)))
+
+    async def finish_upload(self, user_id: str, attachment_id: str, size: int,
+                            sha256: str) -> Attachment:
+        return await self._submit(FileOp(user_id, attachment_id, "finish", (size, sha256)))
+
+    async def abort_upload(self, user_id: str, attachment_id: str) -> None:
+        await self._submit(FileOp(user_id, attachment_id, "abort"))
+
+    async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
+        if unstorable_reason(user_id + attachment_id) is not None:
+            return await _nothing(None)
+        return await self.read_with(files.attachment, user_id, attachment_id)
+
+    async def attachment_chunks(self, user_id: str, attachment_id: str, first: int,
+                                count: int) -> list[bytes]:
+        if unstorable_reason(user_id + attachment_id) is not None:
+            return await _nothing([])
+        return await self.read_with(files.chunks, user_id, attachment_id, first, count)
+
+    async def attachment_bytes(self, user_id: str) -> int:
+        if unstorable_reason(user_id) is not None:
+            return await _nothing(0)
+        return await self.read_with(files.user_bytes, user_id)
+
+    async def sweep_attachments(self, now: float, unsent_ttl: float,
+                                upload_ttl: float) -> int:
+        return await self._submit(FileOp("", "", "sweep", (now, unsent_ttl, upload_ttl)))
+
+    async def delete_user_attachments(self, user_id: str) -> int:
+        return await self._submit(FileOp(user_id, "", "erase_user"))
+
     async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` (a blocking read: the queries here, a cluster node's batched
         feed reads) in a worker thread on the read pool. An outage raises ``JournalUnavailable``
@@ -247,8 +289,9 @@ class DurableJournal:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 self._work = trio.Event()
                 self._idle = trio.Event()
-                batch = self._inflight = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
+                taken = files.take(self._pending, self.max_batch)
+                batch = self._inflight = self._pending[:taken]
+                del self._pending[:taken]
                 try:
                     await self._apply(batch)
                 except Exception as exc:  # a bug of ours: it fails this batch, not the store

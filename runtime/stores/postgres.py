@@ -34,7 +34,8 @@ from .schema import Type
 
 DIALECT = schema.Dialect(
     types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.BIGINT: "BIGINT",
-           Type.SEQ: "BIGINT", Type.REAL: "DOUBLE PRECISION", Type.JSON: "JSONB"},
+           Type.SEQ: "BIGINT", Type.REAL: "DOUBLE PRECISION", Type.JSON: "JSONB",
+           Type.BYTES: "BYTEA"},
     table_options="",
     before_migrating=(
         "SELECT pg_advisory_xact_lock(7405211)",  # one server at a time migrates

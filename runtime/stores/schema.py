@@ -39,6 +39,7 @@ class Type(enum.Enum):
     SEQ = enum.auto()     # a sequence number: 64 bits
     REAL = enum.auto()    # a double
     JSON = enum.auto()    # a JSON object, written as text (``sql.dumps``)
+    BYTES = enum.auto()   # bytes (an attachment's chunk)
 
 
 @attrs.frozen
@@ -73,11 +74,13 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # the primary key
+    small_rows: bool = True  # False: rows of many KiB, no ``table_options`` (SQLite keeps
+                             # such rows beside a rowid, not inside its key's b-tree)
 
     def ddl(self, dialect: Dialect) -> str:
         columns = ", ".join(column.ddl(dialect) for column in self.columns)
         return (f"CREATE TABLE {self.name} ({columns}, PRIMARY KEY ({', '.join(self.key)}))"
-                f"{dialect.table_options}")
+                f"{dialect.table_options if self.small_rows else ''}")
 
 
 @attrs.frozen
@@ -226,6 +229,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE threads SET title = (SELECT substr({data:f.text}, 1, 80) FROM events f "
             "WHERE f.user_id = threads.user_id AND f.thread_id = threads.thread_id AND "
             "f.event = 'user_message' ORDER BY f.seq LIMIT 1)"),
+    )),
+    # Attachments (PROTOCOL.md 1.1; ``threadline.actors.attachments``): a record per file, its
+    # bytes in chunks of 256 KiB beside it (an upload and a download each hold one chunk at a
+    # time; a deletion is rows, in the transaction of its thread's), and each user's bytes in
+    # one row, updated in the transaction of each chunk, so that the quota holds across
+    # connections and nodes. ``thread_id`` is set by the first message that names the file
+    # (NULL: never sent: the sweeper finds those by age); ``finished`` is 0 while it uploads.
+    Migration(5, (
+        Table("attachments", (
+            *_texts("user_id", "attachment_id", "name", "content_type", "sha256"),
+            Column("size", Type.BIGINT), Column("created_at", Type.REAL),
+            Column("thread_id", Type.TEXT, null=True), Column("finished", Type.INTEGER),
+        ), key=("user_id", "attachment_id")),
+        Index("attachments_by_thread", "attachments", ("user_id", "thread_id")),
+        Index("attachments_by_age", "attachments", ("created_at",)),
+        Table("attachment_chunks", (
+            *_texts("user_id", "attachment_id"), Column("n", Type.INTEGER),
+            Column("data", Type.BYTES),
+        ), key=("user_id", "attachment_id", "n"), small_rows=False),
+        Table("attachment_usage", (
+            Column("user_id", Type.TEXT), Column("bytes", Type.BIGINT),
+        ), key=("user_id",)),
     )),
 )
 

@@ -21,6 +21,7 @@ from threadline.actors.tree import Node, Placed
 
 from . import schema
 from .errors import StoreError, first_line
+from .files import FileOp
 from .schema import Dialect
 
 
@@ -44,7 +45,7 @@ class DeleteOp:
     key: ThreadKey
 
 
-Op = AppendOp | EnsureOp | DeleteOp
+Op = AppendOp | EnsureOp | DeleteOp | FileOp  # ``FileOp``: an attachment's (``files.py``)
 
 # The columns of an ``events`` row as ``apply_batch`` hands them to ``insert_events``.
 EVENT_COLUMNS = "user_id, thread_id, seq, event, run_id, ts, data"

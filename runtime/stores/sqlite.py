@@ -44,7 +44,7 @@ def _probe(item: schema.Table | schema.Index) -> str:
 
 DIALECT = schema.Dialect(
     types={Type.TEXT: "TEXT", Type.INTEGER: "INTEGER", Type.BIGINT: "BIGINT",
-           Type.SEQ: "INTEGER", Type.REAL: "REAL", Type.JSON: "TEXT"},
+           Type.SEQ: "INTEGER", Type.REAL: "REAL", Type.JSON: "TEXT", Type.BYTES: "BLOB"},
     table_options=" WITHOUT ROWID",  # rows live in the primary key's b-tree, not beside it
     before_migrating=(),  # ``begin`` (BEGIN IMMEDIATE) already keeps other writers out
     get_version="PRAGMA user_version",
@@ -76,6 +76,10 @@ class _Cursor:
 
     def executemany(self, query: str, rows: Any) -> None:
         self._cur.executemany(self._sql(query), rows)
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()

@@ -1,10 +1,10 @@
 import pytest
 
 from threadline.actors.memory_journal import MemoryJournal
-from tests.journal_contract import JournalContract
+from tests.journal_contract import AttachmentContract, JournalContract
 
 
-class TestMemoryJournal(JournalContract):
+class TestMemoryJournal(JournalContract, AttachmentContract):
     @pytest.fixture
     def journal(self):
         return MemoryJournal()

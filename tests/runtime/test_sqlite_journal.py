@@ -1,10 +1,10 @@
 import pytest
 
 from threadline.stores import open_journal
-from tests.journal_contract import JournalContract
+from tests.journal_contract import AttachmentContract, JournalContract
 
 
-class TestSQLiteJournal(JournalContract):
+class TestSQLiteJournal(JournalContract, AttachmentContract):
     @pytest.fixture
     async def journal(self, tmp_path):
         async with open_journal(f"sqlite:///{tmp_path}/journal.db") as journal:
