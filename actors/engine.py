@@ -107,7 +107,7 @@ class Run:
         """The bytes of an attachment of this run's thread (one named by a ``Turn`` of
         ``history``, say); empty for one that is gone, another thread's or another user's.
         Reads the journal: its record, then its chunks (``attachments.read_bytes``)."""
-        journal = self._writer._sequencer.journal
+        journal = self._writer.journal
         user_id = self.context.user_id
         found = await journal.attachment(user_id, attachment_id)
         if found is None or found.thread_id != self.context.thread_id:

@@ -153,6 +153,11 @@ class RunWriter:
         self._stream: AnswerStream | None = None  # made at the first write
         self._stats = stats if stats is not None else ThreadStats()
 
+    @property
+    def journal(self) -> Any:
+        """The store the run's thread writes (its ``Journal``): what ``Run`` reads back."""
+        return self._sequencer.journal
+
     # -- what the agent's ``Run`` writes --------------------------------------------------------
 
     @property
