@@ -14,6 +14,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+
 from typing import Any
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -45,6 +47,9 @@ def conversation_problem(messages: Any) -> str | None:
             waiting = [c["id"] for c in calls]
             if m.get("content") is not None and not isinstance(m["content"], str):
                 return f"Invalid type for 'messages[{i}].content': expected a string."
+        elif m["role"] == "user" and isinstance(m.get("content"), list):
+            if (problem := _content_problem(i, m["content"])) is not None:
+                return problem
         elif not isinstance(m.get("content"), str):
             return f"Invalid type for 'messages[{i}].content': expected a string."
     if waiting:
@@ -59,3 +64,38 @@ def _is_call(call: Any) -> bool:
     return (isinstance(call.get("id"), str) and call.get("type") == "function"
             and isinstance(function, dict) and isinstance(function.get("name"), str)
             and isinstance(function.get("arguments"), str))
+
+
+# A user message's ``content`` may be an array of content parts (text, image_url, file), each
+# with its required fields and no others; a data URL must decode as base64.
+_PART_FIELDS = {"text": {"text": str}, "image_url": {"url": str},
+                "file": {"filename": str, "file_data": str}}
+
+
+def _content_problem(i: int, parts: list[Any]) -> str | None:
+    if not parts:
+        return f"Invalid 'messages[{i}].content': empty array."
+    for j, part in enumerate(parts):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _PART_FIELDS:
+            return f"Invalid value for '{where}.type'."
+        if set(part) != {"type", kind}:
+            return f"Unrecognized request argument supplied in '{where}'."
+        body = {"text": part["text"]} if kind == "text" else part[kind]
+        if not isinstance(body, dict):
+            return f"Invalid type for '{where}.{kind}'."
+        fields = _PART_FIELDS[kind]
+        if set(body) != set(fields) or not all(isinstance(body[k], t)
+                                               for k, t in fields.items()):
+            return f"Invalid value for '{where}.{kind}'."
+        url = body.get("url") or body.get("file_data")
+        if url is not None:
+            head, _, data = url.partition(";base64,")
+            if not head.startswith("data:") or not data:
+                return f"Invalid '{where}': expected a base64 data URL."
+            try:
+                base64.b64decode(data, validate=True)
+            except ValueError:
+                return f"Invalid '{where}': expected a base64 data URL."
+    return None

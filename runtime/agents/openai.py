@@ -10,6 +10,21 @@ from the tool's signature, ``tool_schema``). The answer is streamed as it comes 
 (so it is recorded as ``tool_executing``/``tool_completed``), the results go back to the model,
 and it is asked again: at most ``max_rounds`` times a run.
 
+Attachments (PROTOCOL.md 1.1) go with their message as content parts (``transcript.py``:
+images as ``image_url`` parts, text, CSV and JSON as ``text`` parts, PDFs as ``file`` parts,
+each inline as base64 or text; a message without any keeps its plain string ``content``, so
+such a request is byte for byte what it was before attachments). The run's own message sends
+all of its attachments. Earlier messages (``run.history``) send theirs again, bounded, since
+every model call pays for them again: the ``history_images`` newest images and the
+``history_files`` newest text files and PDFs of the history (newest message first; within a
+message, in its order) go whole, read through ``run.read_attachment``; every other earlier
+attachment is a text part naming it (``an earlier attachment, not sent again``), so the model
+knows it was there and can ask for it again. One text file is at most ``text_chars``
+characters (a longer one is cut, and the part says so). An attachment whose bytes are gone
+(size > 0, nothing stored) is a text part saying so. Bytes over ``_OFFLOAD`` are encoded in a
+worker thread (the SDK then serializes the request in the event loop: large attachments cost
+the server's loop that once per model call).
+
 Invariants:
 
 - The HTTP stream to the model lives inside ``async with``: a cancelled run (``cancel``,
@@ -38,19 +53,28 @@ import json
 import logging
 import os
 from http import HTTPStatus
-from typing import Any
+from functools import partial
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import attrs
 import openai
+import trio
 
 from threadline.actors.engine import Run
 from threadline.actors.errors import AgentError, ToolDenied, ToolError
-from threadline.actors.history import answer_so_far
+from threadline.actors.history import Turn, answer_so_far
 from threadline.actors.tools import ToolRegistry
 
 from .tool_schema import describe_tool
-from .transcript import denial_content, messages_of
+from .transcript import (
+    attachment_part,
+    denial_content,
+    kind_of,
+    left_out_part,
+    messages_of,
+    user_message,
+)
 
 log = logging.getLogger("threadline.agents.openai")
 
@@ -73,6 +97,9 @@ class OpenAIConfig:
     history_turns: int = 50       # earlier turns sent with each message (with their calls)
     max_retries: int = 2          # the SDK's retries of a refused request (429, 5xx, network)
     timeout: float = 60.0         # seconds: to connect, and of silence while streaming
+    history_images: int = 4       # images of earlier messages sent again, newest first
+    history_files: int = 4        # text files and PDFs of earlier messages sent again, same
+    text_chars: int = 200_000     # characters of one text attachment sent (longer: cut)
 
 
 class OpenAIAgent:
@@ -136,14 +163,61 @@ class OpenAIAgent:
 
     async def messages(self, run: Run) -> list[dict[str, Any]]:
         """What the model is sent: the system prompt, the earlier turns (their tool calls
-        included), the message."""
+        and attachments included), the message with its attachments."""
         out: list[dict[str, Any]] = []
         if self.config.system_prompt:
             out.append({"role": "system", "content": self.config.system_prompt})
-        for turn in await run.history(self.config.history_turns):
-            out += messages_of(turn)
-        out.append({"role": "user", "content": run.text})
+        turns = await run.history(self.config.history_turns)
+        shown = self._shown(turns)
+        for turn in turns:
+            if turn.role == "user" and turn.attachments:
+                parts = []
+                for i, listed in enumerate(turn.attachments):
+                    attachment_id = str(listed.get("attachment_id", ""))
+                    parts.append(await self._part(
+                        str(listed.get("name", "")), str(listed.get("content_type", "")),
+                        _size(listed.get("size")), partial(run.read_attachment, attachment_id),
+                        shown=(turn.seq, i) in shown))
+                out.append(user_message(turn.text, parts))
+            else:
+                out += messages_of(turn)
+        out.append(user_message(run.text, [
+            await self._part(a.name, a.content_type, a.size, a.read)
+            for a in run.attachments]))
         return out
+
+    def _shown(self, turns: list[Turn]) -> set[tuple[int, int]]:
+        """The earlier attachments sent whole, as ``(turn.seq, index)``: the newest
+        ``history_images`` images and ``history_files`` other files the API takes."""
+        left = {"image": self.config.history_images, "files": self.config.history_files}
+        shown: set[tuple[int, int]] = set()
+        for turn in reversed(turns):
+            if turn.role != "user":
+                continue
+            for i, listed in enumerate(turn.attachments):
+                kind = kind_of(str(listed.get("content_type", "")))
+                pool = "image" if kind == "image" else "files" if kind is not None else None
+                if pool is not None and left[pool] > 0:
+                    left[pool] -= 1
+                    shown.add((turn.seq, i))
+        return shown
+
+    async def _part(self, name: str, content_type: str, size: int,
+                    read: Callable[[], Awaitable[bytes]], *, shown: bool = True
+                    ) -> dict[str, Any]:
+        """The content part of one attachment (``transcript.attachment_part``); its bytes are
+        read only when they are sent."""
+        if kind_of(content_type) is None:
+            return left_out_part(name, content_type, size, "a type the model is not sent")
+        if not shown:
+            return left_out_part(name, content_type, size,
+                                 "an earlier attachment, not sent again")
+        data = await read()
+        if size > 0 and not data:
+            return left_out_part(name, content_type, size, "no longer stored")
+        make = partial(attachment_part, name, content_type, data,
+                       text_chars=self.config.text_chars)
+        return await trio.to_thread.run_sync(make) if len(data) > _OFFLOAD else make()
 
     def functions(self, tools: ToolRegistry) -> list[dict[str, Any]]:
         """The tools as the API's ``tools``: a function each, with its JSON Schema."""
@@ -236,6 +310,14 @@ class OpenAIAgent:
         except ToolError as exc:
             return json.dumps({"error": str(exc)})
         return json.dumps(result)
+
+
+_OFFLOAD = 1 << 20  # bytes of an attachment from which its part is made in a worker thread
+
+
+def _size(value: Any) -> int:
+    """A listed attachment's ``size`` (0 when it is not a number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 async def _next_chunk(chunks: Any, run: Run) -> Any:
