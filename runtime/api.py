@@ -194,6 +194,9 @@ async def open_runtime(
     parked: set[ThreadKey] = set()  # threads with a run waiting for a decision (parking.py)
     if recover:
         await close_open_runs(journal, parked=parked if is_resumable(agent) else None)
+        # A standalone runtime (it recovers the store) owns it: no upload can be under way
+        # before it serves, so this sweep erases every unfinished one (a stop's, a kill -9's).
+        await _sweep(journal, time.time(), upload_ttl=0.0)
     async with trio.open_nursery() as outer:
         # The actors live in a nursery of their own, hosted by a task: closing the runtime
         # cancels them, never the body of this context (the caller's code, e.g. a server
@@ -203,7 +206,7 @@ async def open_runtime(
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig(), admit=admit, route=route, parked=parked)
         runtime.load_parked()
-        nursery.start_soon(sweep_attachments, journal, time.time)
+        nursery.start_soon(sweep_attachments, journal, time.time, not recover)
         try:
             yield runtime
         finally:
@@ -214,21 +217,27 @@ async def open_runtime(
 SWEEP_INTERVAL = 600.0  # seconds between two sweeps of the attachments (the first at start)
 
 
-async def sweep_attachments(journal: Journal, clock: Callable[[], float]) -> None:
+async def sweep_attachments(journal: Journal, clock: Callable[[], float],
+                            now: bool = False) -> None:
     """Erase the attachments never sent ``UNSENT_TTL`` after their upload and the uploads cut
-    off ``UPLOAD_TTL`` after they began (``attachments.py``): at start, then every
-    ``SWEEP_INTERVAL``. What it finds is in the store, so a restart loses nothing of it; a
-    store outage is retried at the next sweep."""
-    while True:
-        try:
-            swept = await journal.sweep_attachments(clock(), UNSENT_TTL, UPLOAD_TTL)
-        except JournalUnavailable as exc:
-            log.warning("the attachment sweep failed: %s; again in %ds", exc,
-                        int(SWEEP_INTERVAL))
-        else:
-            if swept:
-                log.info("swept %d attachments never sent or never finished", swept)
+    off ``UPLOAD_TTL`` after they began (``attachments.py``): every ``SWEEP_INTERVAL`` (and
+    ``now`` first: a cluster node, whose start does not sweep). What it finds is in the store,
+    so a restart loses nothing of it; a store outage is retried at the next sweep."""
+    if not now:
         await trio.sleep(SWEEP_INTERVAL)
+    while True:
+        await _sweep(journal, clock(), upload_ttl=UPLOAD_TTL)
+        await trio.sleep(SWEEP_INTERVAL)
+
+
+async def _sweep(journal: Journal, now: float, *, upload_ttl: float) -> None:
+    try:
+        swept = await journal.sweep_attachments(now, UNSENT_TTL, upload_ttl)
+    except JournalUnavailable as exc:
+        log.warning("the attachment sweep failed: %s; again in %ds", exc, int(SWEEP_INTERVAL))
+    else:
+        if swept:
+            log.info("swept %d attachments never sent or never finished", swept)
 
 
 async def _host_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:

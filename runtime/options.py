@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 
 from threadline.transport.auth import MIN_SECRET_BYTES, normalize_origin
-from threadline.transport.limits import Limits
+from threadline.transport.limits import Limits, media_types
 
 from .logs import parse_format, parse_level
 from .stores import DEFAULT_STORE
@@ -98,11 +98,15 @@ def boolean(text: str) -> bool:
 
 
 def limit(text: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` for a field of ``Limits``, a number > 0 (``none`` for an optional one)."""
+    """``NAME=VALUE`` for a field of ``Limits``, a number > 0 (``none`` for an optional one), or
+    for a list (``attachment_types``) media types separated by commas, semicolons or spaces
+    (in ``THREADLINE_LIMIT``, itself split at commas: semicolons or spaces)."""
     kinds = {f.name: str(f.type) for f in attrs.fields(Limits)}
     name, sep, value = text.partition("=")
     if not sep or name not in kinds:
         raise ValueError(f"NAME=VALUE with NAME one of {', '.join(kinds)}")
+    if kinds[name].startswith("tuple[str"):  # a list: attachment_types=image/png,text/*
+        return name, media_types(value)
     if value.strip().lower() == "none" and "None" in kinds[name]:
         return name, None
     number = _number(value)

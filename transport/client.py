@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import trio
 
@@ -105,11 +105,14 @@ class Client:
         return await self.request({"type": "leave", "thread_id": thread_id})
 
     async def send(self, thread_id: str, text: str, *, client_msg_id: str | None = None,
-                   strategy: str | None = None, parent: Parent = LATEST) -> dict[str, Any]:
+                   strategy: str | None = None, parent: Parent = LATEST,
+                   attachments: Sequence[str] = ()) -> dict[str, Any]:
         """The ``accepted`` once the message is stored. ``parent`` (1.1) is the run it follows:
         left out, the thread's newest (no ``parent`` in the frame); None, a new root (``null``);
         a run id of the thread: the ``parent`` of a message to edit makes a sibling of it. A
-        parent that is no run of the thread raises ``NotFound``."""
+        parent that is no run of the thread raises ``NotFound``. ``attachments`` (1.1): ids
+        of the user's uploads (``POST /v1/attachments``), at most 10; one that is not the
+        user's, or is another thread's, raises ``NotFound``."""
         frame: dict[str, Any] = {"type": "send", "thread_id": thread_id, "text": text}
         if client_msg_id is not None:
             frame["client_msg_id"] = client_msg_id
@@ -117,6 +120,8 @@ class Client:
             frame["strategy"] = strategy
         if parent is not LATEST:
             frame["parent"] = parent
+        if attachments:
+            frame["attachments"] = list(attachments)
         return await self.request(frame)
 
     async def regenerate(self, thread_id: str, message_id: str, *,

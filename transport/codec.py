@@ -14,6 +14,7 @@ from typing import Any, Callable
 import msgpack
 
 from threadline.actors.approval import MAX_REASON_BYTES
+from threadline.actors.attachments import MAX_PER_MESSAGE
 from threadline.actors.journal import unstorable_reason
 from threadline.actors.messages import LATEST, STRATEGIES, Event, Parent, Strategy, is_thread_id
 
@@ -39,6 +40,7 @@ MAX_CLIENT_MSG_ID = 256         # not in PROTOCOL.md: bounds what a client can m
 MAX_RUN_ID = 256
 MAX_CALL_ID = 256
 MAX_TREE_ID = 128               # 1.1: a send's parent (a run id), a regenerate's message_id
+MAX_ATTACHMENT_ID = 128         # 1.1: an attachment id (a send's ``attachments``, a download's)
 THREADS_PAGE = 100              # PROTOCOL.md (ours): a threads page, by default ...
 MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below the frame limit
 MAX_CURSOR = 512
@@ -187,7 +189,8 @@ def _send(obj: dict[str, Any], ref: Ref) -> Send:
         raise BadFrame("text longer than 64 KiB", ref)
     strategy = _strategy(obj, ref)
     client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
-    return Send(ref, thread_id, text, client_msg_id, strategy, _parent(obj, ref))
+    return Send(ref, thread_id, text, client_msg_id, strategy, _parent(obj, ref),
+                _attachments(obj, ref))
 
 
 def _strategy(obj: dict[str, Any], ref: Ref) -> Strategy:
@@ -213,6 +216,28 @@ def _parent(obj: dict[str, Any], ref: Ref) -> Parent:
     if not storable(value):
         raise BadFrame("parent must be valid Unicode without NUL characters", ref)
     return value
+
+
+def is_attachment_id(value: Any) -> bool:
+    """1-128 characters, storable: what an attachment id may be (whose it is, and whether it
+    exists, is the store's to say: ``not_found``)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_ATTACHMENT_ID
+            and storable(value))
+
+
+def _attachments(obj: dict[str, Any], ref: Ref) -> tuple[str, ...]:
+    """1.1: a send's ``attachments``: absent (none), or a list of at most 10 attachment ids
+    (``null`` and anything else are ``bad_frame``). An id given twice counts once."""
+    if "attachments" not in obj:
+        return ()
+    value = obj["attachments"]
+    if not isinstance(value, list) or len(value) > MAX_PER_MESSAGE:
+        raise BadFrame(f"attachments must be a list of at most {MAX_PER_MESSAGE} attachment "
+                       "ids", ref)
+    if not all(is_attachment_id(item) for item in value):
+        raise BadFrame(f"an attachment id is a string of 1-{MAX_ATTACHMENT_ID} characters "
+                       "(valid Unicode, no NUL)", ref)
+    return tuple(value)
 
 
 def _regenerate(obj: dict[str, Any], ref: Ref) -> Regenerate:

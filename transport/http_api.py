@@ -9,11 +9,14 @@ Invariants:
   fields, checked as the WebSocket frame's; a body never overrides them (``http_call.py``).
 - A read never creates a thread: a thread that does not exist is 404 ``not_found`` (reads go to
   the journal, ``ThreadHandle.stored_info``). A message creates the thread, as a ``join`` does.
-- The routes are here, but for the conversation tree's (regenerate, turns: ``http_tree.py``).
+- The routes are here, but for the conversation tree's (regenerate, turns: ``http_tree.py``)
+  and the attachments' (upload, download: ``http_attachments.py``).
 - A request is routed, authenticated and counted against its user (``request_slot``: at most
   ``user_http_requests`` in flight; one of the user's connections while any is) at its head;
   only then is its body read. A refused one's body is never read. The slot is held until the
-  answer is written: one user holds at most ``user_http_requests`` bodies and answers. A
+  answer is written: one user holds at most ``user_http_requests`` bodies and answers. An
+  upload (``READS_ITS_BODY``) reads its own body, as it arrives, never whole; a download's
+  answer (``Streamed``) is written as it is read from the store, in its slot. A
   message counts against the user's send rate and stored threads, shared with the user's
   WebSockets, as a WebSocket ``send`` does (a regenerate against the send rate); deleting a
   thread frees its place.
@@ -39,18 +42,19 @@ from threadline.actors.gateway import Gateway
 from threadline.actors.messages import is_thread_id
 
 from .answers import answer_for
-from . import http_tree
+from . import http_attachments, http_tree
 from .auth import AuthError, Authenticator, token_of
 from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame
 from .cors import cors_headers, preflight
 from .http import json_response, methods_allowed, path_of, without_body
 from .http_call import (Call, Refused, accepted_answer, existing, int_param, parse_body,
                         query_of)
-from .http_front import Malformed, RequestReader, close_gently, write_answer
+from .http_front import (Malformed, RequestReader, Streamed, close_gently, write_answer,
+                         write_streamed)
 from .limits import Limits
 from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_CALL, UNKNOWN_RUN,
-                       Cancel, Decide, Send)
+                       UNSUPPORTED_TYPE, Cancel, Decide, Send)
 from .paging import CursorKey, read_events_page, read_threads_page
 from .quotas import UserQuotas
 from .stats import ServerStats
@@ -61,14 +65,15 @@ EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
 
 #: The HTTP status of each error code.
 STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404, UNKNOWN_CALL: 404,
-          METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413, RATE_LIMITED: 429,
-          LIMIT_REACHED: 429, INTERNAL: 500}
+          METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413,
+          UNSUPPORTED_TYPE: 415, RATE_LIMITED: 429, LIMIT_REACHED: 429, INTERNAL: 500}
 UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
 ID, RUN, CALL, MESSAGE = "{thread_id}", "{run_id}", "{call_id}", "{message_id}"  # a path's names
+ATTACHMENT = "{attachment_id}"
 AUTH_CHECK = "/v1/auth/check"
 
 
-Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]]]]
+Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]] | Streamed]]
 
 
 class HttpApi:
@@ -84,13 +89,16 @@ class HttpApi:
         then close gently. The user's request slot is held until the answer is written."""
         with ExitStack() as held:
             answer = await self._answer(method, request, reader, deadline, held)
-            written = await write_answer(stream, without_body(answer) if method == "HEAD"
-                                         else answer)
+            if isinstance(answer, Streamed):
+                written = await write_streamed(stream, answer, head_only=method == "HEAD")
+            else:
+                written = await write_answer(stream, without_body(answer) if method == "HEAD"
+                                             else answer)
         if written:
             await close_gently(stream, self.limits.close_timeout)
 
     async def _answer(self, method: str, request: Request, reader: RequestReader,
-                      deadline: float, held: ExitStack) -> Response:
+                      deadline: float, held: ExitStack) -> Response | Streamed:
         """The answer; the request's slot, once taken, is left in ``held``."""
         path = path_of(request.path)
         cors = cors_headers(self.auth, request.headers)
@@ -112,13 +120,20 @@ class HttpApi:
             user = self.gateway.user(user_id)
             quota = held.enter_context(self.quotas.request_slot(user))  # before the body
             query = query_of(request.path)
-            body = await self._body(method, reader, deadline)
-            call = Call(user, quota, user.thread(thread_id) if thread_id else None, query, params,
-                        body)
-            status, answer = await handler(self, call)
+            thread = user.thread(thread_id) if thread_id else None
+            if handler in READS_ITS_BODY:  # an upload: its body is read as it arrives
+                call = Call(user, quota, thread, query, params, bytearray())
+                result = await handler(self, call, request, reader)  # type: ignore[call-arg]
+            else:
+                body = await self._body(method, reader, deadline)
+                result = await handler(self, Call(user, quota, thread, query, params, body))
         except Exception as exc:
             status, answer, extra = self._failure(exc, method, request, user_id)
             return json_response(status, answer, extra + cors)
+        if isinstance(result, Streamed):
+            log.debug("%s %s of %s: %d", method, path, user_id, result.status)
+            return result.with_headers(cors)
+        status, answer = result
         log.debug("%s %s of %s: %d", method, path, user_id, status)
         return json_response(status, answer, cors)
 
@@ -190,7 +205,8 @@ class HttpApi:
         call.quota.admit_send()
         await call.quota.admit_thread(request.thread_id)
         acc = await call.thread.send(request.text, client_msg_id=request.client_msg_id,
-                                     strategy=request.strategy, parent=request.parent)
+                                     strategy=request.strategy, parent=request.parent,
+                                     attachments=request.attachments)
         return 200, accepted_answer(request.thread_id, acc)
 
     async def cancel(self, call: Call) -> tuple[int, dict[str, Any]]:
@@ -228,8 +244,12 @@ ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
     ("threads", ID, "turns"): {"GET": http_tree.turns},
     ("threads", ID, "cancel"): {"POST": HttpApi.cancel},
     ("threads", ID, "runs", RUN, "approvals", CALL): {"POST": HttpApi.decide},
+    ("attachments",): {"POST": http_attachments.upload},
+    ("attachments", ATTACHMENT): {"GET": http_attachments.download},
 }
-_NAMES = (ID, RUN, CALL, MESSAGE)
+_NAMES = (ID, RUN, CALL, MESSAGE, ATTACHMENT)
+#: The handlers that read their request's body themselves, as it arrives: an upload.
+READS_ITS_BODY: frozenset[Any] = frozenset({http_attachments.upload})
 
 
 def _resolve(path: str) -> tuple[dict[str, Handler], dict[str, str]]:

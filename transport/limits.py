@@ -4,13 +4,42 @@ The per-user limits bound what one account can hold however many connections it 
 could otherwise keep thousands of connections and live actors (about 4 GB at the sustained
 rate, measured) or create stored threads without end by joining and leaving, or keep
 thousands of HTTP requests with large bodies in flight (3 GB for 1,500, measured).
+
+Attachments (PROTOCOL.md 1.1, HTTP.md): a file's size, a user's bytes stored (counted by the
+store, so across connections and nodes), the media types allowed (``media_types``: lower-case
+``type/subtype`` or ``type/*``, none for no uploads at all) and how long an upload's body may
+take (``http_attachments.py``).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 import attrs
 
+from threadline.actors.attachments import MAX_BYTES, USER_BYTES
 from threadline.actors.user_runs import USER_RUNS
+
+#: PROTOCOL.md 1.1's default list: images png, jpeg, gif, webp; any text; PDF; JSON.
+ATTACHMENT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "text/*",
+                    "application/pdf", "application/json")
+_TOKEN = r"[a-z0-9!#$&^_.+-]{1,63}"  # RFC 6838's restricted name (lower-cased)
+_MEDIA_RANGE = re.compile(rf"{_TOKEN}/(?:{_TOKEN}|\*)")
+
+
+def media_types(value: str | Iterable[str]) -> tuple[str, ...]:
+    """The allowed types as ``Limits`` keeps them: lower-case ``type/subtype`` or ``type/*``,
+    each once, in order. A string is a list separated by commas, semicolons or spaces;
+    ``none`` (or nothing) allows no type. ``ValueError`` for anything else."""
+    items = re.split(r"[,;\s]+", value) if isinstance(value, str) else list(value)
+    types = [t.strip().lower() for t in items if t.strip()]
+    if types == ["none"]:
+        return ()
+    for t in types:
+        if not _MEDIA_RANGE.fullmatch(t):
+            raise ValueError(f"{t!r} is not a media type (type/subtype or type/*)")
+    return tuple(dict.fromkeys(types))
 
 
 @attrs.frozen
@@ -43,6 +72,18 @@ class Limits:
     # Runs of one user active at once, across the user's threads (``user_runs.py``): the
     # others wait their turn, accepted but not started. Given to the runtime by the server.
     user_runs: int = USER_RUNS
+    # -- attachments (PROTOCOL.md 1.1, "Attachments"; HTTP.md) --
+    attachment_bytes: int = MAX_BYTES     # a file: one byte more is 413 too_large, at once
+    user_attachment_bytes: int = USER_BYTES  # a user's stored files, uploads under way too: 429
+    # Media types an upload may declare (else 415 unsupported_type); ``--limit
+    # attachment_types=image/png,text/*``.
+    attachment_types: tuple[str, ...] = attrs.field(default=ATTACHMENT_TYPES,
+                                                    converter=media_types)
+    # An upload's body must arrive within ``upload_timeout`` seconds of its head, with no
+    # pause between two reads longer than ``upload_idle_timeout``: else 408 timeout, and
+    # nothing of it is kept. (Other requests: the whole within ``handshake_timeout``.)
+    upload_timeout: float = 120.0
+    upload_idle_timeout: float = 10.0
 
 
 class TokenBucket:

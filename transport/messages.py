@@ -33,6 +33,7 @@ UNAUTHORIZED: Final = "unauthorized"
 METHOD_NOT_ALLOWED: Final = "method_not_allowed"
 TOO_LARGE: Final = "too_large"
 TIMEOUT: Final = "timeout"
+UNSUPPORTED_TYPE: Final = "unsupported_type"  # 1.1: an upload of a type not allowed: 415
 
 # close codes (PROTOCOL.md, "Close codes"; RFC 6455 section 7.4.1)
 CLOSE_NORMAL: Final = 1000
@@ -67,6 +68,7 @@ class Send:
     client_msg_id: str | None
     strategy: Strategy
     parent: Parent = LATEST  # 1.1: absent: LATEST; null: None (a new root); else a run id
+    attachments: tuple[str, ...] = ()  # 1.1: attachment ids, at most 10 (absent: none)
 
 
 @attrs.frozen(slots=True)

@@ -6,7 +6,8 @@ thread actors), the directory's counters and ``len``, and the store's, in one ``
 snapshot (``Gateway.statistics()``, also ``Runtime.statistics()``). It never walks
 actors, mailboxes or sessions: a scrape that walked every mailbox once let anonymous scrapes at
 16/s raise other users' ping p99 from 4 ms to 440 ms. Labelled families have small, bounded
-label sets (close codes, HTTP statuses, the server's fixed auth reasons, three terminal events).
+label sets (close codes, HTTP statuses, the server's fixed auth reasons, three terminal events,
+the upload outcomes).
 The one walk left is prometheus_client's process collector listing ``/proc/self/fd`` (in C,
 O(open files), one name per connection): the standard ``process_open_fds`` operators expect.
 What embeds the server may add families of its own (``extra``: a cluster node's), under the
@@ -140,6 +141,14 @@ def _edge(s: ServerStats) -> Iterator[Metric]:
                    "[requests].", s.limits_reached)
     yield histogram("threadline_send_accepted_seconds", "From a send frame received to its "
                      "accepted reply queued [seconds].", s.send_seconds, unit="seconds")
+    yield by("threadline_attachment_uploads", "Attachment uploads, by outcome (stored, "
+             "too_large, unsupported_type, limit_reached, bad_request, aborted: the client "
+             "went or was too slow, failed: the store or the server) [uploads].", "outcome",
+             s.attachment_uploads)
+    yield counter("threadline_attachment_uploaded_bytes", "Bytes of the attachment uploads "
+                  "stored [bytes].", s.attachment_bytes_uploaded, unit="bytes")
+    yield counter("threadline_attachment_downloads", "Attachment downloads written whole "
+                  "[downloads].", s.attachment_downloads)
 
 
 def _actors(r: RuntimeStatistics) -> Iterator[Metric]:

@@ -242,7 +242,8 @@ class Session:
             self.quota.admit_send()
         started = trio.current_time()
         acc = await tap.thread.send(request.text, client_msg_id=request.client_msg_id,
-                                    strategy=request.strategy, parent=request.parent)
+                                    strategy=request.strategy, parent=request.parent,
+                                    attachments=request.attachments)
         self.stats.send_seconds.observe(trio.current_time() - started)
         self._accepted(request, acc)
 

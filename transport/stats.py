@@ -10,6 +10,10 @@ import attrs
 
 from threadline.actors.stats import Histogram
 
+#: How an upload ended (``http_attachments.py``; ``threadline_attachment_uploads_total``).
+UPLOAD_OUTCOMES = ("stored", "too_large", "unsupported_type", "limit_reached", "bad_request",
+                   "aborted", "failed")
+
 
 @attrs.define
 class ServerStats:
@@ -25,6 +29,10 @@ class ServerStats:
     rate_limited: int = 0                  # frames dropped by a rate limit (frames or bytes)
     limits_reached: int = 0                # requests refused with limit_reached
     send_seconds: Histogram = attrs.Factory(Histogram)    # a send frame to its accepted reply
+    # attachments (``http_attachments.py``): uploads by outcome, bytes stored, downloads whole
+    attachment_uploads: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(UPLOAD_OUTCOMES, 0))
+    attachment_bytes_uploaded: int = 0
+    attachment_downloads: int = 0
 
     def closed(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1

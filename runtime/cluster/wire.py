@@ -19,7 +19,9 @@ Its sender is the link's proved node, never a field of the frame.
 
 A ``Post``'s ``parent`` (PROTOCOL.md 1.1) is the run id, nil for a new root, or ``["latest"]``
 when the sender named none (``LATEST``: the thread's newest run, chosen by the owner), so the
-three never look alike. A ``Regenerate`` asks the owner for another answer to a message.
+three never look alike. Its ``attachments`` (1.1) are a list of at most ``MAX_PER_MESSAGE``
+attachment ids (strings), empty for none; whether each is the user's is the owner's to say.
+A ``Regenerate`` asks the owner for another answer to a message.
 
 A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`` and the error's
 message, raised again as the same class by ``error_of``). Any other exception is a bug there,
@@ -39,6 +41,7 @@ import attrs
 import msgpack
 
 from threadline.actors.approval import MAX_REASON_BYTES
+from threadline.actors.attachments import MAX_PER_MESSAGE
 from threadline.actors.errors import (ActorCrashed, ActorStopped, AskTimeout, Busy,
                                       JournalUnavailable, LimitReached, MailboxFull, NotFound,
                                       RateLimited, UnknownCall, UnknownRun, Unstorable)
@@ -105,6 +108,7 @@ class Post:
     client_msg_id: str | None
     strategy: str
     parent: Parent = LATEST  # on the wire: ["latest"], nil (a root) or the run id
+    attachments: tuple[str, ...] = ()  # on the wire: a list of attachment ids
 
 
 @attrs.frozen(slots=True)
@@ -238,7 +242,7 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "usage": (Usage, (lambda u: _users(u),)),
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
-    "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p))),
+    "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p), lambda a: _ids(a))),
     "regenerate": (Regenerate, (_STR, _OPT_STR, _STR)),
     "cancel": (Cancel, (_OPT_STR,)),
     "decide": (Decide, (_STR, _STR, _BOOL, _OPT_STR)),
@@ -260,6 +264,13 @@ def _parent(value: Any) -> Parent:
     if type(value) is list and value == _LATEST:
         return LATEST
     raise WireError("a parent is nil, a run id or [\"latest\"]")
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or len(value) > MAX_PER_MESSAGE or \
+            not all(type(item) is str for item in value):
+        raise WireError(f"attachments are a list of at most {MAX_PER_MESSAGE} strings")
+    return tuple(value)
 
 
 def _bitmap(value: Any) -> bytes:
@@ -348,7 +359,8 @@ def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
     """The call for one of the six requests that can be forwarded (its ``reply`` stays here)."""
     kind = type(msg)
     if kind is PostMessage:
-        request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy, msg.parent)
+        request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy, msg.parent,
+                                    tuple(msg.attachments))
     elif kind is RegenerateRequest:
         request = Regenerate(msg.message_id, msg.client_msg_id, msg.strategy)
     elif kind is CancelRun:
@@ -371,7 +383,7 @@ def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
         raise ValueError(f"unknown strategy {r.strategy!r}")  # bad input, not a broken link
     if type(r) is Post:
         make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy,
-                                 parent=r.parent)
+                                 parent=r.parent, attachments=r.attachments)
     elif type(r) is Regenerate:
         make = functools.partial(RegenerateRequest, r.message_id, r.client_msg_id, r.strategy)
     elif type(r) is Cancel:

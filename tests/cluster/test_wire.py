@@ -41,6 +41,10 @@ MESSAGES = [
     Call(2, KEY.user_id, KEY.thread_id, Post("", None, "interrupt")),
     Call(2, KEY.user_id, KEY.thread_id, Post("edit", "c-2", "enqueue", "run_1")),  # 1.1
     Call(2, KEY.user_id, KEY.thread_id, Post("root", None, "reject", None)),
+    Call(2, KEY.user_id, KEY.thread_id, Post("see", "c-4", "enqueue", LATEST,
+                                             ("att_1", "att_2 ✓"))),  # 1.1: attachments
+    Call(2, KEY.user_id, KEY.thread_id, Post("ten", None, "enqueue", None,
+                                             tuple(f"att_{i}" for i in range(10)))),
     Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", "c-3", "interrupt")),
     Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", None, "enqueue")),
     Call(3, KEY.user_id, KEY.thread_id, Cancel("r-1")),
@@ -87,6 +91,8 @@ def test_a_value_no_request_answers_with_is_refused_when_encoded():
     (PostMessage("hi", "c-1", "enqueue", Reply(), None), Post("hi", "c-1", "enqueue", None)),
     (PostMessage("hi", None, "interrupt", Reply(), "run_7"),
      Post("hi", None, "interrupt", "run_7")),
+    (PostMessage("look", "c-3", "enqueue", Reply(), LATEST, ("att_a", "att_b")),
+     Post("look", "c-3", "enqueue", LATEST, ("att_a", "att_b"))),
     (RegenerateRequest("msg_1", "c-2", "reject", Reply()), Regenerate("msg_1", "c-2", "reject")),
     (RegenerateRequest("msg_1", None, "enqueue", Reply()), Regenerate("msg_1", None, "enqueue")),
     (CancelRun("r-2", Reply()), Cancel("r-2")),
@@ -189,15 +195,25 @@ def test_a_frame_of_max_size_is_read_and_one_byte_more_is_refused_at_its_header(
     msgpack.packb(["failure", True, "busy", "x"]),              # a bool is not an id
     msgpack.packb(["failure", 1.0, "busy", "x"]),
     msgpack.packb(["call", 1, "u", "t", ["call", 2, "u", "t", ["info"]]]),  # nested message
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", 5, "enqueue", None]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", 5, "enqueue", None, []]]),
     msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue"]]),  # no parent field
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", 5]]),
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["newest"]]]),
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["latest", 1]]]),
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", []]]),
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", {"latest": True}]]),
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", True]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None]]),  # no attachments
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", 5, []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["newest"], []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", ["latest", 1], []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", [], []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", {"latest": True}, []]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", True, []]]),
     msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, None]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, "att_1"]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [5]]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [None]]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [b"att"]]],
+                  use_bin_type=True),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, {"a": 1}]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None,
+                                         [f"att_{i}" for i in range(11)]]]),  # over 10
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [], None]]),
     msgpack.packb(["call", 1, "u", "t", ["regenerate", 5, None, "enqueue"]]),
     msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None]]),
     msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue", None]]),
