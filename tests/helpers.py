@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
@@ -200,3 +202,14 @@ def answer_of(events: Iterable[Event]) -> str:
         if e.event == "agent_delta" and e.data["offset"] == len(text):
             text += e.data["text"]
     return text
+
+
+def png(width: int, height: int) -> bytes:
+    """A valid RGB PNG of ``width`` x ``height`` red pixels (attachment tests)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))

@@ -55,9 +55,11 @@ class Page:
         return f"{self.base}/?token={token}"
 
 
-@pytest.fixture(scope="module")
-def page() -> Iterator[Page]:
-    server = ServeProcess("--demo", "--store", "memory", "--log", "warning")  # stderr: a pipe nobody reads
+def serve_page(*flags: str) -> Iterator[Page]:
+    """A ``threadline serve --demo`` of its own on the memory store, with ``flags``, behind a
+    relay: the page a module's tests open."""
+    server = ServeProcess("--demo", "--store", "memory", "--log", "warning",  # stderr: a pipe
+                          *flags)                                             # nobody reads
     try:
         url = trio.run(server.ready)
         port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -68,6 +70,11 @@ def page() -> Iterator[Page]:
             relay.close()
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Page]:
+    yield from serve_page()
 
 
 @pytest.fixture(scope="module")

@@ -623,6 +623,79 @@ const scenarios = {
     return { mine, served };
   },
 
+  // Attachments (PROTOCOL.md 1.1): a PNG (arg: its bytes in base64) and a text file uploaded
+  // (their progress, their records), refusals (an HTML file declared image/png, a type not
+  // allowed, a body over 20 MiB) with the server's code and message, a send naming both (the
+  // frame written, the user_message's attachments in the client's state, the echo's answer),
+  // the bytes downloaded again as Blobs, another client of the user seeing the message from a
+  // replay, and another user (process.argv[6]: their token) refused the download and the send.
+  async attachments() {
+    const otherToken = process.argv[6];
+    const connections = [];
+    const client = connect({ url, token, WebSocket: recordingSocket(connections),
+                             onerror: (e) => console.error("onerror", e.code, e.message) });
+    const events = [];
+    await client.join("att", { since: 0, onevent: (f) => events.push(f) });
+    const pngBytes = Buffer.from(arg, "base64");
+    const progress = { png: [], text: [] };
+    const png = await client.upload(new Blob([pngBytes], { type: "image/png" }), {
+      name: "dot.png", onProgress: (p) => progress.png.push(p) });
+    const textBytes = new TextEncoder().encode("a,b\n1,2\n");
+    const text = await client.upload(new File([textBytes], "table.csv", { type: "text/csv" }), {
+      onProgress: (p) => progress.text.push(p) });
+    const errorOf = (e) => ({ name: e.name, code: e.code, status: e.status, message: e.message,
+                              frame: e.frame });
+    const refusal = async (promise) => { try { return { resolved: await promise }; } catch (e) { return errorOf(e); } };
+    const disguised = await refusal(client.upload(
+      new Blob(["<!doctype html><script>alert(1)</script>"], { type: "image/png" }), { name: "evil.png" }));
+    const exe = await refusal(client.upload(
+      new Blob([new Uint8Array([0x4d, 0x5a, 0x90, 0])], { type: "application/x-msdownload" }), { name: "run.exe" }));
+    const tooLarge = await refusal(client.upload(
+      new Blob([new Uint8Array(20 * 1024 * 1024 + 1)], { type: "text/plain" }), { name: "big.txt" }));
+    const notBlob = await refusal(client.upload("just a string"));
+    const aborter = new AbortController();
+    aborter.abort();
+    const abortedUpload = await refusal(client.upload(new Blob(["x"], { type: "text/plain" }), { signal: aborter.signal }));
+
+    const accepted = await client.send("att", "look at these", { attachments: [png, text.attachment_id] });
+    const run = await doneIn(client, "att", accepted.run_id, "the answer with attachments");
+    const message = client.tree("att").messages.get(accepted.message_id);
+    const plain = await client.send("att", "no files", { attachments: [] });
+    await doneIn(client, "att", plain.run_id, "the answer without attachments");
+    const badType = await refusal(client.send("att", "x", { attachments: "nope" }));
+
+    const downloaded = await client.download(png.attachment_id);
+    const downloadedText = await client.download(text.attachment_id);
+    const missing = await refusal(client.download("no-such-attachment"));
+
+    const other = connect({ url, token: otherToken, onerror: (e) => console.error("onerror", e.code, e.message) });
+    await other.join("att", { since: 0 });
+    const otherDownload = await refusal(other.download(png.attachment_id));
+    const otherSend = await refusal(other.send("att", "mine now", { attachments: [png.attachment_id] }));
+    other.close();
+
+    const replay = await directClient("att");
+    await until(() => replay.client.tree("att").messages.has(accepted.message_id), "the replayed message");
+    const replayed = replay.client.tree("att").messages.get(accepted.message_id);
+    const report = {
+      png, text, progress, disguised, exe, tooLarge, notBlob, abortedUpload, badType,
+      accepted, frames: connections.flat().filter((f) => f.type === "send"),
+      userMessage: events.find((f) => f.event === "user_message" && f.data.message_id === accepted.message_id)?.data,
+      messageAttachments: message.attachments, runMessage: run.message,
+      answer: [run.status, run.text],
+      plainAttachments: client.tree("att").messages.get(plain.message_id).attachments,
+      plainUserMessage: events.find((f) => f.event === "user_message" && f.data.message_id === plain.message_id)?.data,
+      downloaded: { type: downloaded.type, base64: Buffer.from(await downloaded.arrayBuffer()).toString("base64") },
+      downloadedText: { type: downloadedText.type, text: await downloadedText.text() },
+      missing, otherDownload, otherSend,
+      attachmentUrl: client.attachmentUrl(png.attachment_id),
+      replayed: replayed.attachments,
+    };
+    client.close();
+    replay.client.close();
+    return report;
+  },
+
   async unauthorized() {
     const errors = [];
     const states = [];

@@ -32,6 +32,16 @@ export type ErrorCode =
   | "not_found"
   /** 1.1: the user's token budget is spent; nothing was stored */
   | "budget_exceeded"
+  /** 1.1, upload (HTTP 413): the file is over the server's size limit (20 MiB by default) */
+  | "too_large"
+  /** 1.1, upload (HTTP 415): a type the server does not take, or an image whose bytes are not
+   * of its declared type (an HTML file sent as image/png) */
+  | "unsupported_type"
+  /** upload, download: the server could not be reached, or closed the connection before it
+   * answered (status 0) */
+  | "upload_failed" | "download_failed"
+  /** upload, download: its `signal` was aborted */
+  | "aborted"
   /** a request written before the connection was lost, not repeated (cancel, decide): it may
    * have been handled; for a decide, the thread's events tell (approval_decided, or the
    * approval still pending once the thread is joined again) */
@@ -49,8 +59,43 @@ export type ErrorCode =
 export declare class ThreadlineError extends Error {
   readonly name: "ThreadlineError";
   readonly code: ErrorCode;
-  /** the server's error frame (or auth-check body), when there was one */
+  /** the server's error frame (or auth-check body, or an HTTP error's body), when there was one */
   readonly frame: ErrorFrame | null;
+  /** upload, download (1.1): the HTTP status of the refusal; 0 when there was no answer */
+  readonly status?: number;
+}
+
+/** 1.1: an attachment as a `user_message` lists it (PROTOCOL.md, "Attachments"). */
+export interface AttachmentInfo {
+  attachment_id: string;
+  /** the file's name, as uploaded (`?name=`) */
+  name: string;
+  content_type: string;
+  /** bytes */
+  size: number;
+}
+
+/** 1.1: the answer to an upload (POST /v1/attachments, 201): the attachment stored. */
+export interface AttachmentRecord extends AttachmentInfo {
+  type: "attachment";
+  /** hex SHA-256 of the bytes */
+  sha256: string;
+}
+
+/** An upload's progress: bytes of the body sent so far, of `total` (the file's size). */
+export interface UploadProgress { loaded: number; total: number }
+
+export interface UploadOptions {
+  /** the attachment's name (`?name=`); default: the File's name, "file" for a Blob without one */
+  name?: string;
+  /** default: the Blob's `type`, or application/octet-stream when it has none (which the
+   * server's default list refuses: 415 unsupported_type) */
+  contentType?: string;
+  /** as the body goes up (XMLHttpRequest's upload progress; with fetch, as in Node: once, at
+   * the end); the last call has loaded === total, before the upload settles */
+  onProgress?: (progress: UploadProgress) => void;
+  /** abort the upload: it rejects with code "aborted" */
+  signal?: AbortSignal;
 }
 
 export type EventName =
@@ -137,7 +182,8 @@ export declare class Run {
   readonly done: boolean;
   /** the data of the user_message it answers: {message_id, text, client_msg_id?, parent?}
    * (1.1: a regenerated run's is that same message's) */
-  readonly message: { message_id: string; text: string; client_msg_id?: string; parent?: string | null } | null;
+  readonly message: { message_id: string; text: string; client_msg_id?: string; parent?: string | null;
+                      attachments?: AttachmentInfo[] } | null;
   /** 1.1: the message it answers (agent_started.message_id), once the tree placed it */
   readonly messageId: string | null;
   /** 1.1: seq of the event that asked for it (its user_message, or a regenerate's
@@ -196,6 +242,8 @@ export declare class Message {
   /** the run its user_message started: its first answer */
   readonly runId: string;
   readonly clientMsgId: string | null;
+  /** 1.1: the attachments its user_message lists, in the order sent; [] when none */
+  readonly attachments: readonly AttachmentInfo[];
   /** the user_message's data as it came (attachments, ...) */
   readonly data: Record<string, unknown> & { message_id: string; text: string };
   /** every run answering it, by seq: the first, then the regenerated ones */
@@ -279,6 +327,10 @@ export interface SendOptions {
    * message is m's sibling). Not given: the thread's newest run (the server's default), or a root
    * when there is none, as in 1.0 */
   parent?: string | null;
+  /** 1.1: attachments uploaded by this user (upload's records, or their attachment_id), at most
+   * 10, not sent with another thread's message; one that is not the user's (or gone): the send
+   * rejects "not_found" and nothing is stored. Empty or not given: the frame has none */
+  attachments?: ReadonlyArray<string | Pick<AttachmentRecord, "attachment_id">>;
 }
 
 export interface RegenerateOptions {
@@ -334,6 +386,21 @@ export declare class Client {
    * "disconnected" (it may have been stored; the thread's events tell, once joined again). */
   decide(threadId: string, runId: string, callId: string, approved: boolean,
          reason?: string | null): Promise<Decided>;
+  /** 1.1: upload `file` as an attachment (POST /v1/attachments, the token in the Authorization
+   * header): settles with its record once the server stored it, for send's `attachments`.
+   * Rejects with a ThreadlineError carrying the server's code and message, and `status`:
+   * "too_large" (413), "unsupported_type" (415), "limit_reached" (429: the user's storage
+   * quota, or too many requests at once), "unauthorized" (401); "upload_failed" (status 0)
+   * when no answer came; "aborted" after `signal` aborted; "closed" once the client is; a
+   * TypeError for anything but a Blob. Never repeated after a loss. */
+  upload(file: Blob, options?: UploadOptions): Promise<AttachmentRecord>;
+  /** 1.1: the HTTP address of an attachment (GET /v1/attachments/{id}). It needs the token in
+   * the Authorization header, which an <img> or a link cannot send: use download() there */
+  attachmentUrl(attachmentId: string): string;
+  /** 1.1: an attachment's bytes, as a Blob of its content type (for URL.createObjectURL; revoke
+   * it when it is no longer shown). Rejects "not_found" for one that is gone or another
+   * user's; "download_failed" when no answer came; "aborted" after `signal` aborted */
+  download(attachmentId: string, options?: { signal?: AbortSignal }): Promise<Blob>;
   threads(options?: { limit?: number; cursor?: string | null }): Promise<ThreadsPage>;
   ping(): Promise<Pong>;
   close(): void;

@@ -11,6 +11,10 @@
 //   await client.send("main", "the same, better", { parent: message.parent });  // an edit
 //   await client.regenerate("main", message.id);
 //   for (const { message, run, siblings, answers } of client.tree("main").branch()) show(...);
+//   // attachments (PROTOCOL.md 1.1): upload first, then name them in a send
+//   const file = await client.upload(input.files[0], { onProgress: ({ loaded, total }) => ... });
+//   await client.send("main", "what is in this?", { attachments: [file.attachment_id] });
+//   img.src = URL.createObjectURL(await client.download(message.attachments[0].attachment_id));
 //
 // Invariants:
 // - Requests (join, leave, send, regenerate, cancel, decide, threads, ping) carry a fresh integer `ref` and settle
@@ -65,6 +69,18 @@
 //   A copy joined after the start (a `since` above 0, or live only) holds what it saw: a message
 //   whose parent it never saw is still a child of that run id, and a path stops where it knows
 //   no more.
+// - Attachments (PROTOCOL.md 1.1, "Attachments") go over HTTP beside the connection, with the
+//   token in `Authorization: Bearer` (never in the URL: a download's address is shown, logged,
+//   kept in history): `upload` POSTs the file's bytes as they are (its Content-Type, its name in
+//   `?name=`) and settles with the server's record once it is stored; a refusal rejects with a
+//   ThreadlineError carrying the server's code (too_large, unsupported_type, limit_reached, ...)
+//   and message, and `status`. Where XMLHttpRequest exists (browsers) it uploads, so that the
+//   upload's progress is reported as it goes; elsewhere (Node) fetch, and progress is reported
+//   once, at the end. An upload is not a request of the connection: it neither waits for one
+//   nor is repeated after a loss (an upload cut off is no attachment; upload again). An
+//   <img src> cannot send the header, so `download` fetches an attachment as a Blob (the app
+//   makes an object URL of it, and revokes it). A message's attachments are those its
+//   `user_message` lists (Message.attachments), never the ids the app sent.
 // - JSON only (subprotocol threadline.v1.json): browsers parse JSON natively and fast, and a
 //   chat's frames are mostly text, which msgpack would not make smaller.
 
@@ -127,6 +143,7 @@ export class Run {
                              // same message's)
     this.messageId = null;   // the message it answers, once placed in the tree
     this.seq = null;         // of the event that asked for it: its user_message or answer_requested
+    this._asked = false;     // placed by that event (else by its agent_started: asked before this copy)
     this.children = [];      // the Messages that follow it, by seq
     this.newest = null;      // the newest run of its subtree (itself, or below), once placed
     this.text = "";          // the answer so far
@@ -186,10 +203,20 @@ export class Message {
     this.seq = seq;          // of its user_message
     this.runId = runId;      // the run its user_message started (its first answer)
     this.clientMsgId = data.client_msg_id ?? null;
+    // 1.1: [{attachment_id, name, content_type, size}] as its user_message listed them
+    this.attachments = Array.isArray(data.attachments) ? data.attachments : [];
     this.data = data;        // the user_message's data as it came (attachments, ...)
     this.answers = answers;  // every Run answering it, by seq: the first, then regenerated ones
     this.newest = null;      // the newest run of its subtree
   }
+}
+
+/** Whether run `a` was asked after run `b` (or `b` is none): a run seen asked is newer than
+ *  one seen only started (asked before this copy joined); else the later seq. */
+function newer(a, b) {
+  if (b === null || b === undefined || b === a) return b !== a;
+  if (a._asked !== b._asked) return a._asked;
+  return a.seq > b.seq;
 }
 
 /** A thread's conversation tree, as its events built it (see the header). */
@@ -300,19 +327,28 @@ export class Tree {
     }
   }
 
-  /** Make `run` an answer of message `messageId`, asked at `seq`. */
+  /** Make `run` an answer of message `messageId`, asked at `seq` (`asked`: its
+   *  user_message or answer_requested), or started at `seq` (not `asked`: this copy joined
+   *  after the run was asked, so it was asked before every run this copy saw asked). */
   _place(run, messageId, seq, asked) {
     if (run.messageId !== null) return;
     run.messageId = messageId;
     run.seq = seq;
-    this._list(this._answers, messageId).push(run);
-    if (asked || this.newest === null || seq > this.newest.seq) this.newest = run;
+    run._asked = asked;
+    const answers = this._list(this._answers, messageId);
+    if (asked) answers.push(run);
+    else {  // before the runs asked within this copy, after those placed as this one
+      const at = answers.findIndex((other) => other._asked || other.seq > seq);
+      answers.splice(at < 0 ? answers.length : at, 0, run);
+    }
+    if (newer(run, this.newest)) this.newest = run;
     // the newest run so far: the newest of every subtree holding it
     run.newest = run;
     for (let message = this.messages.get(messageId); message !== undefined; ) {
+      if (!newer(run, message.newest)) break;
       message.newest = run;
       const parent = message.parent === null ? undefined : this.runs.get(message.parent);
-      if (parent === undefined || parent.newest === run) break;
+      if (parent === undefined || !newer(run, parent.newest)) break;
       parent.newest = run;
       message = parent.messageId === null ? undefined : this.messages.get(parent.messageId);
     }
@@ -394,6 +430,46 @@ function randomId() {  // crypto.randomUUID needs a secure context; getRandomVal
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** The HTTP address of `path` on the server of WebSocket address `url` (ws://HOST/v1/ws). */
+function httpUrl(url, path) {
+  const target = new URL(url);
+  target.protocol = target.protocol === "wss:" ? "https:" : "http:";
+  target.pathname = target.pathname.replace(/\/v1\/ws$/, "") + path;
+  target.search = "";
+  target.hash = "";
+  return target;
+}
+
+/** The ThreadlineError of a refused HTTP request: the server's {code, message} when its body
+ * has them, else one named by the status; `status` is the HTTP status. */
+function httpError(status, text, what) {
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch { /* not JSON: a proxy's page, or nothing */ }
+  const code = typeof body?.code === "string" ? body.code : HTTP_CODES[status] ?? "http_error";
+  const message = typeof body?.message === "string" ? body.message : `${what}: HTTP ${status}`;
+  const error = new ThreadlineError(code, message, body);
+  error.status = status;
+  return error;
+}
+
+const HTTP_CODES = Object.freeze({ 401: "unauthorized", 404: "not_found", 408: "timeout",
+                                   413: "too_large", 415: "unsupported_type", 429: "limit_reached",
+                                   500: "internal", 503: "unavailable" });
+
+function failed(code, message) {
+  const error = new ThreadlineError(code, message);
+  error.status = 0;
+  return error;
+}
+
+function aborted(what) { return failed("aborted", `${what} was aborted`); }
+
+function blobName(file) {
+  return typeof file?.name === "string" && file.name !== "" ? file.name : "file";
+}
+
 function defaultUrl() {
   if (typeof location === "undefined") throw new TypeError("connect: give a url (ws://host:port/v1/ws)");
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
@@ -458,12 +534,104 @@ export class Client {
   }
 
   /** `parent` (1.1): the run the message follows (an edit: the edited message's parent), null
-   * for a new root; not given: the thread's newest run, the server's default (PROTOCOL.md). */
-  send(threadId, text, { clientMsgId = randomId(), strategy, parent } = {}) {
+   * for a new root; not given: the thread's newest run, the server's default (PROTOCOL.md).
+   * `attachments` (1.1): what `upload` gave (records or their ids), at most 10; none given, or
+   * an empty list: the frame has no `attachments` (a 1.0 frame). */
+  send(threadId, text, { clientMsgId = randomId(), strategy, parent, attachments } = {}) {
     const frame = { type: "send", thread_id: threadId, text, client_msg_id: clientMsgId };
     if (strategy !== undefined) frame.strategy = strategy;
     if (parent !== undefined) frame.parent = parent;
+    if (attachments != null) {
+      if (!Array.isArray(attachments)) {
+        return Promise.reject(new TypeError("send: attachments must be an array of attachment ids"));
+      }
+      const ids = attachments.map((a) => (typeof a === "string" ? a : a?.attachment_id));
+      if (ids.some((id) => typeof id !== "string")) {
+        return Promise.reject(new TypeError("send: an attachment is neither an id nor an upload's record"));
+      }
+      if (ids.length > 0) frame.attachments = ids;
+    }
     return this._request(() => frame);
+  }
+
+  /** Upload `file` (a File or Blob) as an attachment (PROTOCOL.md 1.1): settles with the
+   * server's record {type: "attachment", attachment_id, name, content_type, size, sha256} once
+   * it is stored. See the header. */
+  upload(file, { name = blobName(file), contentType, onProgress = () => {}, signal } = {}) {
+    if (this.state === "closed") return Promise.reject(new ThreadlineError("closed", "the client is closed"));
+    if (typeof Blob === "undefined" || !(file instanceof Blob)) {
+      return Promise.reject(new TypeError("upload: give a File or a Blob"));
+    }
+    if (signal?.aborted) return Promise.reject(aborted("the upload"));
+    const target = httpUrl(this.url, "/v1/attachments");
+    target.searchParams.set("name", name);
+    const type = contentType ?? (file.type || "application/octet-stream");
+    const progress = (loaded) => {
+      try {
+        onProgress({ loaded, total: file.size });
+      } catch (error) {
+        console.error(error);  // the app's callback failed: the upload goes on
+      }
+    };
+    const headers = { Authorization: `Bearer ${this._token}`, "Content-Type": type };
+    const done = (status, text) => {
+      if (status !== 201 && status !== 200) throw httpError(status, text, "the upload");
+      let record;
+      try {
+        record = JSON.parse(text);
+      } catch {
+        throw failed("bad_frame", "the server's answer to the upload is not JSON");
+      }
+      progress(file.size);
+      return record;
+    };
+    if (typeof XMLHttpRequest === "function") {
+      return new Promise((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        xhr.open("POST", target.href);
+        for (const [key, value] of Object.entries(headers)) xhr.setRequestHeader(key, value);
+        xhr.upload.onprogress = (event) => progress(event.loaded);
+        xhr.onload = () => {
+          try {
+            resolve(done(xhr.status, xhr.responseText));
+          } catch (error) {
+            reject(error);
+          }
+        };
+        xhr.onerror = () => reject(failed("upload_failed", "the upload failed: the server could not be reached or closed the connection"));
+        xhr.onabort = () => reject(aborted("the upload"));
+        signal?.addEventListener("abort", () => xhr.abort(), { once: true });
+        xhr.send(file);
+      });
+    }
+    return fetch(target, { method: "POST", headers, body: file, signal, cache: "no-store" }).then(
+      async (response) => done(response.status, await response.text()),
+      (error) => {
+        throw signal?.aborted ? aborted("the upload")
+          : failed("upload_failed", `the upload failed: ${error?.cause?.message ?? error?.message ?? error}`);
+      });
+  }
+
+  /** The address of attachment `attachmentId` (GET /v1/attachments/{id}). It needs the token
+   * in the Authorization header: an <img> or a link cannot load it; `download` can. */
+  attachmentUrl(attachmentId) {
+    return httpUrl(this.url, `/v1/attachments/${encodeURIComponent(attachmentId)}`).href;
+  }
+
+  /** Attachment `attachmentId`'s bytes as a Blob of its content type (for an object URL); a
+   * ThreadlineError "not_found" for one that is gone or not this user's. */
+  async download(attachmentId, { signal } = {}) {
+    if (this.state === "closed") throw new ThreadlineError("closed", "the client is closed");
+    let response;
+    try {
+      response = await fetch(this.attachmentUrl(attachmentId), {
+        headers: { Authorization: `Bearer ${this._token}` }, signal, cache: "no-store" });
+    } catch (error) {
+      throw signal?.aborted ? aborted("the download")
+        : failed("download_failed", `the download failed: ${error?.cause?.message ?? error?.message ?? error}`);
+    }
+    if (response.status !== 200) throw httpError(response.status, await response.text(), "the download");
+    return response.blob();
   }
 
   /** Another answer to message `messageId` (1.1): settles with the `accepted` of the new run
