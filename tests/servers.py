@@ -114,7 +114,8 @@ async def http(server: RunningServer, method: str, path: str, *, tok: str | None
                body: Any = None, headers: dict[str, str] | None = None,
                ) -> tuple[int, dict[str, str], Any]:
     """One HTTP/1.1 request with h11 over a loopback socket: status, headers (lower-case
-    names) and the body (parsed when JSON). ``body``: bytes as they are, else JSON."""
+    names) and the body (parsed when JSON). ``body``: bytes as they are, else JSON (its
+    ``Content-Type`` is ``application/json`` unless ``headers`` gives one)."""
     import json
 
     import h11
@@ -124,7 +125,9 @@ async def http(server: RunningServer, method: str, path: str, *, tok: str | None
         fields.append(("Authorization", f"Bearer {tok}"))
     data = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     if body is not None:
-        fields += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        if not any(name.lower() == "content-type" for name, _ in fields):
+            fields.append(("Content-Type", "application/json"))
+        fields.append(("Content-Length", str(len(data))))
     conn = h11.Connection(h11.CLIENT)
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     out: list[bytes] = []

@@ -192,3 +192,28 @@ async def test_a_killed_node_stops_counting_once_its_link_ends(pg_dsn):
         raise
     finally:
         killed.kill()
+
+
+async def test_the_attachment_quota_holds_across_nodes(pg_dsn):
+    """A user's stored attachment bytes are the store's count: an upload on one node takes
+    from what an upload on the other may store, at once (no report to wait for)."""
+    limits = Limits(user_attachment_bytes=300_000)
+    async with open_served(pg_dsn, ["qa", "qb"], limits) as (a, b):
+        tok = token("ada")
+        headers = {"content-type": "text/plain"}
+        status, _, first = await http(a.server, "POST", "/v1/attachments?name=a.txt", tok=tok,
+                                      body=b"a" * 200_000, headers=headers)
+        assert status == 201, first
+        status, _, refused = await http(b.server, "POST", "/v1/attachments?name=b.txt",
+                                        tok=tok, body=b"b" * 200_000, headers=headers)
+        assert (status, refused["code"]) == (429, "limit_reached")
+        status, _, other = await http(b.server, "POST", "/v1/attachments?name=b.txt",
+                                      tok=token("bob"), body=b"b" * 200_000, headers=headers)
+        assert status == 201  # another user's bytes are counted apart
+        # The first one is readable from the other node, and nobody else's.
+        status, _, got = await http(b.server, "GET", f"/v1/attachments/{first['attachment_id']}",
+                                    tok=tok)
+        assert status == 200 and got == b"a" * 200_000
+        status, _, _ = await http(b.server, "GET", f"/v1/attachments/{first['attachment_id']}",
+                                  tok=token("bob"))
+        assert status == 404
