@@ -74,6 +74,7 @@ class Gateway:
         return RuntimeStatistics(
             actors_live=len(d), mailbox_messages=d.backlog.messages, activations=d.activations,
             passivations=d.passivations, failures=d.failures, runs_active=t.runs_active, runs_waiting=t.runs_waiting,
+            attachment_bytes=t.attachment_bytes,
             approvals_requested=t.approvals_requested,
             approvals_decided=dict(t.approvals_decided), approvals_waiting=t.approvals_waiting + len(t.parked),
             runs_started=t.runs_started, runs_ended=dict(t.runs_ended), events_stored=t.events,

@@ -184,6 +184,9 @@ class Journal(Protocol):
     async def attachment_bytes(self, user_id: str) -> int:
         """The bytes the user's attachments hold in the store, uploads under way included."""
 
+    async def stored_attachment_bytes(self) -> int:
+        """The bytes every user's attachments hold in the store (``/metrics``)."""
+
     async def sweep_attachments(self, now: float, unsent_ttl: float,
                                 upload_ttl: float) -> int:
         """Erase the attachments never sent ``unsent_ttl`` seconds after their upload, and

@@ -319,6 +319,10 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         return self._user_bytes.get(user_id, 0)
 
+    async def stored_attachment_bytes(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return sum(self._user_bytes.values())
+
     async def sweep_attachments(self, now: float, unsent_ttl: float,
                                 upload_ttl: float) -> int:
         await trio.lowlevel.checkpoint()

@@ -84,6 +84,7 @@ class RuntimeStatistics:
     approvals_decided: Mapping[str, int]  # by outcome: approved, denied, expired
     approvals_waiting: int   # tool calls waiting for a person's decision now
     events_stored: int
+    attachment_bytes: int | None  # the store's attachments, as of the last sweep (None: not yet)
     run_seconds: Histogram
     store: StoreStatistics | None
 
@@ -102,4 +103,5 @@ class ThreadStats:
     # The threads with a parked run (``parking.py``): one waiting call each, in memory or not.
     parked: set[Any] = attrs.Factory(set)
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
+    attachment_bytes: int | None = None  # read by the attachment sweeper (``runtime/api.py``)
     run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

@@ -206,7 +206,8 @@ async def open_runtime(
                           tools if tools is not None else ToolRegistry(),
                           config or RuntimeConfig(), admit=admit, route=route, parked=parked)
         runtime.load_parked()
-        nursery.start_soon(sweep_attachments, journal, time.time, not recover)
+        nursery.start_soon(sweep_attachments, journal, time.time, runtime._env.stats,
+                           not recover)
         try:
             yield runtime
         finally:
@@ -217,16 +218,22 @@ async def open_runtime(
 SWEEP_INTERVAL = 600.0  # seconds between two sweeps of the attachments (the first at start)
 
 
-async def sweep_attachments(journal: Journal, clock: Callable[[], float],
+async def sweep_attachments(journal: Journal, clock: Callable[[], float], stats: ThreadStats,
                             now: bool = False) -> None:
     """Erase the attachments never sent ``UNSENT_TTL`` after their upload and the uploads cut
     off ``UPLOAD_TTL`` after they began (``attachments.py``): every ``SWEEP_INTERVAL`` (and
     ``now`` first: a cluster node, whose start does not sweep). What it finds is in the store,
-    so a restart loses nothing of it; a store outage is retried at the next sweep."""
-    if not now:
-        await trio.sleep(SWEEP_INTERVAL)
+    so a restart loses nothing of it; a store outage is retried at the next sweep. After each
+    (and at start), the bytes the store's attachments hold go to ``stats`` (``/metrics``)."""
+    first = True
     while True:
-        await _sweep(journal, clock(), upload_ttl=UPLOAD_TTL)
+        if now or not first:
+            await _sweep(journal, clock(), upload_ttl=UPLOAD_TTL)
+        first = False
+        try:
+            stats.attachment_bytes = await journal.stored_attachment_bytes()
+        except JournalUnavailable:
+            pass  # the sweep said so; the figure stays as it was
         await trio.sleep(SWEEP_INTERVAL)
 
 

@@ -168,6 +168,10 @@ def _actors(r: RuntimeStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily("threadline_runs_waiting", "Agent runs accepted and waiting for "
                             "one of their user's run slots (user_runs) [runs].",
                             value=r.runs_waiting)
+    if r.attachment_bytes is not None:
+        yield GaugeMetricFamily("threadline_attachment_stored_bytes", "Bytes the store's "
+                                "attachments hold, as of the last sweep (every 10 minutes) "
+                                "[bytes].", value=r.attachment_bytes, unit="bytes")
     yield counter("threadline_approvals_requested", "Tool calls that asked a person's "
                   "approval [calls].", r.approvals_requested)
     yield by("threadline_approvals_decided", "Tool calls decided, by outcome (approved, "

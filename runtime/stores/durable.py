@@ -238,6 +238,9 @@ class DurableJournal:
             return await _nothing(0)
         return await self.read_with(files.user_bytes, user_id)
 
+    async def stored_attachment_bytes(self) -> int:
+        return await self.read_with(files.total_bytes)
+
     async def sweep_attachments(self, now: float, unsent_ttl: float,
                                 upload_ttl: float) -> int:
         return await self._submit(FileOp("", "", "sweep", (now, unsent_ttl, upload_ttl)))

@@ -148,6 +148,11 @@ def chunks(cur: Any, user_id: str, attachment_id: str, first: int, count: int) -
     return [bytes(row[0]) for row in cur.fetchall()]
 
 
+def total_bytes(cur: Any) -> int:
+    cur.execute("SELECT COALESCE(SUM(bytes), 0) FROM attachment_usage")
+    return int(cur.fetchone()[0])
+
+
 def user_bytes(cur: Any, user_id: str) -> int:
     cur.execute("SELECT bytes FROM attachment_usage WHERE user_id = %s", (user_id,))
     row = cur.fetchone()

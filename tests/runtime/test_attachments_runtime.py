@@ -138,3 +138,15 @@ async def test_the_sweeper_runs_at_start_so_a_restart_loses_nothing_of_it(store)
                 await trio.sleep(0.05)
     assert [r[0] for r in query("SELECT attachment_id FROM attachments")] == ["att_new"]
     assert [r[0] for r in query("SELECT attachment_id FROM attachment_chunks")] == ["att_new"]
+
+
+async def test_the_bytes_stored_are_measured_at_start_for_metrics(store):
+    url, _ = store
+    async with runtime(url) as (journal, _):
+        await upload(journal, "ada", "att_a", b"a" * 1000)
+        await upload(journal, "bob", "att_b", b"b" * 500)
+    async with runtime(url) as (journal, rt):
+        with trio.fail_after(10):
+            while rt.statistics().attachment_bytes is None:
+                await trio.sleep(0.02)
+        assert rt.statistics().attachment_bytes == 1500
