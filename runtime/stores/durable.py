@@ -292,9 +292,8 @@ class DurableJournal:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 self._work = trio.Event()
                 self._idle = trio.Event()
-                taken = files.take(self._pending, self.max_batch)
-                batch = self._inflight = self._pending[:taken]
-                del self._pending[:taken]
+                batch, self._pending = files.take(self._pending, self.max_batch)
+                self._inflight = batch
                 try:
                     await self._apply(batch)
                 except Exception as exc:  # a bug of ours: it fails this batch, not the store

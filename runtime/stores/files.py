@@ -3,8 +3,9 @@ writer's operations on them and the reads, in SQL both databases accept.
 
 Every write goes through the store's one writer, in its group-committed transactions
 (``durable.py``), interleaved with the events: on SQLite there is one writer at a time anyway,
-and a chunk waits its turn like an event. So that a large upload does not stretch other users'
-commits, a transaction takes at most ``BATCH_FILE_BYTES`` of chunks (``take``). Invariants:
+and a chunk waits its turn like an event. So that uploads do not stretch other users' commits,
+every other operation goes ahead of the chunks queued, and a transaction takes at most
+``BATCH_FILE_BYTES`` of chunks (``take``; measured by ``bench/attachments.py``). Invariants:
 
 - A user's bytes (``attachment_usage``) change in the transaction of the chunk or erasure
   that changes them, and a chunk is refused (``LimitReached``, nothing written) when it would
@@ -24,7 +25,7 @@ import attrs
 from threadline.actors.attachments import Attachment
 from threadline.actors.errors import LimitReached
 
-BATCH_FILE_BYTES = 1024 * 1024  # bytes of chunks one transaction writes at most
+BATCH_FILE_BYTES = 256 * 1024  # bytes of chunks one transaction writes at most (one chunk)
 
 
 @attrs.frozen(slots=True)
@@ -43,16 +44,29 @@ class FileOp:
         return len(self.args[1]) if self.kind == "chunk" else 0
 
 
-def take(pending: Sequence[Any], limit: int) -> int:
-    """How many of ``pending`` (``(op, done)`` pairs) the next transaction takes: at most
-    ``limit``, and chunks of at most ``BATCH_FILE_BYTES`` (at least one operation)."""
-    total = 0
-    for i, (op, _) in enumerate(pending[:limit]):
-        if isinstance(op, FileOp):
-            total += op.size
-            if total > BATCH_FILE_BYTES and i > 0:
-                return i
-    return min(len(pending), limit)
+def take(pending: Sequence[Any], limit: int) -> tuple[list[Any], list[Any]]:
+    """The next transaction's operations (``(op, done)`` pairs) and those left queued: every
+    operation but an upload's chunk, in queue order, up to ``limit``; the chunks after them, in
+    queue order, up to ``BATCH_FILE_BYTES`` (at least one). An upload has at most one chunk
+    queued (it awaits each), so twenty uploads queue twenty chunks: were they taken in turn, a
+    message would wait behind them all. Only chunks are passed over: the others keep their
+    order, and no operation of an upload is queued before its chunks are stored."""
+    batch: list[Any] = []
+    rest: list[Any] = []
+    chunk_bytes = 0
+    for item in pending:
+        op = item[0]
+        if len(batch) >= limit:
+            rest.append(item)
+        elif isinstance(op, FileOp) and op.kind == "chunk":
+            if chunk_bytes and chunk_bytes + op.size > BATCH_FILE_BYTES:
+                rest.append(item)
+            else:
+                chunk_bytes += op.size
+                batch.append(item)
+        else:
+            batch.append(item)
+    return batch, rest
 
 
 COLUMNS = "user_id, attachment_id, name, content_type, size, sha256, created_at, thread_id"

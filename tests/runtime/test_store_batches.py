@@ -286,3 +286,23 @@ async def test_arbitrary_text_good_is_stored_bad_is_refused_never_an_outage(any_
 
     await trio.to_thread.run_sync(prop)
     assert next(ids) > 1 and seen[True] > 0 and seen[False] > 0, seen  # not vacuous
+
+
+def test_a_transaction_takes_every_other_operation_and_one_chunk():
+    """Chunks queued by uploads never hold a message back: every other operation is taken in
+    queue order, with one chunk (the first queued); the other chunks wait, in their order."""
+    from threadline.stores.files import BATCH_FILE_BYTES, FileOp, take
+
+    def chunk(upload: str) -> tuple[FileOp, None]:
+        return FileOp("ada", upload, "chunk", (0, b"x" * BATCH_FILE_BYTES, 10**9)), None
+
+    def other(name: str) -> tuple[FileOp, None]:
+        return FileOp("ada", name, "finish", (1, "sha")), None
+
+    pending = [chunk("a"), other("e1"), chunk("b"), chunk("c"), other("e2")]
+    batch, rest = take(pending, limit=100)
+    assert batch == [pending[0], pending[1], pending[4]] and rest == [pending[2], pending[3]]
+    batch, rest = take(rest, limit=100)
+    assert batch == [pending[2]] and rest == [pending[3]]
+    batch, rest = take(pending, limit=2)  # the limit counts every operation taken
+    assert batch == [pending[0], pending[1]] and rest == pending[2:]
