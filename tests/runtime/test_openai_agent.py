@@ -43,11 +43,11 @@ async def agent_runtime(llm, *, tools=None, max_rounds=8, max_retries=0, **confi
         await agent.aclose()
 
 
-async def turn(rt, text, user="ada", thread="main"):
-    """Send ``text``; the run's events up to its terminal one."""
+async def turn(rt, text, user="ada", thread="main", attachments=()):
+    """Send ``text`` (with ``attachments``); the run's events up to its terminal one."""
     handle = rt.thread(user, thread)
     async with handle.open_subscription() as events:
-        accepted = await handle.send(text)
+        accepted = await handle.send(text, attachments=list(attachments))
         out = []
         with trio.fail_after(30):
             async for event in events:

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.llm_server import Answer, open_llm_server
+from tests.runtime.test_openai_agent import turn as agent_turn
 from threadline import RuntimeConfig, ToolRegistry, open_runtime
 from threadline.actors.attachments import CHUNK_BYTES, RunAttachment
 from threadline.agents.openai import OpenAIAgent, OpenAIConfig
@@ -67,19 +68,11 @@ async def upload(rt, attachment_id: str, name: str, content_type: str, data: byt
 
 
 async def turn(rt, text: str, attachments=(), user="ada", thread="main"):
-    """Send ``text`` with ``attachments``; the run's events up to its terminal one."""
-    handle = rt.thread(user, thread)
-    async with handle.open_subscription() as events:
-        accepted = await handle.send(text, attachments=list(attachments))
-        out = []
-        with trio.fail_after(30):
-            async for event in events:
-                if event.run_id == accepted.run_id:
-                    out.append(event)
-                    if event.event in TERMINAL:
-                        assert event.event == "agent_completed", event.data
-                        return out
-    raise AssertionError("unreachable")
+    """Send ``text`` with ``attachments``; the run's events up to its terminal one, which
+    must be ``agent_completed``."""
+    out = await agent_turn(rt, text, user=user, thread=thread, attachments=attachments)
+    assert out[-1].event == "agent_completed", out[-1].data
+    return out
 
 
 SYSTEM = {"role": "system", "content": "Be brief."}
