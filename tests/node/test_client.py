@@ -408,3 +408,37 @@ def test_the_type_declarations_name_exactly_what_the_module_exports():
          "console.log(JSON.stringify(Object.keys(m)))"],
         capture_output=True, text=True, timeout=30, check=True)
     assert set(json.loads(result.stdout)) == in_js
+
+
+def test_a_copy_joined_with_since_places_runs_it_saw_only_start_before_those_it_saw_asked():
+    """A client that joined with ``since`` sees some runs only by their ``agent_started`` (they
+    were asked before ``since``): those were asked before every run it saw asked, so they come
+    first among a message's answers and are never its newest run (the red-team's case: R1 was
+    asked at seq 5, R2 at 6, and a copy from ``since: 5`` saw R2 asked and R1 only start)."""
+    script = """
+const { Thread } = await import(%s);
+const ev = (seq, event, run_id, data) => ({type: "event", thread_id: "t", seq, event, run_id,
+                                           ts: 0, data});
+const all = [
+  ev(1, "user_message", "A", {message_id: "M", text: "q", parent: null}),
+  ev(2, "agent_started", "A", {message_id: "M"}), ev(3, "agent_completed", "A", {text: "a"}),
+  ev(4, "user_message", "B", {message_id: "N", text: "n", parent: "A"}),
+  ev(5, "answer_requested", "R1", {message_id: "M"}),
+  ev(6, "answer_requested", "R2", {message_id: "M"}),
+  ev(7, "agent_started", "B", {message_id: "N"}), ev(8, "agent_completed", "B", {text: "x"}),
+  ev(9, "agent_started", "R1", {message_id: "M"}),
+];
+const out = {};
+for (const since of [0, 5]) {
+  const t = new Thread("t", since, () => {}, () => {}, () => {});
+  t.lastSeq = since;
+  for (const f of all) if (f.seq > since) t.take(f);
+  out[since] = {newest: t.tree.newest.id, answers: t.tree.answers("M").map((r) => r.id)};
+}
+console.log(JSON.stringify(out));
+""" % json.dumps((STATIC / "client.js").as_uri())
+    result = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True,
+                            text=True, timeout=30, check=True)
+    assert json.loads(result.stdout) == {
+        "0": {"newest": "R2", "answers": ["A", "R1", "R2"]},
+        "5": {"newest": "R2", "answers": ["R1", "R2"]}}
