@@ -172,6 +172,13 @@ class Journal(Protocol):
     async def abort_upload(self, user_id: str, attachment_id: str) -> None:
         """Erase an upload under way (its chunks, its record, its bytes from the count)."""
 
+    async def claim_attachments(self, user_id: str, thread_id: str,
+                                attachment_ids: Sequence[str]) -> list[Attachment]:
+        """Make the user's finished attachments the thread's, all or none, durably (before
+        the message that names them is stored): their records, or ``NotFound`` when one is
+        missing, unfinished or another thread's. Two claims of one attachment at once: one
+        wins."""
+
     async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
         """The user's finished attachment ``attachment_id``, None for any other (another
         user's included)."""

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from .attachments import Attachment
-from .errors import LimitReached
+from .errors import LimitReached, NotFound
 from .journal import (TITLE_LENGTH, Done, OpenRun, accepted_of, check_storable,
                       check_storable_key, data_bytes, run_transition, track_open_runs)
 from .messages import RUN_REQUESTS, USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
@@ -120,8 +120,7 @@ class MemoryJournal:
             if cid is not None:
                 t.by_client_id.setdefault(cid, ev)
             t.track(ev)
-            if ev.event == USER_MESSAGE:
-                self._link(key, ev.data.get("attachments"))
+
         track_open_runs(self._open_runs, events)
         last = events[-1]
         t.info = ThreadInfo(key, last.seq, t.info.created_at, max(t.info.updated_at, last.ts))
@@ -257,13 +256,6 @@ class MemoryJournal:
 
     # -- attachments -------------------------------------------------------------------------
 
-    def _link(self, key: ThreadKey, listed: object) -> None:
-        """A stored message's attachments are its thread's (the first thread that names one)."""
-        for item in listed if isinstance(listed, list) else ():
-            found = self._attachments.get((key.user_id, str(item.get("attachment_id"))))
-            if found is not None and found.record.thread_id is None:
-                found.record = attrs.evolve(found.record, thread_id=key.thread_id)
-
     def _erase(self, which) -> int:
         gone = [k for k, a in self._attachments.items() if which(a)]
         for k in gone:
@@ -301,6 +293,17 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         self._erase(lambda a: (a.record.user_id, a.record.attachment_id) == (
             user_id, attachment_id) and not a.finished)
+
+    async def claim_attachments(self, user_id: str, thread_id: str,
+                                attachment_ids: Sequence[str]) -> list[Attachment]:
+        await trio.lowlevel.checkpoint()
+        found = [self._attachments.get((user_id, a)) for a in attachment_ids]
+        for a, f in zip(attachment_ids, found):
+            if f is None or not f.finished or f.record.thread_id not in (None, thread_id):
+                raise NotFound(f"no attachment {a} for this thread")
+        for f in found:
+            f.record = attrs.evolve(f.record, thread_id=thread_id)  # type: ignore[union-attr]
+        return [f.record for f in found]  # type: ignore[union-attr]
 
     async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
         await trio.lowlevel.checkpoint()

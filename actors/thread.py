@@ -348,15 +348,11 @@ class ThreadActor:
         await self._ask_run(msg, USER_MESSAGE, place)
 
     async def _attachments(self, msg: PostMessage) -> list[Attachment]:
-        """The message's attachments: each the user's, finished, and unsent or this thread's
-        (``NotFound`` otherwise: nothing is stored)."""
-        found = []
-        for attachment_id in msg.attachments:
-            a = await self.env.journal.attachment(self.key.user_id, attachment_id)
-            if a is None or a.thread_id not in (None, self.key.thread_id):
-                raise NotFound(f"no attachment {attachment_id} for this thread")
-            found.append(a)
-        return found
+        """The message's attachments, made this thread's before the message is stored (the
+        store checks each is the user's, finished, and unsent or this thread's, for all at
+        once: ``NotFound`` otherwise, and nothing is stored)."""
+        return await self.env.journal.claim_attachments(self.key.user_id, self.key.thread_id,
+                                                        msg.attachments)
 
     async def _regenerate(self, msg: Regenerate) -> None:
         """Another answer to a stored message: ``answer_requested`` stored, then the run

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from threadline.actors.attachments import Attachment
-from threadline.actors.errors import JournalUnavailable, LimitReached, Unstorable
+from threadline.actors.errors import JournalUnavailable, LimitReached, NotFound, Unstorable
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
 from threadline.actors.tree import Node
 
@@ -617,18 +617,47 @@ class AttachmentContract:
         assert await journal.attachment_bytes("alice") == 0
         assert await journal.attachment_bytes("bob") == 100
 
-    async def test_a_message_makes_them_its_threads_and_deletion_erases_them(self, journal):
+    async def test_a_claim_makes_them_a_threads_all_or_none(self, journal):
+        await self._upload(journal, "alice", "a1", b"one")
+        await self._upload(journal, "alice", "a2", b"two")
+        await self._upload(journal, "bob", "a1", b"bob's")
+        await journal.begin_upload("alice", "half", "h", "text/plain", 1.0)  # unfinished
+        got = await journal.claim_attachments("alice", "main", ["a1"])
+        assert [(a.attachment_id, a.thread_id) for a in got] == [("a1", "main")]
+        assert (await journal.attachment("alice", "a1")).thread_id == "main"
+        assert (await journal.attachment("bob", "a1")).thread_id is None  # bob's: untouched
+        for ids in (["a2", "a1"], ["a2", "nope"], ["a2", "half"]):  # a1: main's, not other's
+            with pytest.raises(NotFound):
+                await journal.claim_attachments("alice", "other", ids)
+            assert (await journal.attachment("alice", "a2")).thread_id is None  # none taken
+        assert [a.attachment_id for a in await journal.claim_attachments(
+            "alice", "main", ["a1", "a2"])] == ["a1", "a2"]  # its own again, and a new one
+        with pytest.raises(NotFound):
+            await journal.claim_attachments("bob", "main", ["a2"])  # alice's
+
+    async def test_two_claims_of_one_attachment_at_once_one_wins(self, journal):
+        await self._upload(journal, "alice", "a1", b"one")
+        won: list[str] = []
+
+        async def claim(thread: str) -> None:
+            try:
+                await journal.claim_attachments("alice", thread, ["a1"])
+                won.append(thread)
+            except NotFound:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for thread in ("t1", "t2", "t3"):
+                nursery.start_soon(claim, thread)
+        assert len(won) == 1 and (await journal.attachment("alice", "a1")).thread_id == won[0]
+
+    async def test_deleting_a_thread_erases_its_attachments_only(self, journal):
         await self._upload(journal, "alice", "a1", b"one")
         await self._upload(journal, "alice", "a2", b"two")
         await self._upload(journal, "bob", "a1", b"bob's")
         await journal.ensure_thread(A, 1.0)
-        listed = [{"attachment_id": "a1", "name": "a1.txt", "content_type": "text/plain",
-                   "size": 3}]
-        await journal.append([Event(A, 1, USER_MESSAGE, "r1", 1.0, {
-            "message_id": "m1", "text": "see", "parent": None, "attachments": listed})])
-        assert (await journal.attachment("alice", "a1")).thread_id == "main"
-        assert (await journal.attachment("alice", "a2")).thread_id is None
-        assert (await journal.attachment("bob", "a1")).thread_id is None  # bob's: untouched
+        await journal.claim_attachments("alice", "main", ["a1"])
+        await journal.claim_attachments("bob", "main", ["a1"])  # B: same thread id, bob's
         assert await journal.delete_thread(A)
         assert await journal.attachment("alice", "a1") is None
         assert await journal.attachment_bytes("alice") == 3  # a2's, unsent, stays
@@ -640,10 +669,7 @@ class AttachmentContract:
         await journal.begin_upload("alice", "cut", "c", "text/plain", 50.0)  # never finished
         await journal.write_chunk("alice", "cut", 0, b"partial", 100)
         await self._upload(journal, "alice", "sent", b"3", now=10.0)
-        await journal.ensure_thread(A, 1.0)
-        await journal.append([Event(A, 1, USER_MESSAGE, "r1", 1.0, {
-            "message_id": "m1", "text": "x", "parent": None,
-            "attachments": [{"attachment_id": "sent"}]})])
+        await journal.claim_attachments("alice", "main", ["sent"])
         assert await journal.sweep_attachments(100.0, unsent_ttl=50.0, upload_ttl=40.0) == 2
         assert [await journal.attachment("alice", a) is not None
                 for a in ("old", "new", "sent")] == [False, True, True]

@@ -42,7 +42,8 @@ Invariants:
 Decisions where PROTOCOL.md is silent (HTTP.md says them to clients): the stored type is the
 declared media type alone, lower-case, without parameters (``; charset=...`` is not kept:
 every consumer compares one plain type); a name is 1-255 characters without ``/``, ``\\``,
-control characters or bidirectional overrides, and not ``.`` or ``..``; an empty file is
+control characters, invisible format characters (bidirectional overrides among them) or line
+separators, not blank, not ending with a space or a dot, and not ``.`` or ``..``; an empty file is
 stored (but an empty image is no image: 415); only the four types of ``MAGIC`` are served
 ``inline``, every other type (an operator's ``image/svg+xml`` included) as ``attachment``.
 """
@@ -243,8 +244,14 @@ def file_name(name: str | None) -> str:
         raise Refused(BAD_FRAME, f"name longer than {MAX_NAME} characters")
     if name in (".", "..") or "/" in name or "\\" in name:
         raise Refused(BAD_FRAME, "name must be a file name, without / or \\")
-    if not storable(name) or any(c in BIDI or unicodedata.category(c) == "Cc" for c in name):
-        raise Refused(BAD_FRAME, "name must be valid Unicode without control characters")
+    # Cc: control characters; Cf: invisible format characters (bidi marks and overrides, zero
+    # widths, the BOM); Zl, Zp: line and paragraph separators.
+    if not storable(name) or any(c in BIDI or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
+                                 for c in name):
+        raise Refused(BAD_FRAME, "name must be valid Unicode without control or invisible "
+                      "characters")
+    if not name.strip() or name != name.rstrip(" ."):
+        raise Refused(BAD_FRAME, "name must not be blank, nor end with a space or a dot")
     return name
 
 

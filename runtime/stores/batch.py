@@ -128,7 +128,6 @@ class _Writes:
         self.answers: dict[tuple[str, str, str], list[Any]] = {}
         self.nodes_started: list[tuple[Any, ...]] = []
         self.nodes_ended: list[tuple[Any, ...]] = []
-        self.links: list[tuple[str, str, str]] = []  # a message's attachments: its thread's
         self.touched: set[ThreadKey] = set()
 
     def add_events(self, key: ThreadKey, events: Sequence[Event], row: list[Any]) -> None:
@@ -150,10 +149,6 @@ class _Writes:
                 if ev.event == USER_MESSAGE:
                     self.nodes[run] = [u, t, ev.run_id, str(data.get("message_id", "")),
                                        data.get("parent") or "", ev.seq, ev.seq, None, None]
-                    listed = data.get("attachments")
-                    for item in listed if isinstance(listed, list) else ():
-                        if isinstance(item, dict):
-                            self.links.append((t, u, str(item.get("attachment_id"))))
                     if row[3] is None:
                         row[3] = str(data.get("text", ""))[:TITLE_LENGTH]
                 else:  # a regenerate: the rest of the node is its message's, in the store
@@ -223,8 +218,6 @@ class _Writes:
         if self.nodes_ended:
             cur.executemany("UPDATE turns SET ended_seq = %s WHERE user_id = %s AND "
                             "thread_id = %s AND run_id = %s", self.nodes_ended)
-        if self.links:
-            files.link(cur, self.links)
         rows = [(row[0], row[2], row[3], k.user_id, k.thread_id) for k in self.touched
                 if (row := state.get(k)) is not None]
         if rows:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import trio
 
-from threadline.actors.errors import JournalUnavailable, StoreConflict, Unstorable
+from threadline.actors.errors import JournalUnavailable, NotFound, StoreConflict, Unstorable
 from threadline.actors.journal import (Done, OpenRun, check_storable, check_storable_key,
                                        storable_key, unstorable_reason)
 from threadline.actors.reply import Reply
@@ -221,6 +221,14 @@ class DurableJournal:
 
     async def abort_upload(self, user_id: str, attachment_id: str) -> None:
         await self._submit(FileOp(user_id, attachment_id, "abort"))
+
+    async def claim_attachments(self, user_id: str, thread_id: str,
+                                attachment_ids: Sequence[str]) -> list[Attachment]:
+        if unstorable_reason(user_id + thread_id + "".join(attachment_ids)) is not None:
+            await self._refused()
+            raise NotFound("no such attachment for this thread")
+        return await self._submit(FileOp(user_id, "", "claim",
+                                         (thread_id, tuple(attachment_ids))))
 
     async def attachment(self, user_id: str, attachment_id: str) -> Attachment | None:
         if unstorable_reason(user_id + attachment_id) is not None:

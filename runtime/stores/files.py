@@ -14,6 +14,9 @@ every other operation goes ahead of the chunks queued, and a transaction takes a
   update).
 - A record is visible to reads only once ``finished``; erasing an attachment takes its chunks,
   its record and its bytes from the user's count together (``erase``).
+- An attachment becomes a thread's once, before the message that names it is stored: a claim
+  (``claim``) checks and sets every one of a message's attachments in one operation of the
+  one writer, so two threads cannot both take one, and the sweeper no longer counts it unsent.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Sequence
 import attrs
 
 from threadline.actors.attachments import Attachment
-from threadline.actors.errors import LimitReached
+from threadline.actors.errors import LimitReached, NotFound
 
 BATCH_FILE_BYTES = 256 * 1024  # bytes of chunks one transaction writes at most (one chunk)
 
@@ -31,8 +34,9 @@ BATCH_FILE_BYTES = 256 * 1024  # bytes of chunks one transaction writes at most 
 @attrs.frozen(slots=True)
 class FileOp:
     """A write to the user's attachments: ``kind`` is ``begin`` (``args``: name, content
-    type, now), ``chunk`` (n, data, quota), ``finish`` (size, sha256), ``abort``, ``sweep``
-    (now, unsent_ttl, upload_ttl: the user id is unused) or ``erase_user``."""
+    type, now), ``chunk`` (n, data, quota), ``finish`` (size, sha256), ``abort``, ``claim``
+    (thread id, attachment ids: the attachment id is unused), ``sweep`` (now, unsent_ttl,
+    upload_ttl: the user id is unused) or ``erase_user``."""
 
     user_id: str
     attachment_id: str
@@ -111,6 +115,8 @@ def apply(cur: Any, op: FileOp) -> Any:
         cur.execute(f"SELECT {COLUMNS} FROM attachments WHERE user_id = %s AND "
                     "attachment_id = %s", (u, a))
         return _record(cur.fetchone())
+    if op.kind == "claim":
+        return claim(cur, u, *op.args)
     if op.kind == "abort":
         return erase(cur, "user_id = %s AND attachment_id = %s AND finished = 0", (u, a))
     if op.kind == "sweep":
@@ -138,11 +144,33 @@ def erase(cur: Any, where: str, params: Sequence[Any]) -> int:
     return len(found)
 
 
-def link(cur: Any, rows: list[tuple[str, str, str]]) -> None:
-    """``(thread_id, user_id, attachment_id)``: the messages stored name these attachments;
-    each not yet sent becomes its thread's."""
-    cur.executemany("UPDATE attachments SET thread_id = %s WHERE user_id = %s AND "
-                    "attachment_id = %s AND thread_id IS NULL", rows)
+def claim(cur: Any, user_id: str, thread_id: str, ids: Sequence[str]) -> Any:
+    """Make the user's finished attachments ``ids`` the thread's, all or none: their records,
+    or ``NotFound`` (none changed) when one is missing, unfinished or another thread's. The
+    update re-checks each row it changes (``thread_id IS NULL``), so of two claims of one
+    attachment at once (two nodes' writers) one changes it and the other sees it taken."""
+    records = []
+    for a in ids:
+        cur.execute(f"SELECT {COLUMNS} FROM attachments WHERE user_id = %s AND "
+                    "attachment_id = %s AND finished = 1", (user_id, a))
+        row = cur.fetchone()
+        if row is None or row[7] not in (None, thread_id):
+            return NotFound(f"no attachment {a} for this thread")
+        records.append(_record(row))
+    taken: list[str] = []
+    for record in records:
+        if record.thread_id is not None:
+            continue
+        cur.execute("UPDATE attachments SET thread_id = %s WHERE user_id = %s AND "
+                    "attachment_id = %s AND thread_id IS NULL",
+                    (thread_id, user_id, record.attachment_id))
+        if cur.rowcount != 1:  # taken meanwhile: give back what this claim took
+            for a in taken:
+                cur.execute("UPDATE attachments SET thread_id = NULL WHERE user_id = %s AND "
+                            "attachment_id = %s", (user_id, a))
+            return NotFound(f"no attachment {record.attachment_id} for this thread")
+        taken.append(record.attachment_id)
+    return [attrs.evolve(r, thread_id=thread_id) for r in records]
 
 
 # -- reads ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ server: ``client.upload`` (fetch here: progress reported once, at the end) answe
 record; a refused upload rejects with the server's code, message and status; ``send`` with
 ``attachments`` writes their ids and the ``user_message.attachments`` are in the client's state
 (``Message.attachments``, ``Run.message``), also for another client that replays the thread;
-``client.download`` gives the bytes back as a Blob of their type; another user can neither
+``client.download`` gives the bytes back as a Blob (of their type for an image, else
+``application/octet-stream``); another user can neither
 download nor send them. The scenario is ``attachments`` in ``scenarios.mjs``."""
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ async def test_upload_send_and_the_user_message_attachments_in_the_clients_state
 
     assert seen["downloaded"] == {"type": "image/png", "base64": base64.b64encode(image).decode()}
     assert seen["downloadedText"]["text"] == csv.decode()
-    assert seen["downloadedText"]["type"].startswith("text/csv")
+    # Not an image: typed application/octet-stream, so that an object URL of it never renders.
+    assert seen["downloadedText"]["type"] == "application/octet-stream"
     assert seen["missing"]["code"] == "not_found" and seen["missing"]["status"] == 404
     assert seen["attachmentUrl"].endswith(f"/v1/attachments/{png_record['attachment_id']}")
     assert seen["attachmentUrl"].startswith("http://")

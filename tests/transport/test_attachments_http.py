@@ -344,7 +344,9 @@ async def test_types_names_and_magic_bytes(att):
         assert await journal.attachment_bytes("ada") == 0  # nothing of them was stored
 
         for name in ("", "a%2Fb", "a%5Cb", "bell%07", "..", "x" * 256, "photo%E2%80%AEgnp.exe",
-                     "%FF"):
+                     "%FF", "a%D8%9Cb", "zero%E2%80%8Bwidth", "%EF%BB%BFbom", "line%E2%80%A8sep",
+                     "%20", "%E3%80%80", "evil.exe%20", "a.txt."):  # (the red-team's: U+061C,
+            # U+200B, U+FEFF, U+2028, blank names, a trailing space or dot)
             status, _, answer = await upload(server.port, png(100), name)
             assert (status, answer["code"]) == (400, "bad_frame"), name
         status, _, answer = await upload(server.port, png(100), None)

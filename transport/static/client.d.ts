@@ -397,8 +397,9 @@ export declare class Client {
   /** 1.1: the HTTP address of an attachment (GET /v1/attachments/{id}). It needs the token in
    * the Authorization header, which an <img> or a link cannot send: use download() there */
   attachmentUrl(attachmentId: string): string;
-  /** 1.1: an attachment's bytes, as a Blob of its content type (for URL.createObjectURL; revoke
-   * it when it is no longer shown). Rejects "not_found" for one that is gone or another
+  /** 1.1: an attachment's bytes, as a Blob (for URL.createObjectURL; revoke it when it is no
+   * longer shown): of its content type for png, jpeg, gif and webp, else
+   * application/octet-stream, so that an object URL of it never renders as a page. Rejects "not_found" for one that is gone or another
    * user's; "download_failed" when no answer came; "aborted" after `signal` aborted */
   download(attachmentId: string, options?: { signal?: AbortSignal }): Promise<Blob>;
   threads(options?: { limit?: number; cursor?: string | null }): Promise<ThreadsPage>;

@@ -213,6 +213,9 @@ export class Message {
 
 /** Whether run `a` was asked after run `b` (or `b` is none): a run seen asked is newer than
  *  one seen only started (asked before this copy joined); else the later seq. */
+/** The attachment types the server checks by their bytes and serves inline (HTTP.md). */
+const INLINE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+
 function newer(a, b) {
   if (b === null || b === undefined || b === a) return b !== a;
   if (a._asked !== b._asked) return a._asked;
@@ -618,7 +621,8 @@ export class Client {
     return httpUrl(this.url, `/v1/attachments/${encodeURIComponent(attachmentId)}`).href;
   }
 
-  /** Attachment `attachmentId`'s bytes as a Blob of its content type (for an object URL); a
+  /** Attachment `attachmentId`'s bytes as a Blob (for an object URL): of its type for the four
+   * image types, else `application/octet-stream` (see below); a
    * ThreadlineError "not_found" for one that is gone or not this user's. */
   async download(attachmentId, { signal } = {}) {
     if (this.state === "closed") throw new ThreadlineError("closed", "the client is closed");
@@ -631,7 +635,11 @@ export class Client {
         : failed("download_failed", `the download failed: ${error?.cause?.message ?? error?.message ?? error}`);
     }
     if (response.status !== 200) throw httpError(response.status, await response.text(), "the download");
-    return response.blob();
+    // Only the image types the server checked keep their type: any other file (text/html
+    // included) comes back as application/octet-stream, so that an object URL made of it can
+    // never render as a page of the app's origin (the server's sandbox does not follow a blob).
+    const blob = await response.blob();
+    return INLINE_TYPES.has(blob.type) ? blob : new Blob([blob], { type: "application/octet-stream" });
   }
 
   /** Another answer to message `messageId` (1.1): settles with the `accepted` of the new run
