@@ -14,8 +14,9 @@ events. Invariants:
 - Bounded: at most ``MAX_BYTES`` a file (configurable) and a quota of bytes per user, counted
   by the store in the transaction that writes each chunk, so it holds across the user's
   connections and a cluster's nodes; at most ``MAX_PER_MESSAGE`` a message.
-- A message's attachments belong to its thread: the ``user_message`` that names them links
-  them to it (in the store, in its transaction); naming one of another thread is ``NotFound``.
+- A message's attachments belong to its thread: the send claims them for it in the store, all
+  or none and before its ``user_message`` is stored (``Journal.claim_attachments``); naming
+  one of another thread is ``NotFound``, and of two threads claiming one at once, one wins.
   Deleting the thread deletes them; one never sent is deleted ``UNSENT_TTL`` after its upload.
 """
 
