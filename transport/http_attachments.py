@@ -91,6 +91,9 @@ ABORT_TIMEOUT = 10.0    # seconds an abort may take before it is left to the swe
 #: Characters a name may not hold beside the control characters: the bidirectional overrides
 #: and isolates, with which "photo\u202egnp.exe" shows as "photoexe.png".
 BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+#: Format characters a name may hold: the zero width joiner (emoji sequences: 👩‍💻) and
+#: non-joiner (Persian, Indic scripts).
+JOINERS = frozenset("\u200d\u200c")
 CSP = "default-src 'none'; sandbox"
 MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,63}/[a-z0-9!#$&^_.+-]{1,63}")  # RFC 6838
 
@@ -245,9 +248,11 @@ def file_name(name: str | None) -> str:
     if name in (".", "..") or "/" in name or "\\" in name:
         raise Refused(BAD_FRAME, "name must be a file name, without / or \\")
     # Cc: control characters; Cf: invisible format characters (bidi marks and overrides, zero
-    # widths, the BOM); Zl, Zp: line and paragraph separators.
-    if not storable(name) or any(c in BIDI or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
-                                 for c in name):
+    # widths, the BOM), but the joiners that emoji and some scripts need; Zl, Zp: line and
+    # paragraph separators.
+    if not storable(name) or any(
+            c in BIDI or (unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") and c not in JOINERS)
+            for c in name):
         raise Refused(BAD_FRAME, "name must be valid Unicode without control or invisible "
                       "characters")
     if not name.strip() or name != name.rstrip(" ."):
