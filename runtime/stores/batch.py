@@ -126,8 +126,9 @@ class _Writes:
         # start and end when those are in the batch too), else a start or an end updated.
         self.nodes: dict[tuple[str, str, str], list[Any]] = {}
         self.answers: dict[tuple[str, str, str], list[Any]] = {}
-        self.nodes_started: list[tuple[Any, ...]] = []
-        self.nodes_ended: list[tuple[Any, ...]] = []
+        # A node made earlier: its start and end, ``[started_seq, ended_seq]`` (None: not in
+        # this batch), written by one update a node.
+        self.node_updates: dict[tuple[str, str, str], list[Any]] = {}
         self.touched: set[ThreadKey] = set()
 
     def add_events(self, key: ThreadKey, events: Sequence[Event], row: list[Any]) -> None:
@@ -155,27 +156,28 @@ class _Writes:
                     self.answers[run] = [ev.run_id, ev.seq, None, None, u, t,
                                          str(data.get("message_id", ""))]
             elif transition == "start":
-                self._node_at(run, 7, 2, ev.seq, self.nodes_started)
+                self._node_at(run, 7, 2, 0, ev.seq)
                 opened = self.runs_opened.get(run)
                 if opened is not None:
                     opened[3] = 1
                 else:
                     self.runs_started[run] = run
             else:
-                self._node_at(run, 8, 3, ev.seq, self.nodes_ended)
+                self._node_at(run, 8, 3, 1, ev.seq)
                 if self.runs_opened.pop(run, None) is None:  # close of a run opened earlier
                     self.runs_started.pop(run, None)
                     self.runs_closed.append(run)
         self.touched.add(key)
 
-    def _node_at(self, run: tuple[str, str, str], at: int, answer_at: int, seq: int,
-                 updates: list[tuple[Any, ...]]) -> None:
-        """A node's start or end: into its row if it is made in this batch, else updated."""
+    def _node_at(self, run: tuple[str, str, str], at: int, answer_at: int, update_at: int,
+                 seq: int) -> None:
+        """A node's start (``update_at`` 0) or end (1): into its row if it is made in this
+        batch, else into the one update of the node."""
         made = self.nodes.get(run) or self.answers.get(run)
         if made is not None:
             made[at if run in self.nodes else answer_at] = seq
         else:
-            updates.append((seq, *run))
+            self.node_updates.setdefault(run, [None, None])[update_at] = seq
 
     def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None],
               insert: Callable[[Any, list[tuple[Any, ...]]], None]) -> None:
@@ -212,12 +214,11 @@ class _Writes:
                             "turns WHERE user_id = %s AND thread_id = %s AND message_id = %s "
                             "AND seq = message_seq ON CONFLICT DO NOTHING",
                             [tuple(a) for a in self.answers.values()])
-        if self.nodes_started:
-            cur.executemany("UPDATE turns SET started_seq = %s WHERE user_id = %s AND "
-                            "thread_id = %s AND run_id = %s", self.nodes_started)
-        if self.nodes_ended:
-            cur.executemany("UPDATE turns SET ended_seq = %s WHERE user_id = %s AND "
-                            "thread_id = %s AND run_id = %s", self.nodes_ended)
+        if self.node_updates:
+            cur.executemany("UPDATE turns SET started_seq = COALESCE(%s, started_seq), "
+                            "ended_seq = COALESCE(%s, ended_seq) WHERE user_id = %s AND "
+                            "thread_id = %s AND run_id = %s",
+                            [(*seqs, *run) for run, seqs in self.node_updates.items()])
         rows = [(row[0], row[2], row[3], k.user_id, k.thread_id) for k in self.touched
                 if (row := state.get(k)) is not None]
         if rows:
