@@ -42,6 +42,7 @@ from .messages import (
     AGENT_COMPLETED,
     AGENT_DELTA,
     AGENT_FAILED,
+    ANSWER_REQUESTED,
     APPROVAL_DECIDED,
     APPROVAL_REQUESTED,
     TOOL_COMPLETED,
@@ -227,6 +228,16 @@ async def read_turns(journal: Journal, key: ThreadKey, after: int, limit: int) -
                               answer.outcome if answer else None, p.sibling_index,
                               p.sibling_count, p.answer_index, p.answer_count))
     return views
+
+
+async def answered_message(journal: Journal, key: ThreadKey, request: Event) -> dict[str, Any]:
+    """The data of the ``user_message`` that the run asked for by ``request`` answers: the
+    request's own (a ``user_message``), or for an ``answer_requested`` the regenerated
+    message's, read from the store (empty if it is gone)."""
+    if request.event != ANSWER_REQUESTED:
+        return request.data
+    message = await message_of(journal, key, str(request.data.get("message_id")))
+    return message.data if message is not None else {}
 
 
 async def message_of(journal: Journal, key: ThreadKey, message_id: str) -> Event | None:

@@ -28,8 +28,8 @@ import trio
 from .approval import EXPIRED, Waiting, count_decision, decision_data, run_events, wait_of
 from .errors import JournalUnavailable, UnknownCall
 from .journal import Journal, OpenRun
-from .history import message_of
-from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED, ANSWER_REQUESTED,
+from .history import answered_message
+from .messages import (AGENT_CANCELLED, AGENT_FAILED, AGENT_STARTED,
                        APPROVAL_DECIDED, RUN_REQUESTS, Decide, Event, ThreadKey)
 from .run_queue import RunQueue
 from .run_writer import RunContext, RunControl, started_data
@@ -157,13 +157,10 @@ def forget(runs: RunQueue | None, stats: ThreadStats) -> None:
 async def _control(journal: Journal, key: ThreadKey, run: OpenRun,
                    events: list[Event]) -> RunControl:
     first = events[0] if events and events[0].event in RUN_REQUESTS else None
-    data: dict[str, Any] = first.data if first is not None else {}
-    if first is not None and first.event == ANSWER_REQUESTED:  # a regenerate: the message's
-        message = await message_of(journal, key, str(data.get("message_id")))
-        data = {**(message.data if message is not None else {}),
-                "message_id": data.get("message_id")}
-    context = RunContext(key.user_id, key.thread_id, run.run_id, str(data.get("message_id")))
-    control = RunControl.answering(context, data, first.seq if first else run.seq)
+    message = await answered_message(journal, key, first) if first is not None else {}
+    message_id = first.data.get("message_id") if first is not None else None
+    context = RunContext(key.user_id, key.thread_id, run.run_id, str(message_id))
+    control = RunControl.answering(context, message, first.seq if first else run.seq)
     control.started = any(e.event == AGENT_STARTED for e in events)
     control.resumable = True
     return control

@@ -14,6 +14,11 @@ stored, and delivered (``_stored``) only once the journal answers that it is dur
 order; a failed write leaves no gap. ``last_seq`` as told to a new subscriber is always the
 last *durable* seq, so a write in flight at that moment is delivered to it live: no gap and no
 duplicate between a replay and the live stream.
+
+One concept, the actor, in one module: its handlers share its numbering, its subscribers, its
+run queue and the default parent, and each is short; what stands apart is elsewhere (the runs'
+phases ``run_queue``, a run's events ``run_writer``, parked runs ``parking``, numbering
+``sequencer``, reading the conversation ``history``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .engine import new_id
 from .errors import (ActorCrashed, ActorStopped, Busy, Fenced, JournalUnavailable,
                      MailboxFull, NotFound, ThreadReload, UnknownCall, UnknownRun, Unstorable)
 from .attachments import Attachment
-from .history import message_of
+from .history import answered_message, message_of
 from .journal import replay_page
 from .mailbox import Mailbox
 from .sequencer import Sequencer
@@ -227,12 +232,10 @@ class ThreadActor:
         known = set() if self._runs is None else self._runs.run_ids()
         for run_id, event in unstarted.items():
             if run_id not in known:
-                message_id, data = event.data["message_id"], event.data
-                if event.event == ANSWER_REQUESTED:
-                    message = await message_of(self.env.journal, self.key, message_id)
-                    data = message.data if message is not None else {}
-                context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
-                self._run_queue().add(RunControl.answering(context, data, event.seq),
+                context = RunContext(self.key.user_id, self.key.thread_id, run_id,
+                                     event.data["message_id"])
+                message = await answered_message(self.env.journal, self.key, event)
+                self._run_queue().add(RunControl.answering(context, message, event.seq),
                                       "enqueue")
         if after != last_seq:
             subscribers, self._subscribers = self._subscribers, None

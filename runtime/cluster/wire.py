@@ -27,6 +27,10 @@ A ``Call`` is answered with a ``Result`` or a ``Failure`` (a code from ``ERRORS`
 message, raised again as the same class by ``error_of``). Any other exception is a bug there,
 sent as ``internal`` with a fixed message (never its text: it may hold user data), raised here as
 ``PeerError``.
+
+One concept, the peer protocol as bytes: every message is a line of ``_SHAPES`` and every
+error a line of ``ERRORS``; the decoder, the encoder and the requests' mapping read those
+tables, so they stay in one module.
 """
 
 from __future__ import annotations

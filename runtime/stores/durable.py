@@ -22,6 +22,10 @@ A failure is one of two kinds, and the backend says which (``Backend.is_outage``
 The writer never dies of one batch (any exception but trio's cancellation fails that batch's
 callers, and it goes on). Once it ends (cancelled at shutdown), every queued and later write
 gets ``JournalUnavailable`` at once: an append is shielded, and must not wait forever.
+
+One concept, the journal over a backend: its methods are the ``Journal`` protocol (events, the
+tree, attachments), each a guard and a hop to the writer or the read pool, which share the
+outage state; the SQL they run is ``sql.py``, ``batch.py`` and ``files.py``.
 """
 
 from __future__ import annotations

@@ -242,6 +242,7 @@ def open_runs(cur: Any, key: ThreadKey | None = None) -> list[OpenRun]:
 # -- the conversation tree (``threadline.actors.tree``; schema migration 4) ----------------------
 
 NODE = "run_id, message_id, parent, message_seq, seq, started_seq, ended_seq"
+NODE_OF_T = ", ".join(f"t.{c}" for c in NODE.split(", "))  # the same, of the table ``t``
 _THREAD = "user_id = %s AND thread_id = %s"
 
 
@@ -274,11 +275,10 @@ def newest_node(cur: Any, key: ThreadKey) -> Node | None:
 
 def branch(cur: Any, key: ThreadKey, run_id: str, limit: int) -> list[Node]:
     """``Journal.branch``: a recursive walk of parents, each step a primary-key look-up."""
-    cols = ", ".join(f"t.{c.strip()}" for c in NODE.split(","))
     cur.execute(
         f"WITH RECURSIVE path({NODE}, depth) AS ("
         f" SELECT {NODE}, 1 FROM turns WHERE {_THREAD} AND run_id = %s"
-        f" UNION ALL SELECT {cols}, p.depth + 1 FROM path p JOIN turns t"
+        f" UNION ALL SELECT {NODE_OF_T}, p.depth + 1 FROM path p JOIN turns t"
         "  ON t.user_id = %s AND t.thread_id = %s AND t.run_id = p.parent"
         "  WHERE p.depth < %s AND p.parent <> ''"
         f") SELECT {NODE} FROM path ORDER BY depth",
@@ -323,7 +323,7 @@ def turns(cur: Any, key: ThreadKey, after: int, limit: int) -> list[Placed]:
     messages = f"{same} AND s.parent = t.parent AND s.seq = s.message_seq"
     answers = f"{same} AND s.message_id = t.message_id"
     cur.execute(
-        f"SELECT {', '.join(f't.{c.strip()}' for c in NODE.split(','))},"
+        f"SELECT {NODE_OF_T},"
         f" (SELECT COUNT(*) FROM turns s WHERE {messages} AND s.message_seq < t.message_seq),"
         f" (SELECT COUNT(*) FROM turns s WHERE {messages}),"
         f" (SELECT COUNT(*) FROM turns s WHERE {answers} AND s.seq < t.seq),"
