@@ -10,15 +10,14 @@ Routed by ``http_api.ROUTES``; a message's ``parent`` is the messages route's (`
   ``not_found``.
 - ``GET /v1/threads/{thread_id}/turns?after=SEQ&limit=N``: the thread's runs with ``seq >
   after`` in seq order (``ThreadHandle.turns``, read from the journal: never activates the
-  thread), each ``TurnView``'s fields as an object. ``next_after`` is the last turn's seq when
-  more may follow (the page is full, or was cut at ``PAGE_BYTES`` of JSON: at least one turn),
-  else null, so that an answer stays bounded whatever its turns' sizes.
+  thread), each ``TurnView``'s fields as an object, paged as the events are
+  (``paging.seq_page``): ``next_after`` is the last turn's seq when more may follow (the page
+  is full, or was cut at ``PAGE_BYTES`` of JSON: at least one turn), else null.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Sequence
+from typing import Any
 
 import attrs
 
@@ -26,7 +25,7 @@ from threadline.actors.tree import TurnView
 
 from .http_call import Call, accepted_answer, existing, int_param, parse_body
 from .messages import Regenerate
-from .paging import PAGE_BYTES
+from .paging import seq_page
 
 TURNS_PAGE, MAX_TURNS_PAGE = 100, 1000
 
@@ -47,7 +46,7 @@ async def turns(api: object, call: Call) -> tuple[int, dict[str, Any]]:
     await existing(call)
     assert call.thread is not None
     views = await call.thread.turns(after, limit)
-    frames, next_after = turns_page(views, limit)
+    frames, next_after = seq_page(views, limit, turn_frame)
     return 200, {"type": "turns", "thread_id": call.thread.thread_id, "turns": frames,
                  "next_after": next_after}
 
@@ -56,17 +55,3 @@ def turn_frame(view: TurnView) -> dict[str, Any]:
     """A turn as JSON: every field of ``TurnView``, by its name."""
     return attrs.asdict(view, recurse=False)
 
-
-def turns_page(views: Sequence[TurnView], limit: int) -> tuple[list[dict[str, Any]], int | None]:
-    """``(turn objects, next_after or None)`` for ``views`` read with ``limit``: the turns up
-    to ``PAGE_BYTES`` of JSON (at least one); ``next_after`` when more may follow."""
-    frames: list[dict[str, Any]] = []
-    size = 0
-    for view in views:
-        frame = turn_frame(view)
-        size += len(json.dumps(frame, ensure_ascii=False).encode())
-        if frames and size > PAGE_BYTES:
-            break
-        frames.append(frame)
-    more = len(frames) < len(views) or len(views) == limit
-    return frames, frames[-1]["seq"] if more and frames else None

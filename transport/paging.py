@@ -33,7 +33,7 @@ import hmac
 import json
 import math
 import secrets
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import attrs
 
@@ -43,6 +43,8 @@ from threadline.actors.messages import Event, ThreadInfo
 from .auth import Authenticator
 from .codec import event_frame
 from .messages import BadFrame
+
+T = TypeVar("T")
 
 PAGE_BYTES = 4 * 1024 * 1024  # of events' JSON in one HTTP answer (at least one event)
 MAX_CURSOR = 512  # characters: the cursors this server gives are far shorter
@@ -149,13 +151,21 @@ async def read_events_page(thread: ThreadHandle, after: int, limit: int, last_se
 def events_page(events: Sequence[Event], limit: int) -> tuple[list[dict[str, Any]], int | None]:
     """``(event frames, next_after or None)`` for ``events`` read with ``limit``: the frames
     up to ``PAGE_BYTES`` of JSON (at least one); ``next_after`` when more may follow."""
+    return seq_page(events, limit, event_frame)
+
+
+def seq_page(items: Sequence[T], limit: int, frame_of: Callable[[T], dict[str, Any]],
+             ) -> tuple[list[dict[str, Any]], int | None]:
+    """``(frames, next_after or None)`` for ``items`` (each one's frame has a ``seq``) read
+    with ``limit``: the frames up to ``PAGE_BYTES`` of JSON (at least one); ``next_after``, the
+    last frame's seq, when more may follow (the page is full, or was cut)."""
     frames: list[dict[str, Any]] = []
     size = 0
-    for event in events:
-        frame = event_frame(event)
+    for item in items:
+        frame = frame_of(item)
         size += len(json.dumps(frame))
         if frames and size > PAGE_BYTES:
             break
         frames.append(frame)
-    more = len(frames) < len(events) or len(events) == limit
+    more = len(frames) < len(items) or len(items) == limit
     return frames, frames[-1]["seq"] if more and frames else None

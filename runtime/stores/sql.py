@@ -297,7 +297,8 @@ def node_events(cur: Any, key: ThreadKey, nodes: Sequence[Node],
     look-ups per ``NODES_PER_QUERY`` nodes: each part is a seek that both planners take as
     written (a join of the nodes with ``events`` was planned as a scan of the thread), and the
     statement's text depends only on how many nodes it reads (an open run's range is empty)."""
-    columns = "SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND thread_id = %s"
+    columns = ("SELECT seq, event, run_id, ts, data FROM events WHERE user_id = %s AND "
+               "thread_id = %s")
     u, t = key.user_id, key.thread_id
     rows: dict[int, Any] = {}
     for i in range(0, len(nodes), NODES_PER_QUERY):
