@@ -159,13 +159,16 @@ class CommitCutter(Proxy):
         self.cuts = 0
 
     async def forward(self, data, dst, pair, upstream) -> bool:
-        await dst.send_all(data)
         if upstream and self.armed and b"COMMIT\x00" in data:
             self.armed = False
+            # Cut before passing it on: ``send_all`` is a checkpoint, and the server's answer
+            # could otherwise come back through the other direction's task in the meantime.
             pair.cut = True  # nothing more goes back to the client
             self.cuts += 1
+            await dst.send_all(data)
             await trio.sleep(0.5)  # the server commits meanwhile
             return False
+        await dst.send_all(data)
         return True
 
 
