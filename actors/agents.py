@@ -9,6 +9,10 @@ wake-ups each a second, not 200 timers.
 ``/confirm EXPR`` is ``/calc EXPR`` whose calculator call waits for a person's approval first
 (PROTOCOL.md 1.1); denied, the answer is ``"denied: " + reason``.
 
+``/usage`` answers ``ok`` and reports ``len(text)`` input and 2 output tokens of the model
+``echo`` (PROTOCOL.md 1.1), through ``Run.model_call`` as a model's agent would: budgets and
+usage can be tried without a model.
+
 ``/calc EXPR`` evaluates arithmetic by walking Python's AST over a whitelist of nodes: numbers,
 ``+ - * / // % **`` and unary ``+ -``. Nothing is ``eval``-ed, and the operands of ``**`` and
 the size of results are bounded so that ``9**9**9`` is an error rather than a hung CPU.
@@ -32,6 +36,7 @@ from .errors import ToolDenied, ToolError
 
 CALC_PREFIX = "/calc "
 CONFIRM_PREFIX = "/confirm "  # PROTOCOL.md 1.1: /calc, its calculator call approved first
+USAGE_COMMAND = "/usage"       # PROTOCOL.md 1.1: reports tokens, as a model call would
 STREAM_COMMAND = re.compile(r"/stream ([1-9][0-9]{0,5})")
 MAX_STREAM = 100_000         # numbers
 STREAM_RATE = 200.0          # numbers per second
@@ -139,6 +144,12 @@ async def echo_agent(run: Run) -> str | None:
         await run.think("streaming")
         await stream_numbers(run, int(match.group(1)))
         return None  # completes with what was written
+    if text == USAGE_COMMAND:  # PROTOCOL.md 1.1: a report, so budgets can be tried
+        await run.think("counting")
+        async with run.model_call("echo", provider="threadline"):
+            await run.report_usage(input_tokens=len(text), output_tokens=2,
+                                   cached_input_tokens=0, model="echo")
+        return "ok"
     await run.think("echoing")
     # PROTOCOL.md 1.1: one line per attachment, so that they can be tried without a model.
     return text + "".join(f"\n[{a.name}, {a.size} bytes, {a.content_type}]"

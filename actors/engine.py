@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -29,6 +30,8 @@ from .history import Turn
 from .messages import AGENT_THINKING, TOOL_COMPLETED, TOOL_EXECUTING, Event
 from .run_writer import RunContext, RunWriter, describe
 from .tools import ToolRegistry
+from .tracing import INPUT_TOKENS, NO_TRACING, OUTPUT_TOKENS, Span, Tracing
+from .usage import NO_BUDGETS, Budgets, Periods, Usage, reported
 
 __all__ = ["Agent", "History", "Run", "RunContext", "ToolRegistry", "describe", "new_id"]
 
@@ -61,19 +64,26 @@ async def _no_history(limit: int) -> list[Turn]:
 class Run:
     """What an agent sees of its run; its events are written by its ``RunWriter``."""
 
-    __slots__ = ("context", "text", "attachments", "_writer", "_tools", "_history", "_prior")
+    __slots__ = ("context", "text", "attachments", "tracing", "_writer", "_tools", "_history",
+                 "_prior", "_budgets", "_call")
 
     def __init__(self, writer: RunWriter, tools: ToolRegistry, *,
                  history: History = _no_history,
-                 attachments: Sequence[RunAttachment] = ()) -> None:
+                 attachments: Sequence[RunAttachment] = (), budgets: Budgets = NO_BUDGETS,
+                 tracing: Tracing = NO_TRACING) -> None:
         self.context = writer.context
         self.text = writer.control.text
         #: The attachments of the message the run answers (PROTOCOL.md 1.1): each one's
         #: name, type and size, and ``await a.read()`` for its bytes.
         self.attachments = list(attachments)
+        #: Where the run's spans go (``tracing.py``): ``tracing.capture_content`` says
+        #: whether an agent may put prompts and answers on them.
+        self.tracing = tracing
         self._writer = writer
         self._tools = tools
         self._history = history
+        self._budgets = budgets
+        self._call: Span | None = None  # the model call under way (``model_call``)
         transcript = writer.control.transcript
         self._prior = None if transcript is None else prior_calls(transcript)
 
@@ -113,6 +123,44 @@ class Run:
         if found is None or found.thread_id != self.context.thread_id:
             return b""
         return await read_bytes(journal, user_id, attachment_id)
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the run has reported so far (``report_usage``), summed; None if nothing."""
+        return self._writer.control.usage
+
+    @asynccontextmanager
+    async def model_call(self, model: str, provider: str = "openai") -> AsyncIterator[Span]:
+        """Around one call of a language model: the user's budget is checked first (spent:
+        ``BudgetExceeded``, and the run ends ``agent_failed`` ``budget_exceeded`` without
+        calling the model; ``usage.py``), and the call is a ``chat {model}`` span
+        (``tracing.py``), on which ``report_usage`` puts the tokens; the agent may set more
+        (``FINISH_REASONS``, ...). Reads the journal when budgets are set."""
+        await self._budgets.check(self._writer.journal, self.context.user_id)
+        with self.tracing.model_call(model, provider) as span:
+            self._call = span
+            try:
+                yield span
+            finally:
+                self._call = None
+
+    async def report_usage(self, *, input_tokens: int = 0, output_tokens: int = 0,
+                           cached_input_tokens: int = 0, model: str | None = None) -> None:
+        """Count what a model call used (the model's own counts; call it once per call, or
+        per part of one): summed into the run's terminal event, stored at once in the user's
+        totals for the day and month that budgets and ``GET /v1/usage`` read, and put on the
+        model call's span. Raises ``ValueError`` for a count that is not an integer from 0,
+        ``JournalUnavailable`` when the store failed (nothing of it is counted)."""
+        usage = reported(input_tokens, output_tokens, cached_input_tokens, model)
+        control = self._writer.control
+        periods = Periods.at(self._budgets.clock())
+        await self._writer.journal.record_usage(self._writer.key, self.context.run_id,
+                                                periods.day, periods.month, usage)
+        control.usage = usage if control.usage is None else control.usage + usage
+        self._writer.count_tokens(usage)
+        if self._call is not None:
+            self._call.set(INPUT_TOKENS, input_tokens)
+            self._call.set(OUTPUT_TOKENS, output_tokens)
 
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer; clients see it as ``agent_delta`` events. Does not
@@ -154,16 +202,19 @@ class Run:
                                                    "args": args})
         error: str | None = None
         result: Any = None
-        if spec is None:
-            error = f"unknown tool {tool!r}"
-        else:
-            try:
-                with trio.fail_after(spec.timeout):
-                    result = await spec.fn(self.context, **args)
-            except trio.TooSlowError:
-                error = f"tool {tool!r} timed out after {spec.timeout:g} s"
-            except Exception as exc:  # the tool's failure is the run's data, not our crash
-                error = describe(exc)
+        with self.tracing.tool_call(tool, call_id) as span:
+            if spec is None:
+                error = f"unknown tool {tool!r}"
+            else:
+                try:
+                    with trio.fail_after(spec.timeout):
+                        result = await spec.fn(self.context, **args)
+                except trio.TooSlowError:
+                    error = f"tool {tool!r} timed out after {spec.timeout:g} s"
+                except Exception as exc:  # the tool's failure is the run's data, not our crash
+                    error = describe(exc)
+            if error is not None:
+                span.error("tool_error", error)
         done: dict[str, Any] = {"call_id": call_id, "tool": tool}
         if error is None:
             done["result"] = result

@@ -24,6 +24,7 @@ from .engine import Agent, Run, describe, writer_of
 from .errors import AgentError, JournalUnavailable, JournalWedged, ThreadReload
 from .messages import AGENT_CANCELLED, AGENT_COMPLETED, AGENT_FAILED
 from .run_writer import TERMINAL_WRITE_TIMEOUT, RunContext, RunControl, Terminal
+from .usage import BUDGET_EXCEEDED, BudgetExceeded
 
 __all__ = ["PARKED", "TERMINAL_WRITE_TIMEOUT", "RunControl", "execute"]
 
@@ -59,6 +60,11 @@ async def execute(run: Run, agent: Agent) -> str:
                 raise  # the store failed under the run, not the agent: the runner closes it
             except RunParked:
                 return PARKED  # no terminal event: a decision resumes the run
+            except BudgetExceeded as exc:  # before a model call (``Run.model_call``)
+                ctx = control.context
+                agent_log.warning("run %s of %s/%s: %s", ctx.run_id, ctx.user_id,
+                                  ctx.thread_id, exc)
+                terminal = (AGENT_FAILED, {"error": BUDGET_EXCEEDED})
             except Exception as exc:
                 _log_failure(control.context, exc)
                 terminal = (AGENT_FAILED, {"error": describe(exc)})

@@ -17,6 +17,8 @@ from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 import attrs
 import trio
 
+from .tracing import NO_TRACING, Tracing
+from .usage import NO_BUDGETS, Budgets, Spent
 from .approval import MAX_REASON_BYTES
 from .attachments import MAX_PER_MESSAGE
 from .journal import Journal, replay_page
@@ -57,8 +59,11 @@ class Gateway:
     and answers those it keeps here through ``local``."""
 
     def __init__(self, local: LocalThreads, journal: Journal, *, router: Router | None = None,
-                 subscriber_capacity: int = 1000, stats: ThreadStats | None = None) -> None:
+                 subscriber_capacity: int = 1000, stats: ThreadStats | None = None,
+                 budgets: Budgets = NO_BUDGETS, tracing: Tracing = NO_TRACING) -> None:
         self.local = local
+        self.budgets = budgets  # what ``UserHandle.usage`` reads (``usage.py``)
+        self.tracing = tracing  # where the transport's request spans go (``tracing.py``)
         self.directory = local.directory
         self.journal = journal
         self.router: Router = router if router is not None else local
@@ -78,7 +83,8 @@ class Gateway:
             approvals_requested=t.approvals_requested,
             approvals_decided=dict(t.approvals_decided), approvals_waiting=t.approvals_waiting + len(t.parked),
             runs_started=t.runs_started, runs_ended=dict(t.runs_ended), events_stored=t.events,
-            run_seconds=t.run_seconds, store=self.journal.statistics())
+            run_seconds=t.run_seconds, tokens=dict(t.tokens),
+            budget_refusals=self.budgets.refused, store=self.journal.statistics())
 
     def user(self, user_id: str) -> UserHandle:
         if not is_user_id(user_id):
@@ -114,6 +120,11 @@ class UserHandle:
     async def threads(self) -> list[ThreadInfo]:
         """The user's threads, most recently updated first (from the journal)."""
         return await self.gateway.journal.threads(self.user_id)
+
+    async def usage(self) -> Spent:
+        """The user's tokens this UTC day and month (two key look-ups in the journal) and the
+        budget the user is held to (PROTOCOL.md 1.1 ``GET /v1/usage``)."""
+        return await self.gateway.budgets.spent(self.gateway.journal, self.user_id)
 
     async def delete_all(self, concurrency: int = 16) -> int:
         """Delete every thread of this user (``ThreadHandle.delete``, ``concurrency`` at a
@@ -153,7 +164,7 @@ class ThreadHandle:
 
     async def send(self, text: str, *, client_msg_id: str | None = None,
                    strategy: Strategy = "enqueue", parent: Parent = LATEST,
-                   attachments: Sequence[str] = ()) -> Accepted:
+                   attachments: Sequence[str] = (), traceparent: str | None = None) -> Accepted:
         """Store a user message and queue its run; returns once the message is durable.
 
         ``parent`` (PROTOCOL.md 1.1, "The conversation tree") is the run the message follows:
@@ -163,8 +174,12 @@ class ThreadHandle:
         ``attachments`` (PROTOCOL.md 1.1): ids of the user's uploads (``attachments.py``), at
         most 10, stored with the message and given to its run (``run.attachments``).
 
+        ``traceparent``: the W3C trace context of the request, which the run's span continues
+        (``tracing.py``).
+
         Raises ``Busy`` (strategy ``reject`` while a run is active), ``NotFound`` (``parent``
         is no run of this thread, an attachment is not the user's or is another thread's),
+        ``BudgetExceeded`` (the user's token budget is spent: ``usage.py``),
         ``JournalUnavailable``, ``ActorStopped``, ``AskTimeout``.
         """
         if strategy not in STRATEGIES:
@@ -173,10 +188,12 @@ class ThreadHandle:
             raise ValueError(f"at most {MAX_PER_MESSAGE} attachments a message")
         ids = tuple(dict.fromkeys(attachments))
         return await self.gateway.ask(
-            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r, parent, ids))
+            self.key, lambda r: PostMessage(text, client_msg_id, strategy, r, parent, ids,
+                                            traceparent))
 
     async def regenerate(self, message_id: str, *, client_msg_id: str | None = None,
-                         strategy: Strategy = "enqueue") -> Accepted:
+                         strategy: Strategy = "enqueue",
+                         traceparent: str | None = None) -> Accepted:
         """Ask for another answer to the stored user message ``message_id`` (PROTOCOL.md 1.1):
         a new run beside the earlier answers, queued as ``strategy`` says; returns once its
         ``answer_requested`` is durable (``Accepted.seq`` is that event's). The same
@@ -185,7 +202,7 @@ class ThreadHandle:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
         return await self.gateway.ask(
-            self.key, lambda r: Regenerate(message_id, client_msg_id, strategy, r))
+            self.key, lambda r: Regenerate(message_id, client_msg_id, strategy, r, traceparent))
 
     async def turns(self, after: int = 0, limit: int = 100) -> list[TurnView]:
         """The thread's runs with ``seq > after`` (the seq of the event that asked for each),

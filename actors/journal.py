@@ -33,6 +33,7 @@ from .messages import (
 )
 from .attachments import Attachment
 from .tree import Node, Placed
+from .usage import Usage
 
 TITLE_LENGTH = 80  # code points of a thread's first message that are its title (PROTOCOL.md)
 
@@ -201,6 +202,21 @@ class Journal(Protocol):
 
     async def delete_user_attachments(self, user_id: str) -> int:
         """Erase every attachment of the user (sent or not); how many."""
+
+    # Tokens (``usage.py``): a report is added to the run's node and to the user's totals of
+    # the periods it falls in, in one transaction; reading a user's totals is key look-ups.
+
+    async def record_usage(self, key: ThreadKey, run_id: str, day: str, month: str,
+                           usage: Usage) -> None:
+        """Add ``usage`` to run ``run_id``'s node (if stored) and to the user's totals of the
+        periods ``day`` and ``month`` (``Periods`` keys); stored before it returns."""
+
+    async def usage_totals(self, user_id: str, day: str, month: str) -> tuple[Usage, Usage]:
+        """The user's totals for the periods ``day`` and ``month`` (zero where none)."""
+
+    async def delete_user_usage(self, user_id: str) -> None:
+        """Erase the user's totals (``delete-user``; deleting a thread keeps them: what was
+        spent stays spent)."""
 
     def statistics(self) -> StoreStatistics | None:
         """The store's figures (never blocks), or None for a store that keeps none."""

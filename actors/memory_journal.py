@@ -21,6 +21,7 @@ from .journal import (TITLE_LENGTH, Done, OpenRun, accepted_of, check_storable,
                       check_storable_key, data_bytes, run_transition, track_open_runs)
 from .messages import RUN_REQUESTS, USER_MESSAGE, Accepted, Event, ThreadInfo, ThreadKey
 from .tree import Node, Placed
+from .usage import Usage
 
 
 class _MemoryThread:
@@ -80,6 +81,7 @@ class MemoryJournal:
         self._open_runs: dict[tuple[ThreadKey, str], bool] = {}
         self._attachments: dict[tuple[str, str], _MemoryAttachment] = {}
         self._user_bytes: dict[str, int] = {}
+        self._usage: dict[tuple[str, str], Usage] = {}  # (user, period key): totals
 
     async def ensure_thread(self, key: ThreadKey, now: float) -> ThreadInfo:
         await trio.lowlevel.checkpoint()
@@ -337,6 +339,29 @@ class MemoryJournal:
     async def delete_user_attachments(self, user_id: str) -> int:
         await trio.lowlevel.checkpoint()
         return self._erase(lambda a: a.record.user_id == user_id)
+
+    async def record_usage(self, key: ThreadKey, run_id: str, day: str, month: str,
+                           usage: Usage) -> None:
+        await trio.lowlevel.checkpoint()
+        t = self._threads.get(key)
+        node = t.nodes.get(run_id) if t is not None else None
+        if node is not None:
+            t.nodes[run_id] = attrs.evolve(  # type: ignore[union-attr]
+                node, usage=usage if node.usage is None else node.usage + usage)
+        counted = attrs.evolve(usage, model=None)  # totals count tokens, of any model
+        for period in (day, month):
+            total = self._usage.get((key.user_id, period))
+            self._usage[key.user_id, period] = counted if total is None else total + counted
+
+    async def usage_totals(self, user_id: str, day: str, month: str) -> tuple[Usage, Usage]:
+        await trio.lowlevel.checkpoint()
+        return (self._usage.get((user_id, day), Usage()),
+                self._usage.get((user_id, month), Usage()))
+
+    async def delete_user_usage(self, user_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        for k in [k for k in self._usage if k[0] == user_id]:
+            del self._usage[k]
 
     def statistics(self) -> None:
         return None  # nothing to count: no transactions, no outages

@@ -136,6 +136,7 @@ class PostMessage:
     reply: Reply
     parent: Parent = LATEST  # the run the message follows (``LATEST``: the newest)
     attachments: tuple[str, ...] = ()  # attachment ids (``attachments.py``), at most 10
+    traceparent: str | None = None  # the request's trace context (``tracing.py``)
 
 
 @attrs.frozen(slots=True)
@@ -147,6 +148,7 @@ class Regenerate:
     client_msg_id: str | None
     strategy: Strategy
     reply: Reply
+    traceparent: str | None = None  # the request's trace context (``tracing.py``)
 
 
 @attrs.frozen(slots=True)

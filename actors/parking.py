@@ -126,7 +126,8 @@ async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> N
     for control in runs.take_pending():
         await writes.append(AGENT_STARTED, control.context.run_id,
                             started_data(control.context))
-        await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
+        name, data = control.terminal(AGENT_CANCELLED, {"reason": reason})
+    await writes.append(name, control.context.run_id, data)
 
 
 async def end_all(writes: Sequencer, runs: RunQueue | None, stats: ThreadStats,
@@ -163,6 +164,8 @@ async def _control(journal: Journal, key: ThreadKey, run: OpenRun,
     control = RunControl.answering(context, message, first.seq if first else run.seq)
     control.started = any(e.event == AGENT_STARTED for e in events)
     control.resumable = True
+    node = await journal.node(key, run.run_id)  # what it reported before the restart
+    control.usage = node.usage if node is not None else None
     return control
 
 
@@ -185,7 +188,8 @@ async def _end_parked(writes: Sequencer, runs: RunQueue, stats: ThreadStats,
                       reason: str) -> None:
     control = runs.parked
     assert control is not None
-    await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
+    name, data = control.terminal(AGENT_CANCELLED, {"reason": reason})
+    await writes.append(name, control.context.run_id, data)
     runs.end_parked()  # once stored: a failed write leaves the run parked, as it is stored
     stats.parked.discard(writes.key)
 

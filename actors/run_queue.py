@@ -65,12 +65,14 @@ from .attachments import for_run
 from .execution import execute
 from .history import read_history
 from .journal import Journal
-from .messages import Strategy
+from .messages import AGENT_FAILED, Strategy
 from .run_writer import RunControl, RunWriter
 from .sequencer import Sequencer
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL
 from .tools import ToolRegistry
+from .tracing import NO_TRACING, Tracing, agent_name
+from .usage import NO_BUDGETS, Budgets
 from .user_runs import UserRuns
 
 log = logging.getLogger("threadline.thread")
@@ -87,6 +89,8 @@ class ThreadEnv:
     stats: ThreadStats = attrs.Factory(ThreadStats)
     delta_interval: float = DEFAULT_INTERVAL  # agent_delta pacing (``stream.py``)
     user_runs: UserRuns = attrs.Factory(UserRuns)  # runs of one user at once (``user_runs.py``)
+    budgets: Budgets = NO_BUDGETS  # tokens per user and period (``usage.py``)
+    tracing: Tracing = NO_TRACING  # spans of runs, model and tool calls (``tracing.py``)
 
     @property
     def parked(self) -> set[Any]:
@@ -302,8 +306,14 @@ async def run_queued(runs: RunQueue, sequencer: Sequencer, env: ThreadEnv) -> No
                                           control.context.run_id)
                         attachments = for_run(env.journal, control.context.user_id,
                                               control.attachments)
-                        await execute(Run(writer, env.tools, history=history,
-                                          attachments=attachments), env.agent)
+                        run = Run(writer, env.tools, history=history, attachments=attachments,
+                                  budgets=env.budgets, tracing=env.tracing)
+                        with env.tracing.run(control.context, control.traceparent,
+                                             agent_name(env.agent)) as span:
+                            outcome = await execute(run, env.agent)
+                            span.set("threadline.run.outcome", outcome)
+                            if outcome == AGENT_FAILED:
+                                span.error(AGENT_FAILED)
                         # ``PARKED``: the run waits for a decision, with no task; its slot
                         # and the runner are let go, and it stays the thread's active run.
                     finally:

@@ -51,6 +51,7 @@ from .pacer import Pacer
 from .sequencer import Sequencer
 from .stats import ThreadStats
 from .stream import DEFAULT_INTERVAL, AnswerStream
+from .usage import Usage
 
 log = logging.getLogger("threadline.engine")
 
@@ -86,7 +87,8 @@ class RunControl:
     """The handle a thread keeps on its run: its context and its cancel scope."""
 
     __slots__ = ("context", "text", "request_seq", "scope", "cancel_reason", "failure", "started",
-                 "approvals", "resumable", "parked", "transcript", "attachments")
+                 "approvals", "resumable", "parked", "transcript", "attachments", "usage",
+                 "traceparent")
 
     def __init__(self, context: RunContext, text: str, request_seq: int = 0) -> None:
         self.context = context
@@ -101,6 +103,8 @@ class RunControl:
         self.parked: Waiting | None = None  # parked: no task, waiting for a decision
         self.transcript: list[Any] | None = None  # a resumed run's stored events
         self.attachments: list[dict[str, Any]] = []  # its message's (``user_message`` data)
+        self.usage: Usage | None = None  # what its agent reported (``Run.report_usage``)
+        self.traceparent: str | None = None  # of the request that asked for it
 
     @classmethod
     def answering(cls, context: RunContext, message: dict[str, Any],
@@ -116,6 +120,13 @@ class RunControl:
     def renew_scope(self) -> None:
         """A fresh cancel scope, for a parked run resumed (its old one was entered once)."""
         self.scope = trio.CancelScope()
+
+    def terminal(self, name: str, data: dict[str, Any]) -> Terminal:
+        """A terminal event of the run: its ``usage`` added, when its agent reported any
+        (PROTOCOL.md 1.1: on every terminal event, a cancelled or failed run's too)."""
+        if self.usage is not None:
+            data["usage"] = self.usage.wire()
+        return name, data
 
     def cancel(self, reason: str) -> None:
         """Cancel the run; it ends with ``agent_cancelled`` ``{reason}``. First reason wins."""
@@ -152,6 +163,18 @@ class RunWriter:
         self._pacer = pacer
         self._stream: AnswerStream | None = None  # made at the first write
         self._stats = stats if stats is not None else ThreadStats()
+
+    def count_tokens(self, usage: Usage) -> None:
+        """Count a report in the runtime's figures (``threadline_tokens_total``)."""
+        tokens = self._stats.tokens
+        tokens["input"] += usage.input_tokens
+        tokens["output"] += usage.output_tokens
+        tokens["cached_input"] += usage.cached_input_tokens
+
+    @property
+    def key(self) -> Any:
+        """The run's thread (its ``ThreadKey``)."""
+        return self._sequencer.key
 
     @property
     def journal(self) -> Any:
@@ -268,11 +291,12 @@ class RunWriter:
         """Queue the rest of the answer, then write ``terminal``; an answer that cannot be
         stored ends ``agent_failed``. Returns the terminal event written. Raises
         ``JournalUnavailable`` when an event of the run was not stored (``close_lost``)."""
-        terminal = self._end_stream(terminal)
+        terminal = self.control.terminal(*self._end_stream(terminal))
         try:
             await self._store(*terminal)
         except Unstorable as exc:  # e.g. an answer with a NUL character: the run still ends
-            terminal = (AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
+            terminal = self.control.terminal(
+                AGENT_FAILED, {"error": f"the answer could not be stored: {exc}"})
             await self._store(*terminal)
         return terminal[0]
 
@@ -284,7 +308,7 @@ class RunWriter:
             if not self.control.started:  # cancelled before agent_started was stored
                 await self._store(AGENT_STARTED, started_data(self.context))
                 self.control.started = True
-            terminal = self._end_stream(terminal)
+            terminal = self.control.terminal(*self._end_stream(terminal))
             await self._store(*terminal)
 
     async def close_lost(self) -> None:
@@ -300,7 +324,8 @@ class RunWriter:
                 if not control.started:
                     await append(AGENT_STARTED, run_id, started_data(self.context))
                     control.started = True
-                await append(AGENT_FAILED, run_id, {"error": "storage unavailable"})
+                name, data = control.terminal(AGENT_FAILED, {"error": "storage unavailable"})
+                await append(name, run_id, data)
                 return
             except Fenced:
                 return  # another writer has the thread now: its recovery ends the run

@@ -22,6 +22,8 @@ RUN_SECONDS_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 SIZE_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
+TOKEN_KINDS = ("input", "output", "cached_input")  # ``threadline_tokens_total{kind}``
+
 class Histogram:
     """``observe(value)`` in O(log buckets); ``cumulative()`` for the exposition."""
 
@@ -86,6 +88,8 @@ class RuntimeStatistics:
     events_stored: int
     attachment_bytes: int | None  # the store's attachments, as of the last sweep (None: not yet)
     run_seconds: Histogram
+    tokens: dict[str, int]  # reported, by kind (``TOKEN_KINDS``)
+    budget_refusals: int    # sends, regenerates and model calls refused by a budget
     store: StoreStatistics | None
 
 
@@ -104,4 +108,6 @@ class ThreadStats:
     parked: set[Any] = attrs.Factory(set)
     runs_ended: dict[str, int] = attrs.Factory(dict)  # by terminal event
     attachment_bytes: int | None = None  # read by the attachment sweeper (``runtime/api.py``)
+    # Tokens reported (``Run.report_usage``), by kind: input, output, cached_input.
+    tokens: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(TOKEN_KINDS, 0))
     run_seconds: Histogram = attrs.Factory(lambda: Histogram(RUN_SECONDS_BUCKETS))

@@ -41,6 +41,7 @@ from .mailbox import Mailbox
 from .sequencer import Sequencer
 from .run_queue import SHUTTING_DOWN, Phase, RunQueue, ThreadEnv, drain, run_queued
 from .run_writer import RunContext, RunControl
+from .usage import BudgetExceeded
 from .messages import (AGENT_STARTED, ANSWER_REQUESTED, LATEST, RUN_REQUESTS, TERMINAL_EVENTS,
                        THREAD_DELETED, USER_MESSAGE, Accepted, CancelRun, Decide, DeleteThread,
                        Event, GetInfo, Joined, Passivate, PostMessage, Regenerate, Shutdown,
@@ -386,18 +387,21 @@ class ThreadActor:
                 if prior is not None:
                     reply.set(prior)  # idempotent retry: same answer, no second run
                     return
+            await self.env.budgets.check(self.env.journal, self.key.user_id)
             self._run_queue().admit(msg.strategy)
             message_id, data, message = await place()
             if msg.client_msg_id is not None:
                 data["client_msg_id"] = msg.client_msg_id
             run_id = new_id("run")
             event = await self._writes.append(event_name, run_id, data)
-        except (Busy, JournalUnavailable, Unstorable, NotFound) as exc:
+        except (Busy, JournalUnavailable, Unstorable, NotFound, BudgetExceeded) as exc:
             reply.fail(exc)
             return
         self._newest = run_id
         context = RunContext(self.key.user_id, self.key.thread_id, run_id, message_id)
-        self._run_queue().add(RunControl.answering(context, message, event.seq), msg.strategy)
+        control = RunControl.answering(context, message, event.seq)
+        control.traceparent = msg.traceparent
+        self._run_queue().add(control, msg.strategy)
         if msg.strategy == "interrupt":  # a parked run has no task to cancel: it ends here
             await parking.end_if_cancelled(self._writes, self._run_queue(), self.env.stats)
         reply.set(Accepted(self.key, message_id, run_id, event.seq))

@@ -33,6 +33,8 @@ from typing import Literal
 
 import attrs
 
+from .usage import Usage
+
 Outcome = Literal["completed", "failed", "cancelled"]
 
 
@@ -48,6 +50,7 @@ class Node:
                         # answer_requested
     started_seq: int | None = None  # of its agent_started, once stored
     ended_seq: int | None = None    # of its terminal event, once stored
+    usage: Usage | None = None      # what its agent reported so far (``usage.py``)
 
 
 @attrs.frozen(slots=True)

@@ -38,6 +38,8 @@ from threadline.actors.stats import RuntimeStatistics, ThreadStats
 from threadline.actors.stream import DEFAULT_INTERVAL
 from threadline.actors.supervisor import RestartPolicy
 from threadline.actors.thread import ThreadActor, ThreadEnv
+from threadline.actors.tracing import NO_TRACING, Tracing
+from threadline.actors.usage import Budget, BudgetHook, Budgets, Spent
 from threadline.actors.user_runs import USER_RUNS, UserRuns
 
 from .recovery import close_open_runs
@@ -66,6 +68,10 @@ class RuntimeConfig:
     shutdown_grace: float = 5.0          # active runs get this long before agent_cancelled
     delta_interval: float = DEFAULT_INTERVAL  # PROTOCOL.md: at most one agent_delta a run per
     user_runs: int | None = USER_RUNS    # runs of one user active at once; None: no bound
+    # Tokens (input plus output) a user may use per UTC day and per month (``usage.py``);
+    # None: no budget. ``open_runtime``'s ``budget`` hook may give a user another.
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
 
 
 class Runtime:
@@ -73,12 +79,19 @@ class Runtime:
 
     def __init__(self, nursery: trio.Nursery, journal: Journal, agent: Agent,
                  tools: ToolRegistry, config: RuntimeConfig, *, admit: Admit | None = None,
-                 route: Route | None = None, parked: set[ThreadKey] | None = None) -> None:
+                 route: Route | None = None, parked: set[ThreadKey] | None = None,
+                 budget: BudgetHook | None = None, tracing: Tracing = NO_TRACING,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.journal = journal
-        self._env = ThreadEnv(journal, agent, tools, delta_interval=config.delta_interval,
+        self.budgets = Budgets(Budget(config.tokens_per_day, config.tokens_per_month), budget,
+                               clock)
+        self.tracing = tracing
+        self._env = ThreadEnv(journal, agent, tools, clock=clock,
+                              delta_interval=config.delta_interval,
                               user_runs=UserRuns(config.user_runs),
-                              stats=ThreadStats(parked=parked if parked is not None else set()))
+                              stats=ThreadStats(parked=parked if parked is not None else set()),
+                              budgets=self.budgets, tracing=tracing)
         self._nursery = nursery
         self.directory: Directory[ThreadKey] = Directory(
             nursery,
@@ -92,7 +105,7 @@ class Runtime:
         self.gateway = Gateway(self.local, journal,
                                router=route(self.local) if route is not None else None,
                                subscriber_capacity=config.subscriber_capacity,
-                               stats=self._env.stats)
+                               stats=self._env.stats, budgets=self.budgets, tracing=tracing)
 
     def user(self, user_id: str) -> UserHandle:
         """The handle on one user's threads. Raises ``ValueError`` for an invalid user id."""
@@ -107,7 +120,14 @@ class Runtime:
         ``ValueError`` for an invalid user id."""
         deleted = await self.user(user_id).delete_all()
         await self._env.journal.delete_user_attachments(user_id)
+        await self._env.journal.delete_user_usage(user_id)
         return deleted
+
+    async def usage(self, user_id: str) -> Spent:
+        """The user's tokens this UTC day and month, from the store (two key look-ups), and
+        the budget the user is held to (PROTOCOL.md 1.1 ``GET /v1/usage``). Raises
+        ``ValueError`` for an invalid user id, ``JournalUnavailable``."""
+        return await self.user(user_id).usage()
 
     def statistics(self) -> RuntimeStatistics:
         """One snapshot of the runtime's figures (what ``/metrics`` shows). Never blocks."""
@@ -175,6 +195,9 @@ async def open_runtime(
     recover: bool = True,
     admit: Admit | None = None,
     route: Route | None = None,
+    budget: BudgetHook | None = None,
+    tracing: Tracing | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime that owns its root nursery, its directory and its journal.
 
@@ -184,6 +207,10 @@ async def open_runtime(
     it takes it). ``admit``: which threads may have an actor here (default: all); ``route``:
     builds the router every request goes through, from this process's ``LocalThreads``
     (default: they are the router); a cluster node gives both (``threadline.cluster``).
+    ``budget``: a user's token budget (``usage.Budget``; None: the config's), called at each
+    check, possibly async; ``tracing``: where spans go (``threadline.otel.open_tracing``;
+    default none, at no cost); ``clock``: wall-clock seconds, for event times and the budgets'
+    periods (a test's own, to cross midnight).
     On exit the runtime shuts down gracefully (see ``Runtime.aclose``),
     also when the body raised or was cancelled.
     """
@@ -204,7 +231,9 @@ async def open_runtime(
         nursery = await outer.start(_host_nursery)
         runtime = Runtime(nursery, journal, agent,
                           tools if tools is not None else ToolRegistry(),
-                          config or RuntimeConfig(), admit=admit, route=route, parked=parked)
+                          config or RuntimeConfig(), admit=admit, route=route, parked=parked,
+                          budget=budget, tracing=tracing or NO_TRACING,
+                          clock=clock or time.time)
         runtime.load_parked()
         nursery.start_soon(sweep_attachments, journal, time.time, runtime._env.stats,
                            not recover)

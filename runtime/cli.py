@@ -190,6 +190,7 @@ def run_delete_user(args: argparse.Namespace) -> int:
                 for info in infos:
                     nursery.start_soon(journal.delete_thread, info.key)
             await journal.delete_user_attachments(args.user)  # those never sent too
+            await journal.delete_user_usage(args.user)
             return len(infos)
 
     try:

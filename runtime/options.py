@@ -110,10 +110,10 @@ def limit(text: str) -> tuple[str, Any]:
     if value.strip().lower() == "none" and "None" in kinds[name]:
         return name, None
     number = _number(value)
-    if not (math.isfinite(number) and number > 0) or \
-            (kinds[name] == "int" and not number.is_integer()):
-        raise ValueError(f"{name} must be a {'whole ' if kinds[name] == 'int' else ''}number > 0")
-    return name, int(number) if kinds[name] == "int" else number
+    whole = kinds[name].startswith("int")  # "int", "int | None"
+    if not (math.isfinite(number) and number > 0) or (whole and not number.is_integer()):
+        raise ValueError(f"{name} must be a {'whole ' if whole else ''}number > 0")
+    return name, int(number) if whole else number
 
 
 @attrs.frozen

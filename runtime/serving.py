@@ -84,7 +84,8 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
     for listener in [*listeners, *(metrics_listeners or ())]:  # closed also if a start fails
         stack.push_async_callback(listener.aclose)
     config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval,
-                           user_runs=limits.user_runs)
+                           user_runs=limits.user_runs, tokens_per_day=limits.user_tokens_per_day,
+                           tokens_per_month=limits.user_tokens_per_month)
     cluster = None
     if args.cluster:
         url = http_url(args.host, listeners[0].socket.getsockname()[1])

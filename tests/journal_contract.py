@@ -13,6 +13,7 @@ from threadline.actors.attachments import Attachment
 from threadline.actors.errors import JournalUnavailable, LimitReached, NotFound, Unstorable
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadKey
 from threadline.actors.tree import Node
+from threadline.actors.usage import Usage
 
 A = ThreadKey("alice", "main")
 B = ThreadKey("bob", "main")  # same thread id, other user: an unrelated thread
@@ -674,3 +675,66 @@ class AttachmentContract:
         assert [await journal.attachment("alice", a) is not None
                 for a in ("old", "new", "sent")] == [False, True, True]
         assert await journal.attachment_bytes("alice") == 2
+
+
+class UsageContract:
+    """Tokens (``threadline.actors.usage``) in every store: a report counts in the run's node
+    and in the user's day and month, once; totals are the user's alone; deleting a thread
+    keeps them and deleting the user's usage erases them."""
+
+    async def _thread_with_run(self, journal, key: ThreadKey, run_id: str = "run_1") -> None:
+        await journal.ensure_thread(key, 1.0)
+        await journal.append([msg(key, 1, run_id=run_id)])
+
+    async def test_a_report_counts_in_the_node_and_in_both_periods(self, journal):
+        await self._thread_with_run(journal, A)
+        await journal.record_usage(A, "run_1", "d2026-12-07", "m2026-12",
+                                   Usage(10, 3, 4, "gpt-x"))
+        await journal.record_usage(A, "run_1", "d2026-12-07", "m2026-12", Usage(5, 1, 0, None))
+        node = await journal.node(A, "run_1")
+        assert node.usage == Usage(15, 4, 4, "gpt-x")  # the model reported last, kept
+        day, month = await journal.usage_totals("alice", "d2026-12-07", "m2026-12")
+        assert day == month == Usage(15, 4, 4)
+
+    async def test_a_node_that_reported_nothing_has_no_usage(self, journal):
+        await self._thread_with_run(journal, A)
+        assert (await journal.node(A, "run_1")).usage is None
+
+    async def test_periods_are_apart_and_users_are_apart(self, journal):
+        await self._thread_with_run(journal, A)
+        await self._thread_with_run(journal, B)
+        await journal.record_usage(A, "run_1", "d2026-12-07", "m2026-12", Usage(10, 2))
+        await journal.record_usage(A, "run_1", "d2026-12-08", "m2026-12", Usage(1, 1))
+        await journal.record_usage(B, "run_1", "d2026-12-08", "m2026-12", Usage(100, 100))
+        assert await journal.usage_totals("alice", "d2026-12-08", "m2026-12") == (
+            Usage(1, 1), Usage(11, 3))
+        assert await journal.usage_totals("alice", "d2026-12-09", "m2027-01") == (
+            Usage(), Usage())
+        assert await journal.usage_totals("carol", "d2026-12-08", "m2026-12") == (
+            Usage(), Usage())
+
+    async def test_reports_at_once_all_count(self, journal):
+        await self._thread_with_run(journal, A)
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(journal.record_usage, A, "run_1", "d2026-12-07", "m2026-12",
+                                   Usage(2, 1))
+        assert await journal.usage_totals("alice", "d2026-12-07", "m2026-12") == (
+            Usage(100, 50), Usage(100, 50))
+        assert (await journal.node(A, "run_1")).usage.tokens == 150
+
+    async def test_deleting_a_thread_keeps_the_users_totals_deleting_the_user_erases_them(
+            self, journal):
+        await self._thread_with_run(journal, A)
+        await journal.record_usage(A, "run_1", "d2026-12-07", "m2026-12", Usage(7, 3))
+        assert await journal.delete_thread(A)
+        assert await journal.usage_totals("alice", "d2026-12-07", "m2026-12") == (
+            Usage(7, 3), Usage(7, 3))
+        await journal.delete_user_usage("alice")
+        assert await journal.usage_totals("alice", "d2026-12-07", "m2026-12") == (
+            Usage(), Usage())
+
+    async def test_a_report_for_a_run_never_stored_still_counts_for_the_user(self, journal):
+        await journal.ensure_thread(A, 1.0)
+        await journal.record_usage(A, "run_gone", "d2026-12-07", "m2026-12", Usage(4, 4))
+        assert (await journal.usage_totals("alice", "d2026-12-07", "m2026-12"))[0] == Usage(4, 4)

@@ -17,7 +17,9 @@ Invariants:
   carries the role), ``delay`` s before each but the first, then what ``Ending`` says. Otherwise
   the whole ``chat.completion`` is sent at once. Tool calls go as OpenAI sends them: per call a
   delta with ``index``, ``id``, ``type``, ``name`` and empty arguments, then the argument text, as
-  given (it may be malformed), in ``fragments`` deltas with the same ``index``.
+  given (it may be malformed), in ``fragments`` deltas with the same ``index``. A request with
+  ``stream_options.include_usage`` gets ``usage`` as the API sends it: ``null`` on every chunk,
+  then a chunk with no choices and the ``Answer``'s ``tokens`` before ``[DONE]``.
 - A client that closes (end of file or reset) before the last byte of an ``Answer`` is sent has
   disconnected: its ``Received.disconnected`` is set and ``llm.disconnects`` counts it. A task
   reads the socket while an ``Answer`` is sent, so a leave is seen at once, even in a hang.
@@ -88,6 +90,17 @@ class Answer:
     delay: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0),
                                                       attrs.validators.le(MAX_DELAY)])
     ending: Ending = Ending.DONE
+    # The request's tokens as the API counts them: prompt, completion, cached prompt (None:
+    # 10 prompt tokens, and a completion token per text piece and per call).
+    tokens: tuple[int, int, int] | None = None
+
+    def usage(self) -> dict[str, Any]:
+        """The ``usage`` object the API sends (a ``CompletionUsage``)."""
+        prompt, completion, cached = self.tokens or (10, len(self.pieces) + len(self.calls), 0)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
 
     def deltas(self) -> list[dict[str, Any]]:
         text = "" if self.pieces or not self.calls else None
@@ -274,9 +287,16 @@ async def _send_answer(ex: _Exchange, answer: Answer, payload: dict[str, Any], n
             return False
         choice = {"index": 0, "message": answer.message(), "logprobs": None,
                   "finish_reason": finish_reason}
-        await ex.send_json(200, chunk | {"object": "chat.completion", "choices": [choice]},
-                           headers)
+        await ex.send_json(200, chunk | {"object": "chat.completion", "choices": [choice],
+                                         "usage": answer.usage()}, headers)
         return True
+    # ``stream_options.include_usage``: every chunk has ``usage: null``, and one more chunk,
+    # with no choices and the usage, comes after the finish reason and before [DONE]; an
+    # answer cut before it never sends it (as the API's reference says).
+    options = payload.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if with_usage:
+        chunk["usage"] = None
 
     def event(delta: dict[str, Any] | str, finish_reason: str | None = None) -> bytes:
         data = delta if isinstance(delta, str) else json.dumps(chunk | {"choices": [
@@ -294,7 +314,10 @@ async def _send_answer(ex: _Exchange, answer: Answer, payload: dict[str, Any], n
     if answer.ending is Ending.END:
         await ex.send(h11.EndOfMessage())
         return True
-    await ex.send(h11.Data(data=event({}, finish_reason) + event("[DONE]")), h11.EndOfMessage())
+    usage = (f"data: {json.dumps(chunk | {'choices': [], 'usage': answer.usage()})}\n\n"
+             .encode() if with_usage else b"")
+    await ex.send(h11.Data(data=event({}, finish_reason) + usage + event("[DONE]")),
+                  h11.EndOfMessage())
     return True
 
 

@@ -18,8 +18,9 @@ from threadline.actors.errors import (
     UnknownRun,
     Unstorable,
 )
+from threadline.actors.usage import BudgetExceeded
 
-from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, RATE_LIMITED,
+from .messages import (BAD_FRAME, BUDGET_EXCEEDED, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, RATE_LIMITED,
                        UNKNOWN_CALL, UNKNOWN_RUN, BadFrame)
 
 #: First match wins. Anything else is a bug: answered ``internal``, and logged.
@@ -28,6 +29,7 @@ ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (UnknownRun, UNKNOWN_RUN),
     (UnknownCall, UNKNOWN_CALL),      # 1.1: a decide for a call that is not waiting
     (NotFound, NOT_FOUND),            # 1.1: a regenerate's message, a send's parent
+    (BudgetExceeded, BUDGET_EXCEEDED),  # 1.1: the user's tokens for the period are spent
     (Unstorable, BAD_FRAME),
     (BadFrame, BAD_FRAME),
     (LimitReached, LIMIT_REACHED),

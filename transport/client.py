@@ -40,7 +40,7 @@ from threadline.actors.messages import LATEST, Parent
 from threadline.actors.reply import Reply
 
 from .client_connect import NO_RECONNECT, connect, reconnect
-from .client_errors import (BadFrame, Busy, ClientError, ConnectionClosed, HandshakeRejected,
+from .client_errors import (BadFrame, BudgetExceeded, Busy, ClientError, ConnectionClosed, HandshakeRejected,
                             Internal, LimitReached, NotFound, NotJoined, RateLimited, ServerError,
                             UnknownCall, UnknownRun)
 from .client_inbox import Inbox
@@ -329,7 +329,7 @@ async def open_client(url: str, token: str, *, encoding: str = "json", reconnect
         raise raised
 
 
-__all__ = ["BadFrame", "Busy", "Client", "ClientError", "ConnectionClosed", "HandshakeRejected",
+__all__ = ["BadFrame", "BudgetExceeded", "Busy", "Client", "ClientError", "ConnectionClosed", "HandshakeRejected",
            "Internal", "LimitReached", "NotFound", "NotJoined", "RateLimited", "ServerError",
            "UnknownCall", "UnknownRun",
            "connect", "open_client"]

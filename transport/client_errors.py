@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from threadline.actors import errors
+from threadline.actors import errors, usage
 
-from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, NOT_JOINED,
+from .messages import (BAD_FRAME, BUDGET_EXCEEDED, BUSY, INTERNAL, LIMIT_REACHED, NOT_FOUND, NOT_JOINED,
                        RATE_LIMITED, UNKNOWN_CALL, UNKNOWN_RUN)
 
-__all__ = ["BadFrame", "Busy", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal",
+__all__ = ["BadFrame", "BudgetExceeded", "Busy", "ClientError", "ConnectionClosed", "HandshakeRejected", "Internal",
            "LimitReached", "NotFound", "NotJoined", "RateLimited", "ServerError", "UnknownCall",
            "UnknownRun"]
 
@@ -79,6 +79,11 @@ class NotFound(ServerError, errors.NotFound):
     ``parent`` that is not a run of the thread; nothing was stored."""
 
 
+class BudgetExceeded(ServerError, usage.BudgetExceeded):
+    """``budget_exceeded`` (1.1): the user's token budget for the day or month is spent (the
+    message says when it refills); nothing was stored."""
+
+
 class RateLimited(ServerError, errors.RateLimited):
     """``rate_limited``: dropped; sending it later may work."""
 
@@ -93,7 +98,7 @@ class Internal(ServerError):
 
 _ERRORS: dict[str, type[ServerError]] = {
     BAD_FRAME: BadFrame, NOT_JOINED: NotJoined, BUSY: Busy, UNKNOWN_RUN: UnknownRun,
-    UNKNOWN_CALL: UnknownCall, NOT_FOUND: NotFound,
+    UNKNOWN_CALL: UnknownCall, NOT_FOUND: NotFound, BUDGET_EXCEEDED: BudgetExceeded,
     RATE_LIMITED: RateLimited, LIMIT_REACHED: LimitReached, INTERNAL: Internal}
 
 

@@ -15,6 +15,7 @@ import msgpack
 
 from threadline.actors.approval import MAX_REASON_BYTES
 from threadline.actors.attachments import MAX_PER_MESSAGE
+from threadline.actors.tracing import traceparent_of
 from threadline.actors.journal import unstorable_reason
 from threadline.actors.messages import LATEST, STRATEGIES, Event, Parent, Strategy, is_thread_id
 
@@ -190,7 +191,7 @@ def _send(obj: dict[str, Any], ref: Ref) -> Send:
     strategy = _strategy(obj, ref)
     client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
     return Send(ref, thread_id, text, client_msg_id, strategy, _parent(obj, ref),
-                _attachments(obj, ref))
+                _attachments(obj, ref), traceparent_of(obj.get("traceparent")))
 
 
 def _strategy(obj: dict[str, Any], ref: Ref) -> Strategy:
@@ -247,7 +248,8 @@ def _regenerate(obj: dict[str, Any], ref: Ref) -> Regenerate:
         raise BadFrame("missing message_id", ref)
     strategy = _strategy(obj, ref)
     client_msg_id = _optional_str(obj, "client_msg_id", ref, MAX_CLIENT_MSG_ID)
-    return Regenerate(ref, thread_id, message_id, client_msg_id, strategy)
+    return Regenerate(ref, thread_id, message_id, client_msg_id, strategy,
+                      traceparent_of(obj.get("traceparent")))
 
 
 def _cancel(obj: dict[str, Any], ref: Ref) -> Cancel:

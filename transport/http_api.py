@@ -40,6 +40,8 @@ from websockets.http11 import Request, Response
 from threadline.actors.errors import ActorStopped, AskTimeout, JournalUnavailable
 from threadline.actors.gateway import Gateway
 from threadline.actors.messages import is_thread_id
+from threadline.actors.tracing import traceparent_of
+from threadline.actors.usage import Usage
 
 from .answers import answer_for
 from . import http_attachments, http_tree
@@ -52,7 +54,8 @@ from .http_call import (Call, Refused, accepted_answer, existing, int_param, par
 from .http_front import (Malformed, RequestReader, Streamed, close_gently, write_answer,
                          write_streamed)
 from .limits import Limits
-from .messages import (BAD_FRAME, BUSY, INTERNAL, LIMIT_REACHED, METHOD_NOT_ALLOWED, NOT_FOUND,
+from .messages import (BAD_FRAME, BUDGET_EXCEEDED, BUSY, INTERNAL, LIMIT_REACHED,
+                       METHOD_NOT_ALLOWED, NOT_FOUND,
                        RATE_LIMITED, TIMEOUT, TOO_LARGE, UNAUTHORIZED, UNKNOWN_CALL, UNKNOWN_RUN,
                        UNSUPPORTED_TYPE, Cancel, Decide, Send)
 from .paging import CursorKey, read_events_page, read_threads_page
@@ -66,7 +69,8 @@ EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
 #: The HTTP status of each error code.
 STATUS = {BAD_FRAME: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, UNKNOWN_RUN: 404, UNKNOWN_CALL: 404,
           METHOD_NOT_ALLOWED: 405, TIMEOUT: 408, BUSY: 409, TOO_LARGE: 413,
-          UNSUPPORTED_TYPE: 415, RATE_LIMITED: 429, LIMIT_REACHED: 429, INTERNAL: 500}
+          UNSUPPORTED_TYPE: 415, RATE_LIMITED: 429, LIMIT_REACHED: 429, BUDGET_EXCEEDED: 429,
+          INTERNAL: 500}
 UNAVAILABLE = (JournalUnavailable, ActorStopped, AskTimeout)  # 503: retry later
 ID, RUN, CALL, MESSAGE = "{thread_id}", "{run_id}", "{call_id}", "{message_id}"  # a path's names
 ATTACHMENT = "{attachment_id}"
@@ -126,7 +130,9 @@ class HttpApi:
                 result = await handler(self, call, request, reader)  # type: ignore[call-arg]
             else:
                 body = await self._body(method, reader, deadline)
-                result = await handler(self, Call(user, quota, thread, query, params, body))
+                traceparent = traceparent_of(request.headers.get("traceparent"))
+                result = await handler(self, Call(user, quota, thread, query, params, body,
+                                                  traceparent))
         except Exception as exc:
             status, answer, extra = self._failure(exc, method, request, user_id)
             return json_response(status, answer, extra + cors)
@@ -204,9 +210,13 @@ class HttpApi:
         assert isinstance(request, Send) and call.thread is not None
         call.quota.admit_send()
         await call.quota.admit_thread(request.thread_id)
-        acc = await call.thread.send(request.text, client_msg_id=request.client_msg_id,
-                                     strategy=request.strategy, parent=request.parent,
-                                     attachments=request.attachments)
+        thread = call.thread
+        with thread.gateway.tracing.request("POST /v1/threads/{thread_id}/messages",
+                                            call.traceparent, thread.key) as span:
+            acc = await thread.send(request.text, client_msg_id=request.client_msg_id,
+                                    strategy=request.strategy, parent=request.parent,
+                                    attachments=request.attachments,
+                                    traceparent=span.traceparent)
         return 200, accepted_answer(request.thread_id, acc)
 
     async def cancel(self, call: Call) -> tuple[int, dict[str, Any]]:
@@ -224,6 +234,13 @@ class HttpApi:
                                  request.reason)
         return 200, {"type": "ok", "thread_id": request.thread_id, "run_id": request.run_id,
                      "call_id": request.call_id}
+
+    async def usage(self, call: Call) -> tuple[int, dict[str, Any]]:
+        """PROTOCOL.md 1.1: the user's tokens this UTC day and month, and their budgets."""
+        spent = await call.user.usage()
+        budget = spent.budget
+        return 200, {"type": "usage", "day": _period(spent.day, budget.tokens_per_day),
+                     "month": _period(spent.month, budget.tokens_per_month)}
 
     async def delete(self, call: Call) -> tuple[int, dict[str, Any]]:
         await existing(call)
@@ -246,6 +263,7 @@ ROUTES: dict[tuple[str, ...], dict[str, Handler]] = {
     ("threads", ID, "runs", RUN, "approvals", CALL): {"POST": HttpApi.decide},
     ("attachments",): {"POST": http_attachments.upload},
     ("attachments", ATTACHMENT): {"GET": http_attachments.download},
+    ("usage",): {"GET": HttpApi.usage},
 }
 _NAMES = (ID, RUN, CALL, MESSAGE, ATTACHMENT)
 #: The handlers that read their request's body themselves, as it arrives: an upload.
@@ -269,6 +287,11 @@ def _resolve(path: str) -> tuple[dict[str, Handler], dict[str, str]]:
                         raise Refused(BAD_FRAME, f"the {name[1:-1]} is not UTF-8") from None
             return methods, params
     raise Refused(NOT_FOUND, "no such route")
+
+
+def _period(usage: Usage, budget: int | None) -> dict[str, Any]:
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "budget": budget}
 
 
 def _handler(method: str, methods: dict[str, Handler], thread_id: str | None) -> Handler:

@@ -47,6 +47,7 @@ class Call:
     query: dict[str, str]
     params: dict[str, str]  # the path's other names (``run_id``, ``call_id``...), decoded
     body: bytearray  # as read (``RequestReader.read_body``): the one copy
+    traceparent: str | None = None  # its ``traceparent`` header, if a valid one
 
 
 def query_of(target: str) -> dict[str, str]:

@@ -35,8 +35,12 @@ async def regenerate(api: object, call: Call) -> tuple[int, dict[str, Any]]:
     assert isinstance(request, Regenerate) and call.thread is not None
     await existing(call)
     call.quota.admit_send()
-    acc = await call.thread.regenerate(request.message_id, client_msg_id=request.client_msg_id,
-                                       strategy=request.strategy)
+    thread = call.thread
+    with thread.gateway.tracing.request(
+            "POST /v1/threads/{thread_id}/messages/{message_id}/regenerate", call.traceparent,
+            thread.key) as span:
+        acc = await thread.regenerate(request.message_id, client_msg_id=request.client_msg_id,
+                                      strategy=request.strategy, traceparent=span.traceparent)
     return 200, accepted_answer(request.thread_id, acc)
 
 

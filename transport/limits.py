@@ -84,6 +84,12 @@ class Limits:
     # nothing of it is kept. (Other requests: the whole within ``handshake_timeout``.)
     upload_timeout: float = 120.0
     upload_idle_timeout: float = 10.0
+    # -- tokens (PROTOCOL.md 1.1, "Usage and budgets"; ``actors/usage.py``) --
+    # Tokens (input plus output, as the model counts them) a user may use per UTC day and per
+    # month, across connections and nodes: then ``budget_exceeded`` (HTTP 429) until the
+    # period ends. None: no budget. Given to the runtime by the server, as ``user_runs``.
+    user_tokens_per_day: int | None = None
+    user_tokens_per_month: int | None = None
 
 
 class TokenBucket:

@@ -25,6 +25,7 @@ BUSY: Final = "busy"
 UNKNOWN_RUN: Final = "unknown_run"
 UNKNOWN_CALL: Final = "unknown_call"  # 1.1: a decide for a tool call that is not waiting
 NOT_FOUND: Final = "not_found"  # 1.1: a regenerate or parent naming nothing here; HTTP: 404
+BUDGET_EXCEEDED: Final = "budget_exceeded"  # 1.1: the user's token budget is spent; HTTP: 429
 RATE_LIMITED: Final = "rate_limited"
 LIMIT_REACHED: Final = "limit_reached"
 INTERNAL: Final = "internal"
@@ -69,6 +70,7 @@ class Send:
     strategy: Strategy
     parent: Parent = LATEST  # 1.1: absent: LATEST; null: None (a new root); else a run id
     attachments: tuple[str, ...] = ()  # 1.1: attachment ids, at most 10 (absent: none)
+    traceparent: str | None = None  # ours: a W3C trace context the run continues (else None)
 
 
 @attrs.frozen(slots=True)
@@ -80,6 +82,7 @@ class Regenerate:
     message_id: str
     client_msg_id: str | None
     strategy: Strategy
+    traceparent: str | None = None  # ours, as ``Send``'s
 
 
 @attrs.frozen(slots=True)

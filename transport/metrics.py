@@ -182,6 +182,11 @@ def _actors(r: RuntimeStatistics) -> Iterator[Metric]:
     yield by("threadline_runs_ended", "Agent runs ended, by terminal event [runs].", "event",
               r.runs_ended)
     yield counter("threadline_events_stored", "Thread events stored [events].", r.events_stored)
+    yield by("threadline_tokens", "Tokens the agents reported, by kind (input, output, and "
+             "cached_input, which input includes) [tokens].", "kind", r.tokens)
+    yield counter("threadline_budget_refusals", "Sends and regenerates refused, and runs "
+                  "stopped before a model call, because the user's token budget was spent "
+                  "[refusals].", r.budget_refusals)
     yield histogram("threadline_run_duration_seconds", "Agent runs from agent_started to "
                      "their terminal event [seconds].", r.run_seconds, unit="seconds")
 

@@ -241,9 +241,13 @@ class Session:
         if self.quota is not None:
             self.quota.admit_send()
         started = trio.current_time()
-        acc = await tap.thread.send(request.text, client_msg_id=request.client_msg_id,
+        thread = tap.thread
+        with thread.gateway.tracing.request("send", request.traceparent,
+                                            thread.key) as span:
+            acc = await thread.send(request.text, client_msg_id=request.client_msg_id,
                                     strategy=request.strategy, parent=request.parent,
-                                    attachments=request.attachments)
+                                    attachments=request.attachments,
+                                    traceparent=span.traceparent)
         self.stats.send_seconds.observe(trio.current_time() - started)
         self._accepted(request, acc)
 
@@ -255,8 +259,13 @@ class Session:
             return self._not_joined(request)
         if self.quota is not None:
             self.quota.admit_send()
-        self._accepted(request, await tap.thread.regenerate(
-            request.message_id, client_msg_id=request.client_msg_id, strategy=request.strategy))
+        thread = tap.thread
+        with thread.gateway.tracing.request("regenerate", request.traceparent,
+                                            thread.key) as span:
+            acc = await thread.regenerate(request.message_id,
+                                          client_msg_id=request.client_msg_id,
+                                          strategy=request.strategy, traceparent=span.traceparent)
+        self._accepted(request, acc)
 
     def _accepted(self, request: Send | Regenerate, acc: Accepted) -> None:
         self._reply(reply_frame("accepted", request.ref, thread_id=request.thread_id,

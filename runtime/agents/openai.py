@@ -25,6 +25,15 @@ characters (a longer one is cut, and the part says so). An attachment whose byte
 worker thread (the SDK then serializes the request in the event loop: large attachments cost
 the server's loop that once per model call).
 
+Tokens and budgets (PROTOCOL.md 1.1): each model call is a ``run.model_call`` (the user's
+budget is checked before it: a run that crossed it during its last call ends ``agent_failed``
+``budget_exceeded`` instead of calling again; the call is a ``chat {model}`` span), and asks the
+API for its usage (``stream_options.include_usage``: the SDK then gives a last chunk with no
+choices and a ``CompletionUsage``), reported with ``run.report_usage``: ``prompt_tokens``,
+``completion_tokens``, ``prompt_tokens_details.cached_tokens``. The API sends that chunk after
+the finish reason, so a call cut or cancelled before its end reports nothing: the OpenAI
+reference says as much, and PROTOCOL.md counts only the model's own figures.
+
 Invariants:
 
 - The HTTP stream to the model lives inside ``async with``: a cancelled run (``cancel``,
@@ -65,6 +74,8 @@ from threadline.actors.engine import Run
 from threadline.actors.errors import AgentError, ToolDenied, ToolError
 from threadline.actors.history import Turn, answer_so_far
 from threadline.actors.tools import ToolRegistry
+from threadline.actors.tracing import (FINISH_REASONS, INPUT_MESSAGES, OUTPUT_MESSAGES,
+                                       RESPONSE_ID, RESPONSE_MODEL, Span)
 
 from .tool_schema import describe_tool
 from .transcript import (
@@ -100,10 +111,15 @@ class OpenAIConfig:
     history_images: int = 4       # images of earlier messages sent again, newest first
     history_files: int = 4        # text files and PDFs of earlier messages sent again, same
     text_chars: int = 200_000     # characters of one text attachment sent (longer: cut)
+    # Ask for the tokens of each streamed answer (``stream_options.include_usage``); False
+    # for an endpoint that refuses the option (its runs then report no usage).
+    stream_usage: bool = True
 
 
 class OpenAIAgent:
     """Call it as an agent (``agent(run)``); ``await agent.aclose()`` when done with it."""
+
+    agent_name = "openai"  # its ``invoke_agent`` spans (``tracing.py``)
 
     def __init__(self, config: OpenAIConfig) -> None:
         self.config = config
@@ -240,17 +256,41 @@ class OpenAIAgent:
                         tools: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str, str]]]:
         """One streamed completion: its text (written to the run as it comes) and its tool
         calls as ``(id, name, arguments)``. Raises ``ModelError``."""
+        async with run.model_call(self.config.model) as span:  # the budget, the span
+            if run.tracing.capture_content:
+                span.set(INPUT_MESSAGES, _content(messages))
+            text, calls, finish = await self._stream(run, span, messages, tools)
+            span.set(FINISH_REASONS, [finish])
+            if run.tracing.capture_content:
+                span.set(OUTPUT_MESSAGES, _content([{"role": "assistant", "content": text}]))
+        return text, calls
+
+    async def _stream(self, run: Run, span: Span, messages: list[dict[str, Any]],
+                      tools: list[dict[str, Any]]
+                      ) -> tuple[str, list[tuple[str, str, str]], str]:
+        """``_complete``'s model call: text, calls and finish reason. Its tokens are
+        reported when the API sent them (``stream_options.include_usage``: a last chunk
+        before ``[DONE]``, which a stream cut or cancelled before its end never has), also
+        when the call then fails."""
         text: list[str] = []
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         finish = None
+        usage = None
         extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if self.config.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
         # The text of a later round (after tool calls) starts a new paragraph of the answer.
         separator = "\n\n" if run.written else ""
+        failed: ModelError | None = None
         try:
             async with await self.client().chat.completions.create(
                     model=self.config.model, messages=messages, stream=True, **extra) as stream:
                 chunks = aiter(stream)
                 while (chunk := await _next_chunk(chunks, run)) is not None:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                        span.set(RESPONSE_MODEL, chunk.model)
+                        span.set(RESPONSE_ID, chunk.id)
                     for choice in chunk.choices or ():
                         delta = choice.delta
                         if delta.content:
@@ -265,12 +305,22 @@ class OpenAIAgent:
                                 call[2] += part.function.arguments or ""
                         finish = choice.finish_reason or finish
         except openai.APIError as exc:
-            raise _model_error(exc, run) from None
+            failed = _model_error(exc, run)
+            span.error(type(exc).__name__, str(failed))
+        if usage is not None:
+            details = usage.prompt_tokens_details
+            await run.report_usage(
+                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+                model=self.config.model)
+        if failed is not None:
+            raise failed
         if finish is None:
             log.debug("run %s: the model's stream ended without a finish reason",
                       run.context.run_id)
+            span.error("cut_off")
             raise ModelError("the model's answer was cut off")
-        return "".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
+        return "".join(text), [(c[0], c[1], c[2]) for _, c in sorted(calls.items())], finish
 
     async def _resumed(self, run: Run) -> list[dict[str, Any]]:
         """The run was parked on a call waiting for approval and goes on: its own rounds so
@@ -313,6 +363,11 @@ class OpenAIAgent:
 
 
 _OFFLOAD = 1 << 20  # bytes of an attachment from which its part is made in a worker thread
+
+
+def _content(messages: list[dict[str, Any]]) -> str:
+    """Messages as a span attribute (the operator opted in): JSON, at most 64 KiB of it."""
+    return json.dumps(messages, ensure_ascii=False, default=str)[:65536]
 
 
 def _size(value: Any) -> int:

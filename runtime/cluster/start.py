@@ -43,6 +43,8 @@ import attrs
 import trio
 from prometheus_client.core import Metric
 
+from threadline.actors.tracing import Tracing
+from threadline.actors.usage import BudgetHook
 from threadline.actors.engine import Agent
 from threadline.actors.local import LocalThreads
 from threadline.actors.tools import ToolRegistry
@@ -100,10 +102,12 @@ async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = N
                                tools: ToolRegistry | None = None,
                                runtime_config: RuntimeConfig | None = None,
                                http_url: str = "", limits: Limits | None = None,
+                               budget: BudgetHook | None = None,
+                               tracing: Tracing | None = None,
                                ) -> AsyncIterator[ClusterRuntime]:
     """Join the cluster of ``config.dsn`` as ``config.node_id`` and run a runtime as one of
-    its nodes (see the header). ``agent``, ``tools`` and ``runtime_config`` are
-    ``open_runtime``'s; ``http_url``: where this node's server is, as the other nodes see
+    its nodes (see the header). ``agent``, ``tools``, ``runtime_config``, ``budget`` and
+    ``tracing`` are ``open_runtime``'s; ``http_url``: where this node's server is, as the other nodes see
     it in ``cluster_nodes`` (``threadline.server.http_url``; empty if it has none);
     ``limits``: the server's, whose per-user ones ``cluster.quotas`` counts cluster-wide.
 
@@ -127,7 +131,8 @@ async def open_cluster_runtime(config: ClusterConfig, *, agent: Agent | None = N
             try:
                 async with _open_node(config, table, fence, journal, lease_connection, rounds,
                                       announce, agent, tools, runtime_config, http_url,
-                                      UserQuotas(limits or Limits()), listeners) as cluster:
+                                      UserQuotas(limits or Limits()), listeners,
+                                      budget, tracing) as cluster:
                     yield cluster
             finally:
                 await trio.to_thread.run_sync(lease_connection.close)
@@ -150,6 +155,7 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
                      rounds: Wakeup, announce: Wakeup, agent: Agent | None,
                      tools: ToolRegistry | None, runtime_config: RuntimeConfig | None,
                      http_url: str, quotas: UserQuotas, listeners: list[trio.SocketListener],
+                     budget: BudgetHook | None, tracing: Tracing | None,
                      ) -> AsyncIterator[ClusterRuntime]:
     secret = (await lease_connection.run(leases.setup, secrets.token_urlsafe(32))).encode()
     since = await lease_connection.run(leases.in_use, table.node_id, config.lease_ttl)
@@ -170,7 +176,7 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
 
         async with open_runtime(journal=journal, agent=agent, tools=tools,
                                 config=runtime_config, recover=False, admit=table.is_local,
-                                route=route) as runtime, \
+                                route=route, budget=budget, tracing=tracing) as runtime, \
                 trio.open_nursery() as nursery:
             router = runtime.gateway.router
             assert isinstance(router, Router)

@@ -55,6 +55,8 @@ from threadline.actors.messages import (LATEST, STRATEGIES, Accepted, CancelRun,
                                         GetInfo, Parent, PostMessage, ThreadInfo, ThreadKey,
                                         ThreadRequest)
 from threadline.actors.reply import Reply
+from threadline.actors.tracing import traceparent_of
+from threadline.actors.usage import BudgetExceeded
 from threadline.transport.quotas import UserUsage
 
 from .shards import SHARDS
@@ -113,6 +115,7 @@ class Post:
     strategy: str
     parent: Parent = LATEST  # on the wire: ["latest"], nil (a root) or the run id
     attachments: tuple[str, ...] = ()  # on the wire: a list of attachment ids
+    traceparent: str | None = None  # the request's span: the trace goes on at the owner
 
 
 @attrs.frozen(slots=True)
@@ -121,6 +124,7 @@ class Regenerate:
     message_id: str
     client_msg_id: str | None
     strategy: str
+    traceparent: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -246,8 +250,9 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "usage": (Usage, (lambda u: _users(u),)),
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
-    "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p), lambda a: _ids(a))),
-    "regenerate": (Regenerate, (_STR, _OPT_STR, _STR)),
+    "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p), lambda a: _ids(a),
+                    lambda t: traceparent_of(t))),
+    "regenerate": (Regenerate, (_STR, _OPT_STR, _STR, lambda t: traceparent_of(t))),
     "cancel": (Cancel, (_OPT_STR,)),
     "decide": (Decide, (_STR, _STR, _BOOL, _OPT_STR)),
     "info": (Info, ()),
@@ -364,9 +369,9 @@ def call_of(id: int, key: ThreadKey, msg: ThreadRequest) -> Call:
     kind = type(msg)
     if kind is PostMessage:
         request: CallRequest = Post(msg.text, msg.client_msg_id, msg.strategy, msg.parent,
-                                    tuple(msg.attachments))
+                                    tuple(msg.attachments), msg.traceparent)
     elif kind is RegenerateRequest:
-        request = Regenerate(msg.message_id, msg.client_msg_id, msg.strategy)
+        request = Regenerate(msg.message_id, msg.client_msg_id, msg.strategy, msg.traceparent)
     elif kind is CancelRun:
         request = Cancel(msg.run_id)
     elif kind is DecideRequest:
@@ -387,9 +392,11 @@ def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
         raise ValueError(f"unknown strategy {r.strategy!r}")  # bad input, not a broken link
     if type(r) is Post:
         make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy,
-                                 parent=r.parent, attachments=r.attachments)
+                                 parent=r.parent, attachments=r.attachments,
+                                 traceparent=r.traceparent)
     elif type(r) is Regenerate:
-        make = functools.partial(RegenerateRequest, r.message_id, r.client_msg_id, r.strategy)
+        make = functools.partial(RegenerateRequest, r.message_id, r.client_msg_id, r.strategy,
+                                 traceparent=r.traceparent)
     elif type(r) is Cancel:
         make = functools.partial(CancelRun, r.run_id)
     elif type(r) is Decide:
@@ -409,7 +416,7 @@ INTERNAL_MESSAGE: Final = "the node that owns this thread failed to handle the r
 #: First match wins: a subclass comes before its base (ActorCrashed before ActorStopped).
 ERRORS: Final[tuple[tuple[type[Exception], str], ...]] = (
     (Busy, "busy"), (UnknownRun, "unknown_run"), (UnknownCall, "unknown_call"),
-    (NotFound, "not_found"),
+    (NotFound, "not_found"), (BudgetExceeded, "budget_exceeded"),
     (JournalUnavailable, "journal_unavailable"), (Unstorable, "unstorable"),
     (ActorCrashed, "actor_crashed"), (NotOwner, "not_owner"), (ActorStopped, "actor_stopped"),
     (AskTimeout, "ask_timeout"), (MailboxFull, "mailbox_full"),

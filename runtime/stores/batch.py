@@ -17,8 +17,9 @@ from typing import Any, Callable, Collection, Protocol, Sequence
 from threadline.actors.journal import TITLE_LENGTH, run_transition
 from threadline.actors.messages import USER_MESSAGE, Event, ThreadInfo, ThreadKey
 
-from . import files
+from . import files, tokens
 from .files import FileOp
+from .tokens import UsageOp
 from .sql import AppendOp, DeleteOp, EnsureOp, Op
 
 
@@ -31,7 +32,7 @@ def dumps(data: dict[str, Any]) -> str:
 
 def op_key(op: Op) -> ThreadKey:
     """The thread an operation writes (an attachment's: its user's, with no thread id)."""
-    if isinstance(op, FileOp):
+    if isinstance(op, (FileOp, UsageOp)):
         return ThreadKey(op.user_id, "")
     return op.events[0].key if isinstance(op, AppendOp) else op.key
 
@@ -243,7 +244,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
     the batch's effect is that of its ops in their order. With a ``fence`` (a cluster node),
     the ops on threads it refuses fail with its error and write nothing, and the threads
     written are announced by one ``fence.notify``."""
-    keys = list({op_key(op): None for op in ops if not isinstance(op, FileOp)})
+    keys = list({op_key(op): None for op in ops if not isinstance(op, (FileOp, UsageOp))})
     fenced = fence.check(cur, keys) if fence is not None else set()
     state: dict[ThreadKey, list[Any] | None] = dict(
         cache.load(cur, [k for k in keys if k not in fenced] if fenced else keys))
@@ -256,6 +257,9 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
                 writes.flush(cur, state, insert)  # what was gathered before it, first
                 writes = _Writes()
             results.append(files.apply(cur, op))
+            continue
+        if isinstance(op, UsageOp):  # a user's tokens: their node is stored already
+            results.append(tokens.apply(cur, op))
             continue
         key = op_key(op)
         row = state.get(key)

@@ -43,13 +43,15 @@ from threadline.actors.reply import Reply
 from threadline.actors.messages import Accepted, Event, ThreadInfo, ThreadKey
 from threadline.actors.attachments import Attachment
 from threadline.actors.tree import Node, Placed
+from threadline.actors.usage import Usage
 from threadline.actors.stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram, StoreStatistics
 
-from . import batch, files, sql
+from . import batch, files, sql, tokens
 from .connections import Connections, commit_unknown
 from .errors import first_line
 from .outage import Outage
 from .files import FileOp
+from .tokens import UsageOp
 from .sql import AppendOp, Backend, DeleteOp, EnsureOp, Op
 
 __all__ = ["Backend", "DurableJournal", "MAX_BATCH"]
@@ -259,6 +261,24 @@ class DurableJournal:
 
     async def delete_user_attachments(self, user_id: str) -> int:
         return await self._submit(FileOp(user_id, "", "erase_user"))
+
+    # -- tokens (``tokens.py``): a report through the writer, totals on the read pool -----------
+
+    async def record_usage(self, key: ThreadKey, run_id: str, day: str, month: str,
+                           usage: Usage) -> None:
+        if not storable_key(key) or unstorable_reason(run_id + (usage.model or "")):
+            raise Unstorable("a usage report the store cannot hold")
+        await self._submit(UsageOp(key.user_id, key.thread_id, "record", run_id,
+                                   (day, month), usage))
+
+    async def usage_totals(self, user_id: str, day: str, month: str) -> tuple[Usage, Usage]:
+        if unstorable_reason(user_id) is not None:
+            return await _nothing((Usage(), Usage()))
+        return await self.read_with(tokens.totals, user_id, day, month)
+
+    async def delete_user_usage(self, user_id: str) -> None:
+        if unstorable_reason(user_id) is None:
+            await self._submit(UsageOp(user_id, kind="erase_user"))
 
     async def read_with(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(cursor, *args)`` (a blocking read: the queries here, a cluster node's batched

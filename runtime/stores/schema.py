@@ -252,6 +252,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             Column("user_id", Type.TEXT), Column("bytes", Type.BIGINT),
         ), key=("user_id",)),
     )),
+    # Tokens (PROTOCOL.md 1.1, "Usage and budgets"; ``threadline.actors.usage``): what each
+    # run reported, summed in its node (NULL: nothing reported), and each user's totals per
+    # UTC day (``d2026-12-07``) and month (``m2026-12``) in a row each, so that a budget check
+    # is two key look-ups (``tokens.py``). Nothing to fill in: no run reported before.
+    Migration(6, (
+        AddColumn("turns", Column("input_tokens", Type.BIGINT, null=True)),
+        AddColumn("turns", Column("output_tokens", Type.BIGINT, null=True)),
+        AddColumn("turns", Column("cached_input_tokens", Type.BIGINT, null=True)),
+        AddColumn("turns", Column("model", Type.TEXT, null=True)),
+        Table("token_usage", (
+            *_texts("user_id", "period"), Column("input_tokens", Type.BIGINT),
+            Column("output_tokens", Type.BIGINT), Column("cached_input_tokens", Type.BIGINT),
+        ), key=("user_id", "period")),
+    )),
 )
 
 VERSION = MIGRATIONS[-1].version

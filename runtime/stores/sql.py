@@ -23,6 +23,7 @@ from . import schema
 from .errors import StoreError, first_line
 from .files import FileOp
 from .schema import Dialect
+from .tokens import USAGE_OF_NODE, UsageOp, node_usage
 
 
 class SchemaTooNew(StoreError, RuntimeError):
@@ -45,7 +46,8 @@ class DeleteOp:
     key: ThreadKey
 
 
-Op = AppendOp | EnsureOp | DeleteOp | FileOp  # ``FileOp``: an attachment's (``files.py``)
+# ``FileOp``: an attachment's (``files.py``); ``UsageOp``: a user's tokens (``tokens.py``)
+Op = AppendOp | EnsureOp | DeleteOp | FileOp | UsageOp
 
 # The columns of an ``events`` row as ``apply_batch`` hands them to ``insert_events``.
 EVENT_COLUMNS = "user_id, thread_id, seq, event, run_id, ts, data"
@@ -252,10 +254,11 @@ def _node(row: Sequence[Any]) -> Node:
 
 
 def node(cur: Any, key: ThreadKey, run_id: str) -> Node | None:
-    cur.execute(f"SELECT {NODE} FROM turns WHERE {_THREAD} AND run_id = %s",
+    """The run's node, with what it reported (``tokens.py``)."""
+    cur.execute(f"SELECT {NODE}, {USAGE_OF_NODE} FROM turns WHERE {_THREAD} AND run_id = %s",
                 (key.user_id, key.thread_id, run_id))
     row = cur.fetchone()
-    return _node(row) if row else None
+    return attrs.evolve(_node(row), usage=node_usage(row[7:])) if row else None
 
 
 def message_node(cur: Any, key: ThreadKey, message_id: str) -> Node | None:

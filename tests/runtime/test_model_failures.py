@@ -53,7 +53,7 @@ async def test_an_expected_model_failure_is_one_warning_without_a_traceback(capl
         llm.script(failure)
         events = await turn(rt, "hi", user="ada", thread="main")
     run_id = events[-1].run_id
-    assert events[-1].event == "agent_failed" and events[-1].data == {"error": message}
+    assert events[-1].event == "agent_failed" and events[-1].data["error"] == message
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.name, r.levelname, r.getMessage()) for r in warnings] == [
         ("threadline.agent", "WARNING", f"run {run_id} of ada/main: {message}")]
@@ -73,7 +73,7 @@ async def test_an_unreachable_endpoint_is_one_warning_too(caplog):
     finally:
         await agent.aclose()
     run_id = events[-1].run_id
-    assert events[-1].data == {"error": UNREACHABLE}
+    assert events[-1].data["error"] == UNREACHABLE
     assert [(r.levelname, r.getMessage(), r.exc_info) for r in about(caplog, run_id)] == [
         ("WARNING", f"run {run_id} of bob/t1: {UNREACHABLE}", None)]
 
@@ -88,7 +88,7 @@ async def test_a_bug_in_an_agent_keeps_its_traceback(caplog):
     async with open_runtime(agent=buggy_agent) as rt:
         events = await turn(rt, "no boom here")
     run_id = events[-1].run_id
-    assert events[-1].data == {"error": "KeyError: 'no boom here'"}
+    assert events[-1].data["error"] == "KeyError: 'no boom here'"
     [record] = about(caplog, run_id)
     assert (record.name, record.levelname) == ("threadline.agent", "ERROR")
     assert record.getMessage() == f"run {run_id} of ada/main failed: KeyError: 'no boom here'"

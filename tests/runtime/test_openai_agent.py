@@ -62,11 +62,14 @@ async def test_an_answer_streams_and_completes_with_what_the_model_wrote():
     async with open_llm_server() as llm, agent_runtime(llm) as rt:
         llm.script(Answer(pieces=("Hel", "lo", ", Ada"), delay=0.1))
         events = await turn(rt, "hi")
-    assert events[-1].event == "agent_completed" and events[-1].data == {"text": "Hello, Ada"}
+    assert events[-1].event == "agent_completed" and events[-1].data == {
+        "text": "Hello, Ada", "usage": {"input_tokens": 10, "output_tokens": 3,
+                                        "cached_input_tokens": 0, "model": "test-model"}}
     assert answer_of(events) == "Hello, Ada" and len([e for e in events
                                                       if e.event == "agent_delta"]) == 3
     body = llm.requests[0].body
     assert body["model"] == "test-model" and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "system", "content": "Be brief."},
                                 {"role": "user", "content": "hi"}]
     assert llm.requests[0].headers["authorization"] == "Bearer sk-test-secret"
@@ -113,7 +116,7 @@ async def test_a_tool_call_in_fragments_goes_through_the_registry_and_back_to_th
                           "content": json.dumps({"city": "Oslo", "temp": 21, "unit": "C"})}
     assert second[-1] == {"role": "tool", "tool_call_id": "c2",
                           "content": json.dumps({"error": "ValueError: no such city"})}
-    assert events[-1].data == {"text": "Oslo: 21 C"}
+    assert events[-1].data["text"] == "Oslo: 21 C"
 
 
 async def test_a_registered_schema_is_offered_as_given():
@@ -164,8 +167,8 @@ async def test_an_upstream_failure_fails_the_run_with_a_clear_message_and_the_th
         llm.script(failure, Answer(pieces=("fine again",)))
         failed = await turn(rt, "first")
         after = await turn(rt, "second")
-    assert failed[-1].event == "agent_failed" and failed[-1].data == {"error": message}
-    assert after[-1].data == {"text": "fine again"}
+    assert failed[-1].event == "agent_failed" and failed[-1].data["error"] == message
+    assert after[-1].data["text"] == "fine again"
     assert "sk-test-secret" not in json.dumps([e.data for e in failed])
 
 
@@ -174,7 +177,7 @@ async def test_429_is_retried_by_the_sdk_before_it_fails_the_run():
         llm.script(Failure(429, retry_after=0.01), Failure(429, retry_after=0.01),
                    Answer(pieces=("third time",)))
         events = await turn(rt, "x")
-    assert events[-1].data == {"text": "third time"} and len(llm.requests) == 3
+    assert events[-1].data["text"] == "third time" and len(llm.requests) == 3
 
 
 async def test_a_model_that_never_stops_calling_tools_is_stopped_after_max_rounds():
@@ -182,7 +185,7 @@ async def test_a_model_that_never_stops_calling_tools_is_stopped_after_max_round
                                                        max_rounds=2) as rt:
         llm.script(*[Answer(calls=(ToolCall("weather", {"city": "Oslo"}),))] * 2)
         events = await turn(rt, "loop")
-    assert events[-1].data == {"error": "the model asked for tools 2 times without answering"}
+    assert events[-1].data["error"] == "the model asked for tools 2 times without answering"
     assert len(llm.requests) == 2
     # The last round's calls are not run: no round is left to give their results to.
     assert [e.event for e in events].count("tool_executing") == 1
@@ -195,7 +198,7 @@ async def test_an_unreachable_endpoint_fails_the_run():
     async with open_runtime(agent=agent) as rt:
         events = await turn(rt, "hello?")
     await agent.aclose()
-    assert events[-1].data == {"error": "the model endpoint could not be reached"}
+    assert events[-1].data["error"] == "the model endpoint could not be reached"
 
 
 async def test_text_of_a_later_round_starts_a_new_paragraph():
@@ -204,7 +207,7 @@ async def test_text_of_a_later_round_starts_a_new_paragraph():
                           calls=(ToolCall("weather", {"city": "Oslo"}),)),
                    Answer(pieces=("It is 21 C.",)))
         events = await turn(rt, "weather?")
-    assert events[-1].data == {"text": "Let me check.\n\nIt is 21 C."}
+    assert events[-1].data["text"] == "Let me check.\n\nIt is 21 C."
     assert answer_of(events) == "Let me check.\n\nIt is 21 C."
 
 

@@ -108,7 +108,7 @@ async def test_approved_the_model_gets_the_tools_result_and_completes():
         "agent_started", "approval_requested", "approval_decided", "tool_executing",
         "tool_completed", "agent_completed"]
     assert asked["tool"] == "transfer" and asked["args"] == TRANSFER
-    assert RAN == [TRANSFER] and events[-1].data == {"text": "Sent 500 to bob."}
+    assert RAN == [TRANSFER] and events[-1].data["text"] == "Sent 500 to bob."
     assert len(llm.requests) == 2  # the model is asked again only once the tool has run
     # The run parked while it waited, and went on from its stored events: the call's id is the
     # journal's now (ids only have to match within one conversation).
@@ -128,7 +128,7 @@ async def test_denied_the_model_gets_the_denial_as_the_tools_answer_and_says_so(
         "agent_started", "approval_requested", "approval_decided", "tool_completed",
         "agent_completed"]
     assert events[3].data["error"] == "denied: not today"
-    assert events[-1].data == {"text": "OK, I did not send it."} and RAN == []
+    assert events[-1].data["text"] == "OK, I did not send it." and RAN == []
     assert sent(llm, 1)[-1] == {"role": "tool", "tool_call_id": asked["call_id"],
                                 "content": denial("not today")}
 
@@ -138,7 +138,7 @@ async def test_an_expired_approval_reaches_the_model_as_a_denial():
         llm.script(Answer(calls=(ToolCall("transfer", TRANSFER, id="m1"),)),
                    Answer(pieces=("Nobody approved it in time.",)))
         events, _ = await turn(rt, "send 500 to bob")  # nobody decides
-    assert events[-1].data == {"text": "Nobody approved it in time."} and RAN == []
+    assert events[-1].data["text"] == "Nobody approved it in time." and RAN == []
     assert sent(llm, 1)[-1]["content"] == denial("expired")
 
 
@@ -149,7 +149,7 @@ async def test_the_next_turn_after_a_denial_shows_the_model_its_call_and_the_den
                    Answer(pieces=("Because it was refused.",)))
         _, asked = await turn(rt, "send 500 to bob", decision=(False, "not today"))
         events, _ = await turn(rt, "why not?")
-    assert events[-1].data == {"text": "Because it was refused."}
+    assert events[-1].data["text"] == "Because it was refused."
     call_id = asked["call_id"]  # the journal's id: the model's own (m1) is not stored
     assert sent(llm, 2) == [
         SYSTEM, {"role": "user", "content": "send 500 to bob"},
@@ -174,7 +174,7 @@ async def test_earlier_turns_keep_text_calls_results_and_denials_in_the_order_th
         first, asked1 = await turn(rt, "pay bob", decision=(True, None))
         _, asked2 = await turn(rt, "pay eve", decision=(False, "who is eve?"))
         await turn(rt, "how many transfers?")
-    assert first[-1].data == {"text": "Let me check.\n\nDone: sent."}
+    assert first[-1].data["text"] == "Let me check.\n\nDone: sent."
     balance_id = next(e.data["call_id"] for e in first if e.event == "tool_executing"
                       and e.data["tool"] == "balance")
     id1, id2 = asked1["call_id"], asked2["call_id"]
@@ -202,7 +202,7 @@ async def test_a_run_cancelled_while_waiting_leaves_a_call_answered_as_unfinishe
         events, _ = await turn(rt, "hello?")
     assert cancelled[-1].event == "agent_cancelled" and RAN == []
     # The API refuses a call left unanswered: the server would have answered 400.
-    assert events[-1].data == {"text": "Shall I try again?"}
+    assert events[-1].data["text"] == "Shall I try again?"
     assert sent(llm, 1)[2:4] == [
         {"role": "assistant", "content": None,
          "tool_calls": [called(asked["call_id"], "transfer", TRANSFER)]},

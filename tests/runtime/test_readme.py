@@ -58,7 +58,11 @@ async def test_language_model_example_runs_as_documented():
     assert proc.stdout.decode().splitlines() == [
         "tool: {'city': 'Oslo', 'sky': 'clear', 'celsius': 21}",
         "piece: Clear and 21 C in Oslo.",  # the two pieces came within 50 ms: one delta
-        "agent_completed {'text': 'Clear and 21 C in Oslo.'}"]
+        "agent_completed Clear and 21 C in Oslo.",
+        # Two model calls (the tool's round, then the answer): the scripted server's tokens,
+        # 10 of the prompt each and a token per piece or call, summed by the run.
+        "usage: {'input_tokens': 20, 'output_tokens': 3, 'cached_input_tokens': 0, "
+        "'model': 'gpt-4o-mini'}"]
     assert llm.requests[0].body["tools"][0]["function"]["description"] == \
         "Today's weather in a city."
 

@@ -1,0 +1,196 @@
+"""Tokens: what a run used (``Usage``), what a user used per period (``Periods``), and the
+budgets that cap it (``Budgets``), PROTOCOL.md 1.1 "Usage and budgets".
+
+An agent reports what each model call used (``Run.report_usage``): the run sums it for its
+terminal event, and the store adds it, at once, to the run's node and to the user's totals for
+the current UTC day and month (``Journal.record_usage``). Those totals are rows keyed by user
+and period (``d2026-12-07``, ``m2026-12``), so reading a user's day and month is two key
+look-ups, whatever the user did before: never a scan of events.
+
+Budgets (tokens per user per day and per month, input plus output; from the operator's
+limits, or per user from the embedding program's hook) are checked against the store's totals:
+
+- before a ``send`` or ``regenerate`` stores anything (``Budgets.check``: ``BudgetExceeded``,
+  answered ``budget_exceeded`` with the time the budget refills, and nothing is stored);
+- before each model call of a run (``Run.model_call``): a run that crossed the budget during
+  the call it was in finishes that call, and ends ``agent_failed`` ``budget_exceeded`` instead
+  of calling the model again.
+
+The store is the only truth, read at every check (two key look-ups), so a check sees every
+report that was stored before it, whichever connection, thread or cluster node made it. What a
+check cannot see is a model call still under way: a report is stored when the call ends. So a
+user overshoots the budget by at most the model calls in flight when it was crossed: one per
+run of the user active at that moment (``user_runs`` per node bounds those), never more.
+Without budgets nothing is read at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import time
+from typing import Any, Awaitable, Callable, Union
+
+import attrs
+
+from .errors import ActorError
+
+DAY, MONTH = "day", "month"
+BUDGET_EXCEEDED = "budget_exceeded"  # the error code, and a stopped run's ``agent_failed``
+
+
+@attrs.frozen(slots=True)
+class Usage:
+    """Tokens used, as the model counts them. ``cached_input_tokens`` are part of
+    ``input_tokens`` (OpenAI's ``prompt_tokens_details.cached_tokens``), not beside them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    model: str | None = None  # the last model reported
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.input_tokens + other.input_tokens,
+                     self.output_tokens + other.output_tokens,
+                     self.cached_input_tokens + other.cached_input_tokens,
+                     other.model if other.model is not None else self.model)
+
+    @property
+    def tokens(self) -> int:
+        """What a budget counts: input and output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    def wire(self) -> dict[str, Any]:
+        """The ``usage`` of a terminal event (PROTOCOL.md 1.1)."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cached_input_tokens": self.cached_input_tokens, "model": self.model}
+
+
+def reported(input_tokens: Any, output_tokens: Any, cached_input_tokens: Any,
+             model: Any) -> Usage:
+    """A report checked: counts are integers from 0 (``ValueError`` otherwise)."""
+    counts = (input_tokens, output_tokens, cached_input_tokens)
+    if any(type(n) is not int or n < 0 for n in counts):
+        raise ValueError(f"token counts are integers from 0, not {counts!r}")
+    if model is not None and not isinstance(model, str):
+        raise ValueError("model is a string")
+    return Usage(*counts, model=model)  # type: ignore[misc]
+
+
+@attrs.frozen(slots=True)
+class Periods:
+    """The UTC day and month that hold the instant ``now`` (seconds since the epoch): their
+    store keys and when each ends."""
+
+    day: str
+    month: str
+    day_ends: float
+    month_ends: float
+
+    @classmethod
+    def at(cls, now: float) -> Periods:
+        t = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        day = datetime.datetime(t.year, t.month, t.day, tzinfo=datetime.timezone.utc)
+        month = day.replace(day=1)
+        next_month = (month + datetime.timedelta(days=32)).replace(day=1)
+        return cls(f"d{day:%Y-%m-%d}", f"m{month:%Y-%m}",
+                   (day + datetime.timedelta(days=1)).timestamp(), next_month.timestamp())
+
+
+@attrs.frozen(slots=True)
+class Budget:
+    """A user's budget: tokens (input plus output) per UTC day and per month; None: none."""
+
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.tokens_per_day is None and self.tokens_per_month is None
+
+
+#: The embedding program's per-user budget (plans differ per customer): called at every check
+#: with the user id; may be async. None: the operator's default budget.
+BudgetHook = Callable[[str], Union[Budget, None, Awaitable[Union[Budget, None]]]]
+
+
+class BudgetExceeded(ActorError):
+    """PROTOCOL.md 1.1 ``budget_exceeded``: the user's budget for the current period is spent;
+    nothing was stored. ``refills_at``: when it refills (seconds since the epoch)."""
+
+    def __init__(self, message: str, refills_at: float | None = None) -> None:
+        super().__init__(message)
+        self.refills_at = refills_at  # None: known only from the message (a cluster peer's)
+
+    @classmethod
+    def spent(cls, period: str, budget: int, refills_at: float) -> BudgetExceeded:
+        when = datetime.datetime.fromtimestamp(refills_at, datetime.timezone.utc)
+        return cls(f"the token budget for this {period} ({budget} tokens) is spent; it "
+                   f"refills at {when:%Y-%m-%dT%H:%M:%SZ}", refills_at)
+
+
+@attrs.frozen(slots=True)
+class Spent:
+    """A user's totals for the current day and month, and the budget they are held to."""
+
+    periods: Periods
+    day: Usage
+    month: Usage
+    budget: Budget
+
+    def exceeded(self) -> BudgetExceeded | None:
+        """The period whose budget is spent (the month first: it refills last), if any."""
+        budget, periods = self.budget, self.periods
+        if budget.tokens_per_month is not None and self.month.tokens >= budget.tokens_per_month:
+            return BudgetExceeded.spent(MONTH, budget.tokens_per_month, periods.month_ends)
+        if budget.tokens_per_day is not None and self.day.tokens >= budget.tokens_per_day:
+            return BudgetExceeded.spent(DAY, budget.tokens_per_day, periods.day_ends)
+        return None
+
+
+class Budgets:
+    """The runtime's budgets: the operator's ``default`` and the embedding program's ``hook``
+    (see the module header). ``clock``: wall-clock seconds (a test's own, to cross a period)."""
+
+    def __init__(self, default: Budget = Budget(), hook: BudgetHook | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.default = default
+        self.hook = hook
+        self.refused = 0  # sends and regenerates refused, model calls stopped (``/metrics``)
+        self.clock = clock if clock is not None else time.time
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any user may have a budget (else nothing is ever read for one)."""
+        return self.hook is not None or not self.default.unlimited
+
+    async def budget(self, user_id: str) -> Budget:
+        if self.hook is None:
+            return self.default
+        found = self.hook(user_id)
+        if inspect.isawaitable(found):
+            found = await found
+        return self.default if found is None else found  # type: ignore[return-value]
+
+    async def spent(self, journal: Any, user_id: str) -> Spent:
+        """The user's totals (two key look-ups in the store) and budget, now."""
+        periods = Periods.at(self.clock())
+        budget = await self.budget(user_id)
+        day, month = await journal.usage_totals(user_id, periods.day, periods.month)
+        return Spent(periods, day, month, budget)
+
+    async def check(self, journal: Any, user_id: str) -> None:
+        """Raise ``BudgetExceeded`` when the user's budget is spent; nothing is read when no
+        budget is set. Reads the journal (``JournalUnavailable``)."""
+        if not self.enabled:
+            return
+        spent = await self.spent(journal, user_id)
+        if spent.budget.unlimited:
+            return
+        exceeded = spent.exceeded()
+        if exceeded is not None:
+            self.refused += 1
+            raise exceeded
+
+
+NO_BUDGETS = Budgets()
