@@ -125,6 +125,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except (KeyFileError, ValueError, TypeError) as exc:
         raise Refusal(str(exc)) from None
     agent, tools = load_agent(args.agent, args.model, args.system_prompt)
+    if args.otel:
+        try:
+            importlib.import_module("threadline.otel")
+        except ImportError:
+            raise Refusal("--otel needs the OpenTelemetry packages: pip install "
+                          "'threadline[otel]'") from None
     admit(args)
     return trio.run(serve, args, auth, agent, tools, limits)
 

@@ -202,6 +202,9 @@ SERVE_OPTIONS = [
            shown="PROTOCOL.md's", metavar="NAME=VALUE"),
     Option("--demo", "DEMO", False, "serve the chat page at / (and print its address to "
            "open)", boolean, shown="off", switch=True),
+    Option("--otel", "OTEL", False, "trace runs with OpenTelemetry (the extra threadline[otel]), "
+           "exported as the OTEL_* environment variables say (OTLP over HTTP by default)",
+           boolean, shown="off", switch=True),
     Option("--cluster", "CLUSTER", False, "one node of a cluster over the --store PostgreSQL: "
            "several processes, one owner per thread", boolean, shown="off", switch=True),
     Option("--node-id", "NODE_ID", None, "this node's name in the cluster", node_id,

@@ -18,6 +18,7 @@ import trio
 
 from threadline.actors.engine import Agent
 from threadline.actors.tools import ToolRegistry
+from threadline.actors.tracing import Tracing
 from threadline.transport.auth import Authenticator, mint
 from threadline.transport.limits import Limits
 
@@ -86,16 +87,22 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
     config = RuntimeConfig(shutdown_grace=args.grace, delta_interval=args.delta_interval,
                            user_runs=limits.user_runs, tokens_per_day=limits.user_tokens_per_day,
                            tokens_per_month=limits.user_tokens_per_month)
+    tracing = None
+    if args.otel:  # closed after the runtime (the stack): the last spans are exported
+        from threadline.otel import open_tracing
+
+        tracing = await stack.enter_async_context(open_tracing())
+        log.info("tracing with OpenTelemetry, exported as OTEL_* says")
     cluster = None
     if args.cluster:
         url = http_url(args.host, listeners[0].socket.getsockname()[1])
         cluster = await stack.enter_async_context(
-            _open_cluster_runtime(args, agent, tools, config, url, limits))
+            _open_cluster_runtime(args, agent, tools, config, url, limits, tracing))
         rt = cluster.runtime
     else:
         journal = await stack.enter_async_context(open_journal(args.store))
         rt = await stack.enter_async_context(open_runtime(
-            journal=journal, agent=agent, tools=tools, config=config))
+            journal=journal, agent=agent, tools=tools, config=config, tracing=tracing))
     server = await stack.enter_async_context(open_server(
         rt, host=args.host, port=args.port, auth=auth, limits=limits,
         metrics_token=args.metrics_token, metrics_address=args.metrics_address,
@@ -124,7 +131,8 @@ async def _serve_until(stack: contextlib.AsyncExitStack, args: argparse.Namespac
 
 
 def _open_cluster_runtime(args: argparse.Namespace, agent: Agent, tools: ToolRegistry,
-                          config: RuntimeConfig, url: str, limits: Limits
+                          config: RuntimeConfig, url: str, limits: Limits,
+                          tracing: Tracing | None,
                           ) -> contextlib.AbstractAsyncContextManager[ClusterRuntime]:
     """``open_cluster_runtime`` with the node's settings from the command line (``limits``:
     the server's, whose per-user ones the node counts across the cluster)."""
@@ -139,4 +147,4 @@ def _open_cluster_runtime(args: argparse.Namespace, agent: Agent, tools: ToolReg
                             lease_ttl=args.lease_ttl, handover_grace=args.grace,
                             peer_tls=peer_tls)
     return open_cluster_runtime(cluster, agent=agent, tools=tools, runtime_config=config,
-                                http_url=url, limits=limits)
+                                http_url=url, limits=limits, tracing=tracing)

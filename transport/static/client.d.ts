@@ -30,17 +30,20 @@ export type ErrorCode =
   /** 1.1: `regenerate` of a message the thread does not have; a `send` whose `parent` is not a
    * run of the thread */
   | "not_found"
-  /** 1.1: the user's token budget is spent; nothing was stored */
+  /** 1.1: a `send` or `regenerate` while the user's token budget (per UTC day or month) is
+   * spent: nothing was stored; the message says when it refills, e.g. "the token budget for
+   * this day (20 tokens) is spent; it refills at 2026-12-08T00:00:00Z". Also a run stopped
+   * between model calls for it: `agent_failed` with `error` "budget_exceeded" (Run.error) */
   | "budget_exceeded"
   /** 1.1, upload (HTTP 413): the file is over the server's size limit (20 MiB by default) */
   | "too_large"
   /** 1.1, upload (HTTP 415): a type the server does not take, or an image whose bytes are not
    * of its declared type (an HTML file sent as image/png) */
   | "unsupported_type"
-  /** upload, download: the server could not be reached, or closed the connection before it
-   * answered (status 0) */
-  | "upload_failed" | "download_failed"
-  /** upload, download: its `signal` was aborted */
+  /** upload, download, usage: the server could not be reached, or closed the connection
+   * before it answered (status 0) */
+  | "upload_failed" | "download_failed" | "request_failed"
+  /** upload, download, usage: its `signal` was aborted */
   | "aborted"
   /** a request written before the connection was lost, not repeated (cancel, decide): it may
    * have been handled; for a decide, the thread's events tell (approval_decided, or the
@@ -113,6 +116,37 @@ export interface EventFrame {
   ts: number;
   data: Record<string, unknown>;
 }
+
+/** 1.1: the tokens a run used (PROTOCOL.md, "Usage and budgets"): its terminal event's `usage`,
+ * the model's own counts summed over the run's model calls (a cancelled run's: those counted
+ * before it stopped). */
+export interface Usage {
+  input_tokens: number;
+  output_tokens: number;
+  /** part of input_tokens (read from the model's cache), not beside them */
+  cached_input_tokens: number;
+  /** the model last reported; null when the agent named none */
+  model: string | null;
+}
+
+/** A run's terminal event (one of TERMINAL_EVENTS), its data typed; `usage` (1.1) when the
+ * agent reported any. agent_failed's `error` "budget_exceeded" (1.1): the run was stopped
+ * between model calls because the user's token budget is spent. */
+export type TerminalEventFrame = EventFrame & (
+  | { event: "agent_completed"; data: { text: string; usage?: Usage } }
+  | { event: "agent_failed"; data: { error: string; usage?: Usage } }
+  | { event: "agent_cancelled"; data: { reason: string; usage?: Usage } });
+
+/** 1.1: one period of GET /v1/usage: tokens used in it, and its budget (null: none). */
+export interface UsagePeriod {
+  input_tokens: number;
+  output_tokens: number;
+  /** tokens (input plus output) allowed in the period; null when there is no budget */
+  budget: number | null;
+}
+
+/** 1.1: the answer to GET /v1/usage (client.usage()): the user's tokens this UTC day and month. */
+export interface UsageReport { type: "usage"; day: UsagePeriod; month: UsagePeriod }
 
 export interface ErrorFrame { type: "error"; code: ErrorCode; message: string; ref?: number }
 export interface Joined { type: "joined"; thread_id: string; last_seq: number; created_at?: number; ref: number }
@@ -205,8 +239,13 @@ export declare class Run {
   readonly approvals: ReadonlyMap<string, Approval>;
   /** the approvals still waiting for a decision (a run waits while it has one) */
   readonly pendingApprovals: readonly Approval[];
+  /** agent_failed's error ("budget_exceeded" (1.1): stopped between model calls because the
+   * user's token budget is spent) */
   readonly error: string | null;
   readonly reason: string | null;
+  /** 1.1: the tokens the run used, from its terminal event's `usage`; null while it runs, or
+   * when the agent reported none */
+  readonly usage: Usage | null;
 }
 
 /** A joined thread. */
@@ -402,6 +441,11 @@ export declare class Client {
    * application/octet-stream, so that an object URL of it never renders as a page. Rejects "not_found" for one that is gone or another
    * user's; "download_failed" when no answer came; "aborted" after `signal` aborted */
   download(attachmentId: string, options?: { signal?: AbortSignal }): Promise<Blob>;
+  /** 1.1: the user's tokens this UTC day and this month and their budgets (GET /v1/usage, the
+   * token in the Authorization header). Rejects with a ThreadlineError carrying the server's
+   * code, message and `status` ("unauthorized" (401), ...); "request_failed" (status 0) when no
+   * answer came; "aborted" after `signal` aborted; "closed" once the client is */
+  usage(options?: { signal?: AbortSignal }): Promise<UsageReport>;
   threads(options?: { limit?: number; cursor?: string | null }): Promise<ThreadsPage>;
   ping(): Promise<Pong>;
   close(): void;

@@ -15,6 +15,9 @@
 //   const file = await client.upload(input.files[0], { onProgress: ({ loaded, total }) => ... });
 //   await client.send("main", "what is in this?", { attachments: [file.attachment_id] });
 //   img.src = URL.createObjectURL(await client.download(message.attachments[0].attachment_id));
+//   // tokens (PROTOCOL.md 1.1, "Usage and budgets"): a finished run's, and the user's per period
+//   if (run.usage) show(run.usage.input_tokens + run.usage.output_tokens);
+//   const { day, month } = await client.usage();  // GET /v1/usage: {input_tokens, output_tokens, budget}
 //
 // Invariants:
 // - Requests (join, leave, send, regenerate, cancel, decide, threads, ping) carry a fresh integer `ref` and settle
@@ -81,6 +84,11 @@
 //   <img src> cannot send the header, so `download` fetches an attachment as a Blob (the app
 //   makes an object URL of it, and revokes it). A message's attachments are those its
 //   `user_message` lists (Message.attachments), never the ids the app sent.
+// - Usage (PROTOCOL.md 1.1, "Usage and budgets"): a run's tokens are its terminal event's
+//   `usage` (Run.usage; null when the agent reported none), so a replay rebuilds them too.
+//   `usage()` GETs /v1/usage the way `download` fetches (the token in `Authorization: Bearer`,
+//   not a request of the connection). A `send` or `regenerate` refused because the user's
+//   budget is spent rejects with code "budget_exceeded"; its message says when it refills.
 // - JSON only (subprotocol threadline.v1.json): browsers parse JSON natively and fast, and a
 //   chat's frames are mostly text, which msgpack would not make smaller.
 
@@ -153,6 +161,8 @@ export class Run {
     this.approvals = new Map();  // call_id -> Approval, in the order they were asked
     this.error = null;       // agent_failed's error
     this.reason = null;      // agent_cancelled's reason
+    this.usage = null;       // 1.1: the terminal event's usage {input_tokens, output_tokens,
+                             // cached_input_tokens, model}, when the agent reported any
   }
 
   get done() { return this.status !== "queued" && this.status !== "running"; }
@@ -189,6 +199,9 @@ export class Run {
         break;
       case "agent_failed": this.status = "failed"; this.error = data.error; break;
       case "agent_cancelled": this.status = "cancelled"; this.reason = data.reason; break;
+    }
+    if (TERMINAL_EVENTS.includes(event) && data?.usage !== null && typeof data?.usage === "object") {
+      this.usage = data.usage;
     }
     if (this.done) for (const approval of this.approvals.values()) if (approval.pending) approval.status = "ended";
   }
@@ -640,6 +653,29 @@ export class Client {
     // never render as a page of the app's origin (the server's sandbox does not follow a blob).
     const blob = await response.blob();
     return INLINE_TYPES.has(blob.type) ? blob : new Blob([blob], { type: "application/octet-stream" });
+  }
+
+  /** The user's tokens this UTC day and this month and their budgets (GET /v1/usage, 1.1):
+   * {type: "usage", day: {input_tokens, output_tokens, budget}, month: {...}}, `budget` null
+   * when there is none. A refusal rejects with a ThreadlineError carrying the server's code
+   * and message, and `status`; "request_failed" (status 0) when no answer came. */
+  async usage({ signal } = {}) {
+    if (this.state === "closed") throw new ThreadlineError("closed", "the client is closed");
+    let response;
+    try {
+      response = await fetch(httpUrl(this.url, "/v1/usage"), {
+        headers: { Authorization: `Bearer ${this._token}` }, signal, cache: "no-store" });
+    } catch (error) {
+      throw signal?.aborted ? aborted("the usage request")
+        : failed("request_failed", `the usage request failed: ${error?.cause?.message ?? error?.message ?? error}`);
+    }
+    const text = await response.text();
+    if (response.status !== 200) throw httpError(response.status, text, "the usage request");
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw failed("bad_frame", "the server's answer to GET /v1/usage is not JSON");
+    }
   }
 
   /** Another answer to message `messageId` (1.1): settles with the `accepted` of the new run

@@ -1,0 +1,57 @@
+"""A user's token budget across a cluster's nodes (PROTOCOL.md 1.1): what the user spent in a
+thread one node owns refuses a send to a thread the other owns, through either node's server,
+and ``GET /v1/usage`` reads the same totals on both. Two embedded nodes on the real
+PostgreSQL, each with its server (the echo agent's ``/usage``: 8 tokens a run)."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from tests.cluster.test_decide_cluster import owned_by
+from tests.cluster.test_embedded_node import balanced, config
+from tests.servers import SECRET, http, token
+from threadline import RuntimeConfig
+from threadline.cluster import open_cluster_runtime
+from threadline.server import open_server
+from threadline.transport.client import BudgetExceeded, open_client
+
+ADA = token("ada")
+
+
+async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_node(pg_dsn):
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            nodes, servers = [], []
+            for name in ("a", "b"):
+                node = await stack.enter_async_context(open_cluster_runtime(
+                    config(pg_dsn, name), runtime_config=RuntimeConfig(tokens_per_day=16)))
+                nodes.append(node)
+                servers.append(await stack.enter_async_context(open_server(
+                    node.runtime, port=0, secret=SECRET)))
+            await balanced(nodes)
+            on_a, on_b = owned_by(nodes[0], "ada"), owned_by(nodes[1], "ada")
+            async with open_client(servers[0].url, ADA) as client:
+                for thread in (on_a, on_b):  # one run on each owner, both through node a
+                    await client.join(thread)
+                    accepted = await client.send(thread, "/usage")
+                    while True:
+                        frame = await client.next_event(timeout=20)
+                        if frame["run_id"] == accepted["run_id"] and \
+                                frame["event"] == "agent_completed":
+                            break
+            for server in servers:
+                async with open_client(server.url, ADA) as client:
+                    for thread in (on_a, on_b):
+                        await client.join(thread)
+                        with pytest.raises(BudgetExceeded):
+                            await client.send(thread, "/usage")
+                status, _, body = await http(server, "GET", "/v1/usage", tok=ADA)
+                assert status == 200 and body["day"] == {
+                    "input_tokens": 12, "output_tokens": 4, "budget": 16}
+            # Another user is not held to ada's spending, on either node.
+            async with open_client(servers[1].url, token("bob")) as bob:
+                await bob.join(on_a)
+                assert (await bob.send(on_a, "/usage"))["seq"] == 1
