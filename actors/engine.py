@@ -5,7 +5,10 @@ An agent is an async callable ``agent(run) -> str | None``. It reads ``run.conte
 ``run.text`` and ``await run.history()`` (the thread's earlier turns), reports progress with
 ``await run.think(text)``, calls tools with ``await run.call_tool(name, **args)``, streams its
 answer with ``await run.write(text)`` (``agent_delta`` events, see ``stream.py``), and returns
-the answer, or None to complete with what it wrote.
+the answer, or None to complete with what it wrote. An agent that calls a language model wraps
+each call in ``async with run.model_call(model)`` (the user's token budget is checked first, and
+the call is a span: ``usage.py``, ``tracing.py``) and reports what it used with ``await
+run.report_usage(...)``: stored at once in the user's totals, and summed on the terminal event.
 
 ``Run`` is that API and nothing more: every event it produces is written by the run's
 ``RunWriter`` (``run_writer.py``), which stamps it from the frozen ``RunContext`` the run was
@@ -65,7 +68,7 @@ class Run:
     """What an agent sees of its run; its events are written by its ``RunWriter``."""
 
     __slots__ = ("context", "text", "attachments", "tracing", "_writer", "_tools", "_history",
-                 "_prior", "_budgets", "_call")
+                 "_prior", "_budgets", "_call", "_call_usage")
 
     def __init__(self, writer: RunWriter, tools: ToolRegistry, *,
                  history: History = _no_history,
@@ -84,6 +87,7 @@ class Run:
         self._history = history
         self._budgets = budgets
         self._call: Span | None = None  # the model call under way (``model_call``)
+        self._call_usage = Usage()  # what it reported so far (a call may report in parts)
         transcript = writer.control.transcript
         self._prior = None if transcript is None else prior_calls(transcript)
 
@@ -138,7 +142,7 @@ class Run:
         (``FINISH_REASONS``, ...). Reads the journal when budgets are set."""
         await self._budgets.check(self._writer.journal, self.context.user_id)
         with self.tracing.model_call(model, provider) as span:
-            self._call = span
+            self._call, self._call_usage = span, Usage()
             try:
                 yield span
             finally:
@@ -159,8 +163,9 @@ class Run:
         control.usage = usage if control.usage is None else control.usage + usage
         self._writer.count_tokens(usage)
         if self._call is not None:
-            self._call.set(INPUT_TOKENS, input_tokens)
-            self._call.set(OUTPUT_TOKENS, output_tokens)
+            call = self._call_usage = self._call_usage + usage
+            self._call.set(INPUT_TOKENS, call.input_tokens)
+            self._call.set(OUTPUT_TOKENS, call.output_tokens)
 
     async def write(self, text: str) -> None:
         """Append ``text`` to the answer; clients see it as ``agent_delta`` events. Does not

@@ -40,14 +40,15 @@ async def open_ws(url: str, token: str | None) -> WebSocketConnection:
 
 async def drive(conn: WebSocketConnection, *, threadline: bool, thread_id: str, window: int,
                 deadline: float, stop_at: float, tally: Tally, max_turns: int,
-                interval: float | None = None, phase: float = 0.0) -> None:
+                interval: float | None = None, phase: float = 0.0,
+                text: str = "hello") -> None:
     """Keep ``window`` turns in flight (or send one every ``interval`` s, starting ``phase`` s
     late: open loop) until ``stop_at``; count what arrives after ``deadline`` - the warm-up
     end - into ``tally``. Connections of one open-loop run get phases spread over the interval,
     so that the offered load is steady rather than a burst per interval."""
     if threadline:
         conn.write(json.dumps({"type": "join", "thread_id": thread_id}).encode(), binary=False)
-        message = json.dumps({"type": "send", "thread_id": thread_id, "text": "hello"}).encode()
+        message = json.dumps({"type": "send", "thread_id": thread_id, "text": text}).encode()
     else:
         message = json.dumps({"type": "event", "event": "agent_completed", "data": {}},
                              separators=(",", ":")).encode()

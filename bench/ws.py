@@ -31,7 +31,8 @@ WARMUP = 1.0
 
 
 async def load(url: str, kind: str, connections: int, seconds: float, window: int,
-               server_pid: int, interval: float | None = None) -> dict[str, Any]:
+               server_pid: int, interval: float | None = None,
+               text: str = "hello") -> dict[str, Any]:
     tally = Tally()
     conns = []
     limiter = trio.CapacityLimiter(100)
@@ -52,7 +53,7 @@ async def load(url: str, kind: str, connections: int, seconds: float, window: in
             nursery.start_soon(lambda c=conn, i=i: drive(
                 c, threadline=kind != "bare", thread_id=f"t{i}", window=window,
                 deadline=deadline, stop_at=stop_at, tally=tally, max_turns=10**7,
-                interval=interval, phase=(interval or 0.0) * i / len(conns)))
+                interval=interval, phase=(interval or 0.0) * i / len(conns), text=text))
     wall = time.perf_counter() - wall0
     result = summary(tally, seconds)
     result["loadgen_cpu"] = (cpu_seconds() - cpu0) / wall

@@ -251,8 +251,8 @@ _SHAPES: Final[dict[str, tuple[type, tuple[Any, ...]]]] = {
     "result": (Result, (_INT, decode_value)),
     "failure": (Failure, (_INT, _STR, _STR)),
     "post": (Post, (_STR, _OPT_STR, _STR, lambda p: _parent(p), lambda a: _ids(a),
-                    lambda t: traceparent_of(t))),
-    "regenerate": (Regenerate, (_STR, _OPT_STR, _STR, lambda t: traceparent_of(t))),
+                    lambda t: _traceparent(t))),
+    "regenerate": (Regenerate, (_STR, _OPT_STR, _STR, lambda t: _traceparent(t))),
     "cancel": (Cancel, (_OPT_STR,)),
     "decide": (Decide, (_STR, _STR, _BOOL, _OPT_STR)),
     "info": (Info, ()),
@@ -273,6 +273,13 @@ def _parent(value: Any) -> Parent:
     if type(value) is list and value == _LATEST:
         return LATEST
     raise WireError("a parent is nil, a run id or [\"latest\"]")
+
+
+def _traceparent(value: Any) -> str | None:
+    """nil or a string; a string that is no W3C ``traceparent`` is dropped (as the client's)."""
+    if value is not None and type(value) is not str:
+        raise WireError("a traceparent is nil or a string")
+    return traceparent_of(value)
 
 
 def _ids(value: Any) -> tuple[str, ...]:

@@ -33,6 +33,8 @@ VALUES = [
     "",
     None,
 ]
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"  # a W3C traceparent
+
 MESSAGES = [
     Hello("node-a", os.urandom(16)),
     Challenge("node-b", os.urandom(16), os.urandom(32)),
@@ -47,6 +49,8 @@ MESSAGES = [
                                              tuple(f"att_{i}" for i in range(10)))),
     Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", "c-3", "interrupt")),
     Call(6, KEY.user_id, KEY.thread_id, Regenerate("msg_1", None, "enqueue")),
+    Call(7, KEY.user_id, KEY.thread_id, Post("traced", None, "enqueue", LATEST, (), TP)),
+    Call(7, KEY.user_id, KEY.thread_id, Regenerate("msg_1", None, "enqueue", TP)),
     Call(3, KEY.user_id, KEY.thread_id, Cancel("r-1")),
     Call(4, KEY.user_id, KEY.thread_id, Cancel(None)),
     Call(5, KEY.user_id, KEY.thread_id, Info()),
@@ -93,6 +97,10 @@ def test_a_value_no_request_answers_with_is_refused_when_encoded():
      Post("hi", None, "interrupt", "run_7")),
     (PostMessage("look", "c-3", "enqueue", Reply(), LATEST, ("att_a", "att_b")),
      Post("look", "c-3", "enqueue", LATEST, ("att_a", "att_b"))),
+    (PostMessage("hi", None, "enqueue", Reply(), LATEST, (), TP),
+     Post("hi", None, "enqueue", LATEST, (), TP)),
+    (RegenerateRequest("msg_1", None, "enqueue", Reply(), TP),
+     Regenerate("msg_1", None, "enqueue", TP)),
     (RegenerateRequest("msg_1", "c-2", "reject", Reply()), Regenerate("msg_1", "c-2", "reject")),
     (RegenerateRequest("msg_1", None, "enqueue", Reply()), Regenerate("msg_1", None, "enqueue")),
     (CancelRun("r-2", Reply()), Cancel("r-2")),
@@ -213,10 +221,14 @@ def test_a_frame_of_max_size_is_read_and_one_byte_more_is_refused_at_its_header(
     msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, {"a": 1}]]),
     msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None,
                                          [f"att_{i}" for i in range(11)]]]),  # over 10
-    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [], None]]),
-    msgpack.packb(["call", 1, "u", "t", ["regenerate", 5, None, "enqueue"]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, []]]),  # no trace
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [], None, None]]),
+    msgpack.packb(["call", 1, "u", "t", ["post", "x", None, "enqueue", None, [], 5]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", 5, None, "enqueue", None]]),
     msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None]]),
-    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue", None]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue"]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue", None, None]]),
+    msgpack.packb(["call", 1, "u", "t", ["regenerate", "m", None, "enqueue", ["00-"]]]),
     msgpack.packb(["call", 1, "u", "t", ["regenerate", None, None, "enqueue"]]),
     msgpack.packb(["call", 1, "u", None, ["info"]]),
     msgpack.packb(["result", 1, ["thread_info", ["u"], 1, 1.0, 2.0, None]]),

@@ -266,6 +266,9 @@ async def test_a_waiting_run_of_the_openai_agent_survives_a_restart_and_the_mode
             await agent.aclose()
         assert events[-1].event == "agent_completed"
         assert events[-1].data["text"] == "Sending it.\n\nDone: sent."
+        # The call before the restart counts too: its tokens were kept in the run's node.
+        assert events[-1].data["usage"] == {"input_tokens": 20, "output_tokens": 3,
+                                            "cached_input_tokens": 0, "model": "test-model"}
         assert RAN == [TRANSFER]
         assert names(events).count("tool_executing") == 1
         second = llm.requests[-1].body["messages"]
