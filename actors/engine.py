@@ -160,6 +160,7 @@ class Run:
         periods = Periods.at(self._budgets.clock())
         await self._writer.journal.record_usage(self._writer.key, self.context.run_id,
                                                 periods.day, periods.month, usage)
+        self._budgets.counted(self.context.user_id, periods, usage)
         control.usage = usage if control.usage is None else control.usage + usage
         self._writer.count_tokens(usage)
         if self._call is not None:

@@ -1,6 +1,8 @@
 """A user's token budget across a cluster's nodes (PROTOCOL.md 1.1): what the user spent in a
 thread one node owns refuses a send to a thread the other owns, through either node's server,
-and ``GET /v1/usage`` reads the same totals on both. Two embedded nodes on the real
+within the bound the runtime documents (a node's view of the others' spending is at most a
+second old, and read at every check from 80 % of the budget on), and ``GET /v1/usage`` reads
+the same totals on both. Two embedded nodes on the real
 PostgreSQL, each with its server (the echo agent's ``/usage``: 8 tokens a run)."""
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from tests.cluster.test_decide_cluster import owned_by
 from tests.cluster.test_embedded_node import balanced, config
 from tests.servers import SECRET, http, token
 from threadline import RuntimeConfig
+from threadline.actors.usage import REFRESH
 from threadline.cluster import open_cluster_runtime
 from threadline.server import open_server
 from threadline.transport.client import BudgetExceeded, open_client
@@ -42,6 +45,9 @@ async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_
                         if frame["run_id"] == accepted["run_id"] and \
                                 frame["event"] == "agent_completed":
                             break
+            # Each node's view of another node's spending is at most a second old (below 80 %
+            # of the budget: ``actors/usage.py``); past it, both refuse, whichever owns.
+            await trio.sleep(REFRESH)
             for server in servers:
                 async with open_client(server.url, ADA) as client:
                     for thread in (on_a, on_b):
@@ -55,3 +61,36 @@ async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_
             async with open_client(servers[1].url, token("bob")) as bob:
                 await bob.join(on_a)
                 assert (await bob.send(on_a, "/usage"))["seq"] == 1
+
+
+
+async def test_near_the_budget_a_node_reads_the_store_at_every_check(pg_dsn):
+    """From 80 % of the budget on, a node's checks read the store: what the other node spent
+    a moment ago refuses the next send at once, though this node's own view is fresh."""
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            nodes, servers = [], []
+            for name in ("a", "b"):
+                node = await stack.enter_async_context(open_cluster_runtime(
+                    config(pg_dsn, name), runtime_config=RuntimeConfig(tokens_per_day=20)))
+                nodes.append(node)
+                servers.append(await stack.enter_async_context(open_server(
+                    node.runtime, port=0, secret=SECRET)))
+            await balanced(nodes)
+            on_a, on_b = owned_by(nodes[0], "ada"), owned_by(nodes[1], "ada")
+            async with open_client(servers[0].url, ADA) as client:
+                await client.join(on_a)
+                await client.join(on_b)
+                await _run(client, on_a)
+                await _run(client, on_a)  # a's view: 16 of 20, its own: near the budget
+                await _run(client, on_b)  # b: 24 in the store
+                with pytest.raises(BudgetExceeded):  # a reads the store, not its 16
+                    await client.send(on_a, "/usage")
+
+
+async def _run(client, thread: str) -> None:
+    accepted = await client.send(thread, "/usage")
+    while True:
+        frame = await client.next_event(timeout=20)
+        if frame["run_id"] == accepted["run_id"] and frame["event"] == "agent_completed":
+            return
