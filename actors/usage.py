@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import datetime
 import inspect
+import logging
 import time
 from typing import Any, Awaitable, Callable, Union
 
@@ -45,6 +46,8 @@ import attrs
 import trio
 
 from .errors import ActorError
+
+log = logging.getLogger("threadline.usage")
 
 DAY, MONTH = "day", "month"
 BUDGET_EXCEEDED = "budget_exceeded"  # the error code, and a stopped run's ``agent_failed``
@@ -188,12 +191,24 @@ class Budgets:
         return self.hook is not None or not self.default.unlimited
 
     async def budget(self, user_id: str) -> Budget:
+        """The user's budget: the hook's, else the default. A hook that fails (a bug, its
+        database down) gives the default, with its traceback in the log: it never takes a
+        thread down, and never spares a user the operator's budget."""
         if self.hook is None:
             return self.default
-        found = self.hook(user_id)
-        if inspect.isawaitable(found):
-            found = await found
-        return self.default if found is None else found  # type: ignore[return-value]
+        try:
+            found = self.hook(user_id)
+            if inspect.isawaitable(found):
+                found = await found
+        except Exception:
+            log.exception("the budget hook failed for user %s; the default budget holds",
+                          user_id)
+            return self.default
+        if found is not None and not isinstance(found, Budget):
+            log.error("the budget hook gave %r for user %s, not a Budget; the default "
+                      "budget holds", found, user_id)
+            return self.default
+        return self.default if found is None else found
 
     async def spent(self, journal: Any, user_id: str) -> Spent:
         """The user's totals (two key look-ups in the store) and budget, now."""

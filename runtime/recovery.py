@@ -3,7 +3,8 @@
 A graceful stop ends active runs with ``agent_cancelled`` (reason ``shutdown``). After a crash
 (``kill -9``, power loss) the journal can hold runs with no terminal event; before serving, each
 gets ``agent_failed`` ``{"error": "server restarted"}`` (after an ``agent_started``, if it never
-started), so that every run in the journal has exactly one terminal event.
+started), so that every run in the journal has exactly one terminal event; with the ``usage``
+its agent reported before the crash, kept in its node (PROTOCOL.md 1.1).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ async def close_open_runs(journal: Journal, clock: Callable[[], float] = time.ti
                 events.append(Event(key, seq, AGENT_STARTED, run.run_id, now,
                                     {"message_id": run.message_id}))
             seq += 1
-            events.append(Event(key, seq, AGENT_FAILED, run.run_id, now, dict(RESTARTED)))
+            data = dict(RESTARTED)
+            node = await journal.node(key, run.run_id) if run.started else None
+            if node is not None and node.usage is not None:  # what it reported before
+                data["usage"] = node.usage.wire()
+            events.append(Event(key, seq, AGENT_FAILED, run.run_id, now, data))
         await journal.append(events)
     if runs:
         log.warning("closed %d runs left open by a crash, in %d threads", len(runs), len(by_thread))

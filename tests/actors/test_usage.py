@@ -131,3 +131,19 @@ async def test_a_new_day_reads_again_and_the_month_is_named_when_both_are_spent(
     with pytest.raises(BudgetExceeded):  # a new day, the same month
         await budgets.check(journal, "ada")
     assert journal.reads == 2
+
+
+async def test_a_failing_or_wrong_hook_gives_the_default_budget_and_takes_nothing_down(caplog):
+    journal, now = CountingJournal(), at("2026-12-07T10:00:00")
+
+    async def broken(user_id: str) -> Budget:
+        raise RuntimeError("the plans database is down")
+
+    for hook in (broken, lambda user_id: 5):
+        budgets = Budgets(Budget(tokens_per_day=10), hook=hook, clock=lambda: now)
+        assert await budgets.budget("ada") == Budget(tokens_per_day=10)
+    await spend(journal, budgets, 10, now)
+    with pytest.raises(BudgetExceeded):  # the operator's budget holds for the user
+        await budgets.check(journal, "ada")
+    assert "the budget hook failed for user ada" in caplog.text
+    assert "the budget hook gave 5 for user ada" in caplog.text

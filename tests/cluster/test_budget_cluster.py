@@ -24,17 +24,23 @@ from threadline.transport.client import BudgetExceeded, open_client
 ADA = token("ada")
 
 
+async def two_nodes(stack: AsyncExitStack, dsn: str, tokens_per_day: int):
+    """Nodes a and b, each with its server, the budget ``tokens_per_day``, balanced."""
+    nodes, servers = [], []
+    for name in ("a", "b"):
+        node = await stack.enter_async_context(open_cluster_runtime(
+            config(dsn, name), runtime_config=RuntimeConfig(tokens_per_day=tokens_per_day)))
+        nodes.append(node)
+        servers.append(await stack.enter_async_context(open_server(
+            node.runtime, port=0, secret=SECRET)))
+    await balanced(nodes)
+    return nodes, servers
+
+
 async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_node(pg_dsn):
     with trio.fail_after(120):
         async with AsyncExitStack() as stack:
-            nodes, servers = [], []
-            for name in ("a", "b"):
-                node = await stack.enter_async_context(open_cluster_runtime(
-                    config(pg_dsn, name), runtime_config=RuntimeConfig(tokens_per_day=16)))
-                nodes.append(node)
-                servers.append(await stack.enter_async_context(open_server(
-                    node.runtime, port=0, secret=SECRET)))
-            await balanced(nodes)
+            nodes, servers = await two_nodes(stack, pg_dsn, tokens_per_day=16)
             on_a, on_b = owned_by(nodes[0], "ada"), owned_by(nodes[1], "ada")
             async with open_client(servers[0].url, ADA) as client:
                 for thread in (on_a, on_b):  # one run on each owner, both through node a
@@ -69,14 +75,7 @@ async def test_near_the_budget_a_node_reads_the_store_at_every_check(pg_dsn):
     a moment ago refuses the next send at once, though this node's own view is fresh."""
     with trio.fail_after(120):
         async with AsyncExitStack() as stack:
-            nodes, servers = [], []
-            for name in ("a", "b"):
-                node = await stack.enter_async_context(open_cluster_runtime(
-                    config(pg_dsn, name), runtime_config=RuntimeConfig(tokens_per_day=20)))
-                nodes.append(node)
-                servers.append(await stack.enter_async_context(open_server(
-                    node.runtime, port=0, secret=SECRET)))
-            await balanced(nodes)
+            nodes, servers = await two_nodes(stack, pg_dsn, tokens_per_day=20)
             on_a, on_b = owned_by(nodes[0], "ada"), owned_by(nodes[1], "ada")
             async with open_client(servers[0].url, ADA) as client:
                 await client.join(on_a)

@@ -10,6 +10,7 @@ import trio
 
 from threadline.actors.errors import JournalUnavailable
 from threadline.actors.messages import Event, ThreadKey
+from threadline.actors.usage import Usage
 from threadline import open_runtime
 from threadline.stores import SchemaTooNew, open_journal, schema
 from tests.helpers import (assert_runs_well_formed, scripted_agent, store_refusal, test_tools,
@@ -132,6 +133,22 @@ async def test_runs_left_open_by_a_crash_are_failed_at_start(store_url):
         (4, "agent_failed", "r1"), (5, "agent_started", "r2"), (6, "agent_failed", "r2")]
     assert history[3].data == {"error": "server restarted"}
     assert_runs_well_formed(history)
+
+
+async def test_a_run_closed_at_start_carries_the_usage_it_reported_before_the_crash(store_url):
+    key = ThreadKey("ada", "main")
+    async with open_journal(store_url) as journal:
+        await journal.ensure_thread(key, 1.0)
+        await journal.append([
+            Event(key, 1, "user_message", "r1", 2.0, {"message_id": "m1", "text": "a"}),
+            Event(key, 2, "agent_started", "r1", 2.0, {"message_id": "m1"}),
+        ])
+        await journal.record_usage(key, "r1", "d2026-12-07", "m2026-12", Usage(40, 9, 8, "m"))
+    async with open_journal(store_url) as journal:
+        async with open_runtime(journal=journal):
+            history = await journal.read(key, 0)
+    assert history[-1].data == {"error": "server restarted", "usage": {
+        "input_tokens": 40, "output_tokens": 9, "cached_input_tokens": 8, "model": "m"}}
 
 
 async def test_postgres_going_away_and_coming_back(pg_cluster, pg_dsn):
