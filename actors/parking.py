@@ -126,8 +126,7 @@ async def end_queued(writes: Sequencer, runs: RunQueue | None, reason: str) -> N
     for control in runs.take_pending():
         await writes.append(AGENT_STARTED, control.context.run_id,
                             started_data(control.context))
-        name, data = control.terminal(AGENT_CANCELLED, {"reason": reason})
-    await writes.append(name, control.context.run_id, data)
+        await writes.append(AGENT_CANCELLED, control.context.run_id, {"reason": reason})
 
 
 async def end_all(writes: Sequencer, runs: RunQueue | None, stats: ThreadStats,

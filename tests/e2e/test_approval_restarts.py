@@ -202,7 +202,8 @@ async def test_a_message_queued_behind_a_waiting_run_gets_its_one_end(tmp_path, 
             await client.join(THREAD)
             run_id = (await client.send(THREAD, "/confirm 6*7"))["run_id"]
             call_id = (await until(client, "approval_requested"))[-1]["data"]["call_id"]
-            behind = (await client.send(THREAD, "behind"))["run_id"]
+            behind = [(await client.send(THREAD, text))["run_id"]  # each ends once
+                      for text in ("behind", "behind too")]
             if stop == "sigterm":
                 server.signal(signal.SIGTERM)
                 [e async for e in client.events()]
@@ -230,11 +231,12 @@ async def test_a_message_queued_behind_a_waiting_run_gets_its_one_end(tmp_path, 
         server.kill()
     assert_thread_well_formed(frames)
     assert [f["event"] for f in frames].count("tool_executing") == 1
-    (end,) = [f for f in frames if f["run_id"] == behind and f["event"] in TERMINAL_EVENTS]
+    ends = [(f["run_id"], f["event"], f["data"]) for f in frames
+            if f["run_id"] in behind and f["event"] in TERMINAL_EVENTS]
     if stop == "sigterm":
-        assert (end["event"], end["data"]) == ("agent_cancelled", {"reason": "shutdown"})
+        assert ends == [(r, "agent_cancelled", {"reason": "shutdown"}) for r in behind]
     else:
-        assert (end["event"], end["data"]) == ("agent_failed", {"error": "server restarted"})
+        assert ends == [(r, "agent_failed", {"error": "server restarted"}) for r in behind]
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
