@@ -13,28 +13,18 @@ import pytest
 import trio
 
 from tests.cluster.test_decide_cluster import owned_by
-from tests.cluster.test_embedded_node import balanced, config
-from tests.servers import SECRET, http, token
+from tests.cluster.test_tree_cluster import two_nodes as two_tree_nodes
+from tests.servers import http, token
 from threadline import RuntimeConfig
 from threadline.actors.usage import REFRESH
-from threadline.cluster import open_cluster_runtime
-from threadline.server import open_server
 from threadline.transport.client import BudgetExceeded, open_client
 
 ADA = token("ada")
 
 
 async def two_nodes(stack: AsyncExitStack, dsn: str, tokens_per_day: int):
-    """Nodes a and b, each with its server, the budget ``tokens_per_day``, balanced."""
-    nodes, servers = [], []
-    for name in ("a", "b"):
-        node = await stack.enter_async_context(open_cluster_runtime(
-            config(dsn, name), runtime_config=RuntimeConfig(tokens_per_day=tokens_per_day)))
-        nodes.append(node)
-        servers.append(await stack.enter_async_context(open_server(
-            node.runtime, port=0, secret=SECRET)))
-    await balanced(nodes)
-    return nodes, servers
+    """Nodes a and b, each with its server, a budget of ``tokens_per_day``, balanced."""
+    return await two_tree_nodes(stack, dsn, RuntimeConfig(tokens_per_day=tokens_per_day))
 
 
 async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_node(pg_dsn):

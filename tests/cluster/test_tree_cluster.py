@@ -17,6 +17,7 @@ from tests.cluster.test_embedded_node import balanced, config
 from tests.servers import SECRET, http, token
 from threadline.actors.errors import NotFound
 from threadline.actors.messages import LATEST, PostMessage, Regenerate
+from threadline import RuntimeConfig
 from threadline.cluster import open_cluster_runtime
 from threadline.cluster.router import _repeatable
 from threadline.server import open_server
@@ -48,10 +49,12 @@ async def _until_run_ends(client, run_id: str) -> list[dict[str, Any]]:
     raise AssertionError(f"{run_id} did not end: {seen}")
 
 
-async def two_nodes(stack: AsyncExitStack, dsn: str):
+async def two_nodes(stack: AsyncExitStack, dsn: str, runtime_config: RuntimeConfig | None = None):
+    """Nodes a and b on ``dsn``, each with its server, once they share the shards."""
     nodes, servers = [], []
     for name in ("a", "b"):
-        node = await stack.enter_async_context(open_cluster_runtime(config(dsn, name)))
+        node = await stack.enter_async_context(open_cluster_runtime(
+            config(dsn, name), runtime_config=runtime_config))
         nodes.append(node)
         servers.append(await stack.enter_async_context(open_server(
             node.runtime, port=0, secret=SECRET)))
