@@ -2,7 +2,7 @@
 
 This module is the public face. What it exports is the supported API; everything under
 ``threadline.actors``, ``threadline.transport`` and ``threadline.stores`` is internal and may
-change between releases (the README's "Layout" says what lives where).
+change between releases (docs/how-it-works.md, "Layout", says what lives where).
 
     import threadline, trio
 

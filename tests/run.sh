@@ -27,13 +27,16 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "tests/run.sh: installing ${missing[*]} from Debian packages"
+        # Only these packages and what they depend on: no recommends, nothing already
+        # installed upgraded (--no-upgrade), no `apt-get upgrade`.
+        echo "tests/run.sh: installing ${missing[*]} from Debian packages" \
+             "(apt-get install --no-install-recommends --no-upgrade)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q
-        apt-get install -y -q "${missing[@]}"
+        apt-get install -y -q --no-install-recommends --no-upgrade "${missing[@]}"
     else
-        echo "tests/run.sh: missing ${missing[*]} and I am not root:" \
-             "install those Debian packages, then run me again" >&2
+        echo "tests/run.sh: missing ${missing[*]} and I am not root: install them, e.g." \
+             "sudo apt-get install --no-install-recommends ${missing[*]}, then run me again" >&2
         exit 1
     fi
 fi

@@ -1,4 +1,4 @@
-"""The README's three-node cluster, run as written (the store and the ports swapped for the
+"""docs/cluster.md's three-node cluster, run as written (the store and the ports swapped for the
 test's): every node up, the shards shared out, and a token one node printed taken by another."""
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from tests.cluster.nodes import Node, balanced
 from tests.pg import free_port
 from threadline.transport.client import open_client
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_PAGE = ROOT / "docs" / "cluster.md"
 
 
 def cluster_block() -> list[str]:
-    section = README.read_text().split("## Several processes: a cluster", 1)[1]
+    section = CLUSTER_PAGE.read_text().split("# Several processes: a cluster", 1)[1]
     return section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
 
 
 def readme_node(line: str, store: str, port: int) -> Node:
-    """A node started from one of the README's lines, with the environment it sets."""
+    """A node started from one of the page's lines, with the environment it sets."""
     args = line.removeprefix(".venv/bin/threadline ").removesuffix(" &").split()
     args[args.index("--port") + 1] = str(port)
     return Node(store, argv=args, env={"THREADLINE_STORE": store})
@@ -60,7 +61,7 @@ async def test_the_readme_cluster_runs_as_written(pg_dsn):
 
 
 async def test_the_readme_embedded_node_runs_as_written(pg_dsn):
-    """The README's "Embedding a cluster node" block, as written (its port swapped for a free
+    """The page's "Embedding a cluster node" block, as written (its port swapped for a free
     one): one node alone owns every shard, answers, shows itself in its health, and leaves."""
     import os
     import subprocess
@@ -69,13 +70,13 @@ async def test_the_readme_embedded_node_runs_as_written(pg_dsn):
     from tests.runtime.test_readme import block_after
     from tests.servers import SECRET
 
-    code = block_after("### Embedding a cluster node")
+    code = block_after("## Embedding a cluster node", CLUSTER_PAGE)
     assert "port=8001" in code
     code = code.replace("port=8001", f"port={free_port()}")
     env = {**os.environ, "THREADLINE_STORE": pg_dsn, "THREADLINE_SECRET": SECRET}
     proc = await trio.to_thread.run_sync(lambda: subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env,
-        cwd=README.parent))
+        cwd=ROOT))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines[:4]] == ["1", "2", "3", "4"], lines

@@ -1,4 +1,6 @@
-"""The README's embedding example runs, as written, and prints what the README says."""
+"""The README and the docs/ pages: their examples run as written and print what they say, the
+README's first screen holds the two commands and the tour in 60 lines, and every page it links
+exists."""
 
 import os
 import re
@@ -9,26 +11,27 @@ import trio
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs"
 
 
-def block_after(marker: str) -> str:
-    text = README.read_text()
+def block_after(marker: str, page: Path = README) -> str:
+    text = page.read_text()
     start = text.index(marker)
     match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
     assert match, f"no python block after {marker!r}"
     return match.group(1)
 
 
-def run_block(marker: str) -> list[str]:
-    """Run the README's python block after ``marker``; its output lines."""
-    proc = subprocess.run([sys.executable, "-c", block_after(marker)], capture_output=True,
+def run_block(marker: str, page: Path = README) -> list[str]:
+    """Run the python block after ``marker`` in ``page``; its output lines."""
+    proc = subprocess.run([sys.executable, "-c", block_after(marker, page)], capture_output=True,
                           text=True, timeout=60, cwd=README.parent)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
 
 def test_embedding_example_runs_as_documented():
-    lines = run_block("<!-- example: embedding")
+    lines = run_block("<!-- example: embedding", DOCS / "embedding.md")
     assert [line.split()[1] for line in lines[:6]] == [
         "user_message", "agent_started", "agent_thinking", "tool_executing", "tool_completed",
         "agent_completed"]
@@ -38,8 +41,31 @@ def test_embedding_example_runs_as_documented():
     assert lines[6] == "['main']"
 
 
+def test_the_tour_example_runs_as_documented():
+    lines = run_block("<!-- example: tour")
+    assert [line.split()[:2] for line in lines] == [
+        ["1", "user_message"], ["2", "agent_started"], ["3", "agent_thinking"],
+        ["4", "tool_executing"], ["5", "tool_completed"], ["6", "agent_completed"]]
+    assert lines[-1] == "6 agent_completed {'text': '42'}"
+
+
+def test_the_readmes_first_screen_is_the_commands_and_the_tour_in_60_lines():
+    first = README.read_text().split("\n## Read next", 1)[0].rstrip("\n").splitlines()
+    assert len(first) <= 60, len(first)
+    assert "<!-- example: tour" in "\n".join(first)
+
+
+def test_every_page_the_readme_and_the_docs_link_exists():
+    for page in (README, *DOCS.glob("*.md")):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)|src=\"([^\"]+)\"", page.read_text()):
+            path = next(t for t in target if t)
+            if re.match(r"https?:|mailto:", path):
+                continue
+            assert (page.parent / path).exists(), f"{page.name} links {path}, which is not there"
+
+
 def test_serving_example_runs_as_documented():
-    lines = run_block("<!-- example: serving")
+    lines = run_block("<!-- example: serving", DOCS / "clients.md")
     assert re.fullmatch(r"listening on ws://127\.0\.0\.1:\d+/v1/ws", lines[0])
     assert lines[1] == "42"
 
@@ -52,7 +78,8 @@ async def test_language_model_example_runs_as_documented():
                    Answer(pieces=("Clear", " and 21 C in Oslo.")))
         env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test"}
         proc = await trio.run_process(
-            [sys.executable, "-c", block_after("<!-- example: language model")],
+            [sys.executable, "-c", block_after("<!-- example: language model",
+                                               DOCS / "language-models.md")],
             capture_stdout=True, capture_stderr=True, check=False, env=env, cwd=README.parent)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().splitlines() == [
