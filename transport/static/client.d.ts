@@ -1,22 +1,26 @@
-// Types of threadline's JavaScript client (/v1/client.js), protocol v1 over JSON.
+// Types of threadline's JavaScript client (/v1/client.js; the npm package threadline-client),
+// protocol v1 over JSON.
 // Kept in step with client.js: tests/node/test_client.py checks that every name this file
 // declares as exported is exported by client.js, and the reverse.
 
 export declare const SUBPROTOCOL: "threadline.v1.json";
 export declare const TERMINAL_EVENTS: readonly ["agent_completed", "agent_failed", "agent_cancelled"];
 
-/** closed is for good: close(), an unauthorized or expired token, or a close code that
- * reconnecting would only repeat (1000, 1007, 1008, 1009). */
+/** closed is for good: close(), an unauthorized or expired static `token` (with `getToken` the
+ * client asks for a new one instead), or a close code that reconnecting would only repeat
+ * (1000, 1007, 1008, 1009). */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
 export interface StateDetail {
-  /** reconnecting: failed attempts since the last open, and the wait before the next (ms) */
+  /** reconnecting: failed attempts since the last open, and the wait before the next (ms); 0
+   * after a 4001 or a token refresh with `getToken` (reconnected at once) */
   attempt?: number;
   delay?: number;
-  /** reconnecting: the close code and reason of the connection that ended */
+  /** reconnecting: the close code and reason of the connection that ended (the client's own
+   * close after a token refresh: 1000, "token refreshed") */
   code?: number;
   reason?: string;
-  /** closed: why */
+  /** closed: why; reconnecting: the getToken failure ("token_failed") that delays the next try */
   error?: ThreadlineError;
 }
 
@@ -51,8 +55,15 @@ export type ErrorCode =
   | "disconnected"
   /** no answer within `timeout` ms */
   | "timeout"
-  /** the server closed the connection with 4001 */
+  /** the server closed the connection with 4001 (a static `token`; with `getToken` the client
+   * reconnects with a new token) */
   | "token_expired"
+  /** `getToken` threw, rejected, answered no non-empty string, or no answer within `timeout`
+   * ms: the message says which (the thrown error is `cause`); retried after the backoff */
+  | "token_failed"
+  /** connect() in a runtime with no WebSocket (Node < 22 without --experimental-websocket) and
+   * none given as the `WebSocket` option */
+  | "no_websocket"
   /** the server closed with 1000, 1007, 1008 or 1009 */
   | "connection_closed"
   /** the client was closed */
@@ -378,13 +389,33 @@ export interface RegenerateOptions {
   strategy?: "enqueue" | "interrupt" | "reject";
 }
 
-export interface ConnectOptions {
-  /** the server's token (sent as ?token=) */
-  token: string;
+/** What the client needs of a WebSocket (the browser's, Node >= 22's, the ws package's): it
+ * also sets `onopen`, `onmessage` (reading `event.data`, a string), `onclose` (reading
+ * `event.code` and `event.reason`) and `onerror`. */
+export interface WebSocketLike {
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket class: `new WebSocket(url, [subprotocol])`. */
+export type WebSocketClass = new (url: string, protocols: string[]) => WebSocketLike;
+
+/** Gives a token (a JWT the server accepts), or a promise of one. */
+export type TokenSource = () => string | Promise<string>;
+
+export interface CommonConnectOptions {
   /** ws://HOST:PORT/v1/ws; default: the page's own host */
   url?: string;
-  /** the WebSocket class; default globalThis.WebSocket (Node 20: run with --experimental-websocket) */
-  WebSocket?: typeof WebSocket;
+  /** the WebSocket class; default globalThis.WebSocket. Node has one from version 22 (20.10 to
+   * 21: with --experimental-websocket); elsewhere pass one, e.g. `import { WebSocket } from
+   * "ws"`. None at all: connect() throws a ThreadlineError "no_websocket" */
+  WebSocket?: WebSocketClass;
+  /** with getToken: how long before the token's `exp` (the JWT's payload, read unverified) a new
+   * token is asked for, ms (default 30000; not sooner than 1 s from then, or half the remaining
+   * life when that is shorter); then the client reconnects with it at a quiet moment (at once,
+   * or after a pending cancel or decide is answered). null: never ahead of time (only on 4001,
+   * a refused handshake and reconnects) */
+  refreshBefore?: number | null;
   /** reconnect backoff, ms: min * 2^attempt, capped at max, with jitter (half to all of it) */
   minDelay?: number;
   maxDelay?: number;
@@ -392,9 +423,30 @@ export interface ConnectOptions {
   timeout?: number;
   onstate?: (state: ConnectionState, detail: StateDetail) => void;
   /** errors that belong to no request: an unauthorized token (checked with /v1/auth/check when a
-   * handshake fails), a close for good, an error frame without a ref, a failed rejoin */
+   * handshake fails), a close for good, an error frame without a ref, a failed rejoin, a failed
+   * getToken ("token_failed") */
   onerror?: (error: ThreadlineError) => void;
 }
+
+/** A static `token`, or `getToken` (or both: `token` is the first, getToken gives the next). */
+export type ConnectOptions = CommonConnectOptions & (
+  | {
+      /** the server's token (sent as ?token=, and as Authorization: Bearer over HTTP). Alone,
+       * it is used for every connection: once the server stops accepting it (4001, 401) the
+       * client ends. With getToken: the first token (getToken gives the next ones) */
+      token: string;
+      getToken?: TokenSource;
+    }
+  | {
+      token?: string;
+      /** asked for a token before the client connects (unless `token` is given), before every
+       * reconnect, at once on a 4001 (then the client reconnects with it without waiting for
+       * the backoff), and `refreshBefore` ms before the token's `exp`. One call at a time. A
+       * failure is reported to onerror ("token_failed") and asked again after the backoff; a
+       * token the server refuses is reported ("unauthorized") and a new one asked: with
+       * getToken the client only ends when closed. HTTP calls use the latest token */
+      getToken: TokenSource;
+    });
 
 export declare class Client {
   readonly url: string;

@@ -1,8 +1,12 @@
 // threadline's JavaScript client: one dependency-free ES module (no build step), served by the
-// server at /v1/client.js; its types are in client.d.ts beside it (/v1/client.d.ts).
+// server at /v1/client.js; its types are in client.d.ts beside it (/v1/client.d.ts). The same
+// folder is the npm package `threadline-client` (package.json, README.md): in Node,
+// `import { connect } from "threadline-client"` (Node >= 22, or a WebSocket given: see below).
 //
 //   import { connect } from "/v1/client.js";
 //   const client = connect({ token, onstate: (state) => ..., onerror: (err) => ... });
+//   // or tokens that expire, fetched from the app's backend (see "Tokens" below):
+//   const client = connect({ getToken: () => fetch("/my/token").then((r) => r.text()) });
 //   await client.join("main", { since: 0, onevent: (frame, run) => show(run.text) });
 //   await client.send("main", "/stream 50");
 //   // a tool call waiting for approval (PROTOCOL.md 1.1): run.approvals, thread.pendingApprovals
@@ -24,9 +28,9 @@
 //   with the frame that answers it; an `error` answer rejects with a ThreadlineError carrying
 //   the protocol's `code`. A request made while no connection is open waits for one.
 // - The connection is opened again after any loss except a close that would only repeat
-//   (1000, 1007, 1008, 1009; 4001: token expired), with exponential backoff and jitter,
-//   bounded by `maxDelay`. Every joined thread is joined again with `since` = the last seq seen,
-//   and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
+//   (1000, 1007, 1008, 1009; 4001, token expired, with a static `token`), with exponential
+//   backoff and jitter, bounded by `maxDelay`. Every joined thread is joined again with
+//   `since` = the last seq seen, and an event whose seq is not above that is dropped: no gap, no duplicate. Requests written
 //   before a loss are written again (send and regenerate are idempotent by their client_msg_id,
 //   which the client makes up when not given) except `cancel` and `decide`, which reject with code "disconnected":
 //   either may have been handled, and a second `decide` would be `unknown_call` (PROTOCOL.md,
@@ -51,7 +55,32 @@
 //   stays joined.
 // - A connection that fails before it opens is checked with GET /v1/auth/check (browsers hide
 //   the handshake's HTTP status): a 401 ends the client with code "unauthorized" and the
-//   server's message; anything else is retried.
+//   server's message (with `getToken`: reported to onerror and retried, see below); anything
+//   else is retried.
+// - Tokens. A static `token` is used for every connection and HTTP call; once the server stops
+//   accepting it (4001, or a handshake refused) the client ends. With `getToken` (a function
+//   answering a token, or a promise of one) the client asks it for a token before it connects
+//   (unless `token` gave the first), before every reconnect, and at once when the server closes
+//   with 4001 (the token expired): then it reconnects with the new token at once, not after the
+//   backoff, and joins with `since` as after any loss. It also refreshes ahead of time: it reads
+//   the JWT's `exp` (the payload's base64url, not verified) and asks for a new token
+//   `refreshBefore` ms (30 s) before it, not sooner than 1 s from now (or half the remaining life
+//   when that is shorter; none for a token already past its `exp` by this clock, or without one;
+//   getToken answering the same token again, e.g. from a cache: after half of what is left).
+//   The protocol cannot give an open connection a new token, so the client reconnects with it at
+//   a quiet moment: at once, unless a request that is not written again (cancel, decide) waits
+//   for its answer; then right after that answer. The reconnect reports "reconnecting" with
+//   reason "token refreshed" and loses nothing (join with since). One call of getToken at a
+//   time: a refresh and a reconnect share it. HTTP calls (upload, download, usage) carry the
+//   current token. A getToken that throws, rejects, answers no string or takes over `timeout`
+//   ms is reported to onerror as a ThreadlineError "token_failed" whose message says so, and
+//   retried with the backoff (a failed refresh too, while the current token is unexpired); a
+//   token the server refuses is reported ("unauthorized", the server's reason) and a new one
+//   asked after the backoff. With getToken the client never ends by itself over a token:
+//   close() it.
+// - No WebSocket: Node has a global WebSocket from version 22 (20.10 to 21: only with
+//   --experimental-websocket). Without one, and none given as the `WebSocket` option (e.g. the
+//   `ws` package's), connect() throws a ThreadlineError "no_websocket" that says so.
 // - A run's answer is laid from `agent_delta` pieces: a piece is applied only when its
 //   `offset` (in code points) equals the code points held, so a replay never duplicates text;
 //   `agent_completed.text` is the final answer.
@@ -96,6 +125,7 @@ export const SUBPROTOCOL = "threadline.v1.json";
 export const TERMINAL_EVENTS = Object.freeze(["agent_completed", "agent_failed", "agent_cancelled"]);
 const NO_RECONNECT = new Set([1000, 1007, 1008, 1009, 4001]);
 const CLOSE_TOKEN_EXPIRED = 4001;
+const MAX_TIMER_MS = 2 ** 31 - 1;  // setTimeout's longest wait (a longer one fires at once)
 
 // state -> the states it may go to
 const TRANSITIONS = Object.freeze({
@@ -486,6 +516,38 @@ function blobName(file) {
   return typeof file?.name === "string" && file.name !== "" ? file.name : "file";
 }
 
+/** The `exp` claim of JWT `token` (seconds since the epoch), read without verifying it (the
+ * server does); null when it has none or is no JWT. */
+function tokenExpiry(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(payload + "=".repeat((4 - (payload.length % 4)) % 4));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+    return typeof claims?.exp === "number" && Number.isFinite(claims.exp) ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/** What a getToken answered, in a message. */
+function described(value) {
+  if (value === "") return "an empty string";
+  if (value === null || value === undefined) return String(value);
+  return typeof value === "object" ? `an object (${Object.prototype.toString.call(value)})` : `a ${typeof value}`;
+}
+
+/** The error of a runtime with no WebSocket (Node 20 without --experimental-websocket). */
+function noWebSocket() {
+  const node = globalThis.process?.versions?.node;
+  const here = node === undefined ? "this JavaScript runtime has no global WebSocket"
+    : `Node ${node} has no global WebSocket (Node has one from version 22; 20.10 to 21 only `
+      + "with --experimental-websocket)";
+  const todo = node === undefined ? "pass" : "use Node >= 22, start node with --experimental-websocket, or pass";
+  return new ThreadlineError("no_websocket", `threadline-client: ${here}. To connect, ${todo} a WebSocket `
+    + "implementation as the `WebSocket` option, e.g. the ws package's: "
+    + "import { WebSocket } from \"ws\"; connect({ WebSocket, url, token })");
+}
+
 function defaultUrl() {
   if (typeof location === "undefined") throw new TypeError("connect: give a url (ws://host:port/v1/ws)");
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
@@ -510,12 +572,25 @@ export async function checkToken(url, token) {
 }
 
 export class Client {
-  constructor({ url = defaultUrl(), token, WebSocket: Socket = globalThis.WebSocket, minDelay = 250,
-                maxDelay = 10000, timeout = 30000, onstate = () => {}, onerror = (e) => console.error(e) }) {
-    if (typeof token !== "string" || token === "") throw new TypeError("connect: token is required");
-    if (typeof Socket !== "function") throw new TypeError("connect: no WebSocket here; pass one as `WebSocket`");
+  constructor({ url = defaultUrl(), token, getToken, WebSocket: Socket = globalThis.WebSocket,
+                minDelay = 250, maxDelay = 10000, timeout = 30000, refreshBefore = 30000,
+                onstate = () => {}, onerror = (e) => console.error(e) } = {}) {
+    if (getToken !== undefined && typeof getToken !== "function") {
+      throw new TypeError("connect: getToken must be a function answering a token (or a promise of one)");
+    }
+    if (getToken === undefined ? typeof token !== "string" || token === ""
+      : token !== undefined && (typeof token !== "string" || token === "")) {
+      throw new TypeError("connect: give a token (a non-empty string) or getToken");
+    }
+    if (Socket === undefined || Socket === null) throw noWebSocket();
+    if (typeof Socket !== "function") throw new TypeError("connect: WebSocket must be a WebSocket class");
+    if (refreshBefore !== null && !(Number.isFinite(refreshBefore) && refreshBefore >= 0)) {
+      throw new TypeError("connect: refreshBefore must be a number of ms (>= 0), or null");
+    }
     this.url = url;
-    this._token = token;
+    this._token = token ?? null;  // the current token: of the next connection, and of HTTP calls
+    this._getToken = getToken ?? null;
+    this._refreshBefore = refreshBefore;
     this._Socket = Socket;
     this._delays = { min: minDelay, max: maxDelay };
     this.timeout = timeout;
@@ -527,8 +602,17 @@ export class Client {
     this._pending = new Map(); // ref -> {make, resolve, reject, timer, repeat, written, join, settled}
     this._refs = 0;
     this._ws = null;
+    this._wsToken = null;      // the token the connection (this._ws) was opened with
     this._retryTimer = null;
-    this._open();
+    this._tokenTask = null;    // the call of getToken under way (one at a time)
+    this._refreshTimer = null;
+    this._refreshFailures = 0;
+    if (this._token === null) {
+      this._connect();
+    } else {
+      this._scheduleRefresh();
+      this._open();
+    }
   }
 
   thread(threadId) { return this._threads.get(threadId); }
@@ -589,7 +673,12 @@ export class Client {
         console.error(error);  // the app's callback failed: the upload goes on
       }
     };
-    const headers = { Authorization: `Bearer ${this._token}`, "Content-Type": type };
+    return this._authorized().then((token) => this._upload(file, target, type, token, progress, signal));
+  }
+
+  _upload(file, target, type, token, progress, signal) {
+    if (signal?.aborted) return Promise.reject(aborted("the upload"));
+    const headers = { Authorization: `Bearer ${token}`, "Content-Type": type };
     const done = (status, text) => {
       if (status !== 201 && status !== 200) throw httpError(status, text, "the upload");
       let record;
@@ -639,10 +728,11 @@ export class Client {
    * ThreadlineError "not_found" for one that is gone or not this user's. */
   async download(attachmentId, { signal } = {}) {
     if (this.state === "closed") throw new ThreadlineError("closed", "the client is closed");
+    const token = await this._authorized();
     let response;
     try {
       response = await fetch(this.attachmentUrl(attachmentId), {
-        headers: { Authorization: `Bearer ${this._token}` }, signal, cache: "no-store" });
+        headers: { Authorization: `Bearer ${token}` }, signal, cache: "no-store" });
     } catch (error) {
       throw signal?.aborted ? aborted("the download")
         : failed("download_failed", `the download failed: ${error?.cause?.message ?? error?.message ?? error}`);
@@ -661,10 +751,11 @@ export class Client {
    * and message, and `status`; "request_failed" (status 0) when no answer came. */
   async usage({ signal } = {}) {
     if (this.state === "closed") throw new ThreadlineError("closed", "the client is closed");
+    const token = await this._authorized();
     let response;
     try {
       response = await fetch(httpUrl(this.url, "/v1/usage"), {
-        headers: { Authorization: `Bearer ${this._token}` }, signal, cache: "no-store" });
+        headers: { Authorization: `Bearer ${token}` }, signal, cache: "no-store" });
     } catch (error) {
       throw signal?.aborted ? aborted("the usage request")
         : failed("request_failed", `the usage request failed: ${error?.cause?.message ?? error?.message ?? error}`);
@@ -782,12 +873,120 @@ export class Client {
     const pending = this._pending.get(ref);
     this._pending.delete(ref);
     clearTimeout(pending.timer);
+    // a cancel or decide answered: the quiet moment a refreshed token may have waited for
+    if (!pending.repeat && pending.written) queueMicrotask(() => this._maybeSwap());
     try {
       pending.settled(frame);  // an app callback it makes may throw: the request settles anyway
     } finally {
       if (frame.type === "error") pending.reject(new ThreadlineError(frame.code, frame.message, frame));
       else pending.resolve(frame);
     }
+  }
+
+  // -- tokens --------------------------------------------------------------------------------
+
+  /** The token for an HTTP call: the current one; with getToken, a new one when there is none
+   * yet or the current one is past its `exp`. */
+  async _authorized() {
+    if (this._getToken !== null) {
+      const exp = this._token === null ? null : tokenExpiry(this._token);
+      if (this._token === null || (exp !== null && exp * 1000 <= Date.now())) return this._fetchToken();
+    }
+    return this._token;
+  }
+
+  /** A token from getToken (it becomes the current token); one call at a time, shared. Rejects
+   * with a ThreadlineError "token_failed" saying what went wrong. */
+  _fetchToken() {
+    this._tokenTask ??= this._callGetToken().finally(() => { this._tokenTask = null; });
+    return this._tokenTask;
+  }
+
+  async _callGetToken() {
+    let timer;
+    let token;
+    try {
+      token = await Promise.race([
+        (async (getToken) => getToken())(this._getToken),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no token in ${this.timeout} ms`)), this.timeout);
+        }),
+      ]);
+    } catch (error) {
+      const failure = new ThreadlineError("token_failed", `getToken failed: ${error?.message ?? error}`);
+      failure.cause = error;
+      throw failure;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (typeof token !== "string" || token === "") {
+      throw new ThreadlineError("token_failed", `getToken answered ${described(token)}, not a token (a non-empty string)`);
+    }
+    if (this.state !== "closed") {
+      const same = token === this._token;
+      this._token = token;
+      this._scheduleRefresh(same);
+      queueMicrotask(() => this._maybeSwap());
+    }
+    return token;
+  }
+
+  /** With getToken: ask for a new token `refreshBefore` ms before the current one's `exp` (see
+   * the header). `same`: getToken answered the token it had (an app's cache): ask again when
+   * half of what is left has passed (at least 1 s later), a few times at most. */
+  _scheduleRefresh(same = false) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (this._getToken === null || this._refreshBefore === null || this.state === "closed") return;
+    const exp = tokenExpiry(this._token);
+    if (exp === null) return;
+    const left = exp * 1000 - Date.now();
+    if (left <= 0) return;  // past its exp here: the server tells (4001, or a refused handshake)
+    const wait = same ? Math.max(left / 2, Math.min(left, 1000))
+      : Math.max(left - this._refreshBefore, Math.min(left / 2, 1000));
+    this._refreshAt(Date.now() + wait, () => this._refresh());
+  }
+
+  /** Call `then` at `due` (ms since the epoch), however far (setTimeout's limit is ~24.8 days). */
+  _refreshAt(due, then) {
+    this._refreshTimer = setTimeout(() => {
+      if (Date.now() < due) this._refreshAt(due, then);
+      else {
+        this._refreshTimer = null;
+        then();
+      }
+    }, Math.min(Math.max(due - Date.now(), 0), MAX_TIMER_MS));
+  }
+
+  async _refresh() {
+    const before = this._token;
+    try {
+      await this._fetchToken();
+      this._refreshFailures = 0;
+    } catch (error) {
+      if (this.state === "closed" || this._token !== before) return;  // a reconnect got one since
+      this.onerror(error);
+      if (this.state === "closed") return;
+      const exp = tokenExpiry(this._token);
+      if (exp === null || exp * 1000 <= Date.now()) return;  // a reconnect will ask again
+      const ceiling = Math.min(this._delays.max, this._delays.min * 2 ** this._refreshFailures++);
+      this._refreshAt(Date.now() + ceiling / 2 + Math.random() * ceiling / 2, () => this._refresh());
+    }
+  }
+
+  /** Open the connection again with the current token, if it is not the one the connection
+   * was opened with and no request that is not written again (cancel, decide) waits for its
+   * answer: then a new token does not wait for the server's 4001, which could come while one
+   * does. */
+  _maybeSwap() {
+    if (this.state !== "open" || this._ws === null || this._wsToken === this._token) return;
+    for (const pending of this._pending.values()) if (pending.written && !pending.repeat) return;
+    const ws = this._ws;
+    this._ws = null;  // its events and close are no longer this client's
+    try {
+      ws.close(1000, "token refreshed");
+    } catch { /* closing already */ }
+    this._onclose({ code: 1000, reason: "token refreshed" }, true, { swap: true });
   }
 
   // -- the connection ----------------------------------------------------------------------
@@ -798,13 +997,37 @@ export class Client {
     this.onstate(next, detail);
   }
 
+  /** Connect: with getToken, ask it for a token first (unless `fresh`: just asked). */
+  async _connect({ fresh = false } = {}) {
+    if (this.state === "closed") return;  // closed from onstate
+    if (this._getToken !== null && !fresh) {
+      try {
+        await this._fetchToken();
+      } catch (error) {
+        if (this.state === "closed") return;
+        this.onerror(error);
+        if (this.state !== "closed") this._retry({ error });  // unless closed from onerror
+        return;
+      }
+    }
+    if (this.state !== "closed") this._open();
+  }
+
+  /** Connect again after the backoff; `detail` for onstate ("reconnecting"). */
+  _retry(detail) {
+    const delay = this._nextDelay();
+    this._setState("reconnecting", { attempt: this.attempt, delay, ...detail });
+    this._retryTimer = setTimeout(() => { this._retryTimer = null; this._connect(); }, delay);
+  }
+
   _open() {
     const url = new URL(this.url);
     url.searchParams.set("token", this._token);
     const ws = this._ws = new this._Socket(url.href, [SUBPROTOCOL]);
+    this._wsToken = this._token;
     let opened = false;
-    ws.onopen = () => { opened = true; this._onopen(); };
-    ws.onmessage = (message) => this._onmessage(message.data);
+    ws.onopen = () => { if (ws === this._ws) { opened = true; this._onopen(); } };
+    ws.onmessage = (message) => { if (ws === this._ws) this._onmessage(message.data); };
     ws.onclose = (event) => { if (ws === this._ws) this._onclose(event, opened); };
     // A refused handshake fires error, then close (1006) in browsers; Node 20's WebSocket fires
     // only the error: that ends the attempt too.
@@ -822,6 +1045,7 @@ export class Client {
     for (const ref of refs) if (this._pending.get(ref)?.join) this._write(ref);
     for (const ref of refs) if (this._pending.has(ref) && !this._pending.get(ref).written) this._write(ref);
     this._setState("open");  // last: what the app asks from onstate goes after the above
+    if (this._wsToken !== this._token) queueMicrotask(() => this._maybeSwap());  // refreshed meanwhile
   }
 
   _onmessage(data) {
@@ -847,29 +1071,43 @@ export class Client {
     }
   }
 
-  async _onclose(event, opened) {
+  /** The connection ended (`opened`: after its handshake); `swap`: closed by the client to
+   * open one with a refreshed token. */
+  async _onclose(event, opened, { swap = false } = {}) {
     this._ws = null;
     for (const [ref, pending] of this._pending) {
       if (!pending.written) continue;
       if (pending.repeat) pending.written = false;
       else this._settle(ref, { type: "error", code: "disconnected", message: "the connection was lost before the answer" });
     }
+    const used = this._wsToken;  // the token of the connection that ended
+    const expired = event.code === CLOSE_TOKEN_EXPIRED;
+    if (this._getToken !== null && (swap || expired)) {
+      // at once, not after the backoff: with the token just refreshed, or a new one (4001)
+      this._setState("reconnecting", { attempt: this.attempt, delay: 0, code: event.code, reason: event.reason });
+      this._connect({ fresh: swap || this._token !== used });
+      return;
+    }
     if (NO_RECONNECT.has(event.code)) {
-      const code = event.code === CLOSE_TOKEN_EXPIRED ? "token_expired" : "connection_closed";
+      const code = expired ? "token_expired" : "connection_closed";
       this._end(new ThreadlineError(code, `closed by the server (${event.code}): ${event.reason}`), true);
       return;
     }
     const delay = this._nextDelay();
     this._setState("reconnecting", { attempt: this.attempt, delay, code: event.code, reason: event.reason });
     if (!opened) {  // refused in the handshake: the browser cannot tell why, the server can
-      const refused = await checkToken(this.url, this._token);
+      const refused = await checkToken(this.url, used);
       if (this.state === "closed") return;
       if (refused !== null) {
-        this._end(refused, true);
-        return;
+        if (this._getToken === null) {
+          this._end(refused, true);
+          return;
+        }
+        this.onerror(refused);  // a new token is asked for after the backoff
+        if (this.state === "closed") return;
       }
     }
-    this._retryTimer = setTimeout(() => { this._retryTimer = null; this._open(); }, delay);
+    this._retryTimer = setTimeout(() => { this._retryTimer = null; this._connect(); }, delay);
   }
 
   _nextDelay() {
@@ -881,6 +1119,7 @@ export class Client {
   _end(error, report) {
     if (this.state === "closed") return;
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     const ws = this._ws;
     this._ws = null;
     ws?.close(1000);
