@@ -151,6 +151,8 @@ def prior_calls(events: Sequence[Event]) -> list[PriorCall]:
     for event in events:
         data = event.data
         call_id = data.get("call_id")
+        if not isinstance(call_id, str):
+            continue  # every event of a call names it: an event without one is not a call's
         if event.event in (APPROVAL_REQUESTED, TOOL_EXECUTING) and call_id not in calls:
             calls[call_id] = PriorCall(call_id, str(data.get("tool")), data.get("args") or {},
                                        data.get("expires_at"))

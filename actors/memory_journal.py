@@ -56,8 +56,9 @@ class _MemoryThread:
             self.nodes[run_id] = node
             self.answers.setdefault(node.message_id, []).append(run_id)
         elif transition is not None and run_id in self.nodes:
-            field = "started_seq" if transition == "start" else "ended_seq"
-            self.nodes[run_id] = attrs.evolve(self.nodes[run_id], **{field: ev.seq})
+            node = self.nodes[run_id]
+            self.nodes[run_id] = attrs.evolve(node, started_seq=ev.seq) if transition == "start" \
+                else attrs.evolve(node, ended_seq=ev.seq)
 
     def placed(self, node: Node) -> Placed:
         messages = self.children[node.parent]

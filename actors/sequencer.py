@@ -112,6 +112,7 @@ class Sequencer:
                 return await reply.wait()
         finally:
             waiting.discard(reply)
+        raise AssertionError("unreachable: a shielded scope is never cancelled")
 
     def _watch(self, answers: int | None = None,
                waited: frozenset[Reply[Event]] = frozenset()) -> None:

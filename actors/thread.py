@@ -144,9 +144,10 @@ class ThreadActor:
                 if (deadline := parking.deadline(self._runs, self.env.clock)) < math.inf:
                     with trio.move_on_at(deadline):
                         msg = await receive()
-                    if msg is None:  # the parked run's wait expired
-                        await parking.expire_due(self._writes, self.env.journal, self._runs,
-                                                 self.env.stats)
+                    if msg is None:  # the parked run's wait expired (a deadline: runs exist)
+                        if self._runs is not None:
+                            await parking.expire_due(self._writes, self.env.journal,
+                                                     self._runs, self.env.stats)
                         continue
                 else:
                     msg = await receive()

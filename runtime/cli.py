@@ -239,7 +239,9 @@ def problem_of(exc: BaseException) -> list[str] | None:
     operator can fix; None if any is not (a bug, whose traceback is wanted)."""
     if isinstance(exc, BaseExceptionGroup):
         lines = [problem_of(sub) for sub in exc.exceptions]
-        return None if None in lines else list(dict.fromkeys(x for ls in lines for x in ls))
+        if any(ls is None for ls in lines):
+            return None
+        return list(dict.fromkeys(x for ls in lines if ls is not None for x in ls))
     if isinstance(exc, (Refusal, StoreError, KeyFileError)):
         return [str(exc)]
     line = _listen_problem(exc) if isinstance(exc, OSError) else None

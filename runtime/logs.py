@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import sys
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("text", "json")
@@ -42,7 +42,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 _B64 = r"[A-Za-z0-9_\-]"
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     # A JWT's header is a JSON object, so its base64url starts with "ey" or "ew".
     (re.compile(rf"\be[yw]{_B64}+(?:\.|%2[eE]){_B64}+(?:\.|%2[eE]){_B64}*"), MASK),
     # A query parameter whose name is percent-encoded (``%74oken=``): its value, whatever it is.

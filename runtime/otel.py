@@ -125,7 +125,8 @@ class _Span:
     __slots__ = ("span", "_current", "_token", "_errored")
 
     def __init__(self, span: trace.Span, current: bool) -> None:
-        self.span, self._current, self._token, self._errored = span, current, None, False
+        self.span, self._current, self._errored = span, current, False
+        self._token: object | None = None
 
     def __enter__(self) -> _Span:
         if self._current:

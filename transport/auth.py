@@ -149,7 +149,9 @@ def load_jwks(path: str) -> list[tuple[str | None, str, Any]]:
         if not isinstance(jwk, dict) or "d" in jwk:
             raise KeyFileError(f'{where}: give public JWKs only (no private "d")')
         kty = jwk.get("kty")
-        loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm}.get(kty if isinstance(kty, str) else "")
+        loaders: dict[str, type[RSAAlgorithm] | type[ECAlgorithm]] = {
+            "RSA": RSAAlgorithm, "EC": ECAlgorithm}
+        loader = loaders.get(kty if isinstance(kty, str) else "")
         if loader is None:
             raise KeyFileError(f"{where}: kty must be RSA or EC")
         try:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import trio
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from .client_errors import ConnectionClosed, HandshakeRejected
@@ -49,7 +50,8 @@ async def handshake(stream: trio.abc.Stream, url: str, token: str | None,
                     max_size: int | None = None) -> WebSocketConnection:
     """The opening handshake over any trio stream (a socket, or an in-memory stream in the
     tests). Raises ``HandshakeRejected``; the stream is closed if it fails."""
-    protocol = ClientProtocol(parse_uri(url), subprotocols=[subprotocol], max_size=max_size)
+    protocol = ClientProtocol(parse_uri(url), subprotocols=[Subprotocol(subprotocol)],
+                              max_size=max_size)
     conn = WebSocketConnection(stream, protocol)
     try:
         request = protocol.connect()

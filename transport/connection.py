@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import itertools
 
+from typing import Sequence, Union, cast
+
 import trio
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 
 from .messages import CLOSE_INVALID_DATA
 
 RECEIVE_SIZE = 64 * 1024
+
+
+#: What the protocol parses from a stream: the handshake's ``Request`` or ``Response``, then
+#: frames.
+Event = Union[Request, Response, Frame]
+
+
+def _bytes(frame: Frame) -> bytes:
+    """A parsed frame's payload: websockets reads it into ``bytes`` (its type says
+    ``bytes | bytearray | memoryview`` for frames built to be sent)."""
+    return cast(bytes, frame.data)
 
 
 class WebSocketConnection:
@@ -30,7 +44,7 @@ class WebSocketConnection:
         self._pong: trio.Event | None = None
         self.message_bytes = 0  # payload size of the last message ``assemble`` completed
         self._ping_data = b""
-        self._held: list[object] = []  # events parsed before anyone asked (``hold``)
+        self._held: list[Event] = []  # events parsed before anyone asked (``hold``)
 
     async def flush(self) -> None:
         """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
@@ -51,12 +65,12 @@ class WebSocketConnection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
 
-    def hold(self, events: list[object]) -> None:
+    def hold(self, events: Sequence[Event]) -> None:
         """Events already parsed (frames a client sent in the same packet as its handshake):
         the next ``receive`` returns them first, without reading."""
         self._held.extend(events)
 
-    async def receive(self) -> list[object]:
+    async def receive(self) -> list[Event]:
         """Read once from the stream and return the protocol's new events (a ``Request`` or
         ``Response`` during the handshake, then ``Frame``s). Answers pings and closes."""
         if self._held:
@@ -92,10 +106,10 @@ class WebSocketConnection:
         op = frame.opcode
         if op is Opcode.TEXT or op is Opcode.BINARY:
             if frame.fin:
-                return self._message(op is Opcode.BINARY, frame.data)
-            self._parts, self._parts_binary = [frame.data], op is Opcode.BINARY
+                return self._message(op is Opcode.BINARY, _bytes(frame))
+            self._parts, self._parts_binary = [_bytes(frame)], op is Opcode.BINARY
         elif op is Opcode.CONT and self._parts is not None:
-            self._parts.append(frame.data)
+            self._parts.append(_bytes(frame))
             if frame.fin:
                 data, self._parts = b"".join(self._parts), None
                 return self._message(self._parts_binary, data)

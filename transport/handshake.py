@@ -15,6 +15,7 @@ import trio
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from .connection import WebSocketConnection
 from .http import text_response
@@ -23,7 +24,8 @@ from .messages import SUBPROTOCOLS
 log = logging.getLogger("threadline.server")
 
 
-def select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str | None:
+def select_subprotocol(protocol: ServerProtocol,
+                       offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """The first of ours the client offers. None (no header; JSON) when it offers none of
     ours: PROTOCOL.md makes JSON the default. A program's client takes that; a browser that
     offered only others fails the connection (the WebSocket standard requires an answer that

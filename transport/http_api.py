@@ -77,7 +77,8 @@ ATTACHMENT = "{attachment_id}"
 AUTH_CHECK = "/v1/auth/check"
 
 
-Handler = Callable[["HttpApi", Call], Awaitable[tuple[int, dict[str, Any]] | Streamed]]
+# ``(api, call)``; an upload's (``READS_ITS_BODY``) also takes the request and its reader.
+Handler = Callable[..., Awaitable[tuple[int, dict[str, Any]] | Streamed]]
 
 
 class HttpApi:

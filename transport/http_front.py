@@ -148,7 +148,7 @@ class RequestReader:
             self._ended = not data
             if not self.method:  # the head is not whole yet
                 self.raw += data
-            self._h11.receive_data(data)
+            self._h11.receive_data(bytes(data) if type(data) is not bytes else data)
 
 
 class BodyPieces:

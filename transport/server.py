@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 import trio
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from threadline.actors.errors import LimitReached
 from threadline.actors.gateway import Gateway
@@ -94,12 +95,14 @@ class Server:
         self._idle = trio.Event()
 
     async def serve(self, listeners: list[trio.SocketListener],
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until cancelled."""
         await trio.serve_listeners(self.handle, listeners, task_status=task_status)
 
     async def serve_metrics(self, listeners: list[trio.SocketListener],
-                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                            task_status: trio.TaskStatus[list[trio.SocketListener]]
+                            = trio.TASK_STATUS_IGNORED) -> None:
         """Answer ``/metrics`` and ``/healthz`` only, e.g. on an operator-only address."""
         await trio.serve_listeners(self.handle_metrics, listeners, task_status=task_status)
 
@@ -129,7 +132,7 @@ class Server:
         await self._contained(stream, self._serve_metrics)
 
     async def _contained(self, stream: trio.SocketStream, serve) -> None:  # type: ignore[no-untyped-def]
-        protocol = ServerProtocol(subprotocols=list(SUBPROTOCOLS),
+        protocol = ServerProtocol(subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
                                   select_subprotocol=select_subprotocol,
                                   max_size=self.limits.max_frame_bytes, logger=wire_log)
         conn = WebSocketConnection(stream, protocol)
@@ -171,7 +174,7 @@ class Server:
         if request is None:
             self.stats.refused(400)
             return
-        protocol = conn.protocol
+        protocol = cast(ServerProtocol, conn.protocol)  # made in ``_contained``
         try:
             answer, identity = self._route(protocol, request, peer)
         except BadRequest as exc:
@@ -240,10 +243,10 @@ class Server:
     def _operator(self, request: Request) -> Response:
         """``/healthz`` and ``/metrics`` (behind the metrics token, if one is set)."""
         if path_of(request.path) == "/healthz":
-            body: dict[str, object] = {"status": "draining" if self.draining else "ok"}
+            health: dict[str, object] = {"status": "draining" if self.draining else "ok"}
             if self.extra_health is not None:
-                body.update(self.extra_health())
-            return json_response(503 if self.draining else 200, body)
+                health.update(self.extra_health())
+            return json_response(503 if self.draining else 200, health)
         if self.metrics_token is not None:
             given = header(request.headers, "Authorization") or ""
             expected = f"Bearer {self.metrics_token}"

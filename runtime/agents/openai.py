@@ -63,12 +63,13 @@ import logging
 import os
 from http import HTTPStatus
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 from urllib.parse import urlsplit
 
 import attrs
 import openai
 import trio
+from openai.types.chat import ChatCompletionChunk
 
 from threadline.actors.engine import Run
 from threadline.actors.errors import AgentError, ToolDenied, ToolError
@@ -283,8 +284,11 @@ class OpenAIAgent:
         separator = "\n\n" if run.written else ""
         failed: ModelError | None = None
         try:
-            async with await self.client().chat.completions.create(
-                    model=self.config.model, messages=messages, stream=True, **extra) as stream:
+            # The messages are the API's params as plain dicts (``transcript.py``), and
+            # ``extra`` hides the overload: the SDK's stream of chunks, said so for the checker.
+            opened = await self.client().chat.completions.create(
+                model=self.config.model, messages=cast(Any, messages), stream=True, **extra)
+            async with cast("openai.AsyncStream[ChatCompletionChunk]", opened) as stream:
                 chunks = aiter(stream)
                 while (chunk := await _next_chunk(chunks, run)) is not None:
                     if chunk.usage is not None:

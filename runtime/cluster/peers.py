@@ -73,7 +73,7 @@ class Link:
             data = await self.stream.receive_some(64 * 1024)
             if not data:
                 return None
-            self._ready.extend(self._decoder.feed(data))
+            self._ready.extend(self._decoder.feed(bytes(data) if type(data) is not bytes else data))
         return self._ready.popleft()
 
 
@@ -133,7 +133,7 @@ class PeerClients:
             self.failures += 1
             raise
         self.seconds.observe(seconds)
-        if type(answer) is Failure:
+        if isinstance(answer, Failure):
             raise error_of(answer)
         return answer.value
 
@@ -149,8 +149,10 @@ class PeerClients:
         ``PeerUnreachable`` or ``PeerLost`` as ``call``, ``PeerError`` for any other answer."""
         frame = encode(Follow(call_id := next(self._ids), shards_bitmap(shards)))
         connection, answer, _ = await self._round_trip(address, call_id, frame)
-        if type(answer) is Failure or answer.value is not None:
-            raise error_of(answer) if type(answer) is Failure else PeerLost("a bad answer")
+        if isinstance(answer, Failure):
+            raise error_of(answer)
+        if answer.value is not None:
+            raise PeerLost("a bad answer")
         connection.following = shards
 
     async def send_usage(self, address: Address, frames: Sequence[bytes]) -> None:

@@ -164,7 +164,8 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
     host = config.peer_listen[0]
     advertise = config.peer_advertise or (host, listeners[0].socket.getsockname()[1])
     tls = config.peer_tls
-    async with open_peer_clients(table.node_id, secret, tls=tls and tls.client) as clients:
+    async with open_peer_clients(table.node_id, secret,
+                                 tls=tls.client if tls is not None else None) as clients:
         hub = FeedHub(journal, on_followed=announce.set)
         announcer = Announcer(table, clients, journal, hub.followed, hub.mark_shards,
                               announce)
@@ -185,7 +186,7 @@ async def _open_node(config: ClusterConfig, table: ShardTable, fence: Fence,
                         peer_address=leases.format_address(advertise), http_url=http_url,
                         usage=reporter)
             server = PeerServer(table.node_id, secret, router.ask_owned,
-                                tls=tls and tls.server, followers=fence.followers, usage=book)
+                                tls=tls.server if tls is not None else None, followers=fence.followers, usage=book)
             await nursery.start(server.serve, listeners)
             await nursery.start(hub.run)
             nursery.start_soon(announcer.run)

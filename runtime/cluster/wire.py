@@ -395,7 +395,7 @@ def make_of(call: Call) -> tuple[ThreadKey, Callable[[Reply], ThreadRequest]]:
     ``ValueError`` for a strategy this node does not know, or a reason over 1 KiB."""
     r = call.request
     make: Callable[[Reply], ThreadRequest]
-    if type(r) in (Post, Regenerate) and r.strategy not in STRATEGIES:
+    if isinstance(r, (Post, Regenerate)) and r.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {r.strategy!r}")  # bad input, not a broken link
     if type(r) is Post:
         make = functools.partial(PostMessage, r.text, r.client_msg_id, r.strategy,

@@ -69,7 +69,7 @@ async def open_journal(url: str = DEFAULT_STORE) -> AsyncIterator[Journal]:
             raise StoreURLError("sqlite store URL needs a path: sqlite:///threadline.db")
         sync = parse_qs(parts.query).get("synchronous", ["full"])[0]
         try:
-            backend = SQLiteBackend(path, synchronous=sync)
+            backend: Backend = SQLiteBackend(path, synchronous=sync)
         except ValueError as exc:
             raise StoreURLError(f"{url}: {exc}") from None
         async with open_durable_journal(backend) as journal:

@@ -259,7 +259,8 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
             results.append(files.apply(cur, op))
             continue
         if isinstance(op, UsageOp):  # a user's tokens: their node is stored already
-            results.append(tokens.apply(cur, op))
+            tokens.apply(cur, op)
+            results.append(None)
             continue
         key = op_key(op)
         row = state.get(key)

@@ -106,7 +106,8 @@ class PostgresClaim:
         """A connection holding the lock, or None and who holds it."""
         conn = self._connect()
         try:
-            if conn.execute(f"SELECT {self._take}({_KEY})", (OWNER_LOCK,)).fetchone()[0]:
+            taken = conn.execute(f"SELECT {self._take}({_KEY})", (OWNER_LOCK,)).fetchone()
+            if taken is not None and taken[0]:
                 return conn, []
             holders = conn.execute(_HOLDERS, (OWNER_LOCK,)).fetchall()
         except BaseException:

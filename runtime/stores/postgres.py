@@ -85,7 +85,7 @@ class PostgresBackend(sql.Backend):
         self.name = f"PostgreSQL {info.get('host', '')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
     def connect(self, *, writer: bool) -> psycopg.Connection:
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.application_name is not None:
             extra["application_name"] = self.application_name
         if writer and self.writer_stuck_after is not None:
