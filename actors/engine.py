@@ -128,11 +128,6 @@ class Run:
             return b""
         return await read_bytes(journal, user_id, attachment_id)
 
-    @property
-    def usage(self) -> Usage | None:
-        """What the run has reported so far (``report_usage``), summed; None if nothing."""
-        return self._writer.control.usage
-
     @asynccontextmanager
     async def model_call(self, model: str, provider: str = "openai") -> AsyncIterator[Span]:
         """Around one call of a language model: the user's budget is checked first (spent:

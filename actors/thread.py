@@ -388,7 +388,8 @@ class ThreadActor:
                 if prior is not None:
                     reply.set(prior)  # idempotent retry: same answer, no second run
                     return
-            await self.env.budgets.check(self.env.journal, self.key.user_id)
+            if (budgets := self.env.budgets).enabled:  # else no coroutine on a send's path
+                await budgets.check(self.env.journal, self.key.user_id)
             self._run_queue().admit(msg.strategy)
             message_id, data, message = await place()
             if msg.client_msg_id is not None:

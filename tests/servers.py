@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from threadline import RuntimeConfig, open_runtime
+from threadline.actors.messages import TERMINAL_EVENTS
 from threadline.server import RunningServer, open_server
 from tests.helpers import scripted_agent, test_tools
 from threadline.transport.auth import mint
@@ -26,10 +27,12 @@ def token(user: str, **kw: Any) -> str:
 
 @asynccontextmanager
 async def serving(*, scripted: bool = False, limits: Limits | None = None, journal: Any = None,
-                  config: RuntimeConfig | None = None, **server_kw: Any,
-                  ) -> AsyncIterator[RunningServer]:
+                  config: RuntimeConfig | None = None, runtime: dict[str, Any] | None = None,
+                  **server_kw: Any) -> AsyncIterator[RunningServer]:
+    """A runtime (``runtime``: more of ``open_runtime``'s arguments) and its server on
+    loopback."""
     kw: dict[str, Any] = {"agent": scripted_agent, "tools": test_tools()} if scripted else {}
-    async with open_runtime(journal=journal, config=config, **kw) as rt:
+    async with open_runtime(journal=journal, config=config, **kw, **(runtime or {})) as rt:
         async with open_server(rt, port=0, secret=SECRET,
                                limits=limits or Limits(ping_interval=None),
                                **server_kw) as server:
@@ -158,6 +161,17 @@ def port_of(url: str) -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(port=int(url.rsplit(":", 1)[1].split("/")[0]))
+
+
+async def until_run_ends(client: Any, run_id: str, timeout: float = 20) -> list[dict]:
+    """The next event frames a bundled client gets, up to and including the terminal event of
+    run ``run_id``; at most 100 of them."""
+    seen: list[dict] = []
+    for _ in range(100):
+        seen.append(await client.next_event(timeout=timeout))
+        if seen[-1]["event"] in TERMINAL_EVENTS and seen[-1]["run_id"] == run_id:
+            return seen
+    raise AssertionError(f"{run_id} did not end: {seen}")
 
 
 async def until_event(client: Any, *names: str, thread: str | None = None,

@@ -34,6 +34,11 @@ choices and a ``CompletionUsage``), reported with ``run.report_usage``: ``prompt
 the finish reason, so a call cut or cancelled before its end reports nothing: the OpenAI
 reference says as much, and PROTOCOL.md counts only the model's own figures.
 
+One concept, a run as the chat-completions API sees it: what is sent (history, attachments,
+tools), the rounds of streamed calls and tool results, and what the API's failures become. How
+earlier turns and attachments are spelled as messages is ``transcript.py``'s, a tool's schema
+``tool_schema.py``'s; what stays here shares the config, the SDK client and the run.
+
 Invariants:
 
 - The HTTP stream to the model lives inside ``async with``: a cancelled run (``cancel``,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -120,14 +121,20 @@ def test_a_connection_cut_in_the_middle_of_an_answer_ends_with_exactly_the_whole
     assert len(turns(browser)) == 1
 
 
-def http(page, method: str, path: str, user: str, body: dict | None = None) -> int:
-    """A request of the HTTP API straight to the server (past the relay); its status."""
+def api(page, method: str, path: str, user: str, body: dict | None = None) -> tuple[int, Any]:
+    """A request of the HTTP API straight to the server (past the relay): its status and its
+    JSON body."""
     request = urllib.request.Request(
         f"{page.direct}{path}", method=method,
         data=None if body is None else json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {token(user)}", "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status
+        return response.status, json.loads(response.read() or b"{}")
+
+
+def http(page, method: str, path: str, user: str, body: dict | None = None) -> int:
+    """``api``'s status alone."""
+    return api(page, method, path, user, body)[0]
 
 
 def test_a_thread_replaced_while_the_page_was_away_shows_only_the_new_thread(page, browser):

@@ -29,7 +29,6 @@ import os
 import json
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
@@ -37,7 +36,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.browser.conftest import screenshot
-from tests.browser.test_chat_page import last_done, open_page, send, state, turns, wait
+from tests.browser.test_chat_page import api, last_done, open_page, send, state, turns, wait
 from tests.servers import token
 
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -126,12 +125,7 @@ def type_and_send(driver, text: str) -> None:
 
 def http(page, method: str, path: str, user: str, body: dict | None = None) -> dict:
     """A request of the HTTP API straight to the server (past the relay): its JSON body."""
-    request = urllib.request.Request(
-        f"{page.direct}{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token(user)}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"{}")
+    return api(page, method, path, user, body)[1]
 
 
 def stored_messages(page, user: str, thread: str) -> list[str]:

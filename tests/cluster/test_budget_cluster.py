@@ -14,7 +14,7 @@ import trio
 
 from tests.cluster.test_decide_cluster import owned_by
 from tests.cluster.test_tree_cluster import two_nodes as two_tree_nodes
-from tests.servers import http, token
+from tests.servers import http, token, until_run_ends
 from threadline import RuntimeConfig
 from threadline.actors.usage import REFRESH
 from threadline.transport.client import BudgetExceeded, open_client
@@ -35,12 +35,7 @@ async def test_a_budget_spent_through_one_node_refuses_the_users_sends_on_every_
             async with open_client(servers[0].url, ADA) as client:
                 for thread in (on_a, on_b):  # one run on each owner, both through node a
                     await client.join(thread)
-                    accepted = await client.send(thread, "/usage")
-                    while True:
-                        frame = await client.next_event(timeout=20)
-                        if frame["run_id"] == accepted["run_id"] and \
-                                frame["event"] == "agent_completed":
-                            break
+                    await _run(client, thread)
             # Each node's view of another node's spending is at most a second old (below 80 %
             # of the budget: ``actors/usage.py``); past it, both refuse, whichever owns.
             await trio.sleep(REFRESH)
@@ -78,8 +73,6 @@ async def test_near_the_budget_a_node_reads_the_store_at_every_check(pg_dsn):
 
 
 async def _run(client, thread: str) -> None:
+    """A ``/usage`` in ``thread``, to its end (completed: 8 tokens spent)."""
     accepted = await client.send(thread, "/usage")
-    while True:
-        frame = await client.next_event(timeout=20)
-        if frame["run_id"] == accepted["run_id"] and frame["event"] == "agent_completed":
-            return
+    assert (await until_run_ends(client, accepted["run_id"]))[-1]["event"] == "agent_completed"

@@ -14,7 +14,7 @@ import trio
 
 from tests.cluster.test_decide_cluster import owned_by
 from tests.cluster.test_embedded_node import balanced, config
-from tests.servers import SECRET, http, token
+from tests.servers import SECRET, http, token, until_run_ends
 from threadline.actors.errors import NotFound
 from threadline.actors.messages import LATEST, PostMessage, Regenerate
 from threadline import RuntimeConfig
@@ -25,7 +25,6 @@ from threadline.transport.client import NotFound as ClientNotFound
 from threadline.transport.client import open_client
 
 ADA = token("ada")
-TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 
 
 @pytest.mark.parametrize("make, repeatable", [
@@ -38,15 +37,6 @@ TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 def test_a_regenerate_is_asked_again_after_a_lost_link_only_with_a_client_msg_id(make,
                                                                                   repeatable):
     assert _repeatable(make) is repeatable
-
-
-async def _until_run_ends(client, run_id: str) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    for _ in range(100):
-        seen.append(await client.next_event(timeout=20))
-        if seen[-1]["event"] in TERMINAL and seen[-1]["run_id"] == run_id:
-            return seen
-    raise AssertionError(f"{run_id} did not end: {seen}")
 
 
 async def two_nodes(stack: AsyncExitStack, dsn: str, runtime_config: RuntimeConfig | None = None):
@@ -75,8 +65,8 @@ async def test_edits_and_regenerates_through_the_other_node_reach_the_owner(pg_d
 
             async def ended(run_id: str) -> list[dict[str, Any]]:
                 """The run's events as both tabs saw them: the same, from either node."""
-                seen = await _until_run_ends(other, run_id)
-                assert seen == await _until_run_ends(owner, run_id)
+                seen = await until_run_ends(other, run_id)
+                assert seen == await until_run_ends(owner, run_id)
                 return seen
 
             hello = await other.send(thread_id, "hello")  # through A, owned by B
@@ -139,13 +129,13 @@ async def test_a_thread_with_branches_is_deleted_whole_through_either_node(pg_ds
             await other.join(thread_id)
             await other.join(kept)
             hello = await other.send(thread_id, "hello")
-            await _until_run_ends(other, hello["run_id"])
+            await until_run_ends(other, hello["run_id"])
             edit = await other.send(thread_id, "edited", parent=None)
-            await _until_run_ends(other, edit["run_id"])
+            await until_run_ends(other, edit["run_id"])
             regen = await other.regenerate(thread_id, hello["message_id"])
-            await _until_run_ends(other, regen["run_id"])
+            await until_run_ends(other, regen["run_id"])
             mine = await other.send(kept, "kept")
-            await _until_run_ends(other, mine["run_id"])
+            await until_run_ends(other, mine["run_id"])
             turns = f"/v1/threads/{thread_id}/turns"
             status, _, page = await http(server_b, "GET", turns, tok=ADA)
             assert status == 200 and len(page["turns"]) == 3
@@ -166,7 +156,7 @@ async def test_a_thread_with_branches_is_deleted_whole_through_either_node(pg_ds
             # the id starts again from nothing: the old branches are no part of it
             await other.join(thread_id)
             fresh = await other.send(thread_id, "again")
-            seen = await _until_run_ends(other, fresh["run_id"])
+            seen = await until_run_ends(other, fresh["run_id"])
             assert fresh["seq"] == 1 and seen[0]["data"]["parent"] is None
             with pytest.raises(ClientNotFound):
                 await other.regenerate(thread_id, hello["message_id"])

@@ -38,6 +38,20 @@ async function until(check, what, ms = 10000) {
   }
 }
 
+/** A client through a relay on loopback (which a scenario cuts, holds or refuses), with short
+ * reconnect delays, recording its sockets (`connections`) and its states. */
+async function relayedClient() {
+  const relay = await openRelay(Number(new URL(url).port));
+  const connections = [];
+  const states = [];
+  const client = connect({
+    url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
+    minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
+    onerror: (e) => console.error("onerror", e.code, e.message),
+  });
+  return { relay, connections, states, client };
+}
+
 /** A client straight to the server (no relay): joins `threadId` from 0 and records its events. */
 async function directClient(threadId) {
   const client = connect({ url, token, onerror: (e) => console.error("onerror", e.code, e.message) });
@@ -100,14 +114,7 @@ async function replacedWhileAway(away, live) {
   const writer = await directClient("main");
   await exchange(writer.client, writer.events, "main", "old one");
   await exchange(writer.client, writer.events, "main", "old two");  // seq 1-8
-  const relay = await openRelay(Number(new URL(url).port));
-  const connections = [];
-  const states = [];
-  const client = connect({
-    url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
-    minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
-    onerror: (e) => console.error("onerror", e.code, e.message),
-  });
+  const { relay, connections, states, client } = await relayedClient();
   const seen = [];    // [seq, event, user text] of each event, and "reset" where it was reset
   const resets = [];
   await client.join("main", {
@@ -432,14 +439,7 @@ const scenarios = {
   async approvalReconnect() {
     const writer = await directClient("main");
     await exchange(writer.client, writer.events, "main", "hello");  // seq 1-4
-    const relay = await openRelay(Number(new URL(url).port));
-    const connections = [];
-    const states = [];
-    const client = connect({
-      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
-      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
-      onerror: (e) => console.error("onerror", e.code, e.message),
-    });
+    const { relay, connections, states, client } = await relayedClient();
     await client.join("main", { since: 0 });
     await until(() => client.thread("main").lastSeq === 4, "the first exchange");
     relay.refuse(true);
@@ -543,14 +543,7 @@ const scenarios = {
     await doneIn(writer.client, "r", first.run_id, "first");
     const second = await writer.client.send("r", "second");
     await doneIn(writer.client, "r", second.run_id, "second");
-    const relay = await openRelay(Number(new URL(url).port));
-    const connections = [];
-    const states = [];
-    const client = connect({
-      url: `ws://127.0.0.1:${relay.port}/v1/ws`, token, WebSocket: recordingSocket(connections),
-      minDelay: 20, maxDelay: 200, onstate: (state) => states.push(state),
-      onerror: (e) => console.error("onerror", e.code, e.message),
-    });
+    const { relay, connections, states, client } = await relayedClient();
     const seqs = [];
     const resets = [];
     await client.join("r", { since: 0, onevent: (f) => seqs.push(f.seq), onreset: (reason) => resets.push(reason) });

@@ -13,18 +13,16 @@ import pytest
 import trio
 
 from tests.llm_server import Answer, ToolCall, open_llm_server
-from tests.servers import SECRET, http, token
-from threadline import RuntimeConfig, open_runtime
+from tests.servers import http, serving, token, until_run_ends
+from threadline import RuntimeConfig
 from threadline.actors.agents import echo_tools
 from threadline.actors.usage import Budget
 from threadline.agents.openai import OpenAIAgent, OpenAIConfig
-from threadline.server import RunningServer, open_server
+from threadline.server import RunningServer
 from threadline.stores import open_journal
 from threadline.transport.client import BudgetExceeded, ServerError, open_client
-from threadline.transport.limits import Limits
 
 ADA, BOB = token("ada"), token("bob")
-TERMINAL = ("agent_completed", "agent_failed", "agent_cancelled")
 USAGE = {"input_tokens": 6, "output_tokens": 2, "cached_input_tokens": 0, "model": "echo"}
 
 
@@ -47,19 +45,14 @@ class Clock:
 async def served(config: RuntimeConfig, *, store: str | None = None,
                  clock: Callable[[], float] | None = None, budget: Any = None,
                  agent: Any = None, tools: Any = None) -> AsyncIterator[RunningServer]:
-    async with open_journal(store or "memory") as journal, open_runtime(
-            journal=journal, config=config, clock=clock, budget=budget, agent=agent,
-            tools=tools) as rt, open_server(
-            rt, port=0, secret=SECRET, limits=Limits(ping_interval=None)) as server:
+    async with open_journal(store or "memory") as journal, serving(
+            journal=journal, config=config, runtime={
+                "clock": clock, "budget": budget, "agent": agent, "tools": tools}) as server:
         yield server
 
 
 async def until_end(client, run_id: str) -> dict[str, Any]:
-    for _ in range(200):
-        frame = await client.next_event(timeout=20)
-        if frame["event"] in TERMINAL and frame["run_id"] == run_id:
-            return frame
-    raise AssertionError(f"{run_id} did not end")
+    return (await until_run_ends(client, run_id))[-1]
 
 
 async def spend(client, thread: str = "main", times: int = 1) -> list[dict[str, Any]]:

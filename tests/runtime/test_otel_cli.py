@@ -10,7 +10,7 @@ import signal
 import trio
 
 from tests.otlp_receiver import open_otlp_receiver
-from tests.servers import ServeProcess, token
+from tests.servers import ServeProcess, token, until_run_ends
 from threadline.transport.client import open_client
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -22,10 +22,7 @@ async def calc(url: str) -> None:
         await client.join("main")
         accepted = await client.request({"type": "send", "thread_id": "main",
                                          "text": "/calc 6*7", "traceparent": TRACEPARENT})
-        while True:
-            frame = await client.next_event(20)
-            if frame["run_id"] == accepted["run_id"] and frame["event"] == "agent_completed":
-                return
+        await until_run_ends(client, accepted["run_id"])
 
 
 async def test_serve_with_otel_exports_the_runs_spans_over_otlp_http(tmp_path):

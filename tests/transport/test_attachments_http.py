@@ -106,6 +106,15 @@ class Answered:
         return b"\r\n\r\n" in self.data and not self.data.startswith(b"HTTP/1.1 100 ")
 
 
+async def timed_out(reading, stream, journal, says: str) -> None:
+    """The upload was answered 408 ``timeout`` saying ``says``, and left nothing stored."""
+    status, _, body = parsed(reading.data)
+    assert (status, json.loads(body)["code"]) == (408, "timeout")
+    assert says in json.loads(body)["message"]
+    await stream.aclose()
+    await nothing_stored(journal)
+
+
 async def nothing_stored(journal, user: str = "ada") -> None:
     """The user's bytes in the store come back to 0 (an abort is shielded, and quick)."""
     for _ in range(200):
@@ -281,11 +290,7 @@ async def test_a_slow_upload_is_cut_off():
         with trio.fail_after(10):
             await reading.run()
         assert trio.current_time() - started < 5
-        status, _, body = parsed(reading.data)
-        assert (status, json.loads(body)["code"]) == (408, "timeout")
-        assert "no byte" in json.loads(body)["message"]
-        await stream.aclose()
-        await nothing_stored(journal)
+        await timed_out(reading, stream, journal, "no byte")
 
         # a body that trickles in, never idle for long: cut after 2 s in all
         stream = await trio.open_tcp_stream("127.0.0.1", s.port)
@@ -307,11 +312,7 @@ async def test_a_slow_upload_is_cut_off():
                     await trio.sleep(0.1)
                 await reading.closed.wait()
         assert 1.5 < trio.current_time() - started < 6
-        status, _, body = parsed(reading.data)
-        assert (status, json.loads(body)["code"]) == (408, "timeout")
-        assert "longer than 2 s" in json.loads(body)["message"]
-        await stream.aclose()
-        await nothing_stored(journal)
+        await timed_out(reading, stream, journal, "longer than 2 s")
 
         # a client gone in the middle: erased too
         stream = await trio.open_tcp_stream("127.0.0.1", s.port)
