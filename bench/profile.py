@@ -45,6 +45,8 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("engine and echo agent", ("execute", "echo_agent", "run_queued")),
 ]
 OTHER = "trio: scheduling, timers, I/O polling"
+#: py-spy beside this Python (a venv's bin/, which is not always on PATH), else on PATH.
+PY_SPY = next((str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.exists()), "py-spy")
 
 
 def account(raw: Path) -> dict[str, float]:
@@ -60,14 +62,16 @@ def account(raw: Path) -> dict[str, float]:
     return {name: counts[name] / total for name, _ in [*PARTS, (OTHER, ())]}
 
 
-def profile(store: str, connections: int, seconds: float, window: int) -> dict[str, Any]:
+def profile(store: str, connections: int, seconds: float, window: int,
+            keep: Path | None = None) -> dict[str, Any]:
     with ExitStack() as stack:
         url = Databases(stack).fresh(store)
         if url is None:
             raise SystemExit(f"no {store} here")
-        raw = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "profile.raw"
+        raw = (keep / f"profile-{store}.raw" if keep is not None else
+               Path(stack.enter_context(tempfile.TemporaryDirectory())) / "profile.raw")
         with server_process("threadline", store=url) as (ws_url, proc):
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-r", "200",
+            spy = subprocess.Popen([PY_SPY, "record", "-p", str(proc.pid), "-r", "200",
                                     "--nonblocking", "--format", "raw", "-o", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             result = trio.run(load, ws_url, "threadline", connections, seconds, window, proc.pid)
@@ -94,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep py-spy's raw samples in DIR (profile-STORE.raw)")
     args = parser.parse_args(argv)
     raise_fd_limit()
     for store in args.store.split(","):
         progress(f"profiling threadline on {store}, {args.connections} connections")
-        print(report(profile(store, args.connections, args.seconds, args.window)))
+        print(report(profile(store, args.connections, args.seconds, args.window, args.keep)))
     return 0
 
 

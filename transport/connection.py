@@ -32,6 +32,28 @@ def _bytes(frame: Frame) -> bytes:
     return cast(bytes, frame.data)
 
 
+def _joined(writes: list[bytes]) -> list[bytes]:
+    """The protocol's pending writes (one ``bytes`` per frame, ``b""`` for "half-close here")
+    as few writes as they can be: the frames before an end joined into one, so that a flush of
+    many frames is one ``send()`` (measured: 5 sends per echo turn before, the syscall and
+    trio's wrapper around it each time)."""
+    if len(writes) < 2:
+        return writes
+    out: list[bytes] = []
+    run: list[bytes] = []
+    for data in writes:
+        if data:
+            run.append(data)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(data)
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
 class WebSocketConnection:
     def __init__(self, stream: trio.abc.Stream, protocol: Protocol) -> None:
         self.stream = stream
@@ -50,7 +72,7 @@ class WebSocketConnection:
         """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
         peer is gone. Blocks while the peer does not read (that is the backpressure)."""
         async with self._send_lock:
-            for data in self.protocol.data_to_send():
+            for data in _joined(self.protocol.data_to_send()):
                 if self.broken:
                     return
                 if data:

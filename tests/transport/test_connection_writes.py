@@ -1,0 +1,43 @@
+"""``WebSocketConnection.flush`` writes everything pending in as few ``send_all`` calls as it
+can (the frames before a half-close joined), in order; a half-close stays where it was."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from websockets.frames import Close, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from threadline.transport.connection import WebSocketConnection, _joined
+
+
+def test_joined_keeps_the_order_and_the_half_close_markers() -> None:
+    assert _joined([]) == []
+    assert _joined([b"a"]) == [b"a"]
+    assert _joined([b""]) == [b""]
+    assert _joined([b"a", b"b", b"c"]) == [b"abc"]
+    assert _joined([b"a", b"b", b"", b"c"]) == [b"ab", b"", b"c"]
+    assert _joined([b"", b"a", b"b"]) == [b"", b"ab"]
+
+
+async def test_a_flush_of_many_frames_is_one_write_and_the_peer_reads_them_all() -> None:
+    sent: list[bytes] = []
+    stream = trio.testing.MemorySendStream()
+
+    async def record() -> None:
+        sent.append(stream.get_data_nowait())
+
+    stream.send_all_hook = record
+    server = Protocol(Side.SERVER, state=State.OPEN)
+    conn = WebSocketConnection(stream, server)  # type: ignore[arg-type]  # writes only
+    for n in range(5):
+        conn.write(f"frame {n}".encode(), binary=False)
+    server.send_close(1000, "bye")
+    await conn.flush()
+    assert len(sent) == 1  # five frames and the close frame: one write
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.receive_data(sent[0])
+    frames = client.events_received()
+    assert [f.data for f in frames[:5]] == [f"frame {n}".encode() for n in range(5)]
+    assert frames[5].opcode is Opcode.CLOSE
+    assert Close.parse(frames[5].data).code == 1000
