@@ -46,6 +46,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 OTHER = "trio: scheduling, timers, I/O polling"
 #: py-spy beside this Python (a venv's bin/, which is not always on PATH), else on PATH.
+PY_SPY_RATE = "200"  # samples per second
 PY_SPY = next((str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.exists()), "py-spy")
 
 
@@ -71,7 +72,7 @@ def profile(store: str, connections: int, seconds: float, window: int,
         raw = (keep / f"profile-{store}.raw" if keep is not None else
                Path(stack.enter_context(tempfile.TemporaryDirectory())) / "profile.raw")
         with server_process("threadline", store=url) as (ws_url, proc):
-            spy = subprocess.Popen([PY_SPY, "record", "-p", str(proc.pid), "-r", "200",
+            spy = subprocess.Popen([PY_SPY, "record", "-p", str(proc.pid), "-r", PY_SPY_RATE,
                                     "--nonblocking", "--format", "raw", "-o", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             result = trio.run(load, ws_url, "threadline", connections, seconds, window, proc.pid)

@@ -70,9 +70,27 @@ class WebSocketConnection:
 
     async def flush(self) -> None:
         """Write whatever the protocol has to send. Raises ``trio.BrokenResourceError`` if the
-        peer is gone. Blocks while the peer does not read (that is the backpressure)."""
-        async with self._send_lock:
-            for data in _joined(self.protocol.data_to_send()):
+        peer is gone. Blocks while the peer does not read (that is the backpressure).
+
+        With nothing to send it returns at once, without a checkpoint (the reader flushes after
+        every read, for the pongs and closes the protocol makes; most reads make none). The
+        pending bytes are taken and the lock requested in one synchronous step, and the lock is
+        FIFO: flushes write in the order they took their bytes. A flush cancelled while it
+        waits for the lock has taken bytes it will not write: the connection is ``broken``."""
+        writes = self.protocol.data_to_send()
+        if not writes:
+            return
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            try:
+                await lock.acquire()
+            except trio.Cancelled:
+                self.broken = True
+                raise
+        try:
+            for data in _joined(writes):
                 if self.broken:
                     return
                 if data:
@@ -86,6 +104,8 @@ class WebSocketConnection:
                         await self.stream.send_eof()
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
+        finally:
+            lock.release()
 
     def hold(self, events: Sequence[Event]) -> None:
         """Events already parsed (frames a client sent in the same packet as its handshake):
