@@ -41,3 +41,39 @@ async def test_a_flush_of_many_frames_is_one_write_and_the_peer_reads_them_all()
     assert [f.data for f in frames[:5]] == [f"frame {n}".encode() for n in range(5)]
     assert frames[5].opcode is Opcode.CLOSE
     assert Close.parse(frames[5].data).code == 1000
+
+
+async def test_a_socket_that_takes_part_of_a_flush_gets_the_rest_when_the_peer_reads() -> None:
+    """On a real loopback socket: a flush bigger than the socket's buffers writes what the
+    socket takes at once, then waits for the peer to read; the peer gets every byte in order.
+    Once the connection is closed, nothing is written to its old descriptor."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server_stream = await listeners[0].accept()
+    server = Protocol(Side.SERVER, state=State.OPEN)
+    conn = WebSocketConnection(server_stream, server)
+    payloads = [bytes([65 + n % 26]) * 200_000 for n in range(40)]  # 8 MB: more than buffers
+    for payload in payloads:
+        conn.write(payload, binary=True)
+    peer = Protocol(Side.CLIENT, state=State.OPEN, max_size=None)
+    got: list[bytes] = []
+    flushed = trio.Event()
+
+    async def flush() -> None:
+        await conn.flush()
+        flushed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flush)
+        await trio.sleep(0.05)
+        assert not flushed.is_set()  # the flush waits: the peer has read nothing yet
+        while len(got) < len(payloads):
+            peer.receive_data(await client.receive_some(1 << 20))
+            got.extend(f.data for f in peer.events_received())
+    assert got == payloads
+    await conn.aclose()
+    assert conn._send_now(b"late") == 0  # closed: its descriptor is -1, never a reused one
+    await client.aclose()
+    for listener in listeners:
+        await listener.aclose()
