@@ -132,6 +132,22 @@ class WebSocketConnection:
         except OSError as exc:  # reset, broken pipe, or closed under us
             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
+    async def _receive_some(self) -> bytes | bytearray:
+        """What the socket has, once it has something: one wait for the socket to be readable,
+        then one ``read()`` (trio's ``receive_some`` tries a read, waits, reads, and yields once
+        more after a read that got data: two scheduling rounds a read). Only the reader reads."""
+        sock = self._socket
+        if sock is None:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        await trio.lowlevel.wait_readable(sock)
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:  # woken with nothing to read after all: wait the usual way
+            return await self.stream.receive_some(RECEIVE_SIZE)
+
     def hold(self, events: Sequence[Event]) -> None:
         """Events already parsed (frames a client sent in the same packet as its handshake):
         the next ``receive`` returns them first, without reading."""
@@ -145,7 +161,7 @@ class WebSocketConnection:
             await trio.lowlevel.checkpoint()
             return held
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            data = await self._receive_some()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             data = b""  # reset, or closed under us: the peer is gone, as at EOF
         if data:

@@ -77,3 +77,28 @@ async def test_a_socket_that_takes_part_of_a_flush_gets_the_rest_when_the_peer_r
     await client.aclose()
     for listener in listeners:
         await listener.aclose()
+
+
+async def test_reads_on_a_real_socket_see_every_frame_then_the_end() -> None:
+    """``receive`` on a loopback socket (one wait, one read each): a frame split across two
+    writes comes whole, and the peer's close is seen as the end of the stream."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = WebSocketConnection(await listeners[0].accept(), Protocol(Side.SERVER, state=State.OPEN))
+    peer = Protocol(Side.CLIENT, state=State.OPEN)
+    peer.send_text(b"hello" * 1000)
+    data = b"".join(peer.data_to_send())
+    frames: list[bytes] = []
+    await client.send_all(data[:100])
+    while not frames:
+        frames += [f.data for f in await conn.receive()]  # type: ignore[union-attr]
+        if not frames:
+            await client.send_all(data[100:])
+    assert frames == [b"hello" * 1000]
+    await client.aclose()
+    while not conn.eof:
+        await conn.receive()
+    await conn.aclose()
+    for listener in listeners:
+        await listener.aclose()
