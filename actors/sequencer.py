@@ -99,8 +99,7 @@ class Sequencer:
         reply: Reply[Event] = Reply()
         self.submit(name, run_id, data, reply)
         if reply.done:  # the memory journal answers at once
-            with trio.CancelScope(shield=True):
-                return await reply.wait()
+            return await reply.wait_uncancellable()
         waiting = self._waiting
         if waiting is None:
             waiting = self._waiting = set()
@@ -108,8 +107,7 @@ class Sequencer:
         if not self._watched:
             self._watch()
         try:
-            with trio.CancelScope(shield=True):
-                event = await reply.wait()
+            event = await reply.wait_uncancellable()
         finally:
             waiting.discard(reply)
         return event

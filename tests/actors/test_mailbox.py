@@ -118,3 +118,28 @@ async def test_close_send_lets_the_owner_drain():
     assert await box.receive() == 1
     with pytest.raises(ActorStopped):
         await box.receive()
+
+
+
+async def test_an_uncancellable_wait_outlasts_its_cancel_and_the_cancel_comes_after() -> None:
+    """``Reply.wait_uncancellable``: cancelled while it waits, it still gets the answer (as a
+    shielded wait does), and the cancellation is delivered at its next checkpoint."""
+    reply: Reply[str] = Reply()
+    got: list[str] = []
+    scope = trio.CancelScope()
+
+    async def waiter() -> None:
+        with scope:
+            got.append(await reply.wait_uncancellable())
+            await trio.lowlevel.checkpoint()
+            got.append("not cancelled")
+        got.append("cancel delivered" if scope.cancelled_caught else "no cancel")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.sleep(0.01)
+        assert got == []  # still waiting, cancelled
+        reply.set("stored")
+    assert got == ["stored", "cancel delivered"]
