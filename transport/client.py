@@ -82,7 +82,7 @@ class Client:
             with trio.fail_after(timeout):
                 await self._connected.wait()
                 self._inbox.owed.refs.add(ref)
-                await self._write(self.codec.encode({**frame, "ref": ref}), self.codec.binary)
+                await self._write(self.codec.encode_client_frame({**frame, "ref": ref}), self.codec.binary)
                 answer = await reply.wait()
         finally:
             self._inbox.pending.pop(ref, None)
@@ -189,7 +189,7 @@ class Client:
     # -- raw access (tests of the protocol itself) ---------------------------------------------
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        await self.send_raw(self.codec.encode(frame), binary=self.codec.binary)
+        await self.send_raw(self.codec.encode_client_frame(frame), binary=self.codec.binary)
 
     async def send_raw(self, payload: bytes, *, binary: bool) -> None:
         """Write one message, of any content; answers to it go to ``next_unsolicited``.

@@ -19,6 +19,7 @@ from threadline.actors.tracing import traceparent_of
 from threadline.actors.journal import unstorable_reason
 from threadline.actors.messages import LATEST, STRATEGIES, Event, Parent, Strategy, is_thread_id
 
+from .frames import EventFrame, ServerFrame
 from .messages import (
     JSON,
     MSGPACK,
@@ -47,6 +48,12 @@ MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below 
 MAX_CURSOR = 512
 
 
+#: Events whose payloads are kept, per encoding (see ``Codec.encode``): enough for a round of
+#: deliveries, a few hundred KiB at most.
+EVENT_CACHE = 256
+_EVENTS: dict[str, dict[int, tuple[Event, bytes]]] = {JSON: {}, MSGPACK: {}}
+
+
 class Codec:
     """One connection's encoding: ``threadline.v1.json`` (text frames) or
     ``threadline.v1.msgpack`` (binary frames). Clients use it too, with ``decode_frame``."""
@@ -57,6 +64,7 @@ class Codec:
         self.subprotocol = subprotocol
         self.binary = subprotocol == MSGPACK
         self._dumps: Callable[[Any], bytes] = _pack if self.binary else _dumps
+        self._events = _EVENTS[subprotocol]  # shared by every connection of the encoding
 
     # -- client frames ---------------------------------------------------------------------
 
@@ -87,9 +95,25 @@ class Codec:
 
     # -- server frames ---------------------------------------------------------------------
 
-    def encode(self, frame: dict[str, Any]) -> bytes:
-        """The payload of one frame (UTF-8 JSON for a text frame, msgpack for a binary one)."""
+    def encode_client_frame(self, frame: dict[str, Any]) -> bytes:
+        """The payload of a client's frame (the client's side: it builds them as dicts)."""
         return self._dumps(frame)
+
+    def encode(self, frame: ServerFrame) -> bytes:
+        """The payload of one frame (UTF-8 JSON for a text frame, msgpack for a binary one).
+        An event's is encoded once per encoding, whatever the number of connections it goes
+        to (``frames.py``): the last ``EVENT_CACHE`` events' payloads are kept."""
+        if type(frame) is not EventFrame:
+            return self._dumps(frame.wire())
+        event, cache = frame.event, self._events
+        hit = cache.get(id(event))
+        if hit is not None and hit[0] is event:  # the entry holds the event: its id is its own
+            return hit[1]
+        payload = self._dumps(frame.wire())
+        if len(cache) >= EVENT_CACHE:
+            cache.clear()
+        cache[id(event)] = (event, payload)
+        return payload
 
 
 def _dumps(frame: dict[str, Any]) -> bytes:
@@ -297,21 +321,3 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Ref], Request]] = {
     "ping": lambda obj, ref: Ping(ref),
 }
 
-
-# -- server frames as dicts --------------------------------------------------------------------
-
-
-def event_frame(event: Event) -> dict[str, Any]:
-    return {"type": "event", "thread_id": event.key.thread_id, "seq": event.seq,
-            "event": event.event, "run_id": event.run_id, "ts": event.ts, "data": event.data}
-
-
-def reply_frame(kind: str, ref: Ref, **fields: Any) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": kind, **fields}
-    if ref is not None:
-        frame["ref"] = ref
-    return frame
-
-
-def error_frame(code: str, message: str, ref: Ref = None) -> dict[str, Any]:
-    return reply_frame("error", ref, code=code, message=message)

@@ -46,8 +46,9 @@ from threadline.actors.usage import Usage
 from .answers import answer_for
 from . import http_attachments, http_tree
 from .auth import AuthError, Authenticator, token_of
-from .codec import MAX_THREADS_PAGE, THREADS_PAGE, error_frame
+from .codec import MAX_THREADS_PAGE, THREADS_PAGE
 from .cors import cors_headers, preflight
+from .frames import Error
 from .http import json_response, methods_allowed, path_of, without_body
 from .http_call import (Call, Refused, accepted_answer, existing, int_param, parse_body,
                         query_of)
@@ -169,7 +170,7 @@ class HttpApi:
             message = exc.reason
         elif isinstance(exc, UNAVAILABLE):
             log.warning("%s %s of %s: %r", method, path_of(request.path), user_id, exc)
-            body = error_frame(INTERNAL, f"the server could not do it now: {exc}")
+            body = Error(INTERNAL, f"the server could not do it now: {exc}").wire()
             return 503, body, (("Retry-After", "1"),)
         else:
             known = answer_for(exc)
@@ -181,7 +182,7 @@ class HttpApi:
             self.stats.rate_limited += 1
         elif code == LIMIT_REACHED:
             self.stats.limits_reached += 1
-        return STATUS[code], error_frame(code, message), extra
+        return STATUS[code], Error(code, message).wire(), extra
 
     # -- the routes --------------------------------------------------------------------------
 

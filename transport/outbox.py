@@ -31,8 +31,9 @@ from threadline.actors.journal import replay_start
 from threadline.actors.mailbox import Mailbox
 from threadline.actors.messages import THREAD_DELETED, Event, Joined, ThreadKey
 
-from .codec import Codec, event_frame, reply_frame
+from .codec import Codec
 from .connection import WebSocketConnection
+from .frames import EventFrame, Joined as JoinedFrame, ServerFrame
 from .messages import Ref
 from .stats import ServerStats
 
@@ -81,7 +82,7 @@ class Outbox:
         self.queue = Mailbox(capacity)
         self.discard = False  # set on 1013: drop what is queued instead of writing it
 
-    def put_nowait(self, frame: dict[str, Any]) -> None:
+    def put_nowait(self, frame: ServerFrame) -> None:
         """Queue a reply. Raises ``Overflow``; ignored once the outbox is closed."""
         try:
             self.queue.tell((None, frame))
@@ -129,7 +130,7 @@ class Outbox:
                 return None
         return None
 
-    def _send(self, frame: dict[str, Any]) -> None:
+    def _send(self, frame: ServerFrame) -> None:
         self.conn.write(self.codec.encode(frame), binary=self.codec.binary)
         self.stats.frames_sent += 1
 
@@ -139,13 +140,11 @@ class Outbox:
         elif not tap.active:
             return
         elif type(item) is Joined:
-            extra = {} if item.created_at is None else {"created_at": item.created_at}
-            self._send(reply_frame("joined", tap.ref, thread_id=tap.thread_id,
-                                   last_seq=item.last_seq, **extra))
+            self._send(JoinedFrame(tap.ref, tap.thread_id, item.last_seq, item.created_at))
             await self._replay(tap, item.last_seq)
         elif item.seq > tap.last_sent:  # else: already written by the replay
             tap.last_sent = item.seq
-            self._send(event_frame(item))
+            self._send(EventFrame(item))
 
     async def _replay(self, tap: Tap, upto: int) -> None:
         """Stored events ``since < seq <= upto``, a page at a time, at this client's pace.
@@ -160,7 +159,7 @@ class Outbox:
                 tap.dropped(tap.thread.key, THREAD_DELETED, overflow=False)
                 return
             for event in page:
-                self._send(event_frame(event))
+                self._send(EventFrame(event))
             after = page[-1].seq
             await self.conn.flush()
         tap.last_sent = after

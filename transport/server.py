@@ -40,7 +40,8 @@ from threadline.actors.errors import LimitReached
 from threadline.actors.gateway import Gateway
 
 from .auth import AuthError, Authenticator, Identity, token_of
-from .codec import Codec, error_frame
+from .codec import Codec
+from .frames import Error
 from .connection import WebSocketConnection
 from .http import (WS_PATH, json_response, method_not_allowed, path_of, response, text_response,
                    without_body)
@@ -192,7 +193,7 @@ class Server:
         except LimitReached as exc:
             self.stats.limits_reached += 1
             log.info("refusing a connection of %s from %s: %s", user.user_id, peer, exc)
-            conn.write(codec.encode(error_frame(LIMIT_REACHED, str(exc))), binary=codec.binary)
+            conn.write(codec.encode(Error(LIMIT_REACHED, str(exc))), binary=codec.binary)
             await conn.close(CLOSE_POLICY, str(exc), self.limits.close_timeout)
             return
         session = Session(conn, user, codec, self.limits, self.stats, lambda: self.draining,

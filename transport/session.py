@@ -28,7 +28,7 @@ from threadline.actors.gateway import UserHandle
 from threadline.actors.messages import Accepted
 
 from .answers import answer_for
-from .codec import Codec, error_frame, reply_frame
+from .codec import Codec
 from .connection import WebSocketConnection
 from .lanes import Lanes
 from .limits import Limits
@@ -36,6 +36,7 @@ from .messages import (BAD_FRAME, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOKEN_
                        CLOSE_TRY_AGAIN, INTERNAL, LIMIT_REACHED, NOT_JOINED, RATE_LIMITED,
                        BadFrame, Cancel, Decide, Join, Leave, Ping, Regenerate, Request, Send,
                        Threads)
+from .frames import Accepted as AcceptedFrame, Error, Left, Ok, Pong, ServerFrame, ThreadsPage
 from .outbox import Outbox, Overflow, Tap
 from .policy import ConnectionState, Verdict
 from .quotas import UserQuota
@@ -128,7 +129,7 @@ class Session:
             tap.active = False
             if self.taps.get(tap.thread_id) is tap:
                 del self.taps[tap.thread_id]
-            self._reply(reply_frame("left", None, thread_id=tap.thread_id, reason="deleted"))
+            self._reply(Left(None, tap.thread_id, reason="deleted"))
         elif overflow:
             self.close(CLOSE_TRY_AGAIN, OVERFLOW_REASON)
         elif self._draining():
@@ -180,14 +181,14 @@ class Session:
             stats.rate_limited += 1
             if self.state.rate_limited == 1:
                 log.info("rate limiting a connection of %s", self.user.user_id)
-            self._reply(error_frame(RATE_LIMITED, f"more than {self.limits.rate:g} frames/s or "
+            self._reply(Error(RATE_LIMITED, f"more than {self.limits.rate:g} frames/s or "
                                     f"{self.limits.byte_rate:g} bytes/s; this frame was dropped"))
             return
         try:
             request = self.codec.decode(payload, binary=binary)
         except BadFrame as exc:
             stats.bad_frames += 1
-            self._reply(error_frame(BAD_FRAME, exc.message, exc.ref))
+            self._reply(Error(BAD_FRAME, exc.message, exc.ref))
             decision = self.state.bad_frame()
             if decision is not None:
                 log.info("closing a connection of %s: %s", self.user.user_id, decision.reason)
@@ -195,7 +196,7 @@ class Session:
             return
         self.state.good_frame()
         if type(request) is Ping:
-            self._reply(reply_frame("pong", request.ref))  # never waits behind anything
+            self._reply(Pong(request.ref))  # never waits behind anything
             return
         self._enqueue(request)
 
@@ -203,7 +204,7 @@ class Session:
         """Into the lane of its thread (``threads`` has a lane of its own)."""
         if not self._lanes.put_nowait(self._inner, getattr(request, "thread_id", None), request):
             self.stats.rate_limited += 1
-            self._reply(error_frame(RATE_LIMITED, f"more than {self.limits.lane_depth} requests "
+            self._reply(Error(RATE_LIMITED, f"more than {self.limits.lane_depth} requests "
                                     "waiting on this thread; this one was dropped", request.ref))
 
     async def _handle(self, request: Request) -> None:
@@ -224,9 +225,9 @@ class Session:
                 self.stats.limits_reached += 1
             elif code == RATE_LIMITED:
                 self.stats.rate_limited += 1
-            self._reply(error_frame(code, message, request.ref))
+            self._reply(Error(code, message, request.ref))
 
-    def _reply(self, frame: dict[str, Any]) -> None:
+    def _reply(self, frame: ServerFrame) -> None:
         try:
             self.outbox.put_nowait(frame)
         except Overflow:
@@ -268,8 +269,8 @@ class Session:
         self._accepted(request, acc)
 
     def _accepted(self, request: Send | Regenerate, acc: Accepted) -> None:
-        self._reply(reply_frame("accepted", request.ref, thread_id=request.thread_id,
-                                message_id=acc.message_id, run_id=acc.run_id, seq=acc.seq))
+        self._reply(AcceptedFrame(request.ref, request.thread_id, acc.message_id, acc.run_id,
+                                  acc.seq))
 
     async def _join(self, request: Join) -> None:
         old = self.taps.get(request.thread_id)
@@ -296,14 +297,14 @@ class Session:
         if tap is not None:
             tap.active = False  # the writer drops what is still queued for it
             await tap.thread.unsubscribe(tap)
-        self._reply(reply_frame("left", request.ref, thread_id=request.thread_id))
+        self._reply(Left(request.ref, request.thread_id))
 
     async def _cancel(self, request: Cancel) -> None:
         tap = self.taps.get(request.thread_id)
         if tap is None:
             return self._not_joined(request)
         run_id = await tap.thread.cancel(request.run_id)
-        self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id, run_id=run_id))
+        self._reply(Ok(request.ref, request.thread_id, run_id))
 
     async def _decide(self, request: Decide) -> None:
         """``ok`` once ``approval_decided`` is stored; ``UnknownCall`` (``unknown_call``)."""
@@ -311,16 +312,15 @@ class Session:
         if tap is None:
             return self._not_joined(request)
         await tap.thread.decide(request.run_id, request.call_id, request.approved, request.reason)
-        self._reply(reply_frame("ok", request.ref, thread_id=request.thread_id,
-                                run_id=request.run_id, call_id=request.call_id))
+        self._reply(Ok(request.ref, request.thread_id, request.run_id, request.call_id))
 
     async def _threads(self, request: Threads) -> None:
         page, next_cursor = await read_threads_page(self.user, request.limit, request.cursor,
                                                     self.cursors)
-        self._reply(reply_frame("threads", request.ref, threads=page, next_cursor=next_cursor))
+        self._reply(ThreadsPage(request.ref, page, next_cursor))
 
     def _not_joined(self, request: Send | Regenerate | Cancel | Decide) -> None:
-        self._reply(error_frame(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))
+        self._reply(Error(NOT_JOINED, f"join {request.thread_id!r} first", request.ref))
     # -- writing -----------------------------------------------------------------------------
 
     async def _writer(self) -> None:

@@ -6,7 +6,9 @@ import msgpack
 import pytest
 
 from threadline.actors.messages import Event, ThreadKey
-from threadline.transport.codec import Codec, error_frame, event_frame, reply_frame
+from threadline.transport.codec import EVENT_CACHE, Codec
+from threadline.transport.frames import (Accepted, Error, EventFrame, Joined, Left, Ok, Pong,
+                                         ThreadsPage)
 from threadline.transport.messages import JSON, MSGPACK, BadFrame, Cancel, Join, Leave, Ping, Send, Threads
 
 json_codec = Codec(JSON)
@@ -90,23 +92,50 @@ def test_undecodable_payloads(payload, binary, codec, message):
 def test_server_frames_encode_the_same_in_both_encodings():
     event = Event(ThreadKey("u", "t"), 3, "tool_completed", "run_1", 1.5,
                   {"call_id": "c", "tool": "calculator", "result": 2.5, "text": "ünï"})
-    frames = [event_frame(event), reply_frame("joined", "r1", thread_id="t", last_seq=3),
-              reply_frame("pong", None), error_frame("busy", "a run is active", 9)]
+    frames = [EventFrame(event), Joined("r1", "t", 3), Joined(None, "t", 3, created_at=1.0),
+              Left(None, "t", "deleted"), Accepted("r2", "t", "msg_1", "run_1", 4),
+              Ok("r3", "t", None), Ok("r4", "t", "run_1", "call_1"), ThreadsPage("r5", [], None),
+              Pong(None), Error("busy", "a run is active", 9)]
     for frame in frames:
+        wire = frame.wire()
         text = json_codec.encode(frame)
-        assert isinstance(text, bytes) and json.loads(text) == frame
-        assert json_codec.decode_frame(text) == frame == msgpack_codec.decode_frame(
+        assert isinstance(text, bytes) and json.loads(text) == wire
+        assert json_codec.decode_frame(text) == wire == msgpack_codec.decode_frame(
             msgpack_codec.encode(frame))
         binary = msgpack_codec.encode(frame)
-        assert isinstance(binary, bytes) and msgpack.unpackb(binary) == frame
-    assert event_frame(event) == {"type": "event", "thread_id": "t", "seq": 3,
-                                  "event": "tool_completed", "run_id": "run_1", "ts": 1.5,
-                                  "data": event.data}
-    assert "ref" not in reply_frame("pong", None)
-    assert error_frame("busy", "x", 9) == {"type": "error", "code": "busy", "message": "x", "ref": 9}
+        assert isinstance(binary, bytes) and msgpack.unpackb(binary) == wire
+    assert EventFrame(event).wire() == {"type": "event", "thread_id": "t", "seq": 3,
+                                        "event": "tool_completed", "run_id": "run_1",
+                                        "ts": 1.5, "data": event.data}
+    assert list(Accepted("r", "t", "m", "run", 4).wire()) == [
+        "type", "thread_id", "message_id", "run_id", "seq", "ref"]  # PROTOCOL.md's order
+    assert Pong(None).wire() == {"type": "pong"}  # no ref when the request had none
+    assert Joined("r", "t", 3).wire() == {"type": "joined", "thread_id": "t", "last_seq": 3,
+                                          "ref": "r"}
+    assert Ok("r", "t", None).wire() == {"type": "ok", "thread_id": "t", "run_id": None,
+                                         "ref": "r"}
+    assert Error("busy", "x", 9).wire() == {"type": "error", "code": "busy", "message": "x",
+                                            "ref": 9}
+
+
+def test_an_event_is_encoded_once_per_encoding_for_every_connection():
+    """Two connections' codecs (a user's two tabs) get the same bytes object for the same
+    event: encoded once. Another event, or an equal but distinct one, is encoded anew."""
+    event = Event(ThreadKey("u", "t"), 1, "agent_delta", "run_1", 1.0, {"offset": 0, "text": "hi"})
+    tab1, tab2 = Codec(JSON), Codec(JSON)
+    first = tab1.encode(EventFrame(event))
+    assert tab2.encode(EventFrame(event)) is first
+    twin = Event(ThreadKey("u", "t"), 1, "agent_delta", "run_1", 1.0, {"offset": 0, "text": "hi"})
+    again = tab2.encode(EventFrame(twin))
+    assert again == first and again is not first
+    assert Codec(MSGPACK).encode(EventFrame(event)) == msgpack.packb(EventFrame(event).wire())
+    for seq in range(2, EVENT_CACHE + 10):  # bounded: past its size it starts over
+        tab1.encode(EventFrame(Event(event.key, seq, "agent_delta", "run_1", 1.0, {})))
+    assert tab1.encode(EventFrame(event)) is not first  # forgotten: encoded anew
 
 
 def test_unserialisable_tool_results_are_sent_as_text():
-    frame = {"type": "event", "data": {"result": {1, 2}.__class__}}
-    assert b"class" in json_codec.encode(frame)
-    assert b"class" in msgpack_codec.encode(frame)
+    event = Event(ThreadKey("u", "t"), 1, "tool_completed", "run_1", 1.0,
+                  {"result": {1, 2}.__class__})
+    assert b"class" in json_codec.encode(EventFrame(event))
+    assert b"class" in msgpack_codec.encode(EventFrame(event))
