@@ -60,11 +60,15 @@ async def handshake(stream: trio.abc.Stream, url: str, token: str | None,
         protocol.send_request(request)
         await conn.flush()
         while not conn.eof:
-            for event in await conn.receive():
+            events = await conn.receive()
+            for n, event in enumerate(events):
                 if isinstance(event, Response):
                     if event.status_code != 101 or protocol.handshake_exc is not None:
                         body = (event.body or b"").decode("utf-8", "replace").strip()
                         raise HandshakeRejected(event.status_code, body)
+                    # Frames the server sent right after its answer, read with it (a refusal
+                    # such as limit_reached, then the close): the reader gets them first.
+                    conn.hold(events[n + 1:])
                     return conn
         raise ConnectionClosed(None, "closed during the handshake")
     except BaseException:

@@ -139,7 +139,9 @@ class WebSocketConnection:
         sock = self._socket
         if sock is None:
             return await self.stream.receive_some(RECEIVE_SIZE)
-        await trio.lowlevel.wait_readable(sock)
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        await trio.lowlevel.wait_readable(sock)  # closed meanwhile: ClosedResourceError
         fd = sock.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")

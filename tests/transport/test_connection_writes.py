@@ -102,3 +102,33 @@ async def test_reads_on_a_real_socket_see_every_frame_then_the_end() -> None:
     await conn.aclose()
     for listener in listeners:
         await listener.aclose()
+
+
+async def test_frames_read_with_the_handshake_answer_reach_the_client() -> None:
+    """The server's 101 and its first frames in one write (a refusal and its close, sent at
+    once): the client's handshake returns, and its next read has those frames, in order."""
+    from websockets.server import ServerProtocol
+
+    from threadline.transport.client_connect import handshake
+
+    client_side, server_side = trio.testing.memory_stream_pair()
+    server = ServerProtocol()
+
+    async def serve() -> None:
+        while True:
+            server.receive_data(await server_side.receive_some())
+            requests = server.events_received()
+            if requests:
+                break
+        server.send_response(server.accept(requests[0]))
+        server.send_text(b'{"type":"error","code":"limit_reached","message":"full"}')
+        server.send_close(1008, "full")
+        await server_side.send_all(b"".join(server.data_to_send()))  # one write
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        conn = await handshake(client_side, "ws://in-memory/v1/ws", None)
+    with trio.fail_after(5):  # without them, the read would wait for more that never comes
+        frames = await conn.receive()
+    assert [f.opcode for f in frames] == [Opcode.TEXT, Opcode.CLOSE]  # type: ignore[union-attr]
+    assert not conn.open
