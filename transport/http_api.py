@@ -49,11 +49,10 @@ from .auth import AuthError, Authenticator, token_of
 from .codec import MAX_THREADS_PAGE, THREADS_PAGE
 from .cors import cors_headers, preflight
 from .frames import Error
-from .http import json_response, methods_allowed, path_of, without_body
+from .http import json_response, methods_allowed, path_of
 from .http_call import (Call, Refused, accepted_answer, existing, int_param, parse_body,
                         query_of)
-from .http_front import (Malformed, RequestReader, Streamed, close_gently, write_answer,
-                         write_streamed)
+from .http_front import After, Malformed, RequestReader, Streamed
 from .limits import Limits
 from .messages import (BAD_FRAME, BUDGET_EXCEEDED, BUSY, INTERNAL, LIMIT_REACHED,
                        METHOD_NOT_ALLOWED, NOT_FOUND,
@@ -89,19 +88,14 @@ class HttpApi:
         self.limits, self.stats = limits, stats
         self.cursors = CursorKey.of(auth)  # the WebSocket's sessions get the same key
 
-    async def serve(self, stream: trio.abc.Stream, method: str, request: Request,
-                    reader: RequestReader, deadline: float) -> None:
-        """Answer a request under ``/v1/`` (other than the WebSocket's path) on ``stream``,
-        then close gently. The user's request slot is held until the answer is written."""
+    async def serve(self, method: str, request: Request, reader: RequestReader,
+                    deadline: float, keep_alive: bool) -> After:
+        """Answer a request under ``/v1/`` (other than the WebSocket's path) on the reader's
+        connection (``RequestReader.answer``: kept alive if ``keep_alive`` and the request
+        allow it). The user's request slot is held until the answer is written."""
         with ExitStack() as held:
             answer = await self._answer(method, request, reader, deadline, held)
-            if isinstance(answer, Streamed):
-                written = await write_streamed(stream, answer, head_only=method == "HEAD")
-            else:
-                written = await write_answer(stream, without_body(answer) if method == "HEAD"
-                                             else answer)
-        if written:
-            await close_gently(stream, self.limits.close_timeout)
+            return await reader.answer(answer, keep_alive)
 
     async def _answer(self, method: str, request: Request, reader: RequestReader,
                       deadline: float, held: ExitStack) -> Response | Streamed:

@@ -1,17 +1,19 @@
-"""The front of every connection: its opening HTTP/1.1 request, read with h11.
+"""The front of every connection: its HTTP/1.1 requests, read with h11, and their answers.
 
-Every connection on the server's port (and on the metrics address) begins with one request.
+Every connection on the server's port (and on the metrics address) begins with a request.
 h11 parses it, sans-IO as the rest of the edge: it checks the framing (request line, headers,
 ``Content-Length`` or chunked body) that a hand-written parser would get wrong, and takes
 bodies, which the WebSocket engine's handshake parser does not. The server then routes the
 request: a WebSocket upgrade goes on to the websockets engine with the bytes read here
 (``raw``), anything else is answered over plain HTTP (``http_api.py``, /healthz, /metrics, the
-static files). One request per connection: every answer says ``Connection: close``.
+static files) through the same h11 connection (``RequestReader.answer``), which may then carry
+the connection's next request: HTTP/1.1 keep-alive, by h11's own cycle (``our_state`` and
+``their_state`` both ``DONE``, then ``start_next_cycle``), never by a state machine of ours.
 
 A body is read one of two ways: whole (``read_body``, for the API's JSON bodies) or as it
 arrives (``body``: an async iterator of the pieces h11 hands over, for an upload, which keeps
-at most a chunk of it: ``http_attachments.py``). An answer is written whole
-(``write_answer``) or as it is read (``Streamed``, ``write_streamed``: a download).
+at most a chunk of it: ``http_attachments.py``). An answer is written whole or as it is read
+(``Streamed``: a download).
 
 Invariants:
 
@@ -19,45 +21,56 @@ Invariants:
   h11 checks its bound whenever it needs more data); a body at most the limit its route gives
   ``read_body`` or ``body`` (past it: ``Malformed`` 413 as soon as the pieces read pass it, with
   the rest of the body unread; before any of it is read when ``Content-Length`` says so). So a
-  connection holds a bounded amount of memory.
+  connection holds a bounded amount of memory, and every bound is per request: a kept-alive
+  connection starts each request from nothing.
 - The reader reads only when h11 needs data, ``RECEIVE_SIZE`` at a time, so h11's own buffer
-  holds at most one read; the caller bounds the request in time (``Limits.handshake_timeout``
-  for the whole request; an upload's body: ``upload_timeout`` and ``upload_idle_timeout``), so
-  a client that trickles bytes (a slowloris) is cut off however it paces them.
-- ``raw`` is every byte read from the socket until the head was whole, in order: a WebSocket
-  handshake reaches the websockets engine exactly as it came, with whatever the client sent
-  after it in those reads (the engine reads on from the socket itself). A body is never added
-  to it.
+  holds at most one read (requests pipelined behind the one being answered wait there, unread
+  by h11 until its answer is written); the caller bounds each request in time
+  (``Limits.handshake_timeout`` for the whole request; an upload's body: ``upload_timeout``
+  and ``upload_idle_timeout``), so a client that trickles bytes (a slowloris) is cut off
+  however it paces them.
+- ``raw`` is every byte of the current request's head read from the socket, in order, from its
+  first (bytes pipelined behind the previous request included): a WebSocket handshake reaches
+  the websockets engine exactly as it came, with whatever the client sent after it in those
+  reads (the engine reads on from the socket itself). A body is never added to it.
 - ``read_body`` holds a body once: each piece is appended to one ``bytearray``, which is what
   it returns (no copy into ``bytes``, no second buffer): about N bytes plus ``RECEIVE_SIZE``
   for an N-byte body. ``body`` holds none of it: each piece (never empty) is the caller's.
 - A client that sent ``Expect: 100-continue`` gets ``100 Continue`` when its body is first
   asked for, never before (a request refused at its head, 413 by ``Content-Length`` included,
   is answered without it, and its client need not send the body at all).
+- An answer says ``Connection: keep-alive`` only when the caller allows it, the client's
+  request does (HTTP/1.1 without ``Connection: close``: h11's rule, which keeps no HTTP/1.0
+  connection alive) and the request was read to its end (h11's ``their_state`` is ``DONE``):
+  a body left unread (a request refused before its body: 401, 413, 429...) would be parsed as
+  the next request, so its answer says ``Connection: close``, and so does the answer to a
+  request that asked for a protocol switch. Only then does h11 start the next cycle
+  (``After.NEXT``); the answer says what happens.
 - A peer that closes (or resets) the connection in the middle of a body raises ``ClientGone``
   (a ``Malformed`` 400 nobody will read), so the caller can tell it from a malformed body.
 - Nothing here raises but ``Malformed`` (answered with its status and reason, which never
-  quote the request) and the stream's own errors; ``write_streamed`` also what its pieces
+  quote the request) and the stream's own errors; a download's answer also what its pieces
   raise.
 """
 
 from __future__ import annotations
 
+import enum
 from contextlib import aclosing
-from http import HTTPStatus
-from typing import AsyncIterator, Callable, Sequence
 
-import attrs
 import h11
 import trio
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .http import text_response
+from .http import Streamed, h11_head, text_response
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; websockets' own bound is per line
 HEAD_RECEIVE_SIZE = 8 * 1024  # h11 checks its bound between reads: a head is < 72 KiB
 RECEIVE_SIZE = 64 * 1024
+
+__all__ = ["After", "ClientGone", "Malformed", "RequestReader", "Streamed", "answer_plainly",
+           "close_gently", "read_head", "write_answer"]
 
 
 class Malformed(Exception):
@@ -76,20 +89,36 @@ class ClientGone(Malformed):
         super().__init__(400, "the request ended before its body")
 
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # as h11 writes ``InformationalResponse(100)``
+
+
+class After(enum.Enum):
+    """What follows an answer on its connection (``RequestReader.answer``)."""
+
+    NEXT = "next"    # written whole, ``Connection: keep-alive``: the next request may come
+    CLOSE = "close"  # written whole, ``Connection: close``: close gently (``close_gently``)
+    CUT = "cut"      # not written whole (not read in time, a download cut short): close now
 
 
 class RequestReader:
-    """Reads one request from ``stream``: ``read_head``, then, if the route takes a body,
-    ``read_body`` (whole) or ``body`` (piece by piece)."""
+    """A connection's requests, one at a time: ``read_head``, then, if the route takes a body,
+    ``read_body`` (whole) or ``body`` (piece by piece), then ``answer``, which may start the
+    next request's cycle on the same connection."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.raw = bytearray()
-        self.method = ""
+        self.method = ""  # the current request's; "" until its head is whole
+        self.requests = 0  # heads read on this connection
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._length: int | None = None
         self._ended = False  # the peer closed (or reset) the connection
+
+    @property
+    def waiting(self) -> bool:
+        """No byte of the next request has come yet: the connection is idle between two
+        requests (or before its first)."""
+        return not self.method and not self.raw
 
     async def read_head(self) -> Request | None:
         """The request's target and headers (as websockets' ``Request``, which the handshake
@@ -98,6 +127,7 @@ class RequestReader:
         event = await self._next_event()
         if not isinstance(event, h11.Request):
             return None
+        self.requests += 1
         self.method = event.method.decode("ascii")
         headers = Headers()
         for name, value in event.headers.raw_items():
@@ -105,6 +135,58 @@ class RequestReader:
         lengths = headers.get_all("Content-Length")
         self._length = int(lengths[0]) if lengths else None  # h11 checked it is one number
         return Request(event.target.decode("latin-1"), headers)
+
+    async def answer(self, answer: Response | Streamed, keep_alive: bool) -> After:
+        """Write the answer to the request read (without its body if the request was
+        ``HEAD``), each write within ``WRITE_TIMEOUT``. It says ``Connection: keep-alive``
+        when ``keep_alive`` (the server's will) and the request allow it (the module's
+        invariants), else ``close``; then, if h11 has both sides ``DONE``, starts the next
+        cycle: ``After.NEXT``. A download's pieces are read as they are written."""
+        keep = keep_alive and self._read_whole()
+        data = self._h11.send(h11_head(answer, keep))
+        if isinstance(answer, Streamed):
+            if not await _send(self.stream, data) or not await self._stream(answer):
+                return After.CUT
+        else:
+            if answer.body and self.method != "HEAD":
+                data += self._h11.send(h11.Data(data=bytes(answer.body)))  # bytes: no copy
+            if not await _send(self.stream, data + self._h11.send(h11.EndOfMessage())):
+                return After.CUT
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            self.method, self._length = "", None
+            self.raw = bytearray(self._h11.trailing_data[0])  # the next request's, pipelined
+            return After.NEXT
+        return After.CLOSE
+
+    def _read_whole(self) -> bool:
+        """Whether the request was read to its end, taking the end h11 can give without
+        another read (that of a request without a body, whose route read none)."""
+        if self._h11.their_state is h11.SEND_BODY:
+            try:
+                self._h11.next_event()  # its end, or a piece of a body nobody read: closed
+            except h11.RemoteProtocolError:
+                return False
+        return self._h11.their_state is h11.DONE
+
+    async def _stream(self, answer: Streamed) -> bool:
+        """A download's body, a piece at a time, unless the request was ``HEAD``; False if
+        a write timed out or the pieces ended short of its length."""
+        if self.method == "HEAD":
+            return await _send(self.stream, self._h11.send(h11.EndOfMessage()))
+        left = answer.length
+        async with aclosing(answer.pieces()) as pieces:  # type: ignore[type-var]
+            async for piece in pieces:
+                piece = piece[:left]
+                if not await _send(self.stream, self._h11.send(h11.Data(data=piece))):
+                    return False
+                left -= len(piece)
+                if not left:
+                    break
+        if left or not await _send(self.stream, self._h11.send(h11.EndOfMessage())):
+            return False
+        answer.done()
+        return True
 
     @property
     def length(self) -> int | None:
@@ -175,7 +257,8 @@ class BodyPieces:
             self._asked = True
             if reader._h11.they_are_waiting_for_100_continue:
                 try:
-                    await reader.stream.send_all(CONTINUE)
+                    await reader.stream.send_all(reader._h11.send(h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue")))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     raise ClientGone() from None
         while True:
@@ -220,60 +303,17 @@ async def answer_plainly(stream: trio.abc.Stream, answer: Response, linger: floa
 
 
 async def write_answer(stream: trio.abc.Stream, answer: Response) -> bool:
-    """Write one HTTP answer within ``WRITE_TIMEOUT``; False if it could not be (the caller
-    closes the stream)."""
+    """Write one HTTP answer as it is (saying ``Connection: close``: the connection closes
+    after it), within ``WRITE_TIMEOUT``; False if it could not be (the caller closes the
+    stream). A kept-alive connection's answers go through ``RequestReader.answer``."""
+    return await _send(stream, answer.serialize())
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> bool:
+    """``data`` written within ``WRITE_TIMEOUT``; False if it could not be."""
     with trio.move_on_after(WRITE_TIMEOUT) as writing:
-        await stream.send_all(answer.serialize())
+        await stream.send_all(data)
     return not writing.cancelled_caught
-
-
-@attrs.frozen
-class Streamed:
-    """An answer whose body is written as it is read (a download): its status, its headers
-    (``Content-Length`` among them: ``length``) and its pieces, made when the body is
-    written (never for ``HEAD``). ``done`` is called once the whole body was written."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    length: int
-    pieces: Callable[[], AsyncIterator[bytes]]
-    done: Callable[[], None] = lambda: None
-
-    def with_headers(self, extra: Sequence[tuple[str, str]]) -> Streamed:
-        return attrs.evolve(self, headers=(*self.headers, *extra))
-
-    def head(self) -> bytes:
-        headers = Headers([("Content-Length", str(self.length)), ("Connection", "close"),
-                           *self.headers])
-        return Response(self.status, HTTPStatus(self.status).phrase, headers, b"").serialize()
-
-
-async def write_streamed(stream: trio.abc.Stream, answer: Streamed, head_only: bool) -> bool:
-    """The head, then (unless ``head_only``) each piece, each write within ``WRITE_TIMEOUT``
-    (a client that reads nothing for that long is cut off, however long the whole takes).
-    False if a write timed out or the pieces ended short of ``length``: the caller closes the
-    stream, and its client sees a body cut short, never a wrong one."""
-    with trio.move_on_after(WRITE_TIMEOUT) as writing:
-        await stream.send_all(answer.head())
-    if writing.cancelled_caught:
-        return False
-    if head_only:
-        return True
-    left = answer.length
-    async with aclosing(answer.pieces()) as pieces:  # type: ignore[type-var]
-        async for piece in pieces:
-            piece = piece[:left]
-            with trio.move_on_after(WRITE_TIMEOUT) as writing:
-                await stream.send_all(piece)
-            if writing.cancelled_caught:
-                return False
-            left -= len(piece)
-            if not left:
-                break
-    if left:
-        return False
-    answer.done()
-    return True
 
 
 async def close_gently(stream: trio.abc.Stream, linger: float) -> None:

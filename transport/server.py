@@ -1,15 +1,26 @@
-"""The server: every connection's opening request read with h11, then a WebSocket driven by
-``websockets.server.ServerProtocol`` over trio streams, or a plain HTTP answer.
+"""The server: every connection's requests read with h11, then a WebSocket driven by
+``websockets.server.ServerProtocol`` over trio streams, or plain HTTP answers.
 
-One task per connection: read the opening request (``http_front``: h11, bounded in size and by
+One task per connection: read a request (``http_front``: h11, bounded in size and by
 ``handshake_timeout``), route it: ``/v1/ws`` goes on to the WebSocket handshake with the bytes
 read (the Origin check, 403; the token, 401, or 400 for a malformed request, before any
 WebSocket opens; the subprotocol; the user's connection quota), then a ``Session``. Anything
-else gets one HTTP answer and the connection closes: the HTTP API (``http_api``, under
-``/v1/``, which admits a request against its user's quota before reading its body), ``/healthz``,
-``/metrics``, the static files (``static.asset``), else 404; a method a path does not take is
-405. ``HEAD`` is answered wherever ``GET`` is (``http.without_body``), except the WebSocket's
-path, which only a ``GET`` upgrade reaches.
+else gets an HTTP answer: the HTTP API (``http_api``, under ``/v1/``, which admits a request
+against its user's quota before reading its body), ``/healthz``, ``/metrics``, the static files
+(``static.asset``), else 404; a method a path does not take is 405. ``HEAD`` is answered
+wherever ``GET`` is, without the body (``RequestReader.answer``), except the WebSocket's path,
+which only a ``GET`` upgrade reaches.
+
+Keep-alive (HTTP/1.1 persistent connections): after an HTTP answer the connection waits for
+its next request when the answer said ``Connection: keep-alive`` (``RequestReader.answer``:
+h11's cycle, the client's wish, the request read whole), at most ``KEEPALIVE_REQUESTS``
+requests per connection. Every bound is per request: the next request (head and body) must
+arrive within ``handshake_timeout`` of the previous answer, which is also how long an idle
+connection is kept; its size, its user's quota, its write timeouts are the first's. A
+malformed request (answered), a client too slow, an answer not written whole, and a WebSocket
+upgrade (the first request or a later one: it goes to the websockets engine with its own
+bytes, as a first one does) end the loop. While the server drains, every answer says
+``Connection: close`` and connections waiting between two requests are closed at once.
 
 Containment: each connection's task ends in ``handle``'s handler, which logs what escaped and
 closes that connection. No exception raised while serving one connection, in the handshake, an
@@ -21,8 +32,9 @@ given at construction (a cluster node's, which also counts what the other nodes'
 ``ClusterRuntime.quotas``); given ones must count against the server's ``limits``.
 
 Shutdown is in two steps so that clients see their runs end: ``drain()`` (``/healthz`` answers
-503, new WebSockets are refused with 503, open ones go on), and, once the runtime has ended the
-runs, ``close_sessions()`` (close 1001 after each connection's queued frames).
+503, new WebSockets are refused with 503, open ones go on, idle HTTP connections close), and,
+once the runtime has ended the runs, ``close_sessions()`` (close 1001 after each connection's
+queued frames).
 """
 
 from __future__ import annotations
@@ -43,11 +55,11 @@ from .auth import AuthError, Authenticator, Identity, token_of
 from .codec import Codec
 from .frames import Error
 from .connection import WebSocketConnection
-from .http import (WS_PATH, json_response, method_not_allowed, path_of, response, text_response,
-                   without_body)
+from .http import WS_PATH, json_response, method_not_allowed, path_of, response, \
+    text_response
 from .http_api import HttpApi
 from .handshake import BadRequest, handshake_request, header, select_subprotocol
-from .http_front import Malformed, RequestReader, answer_plainly, read_head
+from .http_front import After, Malformed, RequestReader, close_gently, read_head
 from .limits import Limits
 from .messages import CLOSE_GOING_AWAY, CLOSE_POLICY, JSON, LIMIT_REACHED, SUBPROTOCOLS
 from .metrics import ExtraMetrics, Metrics
@@ -62,6 +74,10 @@ ExtraHealth = Callable[[], Mapping[str, object]]
 # websockets logs every connection opened and closed at INFO: its own logger, so that a server
 # holding 10,000 connections can log at INFO without that (``threadline serve --log debug``).
 wire_log = logging.getLogger("threadline.wire")
+#: Requests one connection carries (HTTP keep-alive); the answer to the last says ``Connection:
+#: close``. nginx's default (``keepalive_requests``): a client moves to a fresh connection (and,
+#: behind a balancer, maybe to another node) now and then, at a cost of one handshake in 1,000.
+KEEPALIVE_REQUESTS = 1_000
 
 
 def peer_of(stream: trio.abc.Stream) -> str:
@@ -94,6 +110,8 @@ class Server:
         self.demo = demo  # the chat page at /
         self.draining = False
         self._idle = trio.Event()
+        # connections between two HTTP requests, with the scope that ``drain`` cancels
+        self._between: dict[trio.CancelScope, RequestReader] = {}
 
     async def serve(self, listeners: list[trio.SocketListener],
                     task_status: trio.TaskStatus[list[trio.SocketListener]]
@@ -108,9 +126,14 @@ class Server:
         await trio.serve_listeners(self.handle_metrics, listeners, task_status=task_status)
 
     def drain(self) -> None:
+        """From now on ``/healthz`` answers 503, new WebSockets are refused, every HTTP answer
+        says ``Connection: close``, and connections idle between two HTTP requests close."""
         if not self.draining:
             log.info("draining: /healthz answers 503, new connections are refused")
             self.draining = True
+        for scope, reader in list(self._between.items()):
+            if reader.waiting:  # a request begun is answered (with Connection: close)
+                scope.cancel()
 
     async def close_sessions(self, timeout: float) -> None:
         """Close every connection with 1001 and wait (up to ``timeout``) until they are gone."""
@@ -149,25 +172,55 @@ class Server:
 
     async def _serve(self, conn: WebSocketConnection, peer: str) -> None:
         reader = RequestReader(conn.stream)
-        deadline = trio.current_time() + self.limits.handshake_timeout
-        request = await self._head(reader, deadline)
-        if request is None:
-            return
-        path = path_of(request.path)
-        if path == WS_PATH and reader.method == "GET":
-            await self._websocket(conn, reader, peer, deadline)
-            return
-        if path.startswith("/v1/") and path != WS_PATH and path not in ASSETS:
-            await self.api.serve(conn.stream, reader.method, request, reader, deadline)
-            return
-        answer = self._plain(reader.method, request, path)
-        if answer.status_code >= 400:
-            self.stats.refused(answer.status_code)
-        await self._answer(conn, reader.method, answer)
+        while (started := await self._next(reader)) is not None:
+            request, deadline = started
+            path = path_of(request.path)
+            if path == WS_PATH and reader.method == "GET":
+                await self._websocket(conn, reader, peer, deadline)
+                return
+            if path.startswith("/v1/") and path != WS_PATH and path not in ASSETS:
+                after = await self.api.serve(reader.method, request, reader, deadline,
+                                             self._keep_alive(reader))
+            else:
+                answer = self._plain(reader.method, request, path)
+                if answer.status_code >= 400:
+                    self.stats.refused(answer.status_code)
+                after = await self._reply(reader, answer)
+            if not await self._go_on(reader, after):
+                return
 
-    async def _answer(self, conn: WebSocketConnection, method: str, answer: Response) -> None:
-        await answer_plainly(conn.stream, without_body(answer) if method == "HEAD" else answer,
-                             self.limits.close_timeout)
+    async def _next(self, reader: RequestReader) -> tuple[Request, float] | None:
+        """The connection's next request's head, and the deadline of the whole request:
+        ``handshake_timeout`` from now. None if none comes: the client closed, was too slow
+        (dropped unanswered), sent a malformed one (answered), or the server drains while no
+        byte of it has come (``drain``)."""
+        deadline = trio.current_time() + self.limits.handshake_timeout
+        if reader.requests and self.draining and reader.waiting:
+            return None  # its previous answer was written as the drain began
+        request = None
+        with trio.CancelScope() as between:
+            if reader.requests:
+                self._between[between] = reader
+            try:
+                request = await self._head(reader, deadline)
+            finally:
+                self._between.pop(between, None)
+        return None if request is None else (request, deadline)
+
+    async def _reply(self, reader: RequestReader, answer: Response) -> After:
+        return await reader.answer(answer, self._keep_alive(reader))
+
+    def _keep_alive(self, reader: RequestReader) -> bool:
+        """Whether the answer may keep the connection for the next request: it has carried
+        fewer than ``KEEPALIVE_REQUESTS`` and the server does not drain."""
+        return not self.draining and reader.requests < KEEPALIVE_REQUESTS
+
+    async def _go_on(self, reader: RequestReader, after: After) -> bool:
+        """Whether the connection carries another request; if not, it is closed gently after
+        an answer written whole (its client may still be sending an unread body)."""
+        if after is After.CLOSE:
+            await close_gently(reader.stream, self.limits.close_timeout)
+        return after is After.NEXT
 
     async def _websocket(self, conn: WebSocketConnection, reader: RequestReader, peer: str,
                          deadline: float) -> None:
@@ -218,19 +271,19 @@ class Server:
 
     async def _serve_metrics(self, conn: WebSocketConnection, peer: str) -> None:
         reader = RequestReader(conn.stream)
-        request = await self._head(reader, trio.current_time() + self.limits.handshake_timeout)
-        if request is None:
-            return
-        if path_of(request.path) not in ("/metrics", "/healthz"):
-            answer = text_response(404, "not found")
-        elif reader.method not in ("GET", "HEAD"):
-            answer = method_not_allowed("GET", "HEAD")
-        else:
-            try:
-                answer = self._operator(request)
-            except BadRequest as exc:
-                answer = text_response(400, str(exc))
-        await self._answer(conn, reader.method, answer)
+        while (started := await self._next(reader)) is not None:
+            request = started[0]
+            if path_of(request.path) not in ("/metrics", "/healthz"):
+                answer = text_response(404, "not found")
+            elif reader.method not in ("GET", "HEAD"):
+                answer = method_not_allowed("GET", "HEAD")
+            else:
+                try:
+                    answer = self._operator(request)
+                except BadRequest as exc:
+                    answer = text_response(400, str(exc))
+            if not await self._go_on(reader, await self._reply(reader, answer)):
+                return
 
     async def _head(self, reader: RequestReader, deadline: float) -> Request | None:
         try:

@@ -242,6 +242,7 @@ async def test_a_content_length_over_the_limit_is_answered_before_the_body_is_se
         with trio.fail_after(10):
             assert await stream.receive_some(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
             await stream.send_all(png(100_000))
+            await stream.send_eof()  # no second request: the connection ends after the answer
             reading = Answered(stream)
             await reading.run()
         assert parsed(reading.data)[0] == 201
@@ -547,6 +548,7 @@ async def send_generated(port: int, size: int, tok: str = ADA) -> bytes:
                 sent += len(piece)
             if not reading.answered():
                 await stream.send_all(b"0\r\n\r\n")
+                await stream.send_eof()  # no second request: closed after the answer
         except (trio.BrokenResourceError, OSError):
             pass
         await reading.closed.wait()

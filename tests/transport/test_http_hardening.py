@@ -138,8 +138,10 @@ def post_head(tok: str, length: int, thread: str = "main") -> bytes:
 
 
 async def answer_of(stream: trio.SocketStream) -> bytes:
-    """Everything the server writes until it closes (bounded in time, not in speed)."""
+    """Everything the server writes until it closes (bounded in time, not in speed); the
+    client sends nothing more (half-closed: a kept-alive connection ends after its answer)."""
     data = b""
+    await stream.send_eof()
     with trio.fail_after(20):
         while chunk := await stream.receive_some(65536):
             data += chunk

@@ -15,12 +15,14 @@ from threadline.transport.connection import WebSocketConnection
 
 
 async def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``request`` as is; everything the server answers until it closes (or ``timeout``)."""
+    """Send ``request`` as is, then half-close (so that a kept-alive connection ends after its
+    answer); everything the server answers until it closes (or ``timeout``)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     data = b""
     with trio.move_on_after(timeout):
         try:
             await stream.send_all(request)
+            await stream.send_eof()  # no second request: the server closes after its answer
             while chunk := await stream.receive_some(65536):
                 data += chunk
         except (trio.BrokenResourceError, OSError):
