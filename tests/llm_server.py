@@ -93,6 +93,8 @@ class Answer:
     # The request's tokens as the API counts them: prompt, completion, cached prompt (None:
     # 10 prompt tokens, and a completion token per text piece and per call).
     tokens: tuple[int, int, int] | None = None
+    # Event data sent as it is before the deltas (streamed only): what is not a chunk.
+    raw: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def usage(self) -> dict[str, Any]:
         """The ``usage`` object the API sends (a ``CompletionUsage``)."""
@@ -306,6 +308,8 @@ async def _send_answer(ex: _Exchange, answer: Answer, payload: dict[str, Any], n
     await ex.send(h11.Response(status_code=200, reason=b"OK", headers=[
         ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
         *headers]))
+    for data in answer.raw:
+        await ex.send(h11.Data(data=event(data)))
     for index, delta in enumerate(answer.deltas()):
         await trio.sleep(answer.delay if index else 0)
         await ex.send(h11.Data(data=event(delta)))

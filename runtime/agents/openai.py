@@ -68,13 +68,12 @@ import logging
 import os
 from http import HTTPStatus
 from functools import partial
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import attrs
 import openai
 import trio
-from openai.types.chat import ChatCompletionChunk
 
 from threadline.actors.engine import Run
 from threadline.actors.errors import AgentError, ToolDenied, ToolError
@@ -289,39 +288,42 @@ class OpenAIAgent:
         separator = "\n\n" if run.written else ""
         failed: ModelError | None = None
         try:
-            # The messages are the API's params as plain dicts (``transcript.py``), and
-            # ``extra`` hides the overload: the SDK's stream of chunks, said so for the checker.
-            opened = await self.client().chat.completions.create(
-                model=self.config.model, messages=cast(Any, messages), stream=True, **extra)
-            async with cast("openai.AsyncStream[ChatCompletionChunk]", opened) as stream:
+            # The chunks as the API's JSON (``cast_to=object``): the SDK's request, retries,
+            # errors and stream of server-sent events, without a pydantic model built for
+            # every chunk, about half of its cost per token (``bench/model_client.py``).
+            body = {"model": self.config.model, "messages": messages, "stream": True, **extra}
+            opened = await self.client().post("/chat/completions", cast_to=object, body=body,
+                                              stream=True, stream_cls=openai.AsyncStream[object])
+            async with opened as stream:
                 chunks = aiter(stream)
                 while (chunk := await _next_chunk(chunks, run)) is not None:
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                        span.set(RESPONSE_MODEL, chunk.model)
-                        span.set(RESPONSE_ID, chunk.id)
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        if delta.content:
-                            text.append(delta.content)
-                            await run.write(separator + delta.content)
-                            separator = ""
-                        for part in delta.tool_calls or ():
-                            call = calls.setdefault(part.index, ["", "", ""])
-                            call[0] = part.id or call[0]
-                            if part.function is not None:
-                                call[1] = part.function.name or call[1]
-                                call[2] += part.function.arguments or ""
-                        finish = choice.finish_reason or finish
+                    try:
+                        if (got := chunk.get("usage")) is not None:
+                            usage = got
+                            span.set(RESPONSE_MODEL, chunk.get("model"))
+                            span.set(RESPONSE_ID, chunk.get("id"))
+                        for choice in chunk.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            if content := delta.get("content"):
+                                text.append(content)
+                                await run.write(separator + content)
+                                separator = ""
+                            for part in delta.get("tool_calls") or ():
+                                call = calls.setdefault(part["index"], ["", "", ""])
+                                call[0] = part.get("id") or call[0]
+                                if (function := part.get("function")) is not None:
+                                    call[1] = function.get("name") or call[1]
+                                    call[2] += function.get("arguments") or ""
+                            finish = choice.get("finish_reason") or finish
+                    except (AttributeError, KeyError, TypeError) as exc:
+                        log.debug("run %s: the model sent a chunk not shaped as one: %.200r",
+                                  run.context.run_id, chunk)
+                        raise ModelError("the model sent a malformed answer") from exc
         except openai.APIError as exc:
             failed = _model_error(exc, run)
             span.error(type(exc).__name__, str(failed))
         if usage is not None:
-            details = usage.prompt_tokens_details
-            await run.report_usage(
-                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                cached_input_tokens=(details.cached_tokens or 0) if details else 0,
-                model=self.config.model)
+            await run.report_usage(**_tokens(usage), model=self.config.model)
         if failed is not None:
             raise failed
         if finish is None:
@@ -382,6 +384,18 @@ def _content(messages: list[dict[str, Any]]) -> str:
 def _size(value: Any) -> int:
     """A listed attachment's ``size`` (0 when it is not a number)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _tokens(usage: Any) -> dict[str, int]:
+    """A chunk's ``usage`` as ``report_usage`` takes it; a count that is not one is 0."""
+    def count(obj: Any, name: str) -> int:
+        value = obj.get(name) if isinstance(obj, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return {"input_tokens": count(usage, "prompt_tokens"),
+            "output_tokens": count(usage, "completion_tokens"),
+            "cached_input_tokens": count(usage.get("prompt_tokens_details")
+                                         if isinstance(usage, dict) else None, "cached_tokens")}
 
 
 async def _next_chunk(chunks: Any, run: Run) -> Any:

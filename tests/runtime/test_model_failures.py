@@ -36,6 +36,10 @@ FAILURES = [
     (Answer(pieces=("half",), ending=Ending.CUT),
      "the connection to the model was lost in the middle of the answer"),
     (Answer(pieces=("half",), ending=Ending.END), "the model's answer was cut off"),
+    # Data that is not a chunk: not JSON, JSON but not an object, an object of other shapes.
+    *[(Answer(pieces=("x",), raw=(data,)), "the model sent a malformed answer") for data in (
+        "not json", "[1, 2]", '{"choices": 5}', '{"choices": [{"delta": "text"}]}',
+        '{"choices": [{"delta": {"tool_calls": [{"function": {"name": "f"}}]}}]}')],
 ]
 
 
