@@ -306,3 +306,21 @@ def test_a_transaction_takes_every_other_operation_and_one_chunk():
     assert batch == [pending[2]] and rest == [pending[3]]
     batch, rest = take(pending, limit=2)  # the limit counts every operation taken
     assert batch == [pending[0], pending[1]] and rest == pending[2:]
+
+
+async def test_a_batch_of_hundreds_of_events_is_stored_whole_and_in_order(store_url):
+    """700 threads each append in the same round: one batch, which SQLite inserts in
+    multi-row statements of powers of two (256 + 256 + 128 + 32 + 16 + 8 + 4); every event is
+    stored under its own key, and a thread's next event follows it."""
+    async with open_journal(store_url) as journal:
+        keys = [ThreadKey(f"user{i}", "main") for i in range(700)]
+        for key in keys:
+            await journal.ensure_thread(key, 1.0)
+        before = journal.batches
+        outcomes = await append_all(journal, [thinking(k, 1, f"from {k.user_id}") for k in keys])
+        assert set(outcomes.values()) == {"ok"}
+        assert journal.batches - before <= 3  # batched, not one transaction each
+        for key in keys[::50]:
+            assert await journal.read(key, 0) == [thinking(key, 1, f"from {key.user_id}")]
+        await journal.append([thinking(keys[-1], 2)])
+        assert await journal.last_seq(keys[-1]) == 2
