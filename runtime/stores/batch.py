@@ -23,6 +23,13 @@ from .tokens import UsageOp
 from .sql import AppendOp, DeleteOp, EnsureOp, Op
 
 
+class Rows(Protocol):
+    """How a backend writes a batch's two big row sets (``sql.Backend`` has plain ones)."""
+
+    def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
+    def update_threads(self, cur: Any, rows: list[tuple[Any, ...]]) -> None: ...
+
+
 KEYS_PER_QUERY = 400  # (user_id, thread_id) pairs per look-up: well under SQLite's 32,766 params
 
 
@@ -180,15 +187,14 @@ class _Writes:
         else:
             self.node_updates.setdefault(run, [None, None])[update_at] = seq
 
-    def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None],
-              insert: Callable[[Any, list[tuple[Any, ...]]], None]) -> None:
+    def flush(self, cur: Any, state: dict[ThreadKey, list[Any] | None], out: Rows) -> None:
         """Write what was gathered, in the caller's transaction (once: then drop it)."""
         if self.threads:
             cur.executemany("INSERT INTO threads (user_id, thread_id, last_seq, created_at, "
                             "updated_at) VALUES (%s, %s, 0, %s, %s) ON CONFLICT DO NOTHING",
                             self.threads)
         if self.events:
-            insert(cur, self.events)
+            out.insert_events(cur, self.events)
         if self.client_ids:
             cur.executemany("INSERT INTO client_ids (user_id, thread_id, client_msg_id, "
                             "message_id, run_id, seq) VALUES (%s, %s, %s, %s, %s, %s) "
@@ -223,8 +229,7 @@ class _Writes:
         rows = [(row[0], row[2], row[3], k.user_id, k.thread_id) for k in self.touched
                 if (row := state.get(k)) is not None]
         if rows:
-            cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s, title = %s "
-                            "WHERE user_id = %s AND thread_id = %s", rows)
+            out.update_threads(cur, rows)
 
 
 #: A deletion erases a thread from every table (``threads`` last: its row is the thread).
@@ -232,11 +237,11 @@ DELETES = tuple(f"DELETE FROM {table} WHERE user_id = %s AND thread_id = %s"
                 for table in ("events", "client_ids", "open_runs", "turns", "threads"))
 
 
-def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
-                insert: Callable[[Any, list[tuple[Any, ...]]], None], fence: Fence | None = None,
+def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache, out: Rows,
+                fence: Fence | None = None,
                 ) -> tuple[list[Any], dict[ThreadKey, list[Any] | None]]:
-    """Apply ``ops`` in the caller's transaction, events by ``insert`` (the backend's
-    ``insert_events``). Returns one result per op (a ``ThreadInfo`` for an ensure, None for an
+    """Apply ``ops`` in the caller's transaction, the events and the threads' rows written by
+    ``out`` (the backend). Returns one result per op (a ``ThreadInfo`` for an ensure, None for an
     append, or a ``ValueError`` for an append that does not follow its thread's last seq: it is
     skipped, the others are applied; for a delete, whether the thread existed), and the thread
     rows to give ``cache.committed`` once the transaction commits (None: deleted). Rows are
@@ -254,7 +259,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
     for op in ops:
         if isinstance(op, FileOp):  # a user's attachments: no thread, no fence
             if op.kind in ("abort", "sweep", "erase_user"):
-                writes.flush(cur, state, insert)  # what was gathered before it, first
+                writes.flush(cur, state, out)  # what was gathered before it, first
                 writes = _Writes()
             results.append(files.apply(cur, op))
             continue
@@ -272,7 +277,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
                 writes.threads.append((key.user_id, key.thread_id, op.now, op.now))
             results.append(ThreadInfo(key, row[0], row[1], row[2]))
         elif isinstance(op, DeleteOp):
-            writes.flush(cur, state, insert)
+            writes.flush(cur, state, out)
             writes = _Writes()
             files.erase(cur, "user_id = %s AND thread_id = %s", (key.user_id, key.thread_id))
             for statement in DELETES:
@@ -290,7 +295,7 @@ def apply_batch(cur: Any, ops: Sequence[Op], cache: ThreadCache,
             row[0] = op.events[-1].seq
             row[2] = max(row[2], op.events[-1].ts)
             results.append(None)
-    writes.flush(cur, state, insert)
+    writes.flush(cur, state, out)
     if fence is not None:
         fence.notify(cur, changed)
     return results, state

@@ -421,7 +421,7 @@ class DurableJournal:
         """One transaction, in a worker thread: the results, and the seconds it took."""
         started = time.perf_counter()
         results, rows = self._connections.transaction_sync(
-            batch.apply_batch, ops, self._cache, self.backend.insert_events, self.fence)
+            batch.apply_batch, ops, self._cache, self.backend, self.fence)
         self._cache.committed(rows)
         return results, time.perf_counter() - started
 

@@ -55,7 +55,9 @@ EVENT_COLUMNS = "user_id, thread_id, seq, event, run_id, ts, data"
 
 class Backend(Protocol):
     """A SQL database, seen through blocking calls (each made in a worker thread). A backend
-    subclasses it for the two methods written here, ``migrate`` and ``insert_events``."""
+    subclasses it for the methods written here: ``migrate``, and the two row writers of a
+    batch, ``insert_events`` and ``update_threads`` (``batch.Rows``), which a backend may write
+    its own faster way."""
 
     name: str  # "SQLite PATH", "PostgreSQL HOST:PORT/DB": never a password
     dialect: Dialect
@@ -84,6 +86,11 @@ class Backend(Protocol):
     def insert_events(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+
+    def update_threads(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Each row ``(last_seq, updated_at, title, user_id, thread_id)`` into its thread."""
+        cur.executemany("UPDATE threads SET last_seq = %s, updated_at = %s, title = %s "
+                        "WHERE user_id = %s AND thread_id = %s", rows)
 
     def migrate(self, conn: Any) -> int:
         """Apply the migrations above the store's version, and the probes, in one transaction

@@ -27,7 +27,7 @@ import json
 import os
 import sqlite3
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from . import owner, schema, sql
 from .errors import StoreError
@@ -89,15 +89,35 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-#: The most rows of one multi-row ``INSERT`` of events (a power of two): 7 parameters each, far
+#: The most rows of one multi-row statement (a power of two): 7 parameters each at most, far
 #: below SQLite's limit on a statement's parameters (32,766 since 3.32).
-ROWS_PER_INSERT = 256
+ROWS_PER_STATEMENT = 256
+
+
+def _in_chunks(cur: _Cursor, statement: Callable[[int], str], rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` by ``statement(n)`` taking ``n`` rows' parameters, in chunks of a power of two
+    rows (130 = 128 + 2): a handful of statement texts, each prepared once and kept in the
+    connection's statement cache."""
+    start = 0
+    while start < len(rows):
+        n = min(ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+        cur.execute(statement(n), [v for row in rows[start:start + n] for v in row])
+        start += n
 
 
 @functools.lru_cache(maxsize=16)
 def _insert_rows(n: int) -> str:
     return (f"INSERT INTO events ({sql.EVENT_COLUMNS}) VALUES "
             + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n))
+
+
+@functools.lru_cache(maxsize=16)
+def _update_rows(n: int) -> str:
+    # A VALUES list's columns are column1, column2...: named by the CTE (SQLite 3.33+).
+    return ("WITH v(last_seq, updated_at, title, user_id, thread_id) AS (VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * n) + ") UPDATE threads SET last_seq = v.last_seq, "
+            "updated_at = v.updated_at, title = v.title FROM v WHERE threads.user_id = "
+            "v.user_id AND threads.thread_id = v.thread_id")
 
 
 class SQLiteBackend(sql.Backend):
@@ -143,18 +163,21 @@ class SQLiteBackend(sql.Backend):
         return _Cursor(conn.cursor())
 
     def insert_events(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> None:
-        """A batch's events in statements of up to ``ROWS_PER_INSERT`` rows each, not one
+        """A batch's events in statements of up to ``ROWS_PER_STATEMENT`` rows each, not one
         statement run per row: Python's sqlite3 lets go of the GIL for every step of a
         statement and must win it back from the event loop's thread after each, which made
         a batch of 130 events wait 10 ms for the GIL against 4 ms of work (measured under
         the latency benchmark's load)."""
-        start = 0
-        while start < len(rows):
-            # Chunks of a power of two rows (130 = 128 + 2): a handful of statement texts,
-            # each prepared once and kept in the connection's statement cache.
-            n = min(ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
-            cur.execute(_insert_rows(n), [v for row in rows[start:start + n] for v in row])
-            start += n
+        _in_chunks(cur, _insert_rows, rows)
+
+    def update_threads(self, cur: _Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """The batch's thread rows in multi-row ``UPDATE ... FROM (VALUES ...)`` statements,
+        in chunks as the events are, for the same reason: a streaming batch touches every
+        thread that streams, hundreds of them."""
+        if sqlite3.sqlite_version_info < (3, 33):  # no UPDATE ... FROM before 3.33
+            super().update_threads(cur, rows)
+        else:
+            _in_chunks(cur, _update_rows, rows)
 
     def begin(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")

@@ -309,9 +309,10 @@ def test_a_transaction_takes_every_other_operation_and_one_chunk():
 
 
 async def test_a_batch_of_hundreds_of_events_is_stored_whole_and_in_order(store_url):
-    """700 threads each append in the same round: one batch, which SQLite inserts in
-    multi-row statements of powers of two (256 + 256 + 128 + 32 + 16 + 8 + 4); every event is
-    stored under its own key, and a thread's next event follows it."""
+    """700 threads each append in the same round: one batch, which SQLite writes in multi-row
+    statements of powers of two (256 + 256 + 128 + 32 + 16 + 8 + 4), its events and its
+    threads' rows; every event is stored under its own key, every thread's row says so once
+    the store is opened again, and a thread's next event follows it."""
     async with open_journal(store_url) as journal:
         keys = [ThreadKey(f"user{i}", "main") for i in range(700)]
         for key in keys:
@@ -323,4 +324,10 @@ async def test_a_batch_of_hundreds_of_events_is_stored_whole_and_in_order(store_
         for key in keys[::50]:
             assert await journal.read(key, 0) == [thinking(key, 1, f"from {key.user_id}")]
         await journal.append([thinking(keys[-1], 2)])
+        assert await journal.last_seq(keys[-1]) == 2
+    async with open_journal(store_url) as journal:  # the threads' rows, as stored
+        for key in keys[:-1:50]:
+            assert await journal.last_seq(key) == 1
+            [info] = await journal.threads(key.user_id)
+            assert info.updated_at == thinking(key, 1).ts
         assert await journal.last_seq(keys[-1]) == 2
