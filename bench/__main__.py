@@ -19,7 +19,10 @@ from threadline.tuning import raise_fd_limit, tune_gc
 
 from . import actors as actors_bench
 from . import cluster as cluster_bench
+from . import http as http_bench
 from . import journal as journal_bench
+from . import model_client as model_bench
+from . import profile as profile_bench
 from . import scale as scale_bench
 from . import streaming as streaming_bench
 from . import ws as ws_bench
@@ -131,7 +134,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 f"{pv['reactivated_per_s']:,.0f}", f"{pv['created_per_s']:,.0f} created/s",
                 f"{pv['reactivated_per_s'] / pv['created_per_s']:.2f}", "-", "-"))
     out += journal_bench.rows(results["journal"])
-    return out + streaming_bench.rows(results["streaming"]) if "streaming" in results else out
+    for name, bench in (("streaming", streaming_bench), ("model_client", model_bench),
+                        ("http", http_bench), ("profile", profile_bench)):
+        if name in results:
+            out += bench.rows(results[name])
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -146,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller and shorter: a smoke run")
     parser.add_argument("--markdown", metavar="SUITE_JSON",
                         help="print the table of an earlier run as markdown, and stop")
+    parser.add_argument("--before", metavar="PYTHON",
+                        help="another installed threadline's Python: the profile scenario "
+                             "measures it too, for CPU per event before and after")
     args = parser.parse_args(argv)
     if args.markdown:
         with open(args.markdown) as f:
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": quick}
 
-    progress("1/7 in-process actors")
+    progress("1/10 in-process actors")
     results["actors"] = {
         "ask": actors_bench.bench_ask(20_000 if quick else 100_000, 3),
         "memory": actors_bench.bench_memory(10_000 if quick else 100_000),
@@ -165,30 +175,42 @@ def main(argv: list[str] | None = None) -> int:
     }
     gc.collect()
 
-    progress("2/7 server throughput: threadline and the FastAPI peer on memory, SQLite and "
+    progress("2/10 server throughput: threadline and the FastAPI peer on memory, SQLite and "
              "PostgreSQL, and the bare echo server")
     levels = [1, 10, 100] if quick else [1, 10, 100, 1000]
     results["throughput"] = ws_bench.throughput(levels, 2.0 if quick else 3.0, 1 if quick else 2,
                                                 ("bare", "threadline", "peer"))
 
-    progress("3/7 latency under open-loop load, 100 connections (durable stores at half)")
+    progress("3/10 latency under open-loop load, 100 connections (durable stores at half)")
     max_events = results["throughput"]["100"]["threadline"]["events_per_s"]
     results["latency"] = latency(max_events, [0.25, 0.5, 0.75, 1.0], 100, 2.0 if quick else 4.0)
 
-    progress("4/7 scale: many connections, many threads")
+    progress("4/10 scale: many connections, many threads")
     results["scale"] = {
         "connections": scale_bench.connections(1000 if quick else 10_000),
         "passivation": scale_bench.passivation(10_000 if quick else 100_000),
     }
 
-    progress("5/7 journal: SQLite and PostgreSQL, group commit and a transaction per event")
+    progress("5/10 journal: SQLite and PostgreSQL, group commit and a transaction per event")
     results["journal"] = journal_bench.run(2.0 if quick else 4.0, [200] if quick else [200, 1000])
 
-    progress("6/7 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
+    progress("6/10 streaming: concurrent /stream answers on memory, SQLite and PostgreSQL")
     results["streaming"] = streaming_bench.run(
         [50, 100] if quick else streaming_bench.LEVELS, 400 if quick else 1000, list(STORES))
 
-    progress("7/7 cluster: 1, 2 and 3 nodes on one PostgreSQL (its own table, cluster.json)")
+    progress("7/10 a real model client: --agent openai against a scripted model at 50 "
+             "tokens/s, and the bare SDK")
+    results["model_client"] = model_bench.run(quick)
+
+    progress("8/10 HTTP API: requests/s kept alive, one per connection, and a FastAPI peer")
+    results["http"] = http_bench.run(2.0 if quick else 4.0, quick)
+
+    progress("9/10 where the CPU goes: py-spy on memory and SQLite at 100 connections"
+             + (" (and the build before)" if args.before else ""))
+    results["profile"] = profile_bench.run(["memory", "sqlite"], 100, 3.0 if quick else 6.0,
+                                           args.before)
+
+    progress("10/10 cluster: 1, 2 and 3 nodes on one PostgreSQL (its own table, cluster.json)")
     cluster_bench.main(["--rounds", "1" if quick else "2", "--seconds", "2" if quick else "4",
                         "--latency-seconds", "3" if quick else "6"])
 

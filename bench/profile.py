@@ -28,7 +28,7 @@ import trio
 
 from threadline.tuning import raise_fd_limit
 
-from .common import progress
+from .common import Row, met, progress
 from .servers import Databases, server_process
 from .ws import load
 
@@ -83,6 +83,56 @@ def profile(store: str, connections: int, seconds: float, window: int,
     return {"store": store, "events_per_s": result["events_per_s"],
             "server_cpu": result["server_cpu"], "cpu_us_per_event": per_event,
             "parts_us": {name: share * per_event for name, share in shares.items()}}
+
+
+def run(stores: list[str], connections: int, seconds: float, before: str | None = None,
+        ) -> dict[str, Any]:
+    """For the suite: each store profiled, and with ``before`` (another installed threadline's
+    Python, as ``THREADLINE_BENCH_PYTHON``) that build too, alternating, in the same run."""
+    from . import servers
+
+    out: dict[str, Any] = {}
+    for store in stores:
+        out[store] = {"after": profile(store, connections, seconds, 4)}
+        if before is not None:
+            mine, servers.SERVER_PYTHON = servers.SERVER_PYTHON, before
+            try:
+                out[store]["before"] = profile(store, connections, seconds, 4)
+            finally:
+                servers.SERVER_PYTHON = mine
+    return out
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for store, r in results.items():
+        after, before = r["after"], r.get("before")
+        label = "memory store" if store == "memory" else f"{store} store"
+        value = f"{after['cpu_us_per_event']:.0f} us"
+        if before is None:
+            out.append((f"CPU per event delivered, {label} (bench.profile)", value, "-", "-",
+                        "-", "-"))
+            continue
+        ratio = after["cpu_us_per_event"] / before["cpu_us_per_event"]
+        target = "<= 0.5 x before" if store == "memory" else "-"
+        out.append((f"CPU per event delivered, {label} (bench.profile)", value,
+                    f"{before['cpu_us_per_event']:.0f} us before", f"{ratio:.2f}", target,
+                    met(ratio <= 0.5) if store == "memory" else "-"))
+    return out
+
+
+def parts_table(results: dict[str, Any]) -> str:
+    """µs of CPU per event by part, each store before and after, as markdown."""
+    columns = [(store, which) for store, r in results.items() for which in ("before", "after")
+               if which in r]
+    head = "| µs of CPU per event | " + " | ".join(f"{s} {w}" for s, w in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    for part in [name for name, _ in PARTS] + [OTHER]:
+        lines.append(f"| {part} | " + " | ".join(
+            f"{results[s][w]['parts_us'][part]:.1f}" for s, w in columns) + " |")
+    lines.append("| **total** (server CPU / events) | " + " | ".join(
+        f"**{results[s][w]['cpu_us_per_event']:.0f}**" for s, w in columns) + " |")
+    return "\n".join(lines)
 
 
 def report(p: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ P99_TARGET_MS = 150.0
 STAGGER = 1.0  # seconds over which the questions of one level are asked
 TARGET_ANSWERS = 1000
 MIN_ANSWERS = 500
-LEVELS = [50, 100, 150, 200, 250, 300, 400, 500, 1000]  # stops at the first not sustained
+LEVELS = [50, 100, 200, 300, 400, 500, 600, 800, 1000]  # stops at the first not sustained
 
 
 async def one_answer(url: str, user: str, numbers: int, delays: list[float],
@@ -148,6 +148,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     stores = results["stores"]
     base = sustained(stores["memory"]) if "memory" in stores else None
+    if base is not None:
+        out.append((f"concurrent streaming answers, p99 piece delay < {P99_TARGET_MS:.0f} ms "
+                    "(memory)", f"{base:,}", "-", "-", f">= {TARGET_ANSWERS:,}",
+                    met(base >= TARGET_ANSWERS)))
     for name, levels in stores.items():
         if name == "memory":
             continue
