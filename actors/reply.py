@@ -61,10 +61,7 @@ class Reply(Generic[T]):
             await ll.wait_task_rescheduled(abort)
         else:
             await ll.checkpoint()
-        value, error = self._outcome
-        if error is not None:
-            raise error
-        return value
+        return self._result()
 
     async def wait_uncancellable(self) -> T:
         """Await the answer; a cancellation waits until it has come, and is delivered at the
@@ -76,10 +73,13 @@ class Reply(Generic[T]):
             await ll.wait_task_rescheduled(_refuse_abort)
         else:
             await ll.cancel_shielded_checkpoint()
+        return self._result()
+
+    def _result(self) -> T:
         value, error = self._outcome
         if error is not None:
             raise error
-        return value
+        return value  # type: ignore[no-any-return]
 
 
 def _refuse_abort(_: Any) -> ll.Abort:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from threadline.tuning import raise_fd_limit, tune_gc
 
 from .common import Row, met, progress, table, write_results
 from .loadgen import cpu_seconds, process_cpu_seconds
-from .servers import ROOT, SECRET, _free_port, _wait_listening, server_process
+from .servers import ROOT, SECRET, _free_port, _wait_listening, server_process, stop
 
 WARMUP = 1.0
 CLIENTS = 50
@@ -201,12 +200,7 @@ def peer_process() -> Iterator[tuple[int, subprocess.Popen]]:
         _wait_listening(port, proc)
         yield port, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @contextmanager

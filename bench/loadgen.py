@@ -10,7 +10,7 @@ import json
 import os
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import trio
@@ -106,6 +106,33 @@ async def drive(conn: WebSocketConnection, *, threadline: bool, thread_id: str, 
                 if conn.eof:
                     break
         nursery.cancel_scope.cancel()
+
+
+#: What ``ask_and_follow`` calls with each event frame: its arrival (wall clock) and the frame;
+#: a result ends the answer.
+OnEvent = Callable[[float, dict[str, Any]], "dict[str, Any] | None"]
+
+
+async def ask_and_follow(conn: WebSocketConnection, text: str, go: trio.Event, after: float,
+                         within: float, on_event: OnEvent) -> dict[str, Any] | None:
+    """Join thread ``t`` on ``conn``, wait for ``go``, then ``after`` seconds, send ``text``,
+    and hand every event frame to ``on_event`` until it returns a result (returned here), the
+    connection ends, or ``within`` seconds pass (None)."""
+    conn.write(json.dumps({"type": "join", "thread_id": "t"}).encode(), binary=False)
+    await go.wait()
+    await trio.sleep(after)
+    conn.write(json.dumps({"type": "send", "thread_id": "t", "text": text}).encode(),
+               binary=False)
+    await conn.flush()
+    with trio.move_on_after(within):
+        while not conn.eof:
+            for frame in await conn.receive():
+                if not isinstance(frame, Frame) or not frame.data.startswith(b'{"type":"ev'):
+                    continue
+                result = on_event(time.time(), json.loads(frame.data))
+                if result is not None:
+                    return result
+    return None
 
 
 def cpu_seconds() -> float:

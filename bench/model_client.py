@@ -48,7 +48,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -56,14 +55,13 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
 import trio
-from websockets.frames import Frame
 
 from threadline.transport.auth import mint
 from threadline.tuning import raise_fd_limit, tune_gc
 
 from .common import Row, met, progress, table, write_results
-from .loadgen import cpu_seconds, open_ws, process_cpu_seconds
-from .servers import ROOT, SECRET, Databases, server_process
+from .loadgen import ask_and_follow, cpu_seconds, open_ws, process_cpu_seconds
+from .servers import ROOT, SECRET, Databases, server_process, stop
 
 RATE = 50.0  # the model's tokens a second, per answer
 TOKENS = 150  # tokens per answer: 3 s at RATE
@@ -94,12 +92,7 @@ def model_server(epoch: float) -> Iterator[tuple[int, subprocess.Popen]]:
             raise RuntimeError(f"the model server did not start: {line!r}")
         yield int(line.removeprefix("ready: ")), proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def model_stats(port: int) -> dict[str, Any]:
@@ -157,33 +150,27 @@ async def threadline_answer(url: str, user: str, tokens: int, epoch: float,
     """One answer on a fresh WebSocket connection (its own user and thread), asked ``after``
     seconds after ``go``."""
     conn = await open_ws(url, mint(user, SECRET))
+    text, seen = "", Tokens(epoch)
+
+    def on_event(now: float, event: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal text
+        name, data = event["event"], event["data"]
+        if name == "agent_delta" and data["offset"] == len(text):
+            delay = seen.piece(data["text"], now)
+            if delay is not None:
+                delays.append(delay)
+            text += data["text"]
+        elif name == "agent_completed":
+            return {"whole": seen.ok and seen.count == tokens and data["text"] == text,
+                    "error": None}
+        elif name in ("agent_failed", "agent_cancelled"):
+            return {"whole": False, "error": f"{name}: {data.get('error')}"}
+        return None
+
     try:
-        conn.write(json.dumps({"type": "join", "thread_id": "t"}).encode(), binary=False)
-        await go.wait()
-        await trio.sleep(after)
-        conn.write(json.dumps({"type": "send", "thread_id": "t", "text": str(tokens)}).encode(),
-                   binary=False)
-        await conn.flush()
-        text, seen = "", Tokens(epoch)
-        with trio.move_on_after(tokens / RATE + 60):
-            while not conn.eof:
-                for frame in await conn.receive():
-                    if not isinstance(frame, Frame) or not frame.data.startswith(b'{"type":"ev'):
-                        continue
-                    now = time.time()
-                    event = json.loads(frame.data)
-                    name, data = event["event"], event["data"]
-                    if name == "agent_delta" and data["offset"] == len(text):
-                        delay = seen.piece(data["text"], now)
-                        if delay is not None:
-                            delays.append(delay)
-                        text += data["text"]
-                    elif name == "agent_completed":
-                        return {"whole": seen.ok and seen.count == tokens
-                                and data["text"] == text, "error": None}
-                    elif name in ("agent_failed", "agent_cancelled"):
-                        return {"whole": False, "error": f"{name}: {data.get('error')}"}
-        return {"whole": False, "error": "no end within the time"}
+        return await ask_and_follow(conn, str(tokens), go, after, tokens / RATE + 60,
+                                    on_event) or {"whole": False,
+                                                  "error": "no end within the time"}
     finally:
         await conn.aclose()
 

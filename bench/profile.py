@@ -8,7 +8,8 @@ sees coroutine frames without always their caller, so a sample is classified by 
 it shows, not by its task); the rest is trio's scheduling and I/O polling. Worker threads are
 sampled too (the stores' SQL runs there, mostly with the GIL released).
 
-Usage: ``python -m bench.profile [--store sqlite] [--connections 100] [--seconds 6]``
+Usage: ``python -m bench.profile [--store sqlite] [--connections 100] [--seconds 6]
+[--before PYTHON]`` (``--before``: another installed threadline, profiled in the same run)
 (needs ``py-spy``, in the ``bench`` extra; as root, or with ptrace allowed).
 """
 
@@ -36,8 +37,8 @@ from .ws import load
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("store: SQL and commit (worker thread)", ("WorkerThread._work",)),
     ("store: batching and answers (writer task)", ("DurableJournal.run_writer",)),
-    ("socket send", ("SocketStream.send_all",)),
-    ("socket receive", ("SocketStream.receive_some",)),
+    ("socket send", ("SocketStream.send_all", "WebSocketConnection._send_now")),
+    ("socket receive", ("SocketStream.receive_some", "WebSocketConnection._receive_some")),
     ("connection writer: encode and frame", ("Outbox.run_writer", "Session._writer")),
     ("connection reader: decode and route", ("Session._reader", "Lanes._run")),
     ("thread actor: mailbox, numbering, delivery",
@@ -151,8 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="keep py-spy's raw samples in DIR (profile-STORE.raw)")
+    parser.add_argument("--before", metavar="PYTHON",
+                        help="another installed threadline's Python, profiled after each store "
+                             "(a table of both, by part, at the end)")
     args = parser.parse_args(argv)
     raise_fd_limit()
+    if args.before:
+        results = run(args.store.split(","), args.connections, args.seconds, args.before)
+        print(parts_table(results))
+        return 0
     for store in args.store.split(","):
         progress(f"profiling threadline on {store}, {args.connections} connections")
         print(report(profile(store, args.connections, args.seconds, args.window, args.keep)))

@@ -132,9 +132,14 @@ def server_process(kind: str, *, store: str = "memory",
             url = rest if rest.startswith("ws://") else f"ws://127.0.0.1:{rest}/v1/ws"
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (a server's graceful shutdown), then kill if it is not gone within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -23,7 +23,6 @@ Usage: ``python -m bench.streaming [--answers 100,250,500,1000] [--numbers 1000]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,13 +30,12 @@ from contextlib import ExitStack
 from typing import Any
 
 import trio
-from websockets.frames import Frame
 
 from threadline.transport.auth import mint
 from threadline.tuning import raise_fd_limit, tune_gc
 
 from .common import Row, met, progress, table, write_results
-from .loadgen import cpu_seconds, open_ws, process_cpu_seconds
+from .loadgen import ask_and_follow, cpu_seconds, open_ws, process_cpu_seconds
 from .servers import SECRET, Databases, server_process
 
 RATE, BATCH = 200.0, 10  # the echo agent's: numbers a second, numbers between two sleeps
@@ -53,35 +51,29 @@ async def one_answer(url: str, user: str, numbers: int, delays: list[float],
     """Stream one answer on a fresh connection, asked ``after`` seconds after ``go``; its
     delta delays go into ``delays``."""
     conn = await open_ws(url, mint(user, SECRET))
+    text, t0, deltas, events = "", 0.0, 0, 0
+
+    def on_event(now: float, event: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal text, t0, deltas, events
+        events += 1
+        name, data = event["event"], event["data"]
+        if name == "agent_thinking":
+            t0 = event["ts"]
+        elif name == "agent_delta" and data["offset"] == len(text):
+            first = int(data["text"].split()[0])
+            written = t0 + BATCH * math.floor((first - 1) / BATCH) / RATE
+            delays.append(now - written)
+            text += data["text"]
+            deltas += 1
+        elif name == "agent_completed":
+            whole = data["text"] == text == " ".join(map(str, range(1, numbers + 1)))
+            return {"whole": whole, "deltas": deltas, "rows": events}
+        return None
+
     try:
-        conn.write(json.dumps({"type": "join", "thread_id": "t"}).encode(), binary=False)
-        await go.wait()
-        await trio.sleep(after)
-        conn.write(json.dumps({"type": "send", "thread_id": "t",
-                               "text": f"/stream {numbers}"}).encode(), binary=False)
-        await conn.flush()
-        text, t0, deltas, events = "", None, 0, 0
-        with trio.move_on_after(numbers / RATE + 60):
-            while not conn.eof:
-                for frame in await conn.receive():
-                    if not isinstance(frame, Frame) or not frame.data.startswith(b'{"type":"ev'):
-                        continue
-                    now = time.time()
-                    event = json.loads(frame.data)
-                    events += 1
-                    name, data = event["event"], event["data"]
-                    if name == "agent_thinking":
-                        t0 = event["ts"]
-                    elif name == "agent_delta" and data["offset"] == len(text):
-                        first = int(data["text"].split()[0])
-                        written = t0 + BATCH * math.floor((first - 1) / BATCH) / RATE
-                        delays.append(now - written)
-                        text += data["text"]
-                        deltas += 1
-                    elif name == "agent_completed":
-                        whole = data["text"] == text == " ".join(map(str, range(1, numbers + 1)))
-                        return {"whole": whole, "deltas": deltas, "rows": events}
-        return {"whole": False, "deltas": deltas, "rows": events}
+        return await ask_and_follow(conn, f"/stream {numbers}", go, after, numbers / RATE + 60,
+                                    on_event) or {"whole": False, "deltas": deltas,
+                                                  "rows": events}
     finally:
         await conn.aclose()
 
