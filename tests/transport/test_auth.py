@@ -335,3 +335,28 @@ def test_a_list_of_origins_is_exactly_those():
 @given(TEXT | st.none(), TEXT | st.none())
 def test_origin_allowed_always_answers(origin, host):
     assert AUTH.origin_allowed(origin, host) in (True, False)
+
+
+def test_a_verified_token_is_answered_again_only_while_it_is_valid():
+    """The cache of verified tokens (``VERIFIED_TOKENS``): the same token again gets the same
+    identity without a second check; past its ``exp`` (and the leeway) it is refused as a
+    fresh one would be; a bad token is never kept; and the cache is bounded."""
+    from threadline.transport import auth as auth_module
+
+    auth = Authenticator(secret=SECRET, leeway=0)
+    token = jwt.encode({"sub": "ada", "exp": time.time() + 1.0}, SECRET, algorithm="HS256")
+    first = auth.verify(token)
+    assert auth.verify(token) is first  # answered from the cache
+    time.sleep(1.1)
+    assert str(refusal(auth, token)) == "token expired"
+    assert str(refusal(auth, token)) == "token expired"  # and not kept
+    wrong = jwt.encode({"sub": "ada"}, "another-secret-0123456789abcdef0123456789",
+                       algorithm="HS256")
+    for _ in range(2):
+        assert str(refusal(auth, wrong)) == "invalid token signature"
+    oldest = mint("user0", SECRET)
+    kept = auth.verify(oldest)
+    for n in range(1, auth_module.VERIFIED_TOKENS + 1):
+        auth.verify(mint(f"user{n}", SECRET))
+    again = auth.verify(oldest)
+    assert again == kept and again is not kept  # the oldest was let go: checked anew
