@@ -61,6 +61,19 @@ def latency(max_events: float, fractions: list[float], connections: int,
     return out
 
 
+def _finish(fig: Any, ax: Any, name: str, xlabel: str, ylabel: str, title: str) -> str:
+    """Label a plot, save it as ``RESULTS/name``; its path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
 def plots(results: dict[str, Any]) -> list[str]:
     import matplotlib
 
@@ -81,15 +94,9 @@ def plots(results: dict[str, Any]) -> list[str]:
             ax.plot(levels, [tp[str(n)][name]["events_per_s"] for n in levels],
                     "--" if name.startswith("peer") else "-", marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("connections")
-    ax.set_ylabel("events delivered per second")
-    ax.set_title("Server throughput (one process each, loopback)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "throughput.png"
-    fig.savefig(path, dpi=110)
-    written.append(str(path))
+    written.append(_finish(fig, ax, "throughput.png", "connections",
+                           "events delivered per second",
+                           "Server throughput (one process each, loopback)"))
 
     lat = results["latency"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -100,15 +107,8 @@ def plots(results: dict[str, Any]) -> list[str]:
                     label=f"{kind} {pct.removesuffix('_ms').replace('p999', 'p99.9')}")
     ax.axhline(20, color="grey", linewidth=0.8, label="target: p99 < 20 ms at half load")
     ax.set_yscale("log")
-    ax.set_xlabel("offered load (events/s)")
-    ax.set_ylabel("send to agent_completed (ms)")
-    ax.set_title("Latency under open-loop load")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "latency.png"
-    fig.savefig(path, dpi=110)
-    written.append(str(path))
+    written.append(_finish(fig, ax, "latency.png", "offered load (events/s)",
+                           "send to agent_completed (ms)", "Latency under open-loop load"))
     if "model_client" in results:
         mc = results["model_client"]
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -122,15 +122,10 @@ def plots(results: dict[str, Any]) -> list[str]:
         ax.axhline(mc["p99_target_ms"], color="grey", linewidth=0.8,
                    label=f"sustained: p99 < {mc['p99_target_ms']:.0f} ms")
         ax.set_yscale("log")
-        ax.set_xlabel(f"concurrent answers streamed at {mc['rate']:.0f} tokens/s")
-        ax.set_ylabel("p99 piece delay (ms)")
-        ax.set_title("A real model client: the official SDK, with and without threadline")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = RESULTS / "model_client.png"
-        fig.savefig(path, dpi=110)
-        written.append(str(path))
+        written.append(_finish(
+            fig, ax, "model_client.png",
+            f"concurrent answers streamed at {mc['rate']:.0f} tokens/s", "p99 piece delay (ms)",
+            "A real model client: the official SDK, with and without threadline"))
     return written
 
 
