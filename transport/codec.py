@@ -19,7 +19,7 @@ from threadline.actors.tracing import traceparent_of
 from threadline.actors.journal import unstorable_reason
 from threadline.actors.messages import LATEST, STRATEGIES, Event, Parent, Strategy, is_thread_id
 
-from .frames import EventFrame, ServerFrame
+from .frames import EventFrame, ServerFrame, event_wire
 from .messages import (
     JSON,
     MSGPACK,
@@ -48,8 +48,8 @@ MAX_THREADS_PAGE = 1000         # ... and at most; 1,000 entries stay far below 
 MAX_CURSOR = 512
 
 
-#: Events whose payloads are kept, per encoding (see ``Codec.encode``): enough for a round of
-#: deliveries, a few hundred KiB at most.
+#: Events whose payloads are kept, per encoding (see ``Codec.encode_event``): enough for a
+#: round of deliveries to every tab of a thread.
 EVENT_CACHE = 256
 _EVENTS: dict[str, dict[int, tuple[Event, bytes]]] = {JSON: {}, MSGPACK: {}}
 
@@ -100,16 +100,19 @@ class Codec:
         return self._dumps(frame)
 
     def encode(self, frame: ServerFrame) -> bytes:
-        """The payload of one frame (UTF-8 JSON for a text frame, msgpack for a binary one).
-        An event's is encoded once per encoding, whatever the number of connections it goes
-        to (``frames.py``): the last ``EVENT_CACHE`` events' payloads are kept."""
-        if type(frame) is not EventFrame:
-            return self._dumps(frame.wire())
-        event, cache = frame.event, self._events
+        """The payload of one frame (UTF-8 JSON for a text frame, msgpack for a binary one)."""
+        if type(frame) is EventFrame:
+            return self.encode_event(frame.event)
+        return self._dumps(frame.wire())
+
+    def encode_event(self, event: Event) -> bytes:
+        """The payload of ``event``'s frame, encoded once per encoding whatever the number of
+        connections it goes to (``frames.py``): the last ``EVENT_CACHE`` events' are kept."""
+        cache = self._events
         hit = cache.get(id(event))
         if hit is not None and hit[0] is event:  # the entry holds the event: its id is its own
             return hit[1]
-        payload = self._dumps(frame.wire())
+        payload = self._dumps(event_wire(event))
         if len(cache) >= EVENT_CACHE:
             cache.clear()
         cache[id(event)] = (event, payload)

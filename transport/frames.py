@@ -31,6 +31,13 @@ def _with_ref(frame: dict[str, Any], ref: Ref) -> dict[str, Any]:
     return frame
 
 
+def event_wire(e: Event) -> dict[str, Any]:
+    """An ``event`` frame's ``wire()`` straight from the event (the writer's path, and the HTTP
+    API's pages of events, take it without a record around the event)."""
+    return {"type": "event", "thread_id": e.key.thread_id, "seq": e.seq, "event": e.event,
+            "run_id": e.run_id, "ts": e.ts, "data": e.data}
+
+
 @attrs.frozen(slots=True)
 class EventFrame:
     """``event``: one stored event of a joined thread."""
@@ -38,9 +45,7 @@ class EventFrame:
     event: Event
 
     def wire(self) -> dict[str, Any]:
-        e = self.event
-        return {"type": "event", "thread_id": e.key.thread_id, "seq": e.seq, "event": e.event,
-                "run_id": e.run_id, "ts": e.ts, "data": e.data}
+        return event_wire(self.event)
 
 
 @attrs.frozen(slots=True)

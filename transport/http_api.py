@@ -49,10 +49,10 @@ from .auth import AuthError, Authenticator, token_of
 from .codec import MAX_THREADS_PAGE, THREADS_PAGE
 from .cors import cors_headers, preflight
 from .frames import Error
-from .http import json_response, methods_allowed, path_of
+from .http import Streamed, json_response, methods_allowed, path_of
 from .http_call import (Call, Refused, accepted_answer, existing, int_param, parse_body,
                         query_of)
-from .http_front import After, Malformed, RequestReader, Streamed
+from .http_front import After, Malformed, RequestReader
 from .limits import Limits
 from .messages import (BAD_FRAME, BUDGET_EXCEEDED, BUSY, INTERNAL, LIMIT_REACHED,
                        METHOD_NOT_ALLOWED, NOT_FOUND,

@@ -66,8 +66,9 @@ from threadline.actors.engine import new_id
 from threadline.actors.errors import ActorStopped, AskTimeout, JournalUnavailable, LimitReached
 
 from .codec import is_attachment_id, storable
+from .http import Streamed
 from .http_call import Call, Refused
-from .http_front import ClientGone, Malformed, RequestReader, Streamed
+from .http_front import ClientGone, Malformed, RequestReader
 from .limits import Limits
 from .messages import (BAD_FRAME, LIMIT_REACHED, NOT_FOUND, TIMEOUT, TOO_LARGE,
                        UNSUPPORTED_TYPE)

@@ -69,8 +69,8 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers; websockets' own bound is
 HEAD_RECEIVE_SIZE = 8 * 1024  # h11 checks its bound between reads: a head is < 72 KiB
 RECEIVE_SIZE = 64 * 1024
 
-__all__ = ["After", "ClientGone", "Malformed", "RequestReader", "Streamed", "answer_plainly",
-           "close_gently", "read_head", "write_answer"]
+__all__ = ["After", "ClientGone", "Malformed", "RequestReader", "answer_plainly",
+           "close_gently", "read_head"]
 
 
 class Malformed(Exception):
@@ -297,16 +297,11 @@ WRITE_TIMEOUT = 10.0
 
 
 async def answer_plainly(stream: trio.abc.Stream, answer: Response, linger: float) -> None:
-    """``write_answer``, then ``close_gently`` if it was written."""
-    if await write_answer(stream, answer):
+    """Write one HTTP answer as it is (saying ``Connection: close``), within ``WRITE_TIMEOUT``,
+    then ``close_gently`` if it was written. A kept-alive connection's answers go through
+    ``RequestReader.answer``."""
+    if await _send(stream, answer.serialize()):
         await close_gently(stream, linger)
-
-
-async def write_answer(stream: trio.abc.Stream, answer: Response) -> bool:
-    """Write one HTTP answer as it is (saying ``Connection: close``: the connection closes
-    after it), within ``WRITE_TIMEOUT``; False if it could not be (the caller closes the
-    stream). A kept-alive connection's answers go through ``RequestReader.answer``."""
-    return await _send(stream, answer.serialize())
 
 
 async def _send(stream: trio.abc.Stream, data: bytes) -> bool:

@@ -33,7 +33,7 @@ from threadline.actors.messages import THREAD_DELETED, Event, Joined, ThreadKey
 
 from .codec import Codec
 from .connection import WebSocketConnection
-from .frames import EventFrame, Joined as JoinedFrame, ServerFrame
+from .frames import Joined as JoinedFrame, ServerFrame
 from .messages import Ref
 from .stats import ServerStats
 
@@ -134,6 +134,10 @@ class Outbox:
         self.conn.write(self.codec.encode(frame), binary=self.codec.binary)
         self.stats.frames_sent += 1
 
+    def _send_event(self, event: Event) -> None:
+        self.conn.write(self.codec.encode_event(event), binary=self.codec.binary)
+        self.stats.frames_sent += 1
+
     async def _write(self, tap: Tap | None, item: Any) -> None:
         if tap is None:
             self._send(item)
@@ -144,7 +148,7 @@ class Outbox:
             await self._replay(tap, item.last_seq)
         elif item.seq > tap.last_sent:  # else: already written by the replay
             tap.last_sent = item.seq
-            self._send(EventFrame(item))
+            self._send_event(item)
 
     async def _replay(self, tap: Tap, upto: int) -> None:
         """Stored events ``since < seq <= upto``, a page at a time, at this client's pace.
@@ -159,7 +163,7 @@ class Outbox:
                 tap.dropped(tap.thread.key, THREAD_DELETED, overflow=False)
                 return
             for event in page:
-                self._send(EventFrame(event))
+                self._send_event(event)
             after = page[-1].seq
             await self.conn.flush()
         tap.last_sent = after

@@ -41,7 +41,7 @@ from threadline.actors.gateway import ThreadHandle, UserHandle
 from threadline.actors.messages import Event, ThreadInfo
 
 from .auth import Authenticator
-from .frames import EventFrame
+from .frames import event_wire
 from .messages import BadFrame
 
 T = TypeVar("T")
@@ -151,11 +151,7 @@ async def read_events_page(thread: ThreadHandle, after: int, limit: int, last_se
 def events_page(events: Sequence[Event], limit: int) -> tuple[list[dict[str, Any]], int | None]:
     """``(event frames, next_after or None)`` for ``events`` read with ``limit``: the frames
     up to ``PAGE_BYTES`` of JSON (at least one); ``next_after`` when more may follow."""
-    return seq_page(events, limit, _event_wire)
-
-
-def _event_wire(event: Event) -> dict[str, Any]:
-    return EventFrame(event).wire()
+    return seq_page(events, limit, event_wire)
 
 
 def seq_page(items: Sequence[T], limit: int, frame_of: Callable[[T], dict[str, Any]],
